@@ -1,0 +1,240 @@
+//! The `flowgate` command line.
+//!
+//! Exit codes: 0 success, 1 failure (invalid flows, a failed render, an
+//! unknown flow), 64 bad configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::{Engine, HttpClient, RunInput, RunOptions};
+use crate::flow::{LoadOptions, LoadReport, load_catalog};
+use crate::token::TokenKeys;
+use crate::trigger::TriggerState;
+
+/// Exit code for a bad configuration.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+/// flowgate: a webhook gateway that runs flows.
+#[derive(Debug, Parser)]
+#[command(name = "flowgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file; defaults to ./config.toml when present. Keys can be
+    /// overridden by FLOWGATE_<SECTION>__<KEY> environment variables.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: serve every valid flow on /v1/flow-webhook/<flow_id>.
+    Serve,
+    /// Validate flows and templates; print `path:line: message` for each problem, exit 1 if any.
+    Check,
+    /// Render a flow's response for a sample body, without side effects
+    /// (http steps are not called, delays do not wait).
+    Render {
+        /// The flow id.
+        flow: String,
+        /// File holding the sample request body.
+        #[arg(long, value_name = "FILE")]
+        body: PathBuf,
+        /// Content type of the sample; guessed from the file extension by default.
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// Mint tokens.
+    Token {
+        /// Which token.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `flowgate token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a Bearer token for a flow on stdout: TOKEN=$(flowgate token issue my-flow).
+    Issue {
+        /// The flow id.
+        flow: String,
+        /// Lifetime, e.g. 90d or 12h; tokens without one do not expire.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<humantime::Duration>,
+    },
+}
+
+/// Runs the command; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return bad_config(&e),
+    };
+    let result = match cli.command {
+        Command::Serve => serve(config),
+        Command::Check => Ok(check(&config)),
+        Command::Render { flow, body, content_type } => render(&config, &flow, &body, content_type.as_deref()),
+        Command::Token { command: TokenCommand::Issue { flow, ttl } } => issue(&config, &flow, ttl.map(Into::into)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(config_error) => bad_config(config_error),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn bad_config(e: &ConfigError) -> ExitCode {
+    eprintln!("flowgate: bad config: {e}");
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+fn load(config: &Config) -> LoadReport {
+    load_catalog(&LoadOptions {
+        flows_dir: config.flows_dir(),
+        templates_dir: config.templates_dir(),
+        default_max_body_bytes: config.server.max_body_bytes,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let addr = config.listen_addr()?;
+    let grace = config.shutdown_grace()?;
+    let report = load(&config);
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    for problem in &report.problems {
+        tracing::error!("{problem}");
+    }
+    if !report.skipped.is_empty() {
+        tracing::warn!(skipped = ?report.skipped, "flows with problems are not served; run `flowgate check`");
+    }
+    let mut ids: Vec<&String> = report.catalog.flows.keys().collect();
+    ids.sort();
+    tracing::info!(flows = ?ids, "flows loaded");
+    let state = Arc::new(TriggerState {
+        keys,
+        engine: Engine::new(HttpClient::new(config.http.allow_private_networks)),
+        catalog: std::sync::RwLock::new(Arc::new(report.catalog)),
+    });
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "flowgate listening");
+        crate::server::serve(listener, state, crate::server::shutdown_signal(), grace).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(config: &Config) -> ExitCode {
+    let report = load(config);
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    let mut ids: Vec<&String> = report.catalog.flows.keys().collect();
+    ids.sort();
+    if report.is_clean() {
+        let list = ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        println!("ok: {} flow(s) valid: {list}", ids.len());
+        ExitCode::SUCCESS
+    } else {
+        println!("{} problem(s); flows not served: {}", report.problems.len(), report.skipped.join(", "));
+        ExitCode::FAILURE
+    }
+}
+
+fn render(config: &Config, flow_id: &str, body_path: &Path, content_type: Option<&str>) -> anyhow::Result<ExitCode> {
+    let report = load(config);
+    let Some(flow) = report.catalog.get(flow_id).cloned() else {
+        for problem in &report.problems {
+            eprintln!("{problem}");
+        }
+        anyhow::bail!("no valid flow `{flow_id}` in {}", config.flows_dir().display());
+    };
+    let raw = std::fs::read(body_path).with_context(|| format!("cannot read {}", body_path.display()))?;
+    let content_type = content_type.unwrap_or(match body_path.extension().and_then(|e| e.to_str()) {
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("form") => "application/x-www-form-urlencoded",
+        _ => "text/plain",
+    });
+    let body = crate::trigger::body::parse(Some(content_type), &raw, flow.trigger.accept_any)
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let run_id = "render".to_owned();
+    let input = RunInput {
+        run_id: run_id.clone(),
+        flow_id: flow.id.clone(),
+        mode: flow.trigger.mode.as_str().to_owned(),
+        live: flow.status == crate::flow::FlowStatus::Live,
+        body,
+        request: json!({
+            "method": "POST",
+            "path": format!("{}{}", crate::trigger::PATH_PREFIX, flow.id),
+            "query": {},
+            "headers": { "content-type": content_type },
+            "raw": String::from_utf8_lossy(&raw),
+            "received_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "id": "render",
+        }),
+    };
+    let catalog = report.catalog;
+    let engine = Engine::new(HttpClient::new(false));
+    let run = runtime()?.block_on(engine.run(&catalog, &flow, &input, RunOptions { dry_run: true }));
+    let skipped: Vec<&str> = run.steps.iter().filter(|s| s.kind == "http" && s.status != "skipped").map(|s| s.path.as_str()).collect();
+    if !skipped.is_empty() {
+        eprintln!("note: dry run: http steps were not called ({}); their output is {{\"status\": null, \"dry_run\": true}}", skipped.join(", "));
+    }
+    for step in &run.steps {
+        eprintln!("step {} ({}): {}{}", step.path, step.kind, step.status, step.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
+    }
+    let response = match crate::trigger::answer(&catalog, &flow, &run_id, &run) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    println!("HTTP {}", response.status().as_u16());
+    for (name, value) in response.headers() {
+        println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
+    }
+    println!();
+    let body = runtime()?.block_on(http_body_util::BodyExt::collect(response.into_body()))?.to_bytes();
+    println!("{}", String::from_utf8_lossy(&body));
+    Ok(if run.status == crate::engine::RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let file = config.flows_dir().join(format!("{flow_id}.toml"));
+    if !file.exists() {
+        anyhow::bail!("no flow `{flow_id}`: {} does not exist", file.display());
+    }
+    let keys = TokenKeys::new(&config.signing_key()?);
+    println!("{}", keys.issue(flow_id, ttl, 0)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,393 @@
+//! Configuration: defaults in code, then `config.toml`, then environment.
+//!
+//! Every key can be overridden as `FLOWGATE_<SECTION>__<KEY>` (for example
+//! `FLOWGATE_SERVER__LISTEN=0.0.0.0:8080`); the value is read as a TOML value
+//! when it parses as one (`true`, `42`, `["a"]`) and as a string otherwise.
+//! Relative paths resolve against the folder of the config file. Secrets
+//! never live in the file: the signing key comes from `FLOWGATE_SIGNING_KEY`
+//! or from the file named by `auth.signing_key_file`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
+pub const SIGNING_KEY_ENV: &str = "FLOWGATE_SIGNING_KEY";
+/// Prefix of the environment variables that override config keys.
+const ENV_PREFIX: &str = "FLOWGATE_";
+/// Shortest signing key accepted, in bytes: HS256 wants at least its hash size.
+const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+/// A configuration problem; start-up stops with its one-line reason and exit code 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// A secret value that never prints.
+#[derive(Clone)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// Where flows and templates live.
+    pub paths: PathsConfig,
+    /// Token signing.
+    pub auth: AuthConfig,
+    /// The Redis used by the queue and stores.
+    pub redis: RedisConfig,
+    /// Outbound HTTP made by `http` steps.
+    pub http: HttpConfig,
+    /// Folder of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            paths: PathsConfig::default(),
+            auth: AuthConfig::default(),
+            redis: RedisConfig::default(),
+            http: HttpConfig::default(),
+            base_dir: PathBuf::new(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub listen: String,
+    /// Default request body limit in bytes; a flow may set its own `[trigger] max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// How long `serve` waits for in-flight requests after SIGTERM/SIGINT, e.g. `"30s"`.
+    pub shutdown_grace: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: "30s".into(),
+        }
+    }
+}
+
+/// `[paths]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Folder of `<flow_id>.toml` files.
+    pub flows: PathBuf,
+    /// Folder of template files referenced by flows.
+    pub templates: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            flows: "flows".into(),
+            templates: "templates".into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the JWT signing key (at least 32 bytes); `FLOWGATE_SIGNING_KEY` wins over it.
+    pub signing_key_file: String,
+    /// Create `signing_key_file` with a random key when it does not exist (local development).
+    pub generate_missing_key: bool,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Redis connection URL; put a password in the environment override, not in the file.
+    pub url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Let `http` steps reach loopback, private, link-local and metadata addresses.
+    pub allow_private_networks: bool,
+}
+
+impl Config {
+    /// Loads the config: defaults, then `path` (when given, it must exist), then the environment.
+    ///
+    /// With no path, `config.toml` in the current folder is read when present.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let (file, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError::new(format!("cannot read config {}: {e}", p.display()))
+                })?;
+                (Some(p.to_path_buf()), text)
+            }
+            None if Path::new("config.toml").exists() => {
+                let text = std::fs::read_to_string("config.toml")
+                    .map_err(|e| ConfigError::new(format!("cannot read config.toml: {e}")))?;
+                (Some(PathBuf::from("config.toml")), text)
+            }
+            None => (None, String::new()),
+        };
+        let shown = file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config".into());
+        let mut table: toml::Table = toml::from_str(&source).map_err(|e| {
+            ConfigError::new(format!("{shown}: {}", e.message().trim_end()))
+        })?;
+        apply_env_overrides(&mut table, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
+        config.base_dir = file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.shutdown_grace()?;
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::new("server.max_body_bytes must be above 0"));
+        }
+        Ok(())
+    }
+
+    /// `server.listen` as a socket address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            ConfigError::new(format!(
+                "server.listen `{}` is not a host:port address",
+                self.server.listen
+            ))
+        })
+    }
+
+    /// `server.shutdown_grace` as a duration.
+    pub fn shutdown_grace(&self) -> Result<std::time::Duration, ConfigError> {
+        humantime::parse_duration(&self.server.shutdown_grace).map_err(|e| {
+            ConfigError::new(format!(
+                "server.shutdown_grace `{}`: {e}",
+                self.server.shutdown_grace
+            ))
+        })
+    }
+
+    /// Resolves a configured path against the config file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The flows folder, resolved.
+    pub fn flows_dir(&self) -> PathBuf {
+        self.resolve(&self.paths.flows)
+    }
+
+    /// The templates folder, resolved.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.resolve(&self.paths.templates)
+    }
+
+    /// The JWT signing key: `FLOWGATE_SIGNING_KEY`, else `auth.signing_key_file`.
+    pub fn signing_key(&self) -> Result<Secret<Vec<u8>>, ConfigError> {
+        let key = match std::env::var(SIGNING_KEY_ENV) {
+            Ok(value) if !value.is_empty() => value.trim().as_bytes().to_vec(),
+            _ => self.signing_key_from_file()?,
+        };
+        if key.len() < MIN_SIGNING_KEY_BYTES {
+            return Err(ConfigError::new(format!(
+                "the signing key is {} bytes; at least {MIN_SIGNING_KEY_BYTES} are required",
+                key.len()
+            )));
+        }
+        Ok(Secret::new(key))
+    }
+
+    fn signing_key_from_file(&self) -> Result<Vec<u8>, ConfigError> {
+        if self.auth.signing_key_file.is_empty() {
+            return Err(ConfigError::new(format!(
+                "no signing key: set {SIGNING_KEY_ENV} or auth.signing_key_file"
+            )));
+        }
+        let path = self.resolve(Path::new(&self.auth.signing_key_file));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().as_bytes().to_vec()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.auth.generate_missing_key => {
+                generate_key_file(&path)
+            }
+            Err(e) => Err(ConfigError::new(format!(
+                "cannot read signing key file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
+fn generate_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw)
+        .map_err(|e| ConfigError::new(format!("cannot generate a signing key: {e}")))?;
+    let key = hex::encode(raw);
+    let fail = |e: std::io::Error| {
+        ConfigError::new(format!("cannot write signing key file {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    write_private(path, key.as_bytes()).map_err(fail)?;
+    tracing::warn!(path = %path.display(), "generated a new signing key");
+    Ok(key.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, key)) = rest.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(ConfigError::new(format!("{name}: `{section}` is not a section")));
+        };
+        section_table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let config = Config::load_with_env(None, &[]).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.server.max_body_bytes, 1024 * 1024);
+        assert!(!config.http.allow_private_networks);
+    }
+
+    #[test]
+    fn environment_overrides_keep_toml_types() {
+        let vars = env(&[
+            ("FLOWGATE_SERVER__LISTEN", "0.0.0.0:9000"),
+            ("FLOWGATE_HTTP__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("FLOWGATE_SERVER__MAX_BODY_BYTES", "2048"),
+            ("UNRELATED", "x"),
+        ]);
+        let config = Config::load_with_env(None, &vars).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9000");
+        assert!(config.http.allow_private_networks);
+        assert_eq!(config.server.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        let vars = env(&[("FLOWGATE_SERVER__LISTNE", "x")]);
+        let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let vars = env(&[("FLOWGATE_SERVER__LISTEN", "nowhere")]);
+        let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+        assert_eq!(err, "server.listen `nowhere` is not a host:port address");
+    }
+}

@@ -1,0 +1,510 @@
+//! The run engine: executes a flow's steps for one [`RunInput`] and reports
+//! what happened in a [`RunReport`].
+//!
+//! The engine does not know where a run comes from: the HTTP handler calls it
+//! for sync flows, and a queue worker can call it with the same input. Every
+//! step leaves a [`StepTrace`] (input, output, error, timing, attempts) so the
+//! report doubles as the run's debugger record.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use minijinja::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::flow::{Action, Catalog, Flow, HttpAction, OnError, Step};
+use crate::template::{self, Scope, to_json};
+
+pub mod http;
+
+pub use http::HttpClient;
+
+/// Most items a `for_each` step iterates over.
+const MAX_FOR_EACH_ITEMS: usize = 10_000;
+
+/// Everything a run needs besides the flow: serializable, so it can be queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInput {
+    /// The run id.
+    pub run_id: String,
+    /// The flow id.
+    pub flow_id: String,
+    /// `sync` or `async`.
+    pub mode: String,
+    /// False for draft flows.
+    pub live: bool,
+    /// The parsed request body, exposed under the trigger's ref-id.
+    pub body: serde_json::Value,
+    /// The `request` object of the template context.
+    pub request: serde_json::Value,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Skip side effects: `http` steps are not called and `delay` does not wait.
+    pub dry_run: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every step ran or was skipped, or failed with `on_error = "continue"`.
+    Succeeded,
+    /// A step failed with `on_error = "stop"`, or a `fail` step ran.
+    Failed,
+    /// The flow's `timeout` passed.
+    TimedOut,
+}
+
+impl RunStatus {
+    /// The status as shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// Where the step sits, e.g. `notify` or `each_item[2].post`.
+    pub path: String,
+    /// The step's kind.
+    pub kind: String,
+    /// `succeeded`, `failed` or `skipped`.
+    pub status: String,
+    /// The rendered config the step acted on.
+    pub input: serde_json::Value,
+    /// The step's output.
+    pub output: serde_json::Value,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunError {
+    /// The step that failed, if one did.
+    pub step: Option<String>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// How the run ended.
+    pub status: RunStatus,
+    /// The error, for failed and timed-out runs.
+    pub error: Option<RunError>,
+    /// One trace per step execution, in order.
+    pub steps: Vec<StepTrace>,
+    /// Messages from `log` steps.
+    pub logs: Vec<String>,
+    /// The context after the run, for rendering the response.
+    pub scope: Scope,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+/// Runs flows.
+#[derive(Clone)]
+pub struct Engine {
+    http: HttpClient,
+}
+
+struct StepFailure {
+    message: String,
+    retryable: bool,
+    output: serde_json::Value,
+}
+
+impl StepFailure {
+    fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            output: serde_json::Value::Null,
+        }
+    }
+}
+
+struct Halt(RunError);
+
+struct RunState<'a> {
+    env: &'a template::Env,
+    options: RunOptions,
+    traces: Vec<StepTrace>,
+    logs: Vec<String>,
+}
+
+type StepsFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
+
+impl Engine {
+    /// An engine using `http` for outbound calls.
+    pub fn new(http: HttpClient) -> Self {
+        Self { http }
+    }
+
+    /// Builds the template scope a run starts with.
+    pub fn initial_scope(flow: &Flow, input: &RunInput) -> Scope {
+        let mut scope = Scope::default();
+        scope.set_json(&flow.trigger.ref_id, &input.body);
+        scope.set_json("request", &input.request);
+        scope.set_json("run", &run_object(flow, input, "running"));
+        scope
+    }
+
+    /// Runs `flow` for `input`, within the flow's timeout.
+    pub async fn run(
+        &self,
+        catalog: &Catalog,
+        flow: &Flow,
+        input: &RunInput,
+        options: RunOptions,
+    ) -> RunReport {
+        let started = Instant::now();
+        let mut scope = Self::initial_scope(flow, input);
+        let mut state = RunState {
+            env: &catalog.env,
+            options,
+            traces: Vec::new(),
+            logs: Vec::new(),
+        };
+        let outcome = tokio::time::timeout(
+            flow.timeout,
+            self.run_steps(&flow.steps, String::new(), &mut scope, &mut state),
+        )
+        .await;
+        let (status, error) = match outcome {
+            Ok(Ok(())) => (RunStatus::Succeeded, None),
+            Ok(Err(Halt(error))) => (RunStatus::Failed, Some(error)),
+            Err(_) => (
+                RunStatus::TimedOut,
+                Some(RunError {
+                    step: None,
+                    message: format!(
+                        "the run exceeded the flow's timeout of {}",
+                        humantime::format_duration(flow.timeout)
+                    ),
+                }),
+            ),
+        };
+        scope.set_json("run", &run_object(flow, input, status.as_str()));
+        RunReport {
+            status,
+            error,
+            steps: state.traces,
+            logs: state.logs,
+            scope,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn run_steps<'a>(
+        &'a self,
+        steps: &'a [Step],
+        prefix: String,
+        scope: &'a mut Scope,
+        state: &'a mut RunState<'_>,
+    ) -> StepsFuture<'a>
+    where
+        Self: Sync,
+    {
+        Box::pin(async move {
+            for step in steps {
+                self.run_step(step, &prefix, scope, state).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn run_step(
+        &self,
+        step: &Step,
+        prefix: &str,
+        scope: &mut Scope,
+        state: &mut RunState<'_>,
+    ) -> Result<(), Halt> {
+        let path = format!("{prefix}{}", step.ref_id);
+        let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let clock = Instant::now();
+        let mut trace = StepTrace {
+            path: path.clone(),
+            kind: step.action.kind().to_owned(),
+            status: "succeeded".into(),
+            input: serde_json::Value::Null,
+            output: serde_json::Value::Null,
+            error: None,
+            attempts: 0,
+            started_at,
+            duration_ms: 0,
+        };
+        if let Some(condition) = &step.condition {
+            let ctx = scope.context();
+            match template::eval(state.env, condition, &ctx) {
+                Ok(value) if value.is_true() => {}
+                Ok(_) => {
+                    trace.status = "skipped".into();
+                    state.traces.push(trace);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let failure = StepFailure::fatal(format!("`if`: {}", template::describe_at(&e)));
+                    return self.finish_failed(step, path, trace, failure, clock, scope, state);
+                }
+            }
+        }
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let outcome = match step.timeout {
+                Some(limit) => tokio::time::timeout(limit, self.act(step, &path, scope, state, &mut trace.input))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StepFailure {
+                            message: format!("the step exceeded its timeout of {}", humantime::format_duration(limit)),
+                            retryable: true,
+                            output: serde_json::Value::Null,
+                        })
+                    }),
+                None => self.act(step, &path, scope, state, &mut trace.input).await,
+            };
+            match outcome {
+                Err(failure) if failure.retryable && attempt < step.retry.attempts => {
+                    let backoff = step.retry.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                    tracing::debug!(step = %path, attempt, error = %failure.message, "step failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                }
+                other => break other,
+            }
+        };
+        trace.attempts = attempt;
+        match result {
+            Ok(output) => {
+                scope.set_json(&step.ref_id, &output);
+                trace.output = output;
+                trace.duration_ms = clock.elapsed().as_millis() as u64;
+                state.traces.push(trace);
+                Ok(())
+            }
+            Err(failure) => self.finish_failed(step, path, trace, failure, clock, scope, state),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_failed(
+        &self,
+        step: &Step,
+        path: String,
+        mut trace: StepTrace,
+        failure: StepFailure,
+        clock: Instant,
+        scope: &mut Scope,
+        state: &mut RunState<'_>,
+    ) -> Result<(), Halt> {
+        trace.status = "failed".into();
+        trace.error = Some(failure.message.clone());
+        trace.output = failure.output;
+        trace.duration_ms = clock.elapsed().as_millis() as u64;
+        state.traces.push(trace);
+        match step.on_error {
+            OnError::Continue => {
+                scope.set_json(&step.ref_id, &json!({ "error": failure.message }));
+                Ok(())
+            }
+            OnError::Stop => Err(Halt(RunError {
+                step: Some(path),
+                message: failure.message,
+            })),
+        }
+    }
+
+    /// One attempt of a step's action; `input` receives the rendered config.
+    async fn act(
+        &self,
+        step: &Step,
+        path: &str,
+        scope: &mut Scope,
+        state: &mut RunState<'_>,
+        input: &mut serde_json::Value,
+    ) -> Result<serde_json::Value, StepFailure> {
+        let render_err = |e: minijinja::Error| StepFailure::fatal(template::describe_at(&e));
+        match &step.action {
+            Action::Transform { set } => set.render(state.env, &scope.context()).map_err(render_err),
+            Action::Log { message } => {
+                let message = message_text(message.render(state.env, &scope.context()).map_err(render_err)?);
+                state.logs.push(message.clone());
+                tracing::info!(step = %path, %message, "flow log");
+                Ok(json!({ "message": message }))
+            }
+            Action::Fail { message } => {
+                let message = message_text(message.render(state.env, &scope.context()).map_err(render_err)?);
+                Err(StepFailure::fatal(message))
+            }
+            Action::Delay { duration } => {
+                *input = json!({ "duration_ms": duration.as_millis() as u64 });
+                if !state.options.dry_run {
+                    tokio::time::sleep(*duration).await;
+                }
+                Ok(json!({}))
+            }
+            Action::Http(action) => self.http_step(action, scope, state, input).await,
+            Action::Branch { when, then, otherwise } => {
+                let taken = template::eval(state.env, when, &scope.context()).map_err(render_err)?.is_true();
+                let (branch, label) = if taken { (then, "then") } else { (otherwise, "else") };
+                *input = json!({ "when": taken });
+                let prefix = format!("{path}.{label}.");
+                self.run_steps(branch, prefix, scope, state)
+                    .await
+                    .map_err(|Halt(e)| StepFailure::fatal(e.message))?;
+                Ok(json!({ "taken": label }))
+            }
+            Action::ForEach { items, steps } => {
+                let list = template::eval(state.env, items, &scope.context()).map_err(render_err)?;
+                let items: Vec<Value> = if list.is_undefined() || list.is_none() {
+                    Vec::new()
+                } else {
+                    list.try_iter()
+                        .map_err(|_| StepFailure::fatal(format!("`items` is not a list (got {})", list.kind())))?
+                        .take(MAX_FOR_EACH_ITEMS + 1)
+                        .collect()
+                };
+                if items.len() > MAX_FOR_EACH_ITEMS {
+                    return Err(StepFailure::fatal(format!("`items` has more than {MAX_FOR_EACH_ITEMS} entries")));
+                }
+                *input = json!({ "items": items.len() });
+                let length = items.len();
+                let mut results = Vec::with_capacity(length);
+                for (index0, item) in items.into_iter().enumerate() {
+                    let mut inner = scope.clone();
+                    inner.set("item", item);
+                    inner.set_json(
+                        "loop",
+                        &json!({
+                            "index": index0 + 1,
+                            "index0": index0,
+                            "first": index0 == 0,
+                            "last": index0 + 1 == length,
+                            "length": length,
+                        }),
+                    );
+                    let prefix = format!("{path}[{index0}].");
+                    self.run_steps(steps, prefix, &mut inner, state)
+                        .await
+                        .map_err(|Halt(e)| StepFailure::fatal(e.message))?;
+                    let outputs: serde_json::Map<String, serde_json::Value> = steps
+                        .iter()
+                        .filter_map(|s| inner.get(&s.ref_id).map(|v| (s.ref_id.clone(), to_json(&v))))
+                        .collect();
+                    results.push(serde_json::Value::Object(outputs));
+                }
+                Ok(json!({ "results": results }))
+            }
+        }
+    }
+
+    async fn http_step(
+        &self,
+        action: &HttpAction,
+        scope: &Scope,
+        state: &RunState<'_>,
+        input: &mut serde_json::Value,
+    ) -> Result<serde_json::Value, StepFailure> {
+        let ctx = scope.context();
+        let render = |v: &template::TemplateValue| {
+            v.render(state.env, &ctx).map_err(|e| StepFailure::fatal(template::describe_at(&e)))
+        };
+        let url = match render(&action.url)? {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let headers = string_pairs(render(&action.headers)?);
+        let query = string_pairs(render(&action.query)?);
+        let body = action.body.as_ref().map(render).transpose()?;
+        *input = json!({
+            "method": action.method.as_str(),
+            "url": url,
+            "headers": headers.iter().cloned().collect::<serde_json::Map<_, _>>(),
+            "query": query.iter().cloned().collect::<serde_json::Map<_, _>>(),
+            "body": body,
+        });
+        if state.options.dry_run {
+            return Ok(json!({ "status": null, "headers": {}, "body": null, "dry_run": true }));
+        }
+        let header_pairs: Vec<(String, String)> = headers.into_iter().map(|(k, v)| (k, json_text(v))).collect();
+        let query_pairs: Vec<(String, String)> = query.into_iter().map(|(k, v)| (k, json_text(v))).collect();
+        let payload = body.map(|b| match b {
+            serde_json::Value::String(text) => (Bytes::from(text), "text/plain; charset=utf-8"),
+            other => (Bytes::from(other.to_string()), "application/json"),
+        });
+        let response = self
+            .http
+            .send(action.method.clone(), &url, &header_pairs, &query_pairs, payload, action.timeout)
+            .await
+            .map_err(|e| StepFailure {
+                retryable: e.is_retryable(),
+                message: format!("{} {url}: {e}", action.method),
+                output: serde_json::Value::Null,
+            })?;
+        let output = json!({
+            "status": response.status,
+            "headers": response.headers,
+            "body": response.body,
+        });
+        if !action.expect.iter().any(|m| m.matches(response.status)) {
+            return Err(StepFailure {
+                message: format!("{} {url} answered {}, which `expect` does not accept", action.method, response.status),
+                retryable: response.status >= 500 || response.status == 429,
+                output,
+            });
+        }
+        Ok(output)
+    }
+}
+
+fn run_object(flow: &Flow, input: &RunInput, status: &str) -> serde_json::Value {
+    json!({
+        "id": input.run_id,
+        "flow": flow.id,
+        "mode": input.mode,
+        "live": input.live,
+        "status": status,
+    })
+}
+
+fn message_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn json_text(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn string_pairs(value: serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    match value {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        _ => Vec::new(),
+    }
+}

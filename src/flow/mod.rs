@@ -1,0 +1,356 @@
+//! Flows: the model the engine and the trigger run, and loading it from
+//! `flows/*.toml` (see [`load`]).
+//!
+//! A [`Catalog`] is one consistent load: every valid flow plus the template
+//! environment they were validated against. The server swaps whole catalogs,
+//! so a request always sees a flow and its templates from the same load.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use crate::config::Secret;
+use crate::template::{Env, TemplateValue};
+
+pub mod load;
+mod spec;
+
+pub use load::{LoadOptions, LoadReport, load_catalog};
+
+/// One load of all flows and templates.
+#[derive(Debug)]
+pub struct Catalog {
+    /// The template environment holding every template the flows use.
+    pub env: Arc<Env>,
+    /// Valid flows by id.
+    pub flows: HashMap<String, Arc<Flow>>,
+}
+
+impl Catalog {
+    /// A catalog with no flows.
+    pub fn empty() -> Self {
+        Self {
+            env: Arc::new(crate::template::new_environment()),
+            flows: HashMap::new(),
+        }
+    }
+
+    /// The flow with id `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<Flow>> {
+        self.flows.get(id)
+    }
+}
+
+/// A validated flow.
+#[derive(Debug)]
+pub struct Flow {
+    /// The flow id: the file stem.
+    pub id: String,
+    /// Human name; the id when the file gives none.
+    pub name: String,
+    /// `draft`, `live` or `paused`.
+    pub status: FlowStatus,
+    /// Whole-run time limit.
+    pub timeout: Duration,
+    /// Content hash of the flow file, recorded on each run.
+    pub version: String,
+    /// Where the flow was loaded from.
+    pub path: PathBuf,
+    /// How requests reach the flow.
+    pub trigger: Trigger,
+    /// How the answer is rendered.
+    pub response: ResponseSpec,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+/// A flow's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowStatus {
+    /// Runs, with `run.live = false`.
+    Draft,
+    /// Runs.
+    Live,
+    /// Answers the fixed `biz_logic` body and records nothing.
+    Paused,
+}
+
+impl FlowStatus {
+    /// The status as written in flow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowStatus::Draft => "draft",
+            FlowStatus::Live => "live",
+            FlowStatus::Paused => "paused",
+        }
+    }
+}
+
+/// Whether the answer waits for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run, then answer.
+    Sync,
+    /// Queue the run and answer at once.
+    Async,
+}
+
+impl Mode {
+    /// The mode as written in flow files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+/// `[trigger]`
+#[derive(Debug)]
+pub struct Trigger {
+    /// The ref-id the parsed body appears under.
+    pub ref_id: String,
+    /// Accepted HTTP methods.
+    pub methods: Vec<Method>,
+    /// Sync or async.
+    pub mode: Mode,
+    /// Accept `Authorization: Bearer <jwt>`.
+    pub bearer: bool,
+    /// Accept `?access_token=<jwt>`.
+    pub query_token: bool,
+    /// Accept a provider body signature.
+    pub signature: Option<SignatureConfig>,
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: usize,
+    /// Accept any content type, exposing the body as `request.raw` only.
+    pub accept_any: bool,
+    /// Origins allowed to call from a browser; `*` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+/// A body-signature scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureScheme {
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`.
+    StandardWebhooks,
+    /// `Stripe-Signature: t=<ts>,v1=<hex>`.
+    Stripe,
+    /// `X-Hub-Signature-256: sha256=<hex>`.
+    Github,
+    /// `X-Shopify-Hmac-Sha256: <base64>`.
+    Shopify,
+    /// `X-Slack-Signature: v0=<hex>` with `X-Slack-Request-Timestamp`.
+    Slack,
+    /// HMAC-SHA256 of the body in a configurable header.
+    HmacSha256,
+}
+
+impl SignatureScheme {
+    /// Parses a scheme name as written in flow files.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "standard-webhooks" => Self::StandardWebhooks,
+            "stripe" => Self::Stripe,
+            "github" => Self::Github,
+            "shopify" => Self::Shopify,
+            "slack" => Self::Slack,
+            "hmac-sha256" => Self::HmacSha256,
+            _ => return None,
+        })
+    }
+}
+
+/// How the generic `hmac-sha256` scheme encodes its digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestEncoding {
+    /// Lower- or upper-case hex.
+    Hex,
+    /// Standard base64.
+    Base64,
+}
+
+/// `[trigger.signature]`
+#[derive(Debug)]
+pub struct SignatureConfig {
+    /// The provider scheme.
+    pub scheme: SignatureScheme,
+    /// Environment variable the secret was read from.
+    pub secret_env: String,
+    /// The secret; `None` when the variable was unset at load, and then every signature fails.
+    pub secret: Option<Secret<Vec<u8>>>,
+    /// Accepted age of the signed timestamp, for schemes that sign one.
+    pub tolerance: Duration,
+    /// Header carrying the signature (`hmac-sha256` only).
+    pub header: HeaderName,
+    /// Digest encoding (`hmac-sha256` only).
+    pub encoding: DigestEncoding,
+    /// Text before the digest in the header, e.g. `sha256=` (`hmac-sha256` only).
+    pub prefix: String,
+}
+
+/// `[response]`
+#[derive(Debug)]
+pub struct ResponseSpec {
+    /// The status code.
+    pub status: StatusSource,
+    /// Body template name; `None` for the default body.
+    pub body: Option<String>,
+    /// Header names and their value templates.
+    pub headers: Vec<(HeaderName, String)>,
+    /// Content type guessed from the body template's name, used when no header sets one.
+    pub default_content_type: &'static str,
+    /// The answer for a failed run (`[response.on_error]`).
+    pub on_error: Option<Box<ResponseSpec>>,
+}
+
+/// Where a response status comes from.
+#[derive(Debug, Clone)]
+pub enum StatusSource {
+    /// A fixed status.
+    Fixed(StatusCode),
+    /// A template that must render to an integer 100..=599.
+    Template(String),
+}
+
+/// One step.
+#[derive(Debug)]
+pub struct Step {
+    /// The step's ref: its output appears as `{{ <ref>.… }}`.
+    pub ref_id: String,
+    /// Expression; the step is skipped unless it is true.
+    pub condition: Option<String>,
+    /// What a failure of this step does to the run.
+    pub on_error: OnError,
+    /// Attempts and backoff.
+    pub retry: Retry,
+    /// Limit of one attempt.
+    pub timeout: Option<Duration>,
+    /// What the step does.
+    pub action: Action,
+}
+
+/// `on_error`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Fail the run.
+    Stop,
+    /// Record the error as the step's output and go on.
+    Continue,
+}
+
+/// `retry = { attempts, backoff }`
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Total attempts, at least 1.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles each time.
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A step kind with its config.
+#[derive(Debug)]
+pub enum Action {
+    /// `set = { key = template, ... }`
+    Transform {
+        /// The values to render.
+        set: TemplateValue,
+    },
+    /// Outbound request.
+    Http(HttpAction),
+    /// `when`, `then`, `else`
+    Branch {
+        /// Condition expression.
+        when: String,
+        /// Steps when true.
+        then: Vec<Step>,
+        /// Steps when false.
+        otherwise: Vec<Step>,
+    },
+    /// `items`, `steps`
+    ForEach {
+        /// Expression yielding a list.
+        items: String,
+        /// Steps run per item with `item` and `loop` in scope.
+        steps: Vec<Step>,
+    },
+    /// `duration`
+    Delay {
+        /// How long to wait.
+        duration: Duration,
+    },
+    /// `message` into the run log.
+    Log {
+        /// The message template.
+        message: TemplateValue,
+    },
+    /// `message`; ends the run as failed.
+    Fail {
+        /// The message template.
+        message: TemplateValue,
+    },
+}
+
+impl Action {
+    /// The kind name as written in flow files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Transform { .. } => "transform",
+            Action::Http(_) => "http",
+            Action::Branch { .. } => "branch",
+            Action::ForEach { .. } => "for_each",
+            Action::Delay { .. } => "delay",
+            Action::Log { .. } => "log",
+            Action::Fail { .. } => "fail",
+        }
+    }
+}
+
+/// An `http` step's config.
+#[derive(Debug)]
+pub struct HttpAction {
+    /// Request method.
+    pub method: Method,
+    /// URL template.
+    pub url: TemplateValue,
+    /// Header templates (an object).
+    pub headers: TemplateValue,
+    /// Query templates (an object).
+    pub query: TemplateValue,
+    /// Body: an object or list is sent as JSON, a string as text.
+    pub body: Option<TemplateValue>,
+    /// Statuses that count as success.
+    pub expect: Vec<StatusMatch>,
+    /// Limit of one attempt.
+    pub timeout: Duration,
+}
+
+/// One entry of `expect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// Exactly this status.
+    Exact(u16),
+    /// A class: `2` for `2xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// Does `status` match?
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Exact(s) => s == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The flow file as written, with source spans so every problem can be
+//! reported as `path:line`. Validation in [`super::load`] turns it into the
+//! model in [`super`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FlowFile {
+    pub name: Option<Spanned<String>>,
+    #[allow(dead_code)] // documentation for readers of the file
+    pub description: Option<String>,
+    pub status: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub trigger: Spanned<TriggerFile>,
+    pub response: Option<ResponseFile>,
+    #[serde(default)]
+    pub steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TriggerFile {
+    #[serde(rename = "ref")]
+    pub ref_id: Spanned<String>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub mode: Option<Spanned<String>>,
+    pub auth: Option<Spanned<Vec<Spanned<String>>>>,
+    pub signature: Option<Spanned<SignatureFile>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub accept_any: Option<bool>,
+    pub cors_origins: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SignatureFile {
+    pub scheme: Spanned<String>,
+    pub secret_env: Spanned<String>,
+    pub tolerance: Option<Spanned<String>>,
+    pub header: Option<Spanned<String>>,
+    pub encoding: Option<Spanned<String>>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResponseFile {
+    pub status: Option<Spanned<Node>>,
+    pub body: Option<Spanned<String>>,
+    pub body_inline: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub on_error: Option<Box<ResponseFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryFile {
+    pub attempts: Spanned<i64>,
+    pub backoff: Option<Spanned<String>>,
+}
+
+/// Every key any step kind takes; validation checks which belong to `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StepFile {
+    #[serde(rename = "ref")]
+    pub ref_id: Spanned<String>,
+    pub kind: Spanned<String>,
+    #[serde(rename = "if")]
+    pub condition: Option<Spanned<String>>,
+    pub on_error: Option<Spanned<String>>,
+    pub retry: Option<Spanned<RetryFile>>,
+    pub timeout: Option<Spanned<String>>,
+    pub set: Option<Spanned<Node>>,
+    pub method: Option<Spanned<String>>,
+    pub url: Option<Spanned<Node>>,
+    pub headers: Option<Spanned<Node>>,
+    pub query: Option<Spanned<Node>>,
+    pub body: Option<Spanned<Node>>,
+    pub expect: Option<Spanned<Node>>,
+    pub when: Option<Spanned<String>>,
+    pub then: Option<Vec<StepFile>>,
+    #[serde(rename = "else")]
+    pub otherwise: Option<Vec<StepFile>>,
+    pub items: Option<Spanned<String>>,
+    pub steps: Option<Vec<StepFile>>,
+    pub duration: Option<Spanned<String>>,
+    pub message: Option<Spanned<Node>>,
+}
+
+impl StepFile {
+    /// The kind-specific keys that are set, with a span for each.
+    pub fn present_keys(&self) -> Vec<(&'static str, usize)> {
+        let mut keys = Vec::new();
+        let mut add = |name: &'static str, start: Option<usize>| {
+            if let Some(start) = start {
+                keys.push((name, start));
+            }
+        };
+        add("set", self.set.as_ref().map(|s| s.span().start));
+        add("method", self.method.as_ref().map(|s| s.span().start));
+        add("url", self.url.as_ref().map(|s| s.span().start));
+        add("headers", self.headers.as_ref().map(|s| s.span().start));
+        add("query", self.query.as_ref().map(|s| s.span().start));
+        add("body", self.body.as_ref().map(|s| s.span().start));
+        add("expect", self.expect.as_ref().map(|s| s.span().start));
+        add("when", self.when.as_ref().map(|s| s.span().start));
+        add("then", self.then.as_ref().map(|_| self.kind.span().start));
+        add("else", self.otherwise.as_ref().map(|_| self.kind.span().start));
+        add("items", self.items.as_ref().map(|s| s.span().start));
+        add("steps", self.steps.as_ref().map(|_| self.kind.span().start));
+        add("duration", self.duration.as_ref().map(|s| s.span().start));
+        add("message", self.message.as_ref().map(|s| s.span().start));
+        keys
+    }
+}
+
+/// A TOML value that remembers where each part of it was written.
+#[derive(Debug)]
+pub(super) enum Node {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    List(Vec<Spanned<Node>>),
+    Map(Vec<(String, Spanned<Node>)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        i64::try_from(v)
+            .map(Node::Int)
+            .map_err(|_| E::custom("integer too large"))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Ok(Node::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::List(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key.starts_with("$__toml_private") {
+                return Err(de::Error::custom(
+                    "dates and times are not supported here; write them as strings",
+                ));
+            }
+            entries.push((key, map.next_value::<Spanned<Node>>()?));
+        }
+        Ok(Node::Map(entries))
+    }
+}

@@ -1,0 +1,35 @@
+//! flowgate: an inbound flow-trigger gateway.
+//!
+//! Third-party services POST events to `/v1/flow-webhook/<flow_id>`. flowgate
+//! authenticates the request (a Bearer JWT, a provider's body signature, or a
+//! token in the query), parses the body, exposes it to the flow's steps under
+//! the trigger's ref-id, runs the steps and answers with a rendered Jinja
+//! response.
+//!
+//! A request travels one way through the stages below: parse -> authenticate
+//! -> look up flow -> build context -> run -> render -> answer.
+//!
+//! # Layout
+//!
+//! - [`config`]: configuration layering (defaults, `config.toml`, environment) and secrets.
+//! - [`telemetry`]: `tracing` subscriber set-up.
+//! - [`error`]: the error envelope every flowgate-made error answer uses.
+//! - [`token`]: minting and verifying flow tokens (JWTs).
+//! - [`flow`]: the flow model, and loading plus validation of `flows/*.toml`.
+//! - [`template`]: the minijinja environment, template values and the template context.
+//! - [`engine`]: the run engine and its steps, independent of where a run comes from.
+//! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
+//! - [`server`]: the listener, routing, tower layers and graceful shutdown.
+//! - [`cli`]: the `flowgate` command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod flow;
+pub mod server;
+pub mod telemetry;
+pub mod template;
+pub mod token;
+pub mod trigger;

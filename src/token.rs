@@ -1,0 +1,174 @@
+//! Flow tokens: the JWTs senders present as `Authorization: Bearer <token>`.
+//!
+//! A token is HS256-signed with the gateway's signing key and carries `sub`
+//! (the flow id), `iat`, `jti`, an optional `exp` and `ver`, the flow's token
+//! generation: bumping the generation makes every older token fail.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// Clock skew tolerated on `exp`, in seconds.
+const EXP_LEEWAY_SECS: u64 = 30;
+
+/// The claims of a flow token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowClaims {
+    /// The flow id the token is for.
+    pub sub: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Unique token id.
+    pub jti: String,
+    /// Expiry, seconds since the epoch; absent for tokens that do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// The flow's token generation when the token was minted.
+    pub ver: u64,
+    /// Present on admin tokens, which are never valid on a trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Why a token was refused. The messages are safe to show the sender: none
+/// depends on whether the flow exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, or claims of the wrong shape.
+    #[error("the bearer token is malformed")]
+    Malformed,
+    /// Signed with another key, or with an algorithm other than HS256.
+    #[error("the bearer token's signature is not valid")]
+    BadSignature,
+    /// `exp` is in the past.
+    #[error("the bearer token has expired")]
+    Expired,
+    /// `sub` names another flow, or the token is an admin token.
+    #[error("the bearer token is not valid for this flow")]
+    WrongFlow,
+    /// `ver` is older than the flow's current token generation.
+    #[error("the bearer token has been revoked by a token rotation")]
+    Rotated,
+    /// Minting failed.
+    #[error("cannot sign the token: {0}")]
+    Signing(String),
+}
+
+/// The identity a verified flow token proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowPrincipal {
+    /// The flow the token is for.
+    pub flow_id: String,
+    /// The token's `jti`.
+    pub token_id: String,
+}
+
+/// Signs and verifies flow tokens with the gateway's key.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys([redacted])")
+    }
+}
+
+impl TokenKeys {
+    /// Keys from the gateway's signing secret.
+    pub fn new(secret: &Secret<Vec<u8>>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["sub"]);
+        validation.leeway = EXP_LEEWAY_SECS;
+        validation.validate_exp = true;
+        Self {
+            encoding: EncodingKey::from_secret(secret.expose()),
+            decoding: DecodingKey::from_secret(secret.expose()),
+            validation,
+        }
+    }
+
+    /// Mints a token for `flow_id` at generation `ver`, expiring after `ttl` when given.
+    pub fn issue(
+        &self,
+        flow_id: &str,
+        ttl: Option<Duration>,
+        ver: u64,
+    ) -> Result<String, TokenError> {
+        let now = unix_now();
+        let claims = FlowClaims {
+            sub: flow_id.to_owned(),
+            iat: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            exp: ttl.map(|ttl| now + ttl.as_secs()),
+            ver,
+            role: None,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| TokenError::Signing(e.to_string()))
+    }
+
+    /// Verifies `token` for `flow_id` whose current token generation is `current_ver`.
+    pub fn verify(
+        &self,
+        token: &str,
+        flow_id: &str,
+        current_ver: u64,
+    ) -> Result<FlowPrincipal, TokenError> {
+        let data = jsonwebtoken::decode::<FlowClaims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenError::BadSignature
+                }
+                _ => TokenError::Malformed,
+            })?;
+        let claims = data.claims;
+        if claims.sub != flow_id || claims.role.is_some() {
+            return Err(TokenError::WrongFlow);
+        }
+        if claims.ver < current_ver {
+            return Err(TokenError::Rotated);
+        }
+        Ok(FlowPrincipal {
+            flow_id: claims.sub,
+            token_id: claims.jti,
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(secret: &str) -> TokenKeys {
+        TokenKeys::new(&Secret::new(secret.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn issued_tokens_verify_for_their_flow_only() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let token = k.issue("signup", None, 0).unwrap();
+        assert!(token.starts_with("ey") && token.len() > 50);
+        assert_eq!(k.verify(&token, "signup", 0).unwrap().flow_id, "signup");
+        assert_eq!(k.verify(&token, "other", 0), Err(TokenError::WrongFlow));
+        assert_eq!(k.verify(&token, "signup", 1), Err(TokenError::Rotated));
+        let other = keys("another-key-another-key-another-key");
+        assert_eq!(other.verify(&token, "signup", 0), Err(TokenError::BadSignature));
+        assert_eq!(k.verify("garbage", "signup", 0), Err(TokenError::Malformed));
+    }
+}

@@ -1,0 +1,326 @@
+//! The trigger endpoint: `<METHOD> /v1/flow-webhook/<flow_id>`.
+//!
+//! Order of checks (SPEC §5): authenticate first, so that nothing reveals
+//! whether a flow exists; then unknown flow 404, method 405, paused (the fixed
+//! `biz_logic` answer, nothing recorded), body limit 413, body parsing
+//! 400/415; then run and render the answer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
+use crate::error::{self, ApiError, Body};
+use crate::flow::{Catalog, Flow, FlowStatus, Mode};
+use crate::token::{FlowPrincipal, TokenError, TokenKeys};
+
+pub mod body;
+pub mod response;
+pub mod signature;
+
+/// Path prefix of trigger URLs.
+pub const PATH_PREFIX: &str = "/v1/flow-webhook/";
+/// Query parameter carrying a token for `query_token` auth.
+const QUERY_TOKEN_PARAM: &str = "access_token";
+/// How long browsers may cache a CORS preflight answer, in seconds.
+const CORS_MAX_AGE_SECS: &str = "600";
+
+/// What the trigger needs from the server.
+pub struct TriggerState {
+    /// Verifies flow tokens.
+    pub keys: TokenKeys,
+    /// Runs flows.
+    pub engine: Engine,
+    /// The current catalog.
+    pub catalog: std::sync::RwLock<Arc<Catalog>>,
+}
+
+impl TriggerState {
+    /// A consistent snapshot of the loaded flows.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock poisoned").clone()
+    }
+}
+
+/// How the sender proved who they are.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A flow token, in the header or the query.
+    Token(FlowPrincipal),
+    /// A valid body signature.
+    Signature,
+}
+
+/// Handles one trigger request.
+pub async fn handle(state: &TriggerState, req: Request<Incoming>, flow_id: &str, request_id: &str) -> Response<Body> {
+    let catalog = state.catalog();
+    let flow = catalog.get(flow_id).cloned();
+    let cors = flow.as_deref().and_then(|f| cors_origin(f, req.headers()));
+    let mut response = match handle_inner(state, &catalog, flow, req, flow_id, request_id, cors.is_some()).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.status.is_server_error() {
+                tracing::error!(error = %err, "trigger failed");
+            } else {
+                tracing::info!(status = err.status.as_u16(), kind = err.kind, message = %err.message, "trigger refused");
+            }
+            err.into_response()
+        }
+    };
+    if let Some(origin) = cors {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+async fn handle_inner(
+    state: &TriggerState,
+    catalog: &Catalog,
+    flow: Option<Arc<Flow>>,
+    req: Request<Incoming>,
+    flow_id: &str,
+    request_id: &str,
+    cors_allowed: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, incoming) = req.into_parts();
+    if cors_allowed && parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        return Ok(preflight(flow.as_deref().expect("cors implies a flow")));
+    }
+    let limit = flow
+        .as_deref()
+        .map(|f| f.trigger.max_body_bytes)
+        .unwrap_or(0); // unknown flows are bearer-only: their body is never read
+    let mut body = BodyState::Unread(incoming);
+    let principal = authenticate(state, flow.as_deref(), &parts, &mut body, flow_id, limit).await?;
+    tracing::Span::current().record("flow", flow_id);
+    tracing::debug!(?principal, "authenticated");
+
+    let flow = flow.ok_or_else(|| ApiError::not_found(format!("no flow `{flow_id}`")))?;
+    if !flow.trigger.methods.contains(&parts.method) {
+        let allow = flow.trigger.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut response = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("flow `{flow_id}` accepts {allow}"),
+        )
+        .into_response();
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are valid"));
+        return Ok(response);
+    }
+    if flow.status == FlowStatus::Paused {
+        return Ok(error::paused_response());
+    }
+    let raw = body.read(limit).await?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let input = RunInput {
+        run_id: run_id.clone(),
+        flow_id: flow.id.clone(),
+        mode: flow.trigger.mode.as_str().to_owned(),
+        live: flow.status == FlowStatus::Live,
+        body: parsed,
+        request: request_object(&parts, &raw, request_id),
+    };
+    if flow.trigger.mode == Mode::Async {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "async flows need the run queue, which this gateway does not run",
+        ));
+    }
+    let report = state.engine.run(catalog, &flow, &input, RunOptions::default()).await;
+    tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
+    let mut response = answer(catalog, &flow, &run_id, &report)?;
+    response.headers_mut().insert("x-flowgate-run-id", HeaderValue::from_str(&run_id).expect("uuids are valid header values"));
+    Ok(response)
+}
+
+/// Renders the answer for a finished sync run.
+pub fn answer(catalog: &Catalog, flow: &Flow, run_id: &str, report: &RunReport) -> Result<Response<Body>, ApiError> {
+    let env = &catalog.env;
+    match report.status {
+        RunStatus::Succeeded => {
+            let ctx = report.scope.context();
+            response::render(&flow.response, env, &ctx, || {
+                json!({ "run_id": run_id, "status": "succeeded" }).to_string()
+            })
+            .map_err(|e| e.with_run_id(run_id))
+        }
+        RunStatus::Failed => {
+            let error = report.error.clone().unwrap_or_else(|| crate::engine::RunError { step: None, message: "the run failed".into() });
+            let failure = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "run_failed",
+                match &error.step {
+                    Some(step) => format!("step `{step}` failed: {}", error.message),
+                    None => error.message.clone(),
+                },
+            )
+            .with_run_id(run_id);
+            match &flow.response.on_error {
+                Some(spec) => {
+                    let mut scope = report.scope.clone();
+                    scope.set_json("error", &json!({ "step": error.step, "message": error.message }));
+                    response::render(spec, env, &scope.context(), || failure.body_json())
+                        .map_err(|e| e.with_run_id(run_id))
+                }
+                None => Err(failure),
+            }
+        }
+        RunStatus::TimedOut => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "run_timed_out",
+            report.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
+        )
+        .with_run_id(run_id)),
+    }
+}
+
+enum BodyState {
+    Unread(Incoming),
+    Read(Bytes),
+    TooLarge,
+}
+
+impl BodyState {
+    async fn read(&mut self, limit: usize) -> Result<Bytes, ApiError> {
+        if let BodyState::Unread(_) = self {
+            let BodyState::Unread(incoming) = std::mem::replace(self, BodyState::TooLarge) else {
+                unreachable!()
+            };
+            match Limited::new(incoming, limit).collect().await {
+                Ok(collected) => *self = BodyState::Read(collected.to_bytes()),
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {}
+                Err(e) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+            }
+        }
+        match self {
+            BodyState::Read(bytes) => Ok(bytes.clone()),
+            _ => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is over this flow's limit of {limit} bytes"),
+            )),
+        }
+    }
+}
+
+async fn authenticate(
+    state: &TriggerState,
+    flow: Option<&Flow>,
+    parts: &Parts,
+    body: &mut BodyState,
+    flow_id: &str,
+    limit: usize,
+) -> Result<Principal, ApiError> {
+    // Flow tokens have no stored generations yet, so every flow is at generation 0.
+    let generation = 0;
+    let bearer_allowed = flow.is_none_or(|f| f.trigger.bearer);
+    let mut token_error: Option<TokenError> = None;
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION).filter(|_| bearer_allowed) {
+        let token = value.to_str().ok().and_then(bearer_token);
+        match token.map(|t| state.keys.verify(t, flow_id, generation)) {
+            Some(Ok(p)) => return Ok(Principal::Token(p)),
+            Some(Err(e)) => token_error = Some(e),
+            None => token_error = Some(TokenError::Malformed),
+        }
+    }
+    if let Some(flow) = flow.filter(|f| f.trigger.query_token) {
+        if let Some(token) = query_param(parts.uri.query(), QUERY_TOKEN_PARAM) {
+            match state.keys.verify(&token, &flow.id, generation) {
+                Ok(p) => return Ok(Principal::Token(p)),
+                Err(e) => token_error = Some(e),
+            }
+        }
+    }
+    if let Some(config) = flow.and_then(|f| f.trigger.signature.as_ref()) {
+        // A body over the limit cannot be verified, so it stays unauthenticated.
+        if let Ok(raw) = body.read(limit).await {
+            match signature::verify(config, &parts.headers, &raw, unix_now()) {
+                Ok(()) => return Ok(Principal::Signature),
+                Err(e) => tracing::info!(reason = %e, "signature refused"),
+            }
+        }
+    }
+    Err(ApiError::unauthorized(match token_error {
+        Some(e) => e.to_string(),
+        None => "missing credentials: send Authorization: Bearer <token>".to_owned(),
+    }))
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The `request` object templates see. `authorization` and a query token are never exposed.
+fn request_object(parts: &Parts, raw: &[u8], request_id: &str) -> Value {
+    let mut headers = Map::new();
+    for (name, value) in &parts.headers {
+        if name == header::AUTHORIZATION {
+            continue;
+        }
+        headers.insert(name.as_str().to_owned(), Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+    }
+    let mut query = Map::new();
+    for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        if k != QUERY_TOKEN_PARAM {
+            query.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+    }
+    json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": query,
+        "headers": headers,
+        "raw": String::from_utf8_lossy(raw),
+        "received_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "id": request_id,
+    })
+}
+
+/// The `Access-Control-Allow-Origin` value when the request's origin is allowed.
+fn cors_origin(flow: &Flow, headers: &HeaderMap) -> Option<HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    flow.trigger
+        .cors_origins
+        .iter()
+        .any(|o| o == "*" || o == text)
+        .then(|| origin.clone())
+}
+
+fn preflight(flow: &Flow) -> Response<Body> {
+    let mut methods: Vec<&str> = flow.trigger.methods.iter().map(Method::as_str).collect();
+    methods.push("OPTIONS");
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_str(&methods.join(", ")).expect("method names are valid"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, idempotency-key"),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(CORS_MAX_AGE_SECS));
+    response
+}
