@@ -84,8 +84,14 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config),
         Command::Check => Ok(check(&config)),
-        Command::Render { flow, body, content_type } => render(&config, &flow, &body, content_type.as_deref()),
-        Command::Token { command: TokenCommand::Issue { flow, ttl } } => issue(&config, &flow, ttl.map(Into::into)),
+        Command::Render {
+            flow,
+            body,
+            content_type,
+        } => render(&config, &flow, &body, content_type.as_deref()),
+        Command::Token {
+            command: TokenCommand::Issue { flow, ttl },
+        } => issue(&config, &flow, ttl.map(Into::into)),
     };
     match result {
         Ok(code) => code,
@@ -109,6 +115,7 @@ fn load(config: &Config) -> LoadReport {
         flows_dir: config.flows_dir(),
         templates_dir: config.templates_dir(),
         default_max_body_bytes: config.server.max_body_bytes,
+        secrets: Default::default(),
     })
 }
 
@@ -162,30 +169,48 @@ fn check(config: &Config) -> ExitCode {
     let mut ids: Vec<&String> = report.catalog.flows.keys().collect();
     ids.sort();
     if report.is_clean() {
-        let list = ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let list = ids
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         println!("ok: {} flow(s) valid: {list}", ids.len());
         ExitCode::SUCCESS
     } else {
-        println!("{} problem(s); flows not served: {}", report.problems.len(), report.skipped.join(", "));
+        println!(
+            "{} problem(s); flows not served: {}",
+            report.problems.len(),
+            report.skipped.join(", ")
+        );
         ExitCode::FAILURE
     }
 }
 
-fn render(config: &Config, flow_id: &str, body_path: &Path, content_type: Option<&str>) -> anyhow::Result<ExitCode> {
+fn render(
+    config: &Config,
+    flow_id: &str,
+    body_path: &Path,
+    content_type: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let report = load(config);
     let Some(flow) = report.catalog.get(flow_id).cloned() else {
         for problem in &report.problems {
             eprintln!("{problem}");
         }
-        anyhow::bail!("no valid flow `{flow_id}` in {}", config.flows_dir().display());
+        anyhow::bail!(
+            "no valid flow `{flow_id}` in {}",
+            config.flows_dir().display()
+        );
     };
-    let raw = std::fs::read(body_path).with_context(|| format!("cannot read {}", body_path.display()))?;
-    let content_type = content_type.unwrap_or(match body_path.extension().and_then(|e| e.to_str()) {
-        Some("json") => "application/json",
-        Some("xml") => "application/xml",
-        Some("form") => "application/x-www-form-urlencoded",
-        _ => "text/plain",
-    });
+    let raw =
+        std::fs::read(body_path).with_context(|| format!("cannot read {}", body_path.display()))?;
+    let content_type =
+        content_type.unwrap_or(match body_path.extension().and_then(|e| e.to_str()) {
+            Some("json") => "application/json",
+            Some("xml") => "application/xml",
+            Some("form") => "application/x-www-form-urlencoded",
+            _ => "text/plain",
+        });
     let body = crate::trigger::body::parse(Some(content_type), &raw, flow.trigger.accept_any)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let run_id = "render".to_owned();
@@ -207,13 +232,31 @@ fn render(config: &Config, flow_id: &str, body_path: &Path, content_type: Option
     };
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));
-    let run = runtime()?.block_on(engine.run(&catalog, &flow, &input, RunOptions { dry_run: true }));
-    let skipped: Vec<&str> = run.steps.iter().filter(|s| s.kind == "http" && s.status != "skipped").map(|s| s.path.as_str()).collect();
+    let run =
+        runtime()?.block_on(engine.run(&catalog, &flow, &input, RunOptions { dry_run: true }));
+    let skipped: Vec<&str> = run
+        .steps
+        .iter()
+        .filter(|s| s.kind == "http" && s.status != "skipped")
+        .map(|s| s.path.as_str())
+        .collect();
     if !skipped.is_empty() {
-        eprintln!("note: dry run: http steps were not called ({}); their output is {{\"status\": null, \"dry_run\": true}}", skipped.join(", "));
+        eprintln!(
+            "note: dry run: http steps were not called ({}); their output is {{\"status\": null, \"dry_run\": true}}",
+            skipped.join(", ")
+        );
     }
     for step in &run.steps {
-        eprintln!("step {} ({}): {}{}", step.path, step.kind, step.status, step.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default());
+        eprintln!(
+            "step {} ({}): {}{}",
+            step.path,
+            step.kind,
+            step.status,
+            step.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
     }
     let response = match crate::trigger::answer(&catalog, &flow, &run_id, &run) {
         Ok(response) => response,
@@ -224,9 +267,15 @@ fn render(config: &Config, flow_id: &str, body_path: &Path, content_type: Option
         println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
     }
     println!();
-    let body = runtime()?.block_on(http_body_util::BodyExt::collect(response.into_body()))?.to_bytes();
+    let body = runtime()?
+        .block_on(http_body_util::BodyExt::collect(response.into_body()))?
+        .to_bytes();
     println!("{}", String::from_utf8_lossy(&body));
-    Ok(if run.status == crate::engine::RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if run.status == crate::engine::RunStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Result<ExitCode> {

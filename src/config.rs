@@ -191,13 +191,15 @@ impl Config {
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "config".into());
-        let mut table: toml::Table = toml::from_str(&source).map_err(|e| {
-            ConfigError::new(format!("{shown}: {}", e.message().trim_end()))
-        })?;
+        let mut table: toml::Table = toml::from_str(&source)
+            .map_err(|e| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
         apply_env_overrides(&mut table, env)?;
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError::new(format!("{shown}: {}", e.message().trim_end()))
+                })?;
         config.base_dir = file
             .as_deref()
             .and_then(Path::parent)
@@ -279,7 +281,9 @@ impl Config {
         let path = self.resolve(Path::new(&self.auth.signing_key_file));
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(text.trim().as_bytes().to_vec()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.auth.generate_missing_key => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && self.auth.generate_missing_key =>
+            {
                 generate_key_file(&path)
             }
             Err(e) => Err(ConfigError::new(format!(
@@ -296,7 +300,10 @@ fn generate_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
         .map_err(|e| ConfigError::new(format!("cannot generate a signing key: {e}")))?;
     let key = hex::encode(raw);
     let fail = |e: std::io::Error| {
-        ConfigError::new(format!("cannot write signing key file {}: {e}", path.display()))
+        ConfigError::new(format!(
+            "cannot write signing key file {}: {e}",
+            path.display()
+        ))
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -343,7 +350,9 @@ fn apply_env_overrides(
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
-            return Err(ConfigError::new(format!("{name}: `{section}` is not a section")));
+            return Err(ConfigError::new(format!(
+                "{name}: `{section}` is not a section"
+            )));
         };
         section_table.insert(key, parsed);
     }
@@ -355,7 +364,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -25,6 +25,17 @@ pub fn new_environment() -> Env {
     // Chainable: `{{ web1.customer.email }}` renders empty when `customer` is
     // missing, as flow authors expect from n8n-style expressions.
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    // Booleans print as JSON does (`true`), not Python-style (`True`): answers
+    // are mostly JSON, and flow authors come from JavaScript-flavoured tools.
+    env.set_formatter(|out, state, value| {
+        if value.kind() == minijinja::value::ValueKind::Bool
+            && *state.auto_escape() == minijinja::AutoEscape::None
+        {
+            let text = if value.is_true() { "true" } else { "false" };
+            return out.write_str(text).map_err(Into::into);
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env
 }
 
@@ -49,7 +60,9 @@ pub fn single_expression(text: &str) -> Option<&str> {
     let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
     let inner = inner.strip_prefix('-').unwrap_or(inner);
     let inner = inner.strip_suffix('-').unwrap_or(inner);
-    let has_more = ["{{", "}}", "{%", "%}", "{#"].iter().any(|m| inner.contains(m));
+    let has_more = ["{{", "}}", "{%", "%}", "{#"]
+        .iter()
+        .any(|m| inner.contains(m));
     (!has_more && !inner.trim().is_empty()).then_some(inner.trim())
 }
 
@@ -115,9 +128,9 @@ impl TemplateValue {
             }
             TemplateValue::Expr(source) => names.extend(expression_names(env, source)),
             TemplateValue::List(items) => items.iter().for_each(|i| i.collect_names(env, names)),
-            TemplateValue::Map(entries) => {
-                entries.iter().for_each(|(_, v)| v.collect_names(env, names))
-            }
+            TemplateValue::Map(entries) => entries
+                .iter()
+                .for_each(|(_, v)| v.collect_names(env, names)),
         }
     }
 }
@@ -152,7 +165,8 @@ pub struct Scope {
 impl Scope {
     /// Sets `name` to a JSON value.
     pub fn set_json(&mut self, name: &str, value: &serde_json::Value) {
-        self.vars.insert(name.to_owned(), Value::from(minijinja::value::Serde(value)));
+        self.vars
+            .insert(name.to_owned(), Value::from(minijinja::value::Serde(value)));
     }
 
     /// Sets `name` to a template value.
@@ -195,7 +209,10 @@ mod tests {
             ("n".into(), TemplateValue::Expr("web1.n * 2".into())),
             ("tags".into(), TemplateValue::Expr("web1.tags".into())),
             ("text".into(), TemplateValue::Text("t".into())),
-            ("missing".into(), TemplateValue::Expr("web1.nope.deeper".into())),
+            (
+                "missing".into(),
+                TemplateValue::Expr("web1.nope.deeper".into()),
+            ),
         ]);
         assert_eq!(
             value.render(&env, &ctx).unwrap(),

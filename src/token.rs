@@ -168,7 +168,10 @@ mod tests {
         assert_eq!(k.verify(&token, "other", 0), Err(TokenError::WrongFlow));
         assert_eq!(k.verify(&token, "signup", 1), Err(TokenError::Rotated));
         let other = keys("another-key-another-key-another-key");
-        assert_eq!(other.verify(&token, "signup", 0), Err(TokenError::BadSignature));
+        assert_eq!(
+            other.verify(&token, "signup", 0),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(k.verify("garbage", "signup", 0), Err(TokenError::Malformed));
     }
 }

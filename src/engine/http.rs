@@ -58,7 +58,9 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
 
 /// Why an outbound request was refused before it was sent.
 #[derive(Debug, thiserror::Error)]
-#[error("refusing to connect to {host} ({ip}): private, loopback or link-local addresses are not allowed (set http.allow_private_networks)")]
+#[error(
+    "refusing to connect to {host} ({ip}): private, loopback or link-local addresses are not allowed (set http.allow_private_networks)"
+)]
 pub struct ForbiddenAddress {
     host: String,
     ip: IpAddr,
@@ -70,9 +72,8 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
                 return Err(Box::new(ForbiddenAddress { host, ip: bad.ip() })
                     as Box<dyn std::error::Error + Send + Sync>);
@@ -154,9 +155,13 @@ impl HttpClient {
         body: Option<(Bytes, &'static str)>,
         timeout: Duration,
     ) -> Result<HttpResponse, SendError> {
-        let url = Url::parse(url).map_err(|e| SendError::Refused(format!("invalid url `{url}`: {e}")))?;
+        let url =
+            Url::parse(url).map_err(|e| SendError::Refused(format!("invalid url `{url}`: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(SendError::Refused(format!("url scheme `{}` is not http or https", url.scheme())));
+            return Err(SendError::Refused(format!(
+                "url scheme `{}` is not http or https",
+                url.scheme()
+            )));
         }
         check_literal(&url, self.allow_private).map_err(|e| SendError::Refused(e.to_string()))?;
         let mut request = self.client.request(method, url).timeout(timeout);
@@ -262,8 +267,17 @@ mod tests {
     #[test]
     fn private_and_metadata_addresses_are_forbidden() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-            "0.0.0.0", "100.64.0.1", "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }

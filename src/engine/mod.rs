@@ -264,7 +264,8 @@ impl Engine {
                     return Ok(());
                 }
                 Err(e) => {
-                    let failure = StepFailure::fatal(format!("`if`: {}", template::describe_at(&e)));
+                    let failure =
+                        StepFailure::fatal(format!("`if`: {}", template::describe_at(&e)));
                     return self.finish_failed(step, path, trace, failure, clock, scope, state);
                 }
             }
@@ -273,20 +274,29 @@ impl Engine {
         let result = loop {
             attempt += 1;
             let outcome = match step.timeout {
-                Some(limit) => tokio::time::timeout(limit, self.act(step, &path, scope, state, &mut trace.input))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(StepFailure {
-                            message: format!("the step exceeded its timeout of {}", humantime::format_duration(limit)),
-                            retryable: true,
-                            output: serde_json::Value::Null,
-                        })
-                    }),
+                Some(limit) => tokio::time::timeout(
+                    limit,
+                    self.act(step, &path, scope, state, &mut trace.input),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StepFailure {
+                        message: format!(
+                            "the step exceeded its timeout of {}",
+                            humantime::format_duration(limit)
+                        ),
+                        retryable: true,
+                        output: serde_json::Value::Null,
+                    })
+                }),
                 None => self.act(step, &path, scope, state, &mut trace.input).await,
             };
             match outcome {
                 Err(failure) if failure.retryable && attempt < step.retry.attempts => {
-                    let backoff = step.retry.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                    let backoff = step
+                        .retry
+                        .backoff
+                        .saturating_mul(1 << (attempt - 1).min(16));
                     tracing::debug!(step = %path, attempt, error = %failure.message, "step failed; retrying");
                     tokio::time::sleep(backoff).await;
                 }
@@ -345,15 +355,25 @@ impl Engine {
     ) -> Result<serde_json::Value, StepFailure> {
         let render_err = |e: minijinja::Error| StepFailure::fatal(template::describe_at(&e));
         match &step.action {
-            Action::Transform { set } => set.render(state.env, &scope.context()).map_err(render_err),
+            Action::Transform { set } => {
+                set.render(state.env, &scope.context()).map_err(render_err)
+            }
             Action::Log { message } => {
-                let message = message_text(message.render(state.env, &scope.context()).map_err(render_err)?);
+                let message = message_text(
+                    message
+                        .render(state.env, &scope.context())
+                        .map_err(render_err)?,
+                );
                 state.logs.push(message.clone());
                 tracing::info!(step = %path, %message, "flow log");
                 Ok(json!({ "message": message }))
             }
             Action::Fail { message } => {
-                let message = message_text(message.render(state.env, &scope.context()).map_err(render_err)?);
+                let message = message_text(
+                    message
+                        .render(state.env, &scope.context())
+                        .map_err(render_err)?,
+                );
                 Err(StepFailure::fatal(message))
             }
             Action::Delay { duration } => {
@@ -364,9 +384,19 @@ impl Engine {
                 Ok(json!({}))
             }
             Action::Http(action) => self.http_step(action, scope, state, input).await,
-            Action::Branch { when, then, otherwise } => {
-                let taken = template::eval(state.env, when, &scope.context()).map_err(render_err)?.is_true();
-                let (branch, label) = if taken { (then, "then") } else { (otherwise, "else") };
+            Action::Branch {
+                when,
+                then,
+                otherwise,
+            } => {
+                let taken = template::eval(state.env, when, &scope.context())
+                    .map_err(render_err)?
+                    .is_true();
+                let (branch, label) = if taken {
+                    (then, "then")
+                } else {
+                    (otherwise, "else")
+                };
                 *input = json!({ "when": taken });
                 let prefix = format!("{path}.{label}.");
                 self.run_steps(branch, prefix, scope, state)
@@ -375,17 +405,25 @@ impl Engine {
                 Ok(json!({ "taken": label }))
             }
             Action::ForEach { items, steps } => {
-                let list = template::eval(state.env, items, &scope.context()).map_err(render_err)?;
+                let list =
+                    template::eval(state.env, items, &scope.context()).map_err(render_err)?;
                 let items: Vec<Value> = if list.is_undefined() || list.is_none() {
                     Vec::new()
                 } else {
                     list.try_iter()
-                        .map_err(|_| StepFailure::fatal(format!("`items` is not a list (got {})", list.kind())))?
+                        .map_err(|_| {
+                            StepFailure::fatal(format!(
+                                "`items` is not a list (got {})",
+                                list.kind()
+                            ))
+                        })?
                         .take(MAX_FOR_EACH_ITEMS + 1)
                         .collect()
                 };
                 if items.len() > MAX_FOR_EACH_ITEMS {
-                    return Err(StepFailure::fatal(format!("`items` has more than {MAX_FOR_EACH_ITEMS} entries")));
+                    return Err(StepFailure::fatal(format!(
+                        "`items` has more than {MAX_FOR_EACH_ITEMS} entries"
+                    )));
                 }
                 *input = json!({ "items": items.len() });
                 let length = items.len();
@@ -409,7 +447,11 @@ impl Engine {
                         .map_err(|Halt(e)| StepFailure::fatal(e.message))?;
                     let outputs: serde_json::Map<String, serde_json::Value> = steps
                         .iter()
-                        .filter_map(|s| inner.get(&s.ref_id).map(|v| (s.ref_id.clone(), to_json(&v))))
+                        .filter_map(|s| {
+                            inner
+                                .get(&s.ref_id)
+                                .map(|v| (s.ref_id.clone(), to_json(&v)))
+                        })
                         .collect();
                     results.push(serde_json::Value::Object(outputs));
                 }
@@ -427,7 +469,8 @@ impl Engine {
     ) -> Result<serde_json::Value, StepFailure> {
         let ctx = scope.context();
         let render = |v: &template::TemplateValue| {
-            v.render(state.env, &ctx).map_err(|e| StepFailure::fatal(template::describe_at(&e)))
+            v.render(state.env, &ctx)
+                .map_err(|e| StepFailure::fatal(template::describe_at(&e)))
         };
         let url = match render(&action.url)? {
             serde_json::Value::String(s) => s,
@@ -446,15 +489,26 @@ impl Engine {
         if state.options.dry_run {
             return Ok(json!({ "status": null, "headers": {}, "body": null, "dry_run": true }));
         }
-        let header_pairs: Vec<(String, String)> = headers.into_iter().map(|(k, v)| (k, json_text(v))).collect();
-        let query_pairs: Vec<(String, String)> = query.into_iter().map(|(k, v)| (k, json_text(v))).collect();
+        let header_pairs: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k, json_text(v)))
+            .collect();
+        let query_pairs: Vec<(String, String)> =
+            query.into_iter().map(|(k, v)| (k, json_text(v))).collect();
         let payload = body.map(|b| match b {
             serde_json::Value::String(text) => (Bytes::from(text), "text/plain; charset=utf-8"),
             other => (Bytes::from(other.to_string()), "application/json"),
         });
         let response = self
             .http
-            .send(action.method.clone(), &url, &header_pairs, &query_pairs, payload, action.timeout)
+            .send(
+                action.method.clone(),
+                &url,
+                &header_pairs,
+                &query_pairs,
+                payload,
+                action.timeout,
+            )
             .await
             .map_err(|e| StepFailure {
                 retryable: e.is_retryable(),
@@ -468,7 +522,10 @@ impl Engine {
         });
         if !action.expect.iter().any(|m| m.matches(response.status)) {
             return Err(StepFailure {
-                message: format!("{} {url} answered {}, which `expect` does not accept", action.method, response.status),
+                message: format!(
+                    "{} {url} answered {}, which `expect` does not accept",
+                    action.method, response.status
+                ),
                 retryable: response.status >= 500 || response.status == 429,
                 output,
             });

@@ -41,6 +41,9 @@ pub struct LoadOptions {
     pub templates_dir: PathBuf,
     /// Body limit for flows that set none.
     pub default_max_body_bytes: usize,
+    /// Values for signature `secret_env` names, consulted before the process
+    /// environment (embedders and tests pass secrets here).
+    pub secrets: HashMap<String, String>,
 }
 
 /// What a load found.
@@ -76,7 +79,10 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
     let files = match toml_files(&options.flows_dir) {
         Ok(files) => files,
         Err(e) => {
-            problems.push(format!("{}: cannot read the flows folder: {e}", options.flows_dir.display()));
+            problems.push(format!(
+                "{}: cannot read the flows folder: {e}",
+                options.flows_dir.display()
+            ));
             Vec::new()
         }
     };
@@ -96,6 +102,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
             source: &source,
             env: &mut env,
             globals: &globals,
+            secrets: &options.secrets,
             problems: Vec::new(),
             warnings: Vec::new(),
             refs: HashSet::new(),
@@ -125,9 +132,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
 }
 
 fn flow_id_of(path: &Path) -> Option<String> {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_owned)
+    path.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
 }
 
 fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -207,6 +212,7 @@ struct FlowBuilder<'a> {
     source: &'a str,
     env: &'a mut Env,
     globals: &'a HashSet<String>,
+    secrets: &'a HashMap<String, String>,
     problems: Vec<String>,
     warnings: Vec<String>,
     refs: HashSet<String>,
@@ -215,12 +221,17 @@ struct FlowBuilder<'a> {
 impl FlowBuilder<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.source.len());
-        self.source.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.source.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn problem(&mut self, offset: usize, message: impl std::fmt::Display) {
         let line = self.line(offset);
-        self.problems.push(format!("{}:{line}: {message}", self.shown));
+        self.problems
+            .push(format!("{}:{line}: {message}", self.shown));
     }
 
     /// Line of `template_line` inside a string value starting at `offset`.
@@ -245,7 +256,10 @@ impl FlowBuilder<'_> {
             Err(e) => {
                 self.problem(
                     value.span().start,
-                    format!("{key} `{}` is not a duration like \"30s\": {e}", value.get_ref()),
+                    format!(
+                        "{key} `{}` is not a duration like \"30s\": {e}",
+                        value.get_ref()
+                    ),
                 );
                 None
             }
@@ -337,16 +351,26 @@ impl FlowBuilder<'_> {
                 Ok(method) if m.get_ref().chars().all(|c| c.is_ascii_alphabetic()) => {
                     methods.push(method)
                 }
-                _ => self.problem(m.span().start, format!("`{}` is not an HTTP method", m.get_ref())),
+                _ => self.problem(
+                    m.span().start,
+                    format!("`{}` is not an HTTP method", m.get_ref()),
+                ),
             }
         }
         if methods.is_empty() {
             if file.methods.is_some() {
-                self.problem(spanned.span().start, "methods must list at least one method");
+                self.problem(
+                    spanned.span().start,
+                    "methods must list at least one method",
+                );
             }
             methods.push(Method::POST);
         }
-        let mode = match file.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span().start)) {
+        let mode = match file
+            .mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span().start))
+        {
             None | Some(("sync", _)) => Mode::Sync,
             Some(("async", _)) => Mode::Async,
             Some((other, at)) => {
@@ -368,7 +392,9 @@ impl FlowBuilder<'_> {
                         "signature" => wants_signature = true,
                         other => self.problem(
                             method.span().start,
-                            format!("auth method `{other}` must be bearer, signature or query_token"),
+                            format!(
+                                "auth method `{other}` must be bearer, signature or query_token"
+                            ),
                         ),
                     }
                 }
@@ -447,7 +473,10 @@ impl FlowBuilder<'_> {
             ("encoding", file.encoding.as_ref().map(|h| h.span().start)),
         ] {
             if let (Some(at), false) = (present, generic) {
-                self.problem(at, format!("`{key}` only applies to the hmac-sha256 scheme"));
+                self.problem(
+                    at,
+                    format!("`{key}` only applies to the hmac-sha256 scheme"),
+                );
             }
         }
         let header_name = file
@@ -458,11 +487,18 @@ impl FlowBuilder<'_> {
         let header = match HeaderName::from_bytes(header_name.as_bytes()) {
             Ok(h) => h,
             Err(_) => {
-                self.problem(spanned.span().start, format!("`{header_name}` is not a header name"));
+                self.problem(
+                    spanned.span().start,
+                    format!("`{header_name}` is not a header name"),
+                );
                 return None;
             }
         };
-        let encoding = match file.encoding.as_ref().map(|e| (e.get_ref().as_str(), e.span().start)) {
+        let encoding = match file
+            .encoding
+            .as_ref()
+            .map(|e| (e.get_ref().as_str(), e.span().start))
+        {
             None | Some(("hex", _)) => DigestEncoding::Hex,
             Some(("base64", _)) => DigestEncoding::Base64,
             Some((other, at)) => {
@@ -471,16 +507,22 @@ impl FlowBuilder<'_> {
             }
         };
         let secret_env = file.secret_env.get_ref().clone();
-        let secret = match std::env::var(&secret_env) {
-            Ok(value) if !value.is_empty() => {
-                match signing_secret(scheme, &value) {
-                    Ok(bytes) => Some(Secret::new(bytes)),
-                    Err(message) => {
-                        self.problem(file.secret_env.span().start, format!("{secret_env}: {message}"));
-                        None
-                    }
+        let value = self
+            .secrets
+            .get(&secret_env)
+            .cloned()
+            .or_else(|| std::env::var(&secret_env).ok());
+        let secret = match value {
+            Some(value) if !value.is_empty() => match signing_secret(scheme, &value) {
+                Ok(bytes) => Some(Secret::new(bytes)),
+                Err(message) => {
+                    self.problem(
+                        file.secret_env.span().start,
+                        format!("{secret_env}: {message}"),
+                    );
+                    None
                 }
-            }
+            },
             _ => {
                 let line = self.line(file.secret_env.span().start);
                 self.warnings.push(format!(
@@ -519,7 +561,8 @@ impl FlowBuilder<'_> {
             (Some(name), None) => {
                 let exists = self.env.get_template(name.get_ref()).is_ok();
                 if exists {
-                    let names = TemplateValue::Text(name.get_ref().clone()).referenced_names(self.env);
+                    let names =
+                        TemplateValue::Text(name.get_ref().clone()).referenced_names(self.env);
                     self.check_names(&names, allowed, name.span().start);
                 } else {
                     self.problem(
@@ -530,7 +573,10 @@ impl FlowBuilder<'_> {
                         ),
                     );
                 }
-                (Some(name.get_ref().clone()), content_type_for(name.get_ref()))
+                (
+                    Some(name.get_ref().clone()),
+                    content_type_for(name.get_ref()),
+                )
             }
             (None, Some(inline)) => {
                 let name = format!("{}#{pointer}.body_inline", self.shown);
@@ -570,7 +616,12 @@ impl FlowBuilder<'_> {
         }
     }
 
-    fn status(&mut self, node: &Spanned<Node>, pointer: &str, allowed: &HashSet<String>) -> StatusSource {
+    fn status(
+        &mut self,
+        node: &Spanned<Node>,
+        pointer: &str,
+        allowed: &HashSet<String>,
+    ) -> StatusSource {
         let at = node.span().start;
         let fixed = match node.get_ref() {
             Node::Int(n) => Some(*n),
@@ -582,7 +633,9 @@ impl FlowBuilder<'_> {
         };
         match (fixed, node.get_ref()) {
             (Some(n), _) => match u16::try_from(n).ok().filter(|n| (100..=599).contains(n)) {
-                Some(code) => StatusSource::Fixed(StatusCode::from_u16(code).expect("checked range")),
+                Some(code) => {
+                    StatusSource::Fixed(StatusCode::from_u16(code).expect("checked range"))
+                }
                 None => {
                     self.problem(at, format!("status {n} is outside 100..=599"));
                     StatusSource::Fixed(StatusCode::OK)
@@ -598,8 +651,17 @@ impl FlowBuilder<'_> {
     }
 
     /// Compiles an inline text template; false when it has problems.
-    fn text_template(&mut self, name: &str, source: &str, at: usize, allowed: &HashSet<String>) -> bool {
-        if let Err(e) = self.env.add_template_owned(name.to_owned(), source.to_owned()) {
+    fn text_template(
+        &mut self,
+        name: &str,
+        source: &str,
+        at: usize,
+        allowed: &HashSet<String>,
+    ) -> bool {
+        if let Err(e) = self
+            .env
+            .add_template_owned(name.to_owned(), source.to_owned())
+        {
             self.template_problem(at, &e);
             return false;
         }
@@ -607,7 +669,12 @@ impl FlowBuilder<'_> {
         self.check_names(&names, allowed, at)
     }
 
-    fn check_names(&mut self, names: &HashSet<String>, allowed: &HashSet<String>, at: usize) -> bool {
+    fn check_names(
+        &mut self,
+        names: &HashSet<String>,
+        allowed: &HashSet<String>,
+        at: usize,
+    ) -> bool {
         let mut unknown: Vec<&String> = names
             .iter()
             .filter(|n| !allowed.contains(*n) && !self.globals.contains(*n))
@@ -640,7 +707,12 @@ impl FlowBuilder<'_> {
         source
     }
 
-    fn template_value(&mut self, node: &Spanned<Node>, pointer: &str, allowed: &HashSet<String>) -> TemplateValue {
+    fn template_value(
+        &mut self,
+        node: &Spanned<Node>,
+        pointer: &str,
+        allowed: &HashSet<String>,
+    ) -> TemplateValue {
         let at = node.span().start;
         match node.get_ref() {
             Node::Str(text) if !has_template_syntax(text) => {
@@ -670,20 +742,34 @@ impl FlowBuilder<'_> {
             Node::Map(entries) => TemplateValue::Map(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.clone(), self.template_value(v, &format!("{pointer}.{k}"), allowed)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.template_value(v, &format!("{pointer}.{k}"), allowed),
+                        )
+                    })
                     .collect(),
             ),
         }
     }
 
-    fn object_value(&mut self, node: &Option<Spanned<Node>>, key: &str, pointer: &str, allowed: &HashSet<String>) -> TemplateValue {
+    fn object_value(
+        &mut self,
+        node: &Option<Spanned<Node>>,
+        key: &str,
+        pointer: &str,
+        allowed: &HashSet<String>,
+    ) -> TemplateValue {
         match node {
             None => TemplateValue::Map(Vec::new()),
             Some(n) if matches!(n.get_ref(), Node::Map(_)) => {
                 self.template_value(n, &format!("{pointer}.{key}"), allowed)
             }
             Some(n) => {
-                self.problem(n.span().start, format!("`{key}` must be a table of templates"));
+                self.problem(
+                    n.span().start,
+                    format!("`{key}` must be a table of templates"),
+                );
                 TemplateValue::Map(Vec::new())
             }
         }
@@ -734,7 +820,10 @@ impl FlowBuilder<'_> {
         let kind_at = file.kind.span().start;
         let (keys, required): (&[&str], &[&str]) = match kind {
             "transform" => (&["set"], &["set"]),
-            "http" => (&["method", "url", "headers", "query", "body", "expect"], &["url"]),
+            "http" => (
+                &["method", "url", "headers", "query", "body", "expect"],
+                &["url"],
+            ),
             "branch" => (&["when", "then", "else"], &["when"]),
             "for_each" => (&["items", "steps"], &["items", "steps"]),
             "delay" => (&["duration"], &["duration"]),
@@ -759,7 +848,11 @@ impl FlowBuilder<'_> {
             }
         }
         let condition = file.condition.as_ref().map(|c| self.expression(c, allowed));
-        let on_error = match file.on_error.as_ref().map(|o| (o.get_ref().as_str(), o.span().start)) {
+        let on_error = match file
+            .on_error
+            .as_ref()
+            .map(|o| (o.get_ref().as_str(), o.span().start))
+        {
             None | Some(("stop", _)) => OnError::Stop,
             Some(("continue", _)) => OnError::Continue,
             Some((other, at)) => {
@@ -772,10 +865,15 @@ impl FlowBuilder<'_> {
             Some(r) => {
                 let attempts = *r.get_ref().attempts.get_ref();
                 if !(1..=100).contains(&attempts) {
-                    self.problem(r.get_ref().attempts.span().start, "retry attempts must be within 1..=100");
+                    self.problem(
+                        r.get_ref().attempts.span().start,
+                        "retry attempts must be within 1..=100",
+                    );
                 }
                 let backoff = match &r.get_ref().backoff {
-                    Some(b) => self.duration(b, "backoff").unwrap_or(Retry::default().backoff),
+                    Some(b) => self
+                        .duration(b, "backoff")
+                        .unwrap_or(Retry::default().backoff),
                     None => Retry::default().backoff,
                 };
                 Retry {
@@ -784,27 +882,57 @@ impl FlowBuilder<'_> {
                 }
             }
         };
-        let timeout = file.timeout.as_ref().and_then(|t| self.duration(t, "timeout"));
+        let timeout = file
+            .timeout
+            .as_ref()
+            .and_then(|t| self.duration(t, "timeout"));
         let action = match kind {
             "transform" => Action::Transform {
                 set: self.object_value(&file.set, "set", pointer, allowed),
             },
-            "http" => Action::Http(self.http(file, pointer, allowed, timeout)),
+            "http" => Action::Http(Box::new(self.http(file, pointer, allowed, timeout))),
             "branch" => {
-                let when = file.when.as_ref().map(|w| self.expression(w, allowed)).unwrap_or_default();
+                let when = file
+                    .when
+                    .as_ref()
+                    .map(|w| self.expression(w, allowed))
+                    .unwrap_or_default();
                 let before: HashSet<String> = self.refs.clone();
-                let then = self.steps(file.then.as_deref().unwrap_or_default(), &format!("{pointer}.then"), &mut allowed.clone(), trigger_ref);
-                let otherwise = self.steps(file.otherwise.as_deref().unwrap_or_default(), &format!("{pointer}.else"), &mut allowed.clone(), trigger_ref);
+                let then = self.steps(
+                    file.then.as_deref().unwrap_or_default(),
+                    &format!("{pointer}.then"),
+                    &mut allowed.clone(),
+                    trigger_ref,
+                );
+                let otherwise = self.steps(
+                    file.otherwise.as_deref().unwrap_or_default(),
+                    &format!("{pointer}.else"),
+                    &mut allowed.clone(),
+                    trigger_ref,
+                );
                 // Refs from either branch may have run; later steps may use them.
                 allowed.extend(self.refs.difference(&before).cloned().collect::<Vec<_>>());
-                Action::Branch { when, then, otherwise }
+                Action::Branch {
+                    when,
+                    then,
+                    otherwise,
+                }
             }
             "for_each" => {
-                let items = file.items.as_ref().map(|i| self.expression(i, allowed)).unwrap_or_default();
+                let items = file
+                    .items
+                    .as_ref()
+                    .map(|i| self.expression(i, allowed))
+                    .unwrap_or_default();
                 let mut inner = allowed.clone();
                 inner.insert("item".into());
                 inner.insert("loop".into());
-                let steps = self.steps(file.steps.as_deref().unwrap_or_default(), &format!("{pointer}.steps"), &mut inner, trigger_ref);
+                let steps = self.steps(
+                    file.steps.as_deref().unwrap_or_default(),
+                    &format!("{pointer}.steps"),
+                    &mut inner,
+                    trigger_ref,
+                );
                 Action::ForEach { items, steps }
             }
             "delay" => Action::Delay {
@@ -849,7 +977,10 @@ impl FlowBuilder<'_> {
             Some(m) => match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
                 Ok(method) => method,
                 Err(_) => {
-                    self.problem(m.span().start, format!("`{}` is not an HTTP method", m.get_ref()));
+                    self.problem(
+                        m.span().start,
+                        format!("`{}` is not an HTTP method", m.get_ref()),
+                    );
                     Method::POST
                 }
             },

@@ -268,7 +268,7 @@ pub enum Action {
         set: TemplateValue,
     },
     /// Outbound request.
-    Http(HttpAction),
+    Http(Box<HttpAction>),
     /// `when`, `then`, `else`
     Branch {
         /// Condition expression.

@@ -113,7 +113,10 @@ impl StepFile {
         add("expect", self.expect.as_ref().map(|s| s.span().start));
         add("when", self.when.as_ref().map(|s| s.span().start));
         add("then", self.then.as_ref().map(|_| self.kind.span().start));
-        add("else", self.otherwise.as_ref().map(|_| self.kind.span().start));
+        add(
+            "else",
+            self.otherwise.as_ref().map(|_| self.kind.span().start),
+        );
         add("items", self.items.as_ref().map(|s| s.span().start));
         add("steps", self.steps.as_ref().map(|_| self.kind.span().start));
         add("duration", self.duration.as_ref().map(|s| s.span().start));

@@ -11,7 +11,13 @@ pub fn parse(content_type: Option<&str>, raw: &[u8], accept_any: bool) -> Result
         return Ok(Value::Object(Map::new()));
     }
     let mime = content_type
-        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|m| !m.is_empty());
     match mime.as_deref() {
         Some("application/json") => json(raw),
@@ -40,7 +46,8 @@ fn unsupported(what: &str) -> ApiError {
 }
 
 fn json(raw: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(raw)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
 /// Form fields as an object; a repeated field becomes a list.
@@ -65,7 +72,8 @@ fn form(raw: &[u8]) -> Value {
 /// XML as an object: `{root: {...}}`; attributes as `@name`, text of an
 /// element with children or attributes as `#text`, repeated children as lists.
 fn xml(raw: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(raw).map_err(|_| ApiError::bad_request("the XML body is not valid UTF-8"))?;
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ApiError::bad_request("the XML body is not valid UTF-8"))?;
     let doc = roxmltree::Document::parse(text)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid XML: {e}")))?;
     let root = doc.root_element();
@@ -77,7 +85,10 @@ fn xml(raw: &[u8]) -> Result<Value, ApiError> {
 fn element(node: roxmltree::Node<'_, '_>) -> Value {
     let mut map = Map::new();
     for attr in node.attributes() {
-        map.insert(format!("@{}", attr.name()), Value::String(attr.value().to_owned()));
+        map.insert(
+            format!("@{}", attr.name()),
+            Value::String(attr.value().to_owned()),
+        );
     }
     let mut text = String::new();
     for child in node.children() {
@@ -115,25 +126,64 @@ mod tests {
 
     #[test]
     fn parses_each_supported_type() {
-        assert_eq!(parse(Some("application/json; charset=utf-8"), br#"{"a":1}"#, false).unwrap(), json!({"a": 1}));
         assert_eq!(
-            parse(Some("application/x-www-form-urlencoded"), b"a=1&b=x+y&a=2", false).unwrap(),
+            parse(
+                Some("application/json; charset=utf-8"),
+                br#"{"a":1}"#,
+                false
+            )
+            .unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            parse(
+                Some("application/x-www-form-urlencoded"),
+                b"a=1&b=x+y&a=2",
+                false
+            )
+            .unwrap(),
             json!({"a": ["1", "2"], "b": "x y"})
         );
         assert_eq!(
-            parse(Some("text/xml"), br#"<order id="7"><item>a</item><item>b</item><note>hi</note></order>"#, false).unwrap(),
+            parse(
+                Some("text/xml"),
+                br#"<order id="7"><item>a</item><item>b</item><note>hi</note></order>"#,
+                false
+            )
+            .unwrap(),
             json!({"order": {"@id": "7", "item": ["a", "b"], "note": "hi"}})
         );
-        assert_eq!(parse(Some("text/plain"), b"hello", false).unwrap(), json!("hello"));
+        assert_eq!(
+            parse(Some("text/plain"), b"hello", false).unwrap(),
+            json!("hello")
+        );
         assert_eq!(parse(None, b"", false).unwrap(), json!({}));
         assert_eq!(parse(None, br#"[1]"#, false).unwrap(), json!([1]));
     }
 
     #[test]
     fn rejects_what_it_cannot_parse() {
-        assert_eq!(parse(Some("application/json"), b"{", false).unwrap_err().status, 400);
-        assert_eq!(parse(Some("application/xml"), b"<a>", false).unwrap_err().status, 400);
-        assert_eq!(parse(Some("image/png"), b"\x89PNG", false).unwrap_err().status, 415);
-        assert_eq!(parse(Some("image/png"), b"\x89PNG", true).unwrap(), Value::Null);
+        assert_eq!(
+            parse(Some("application/json"), b"{", false)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            parse(Some("application/xml"), b"<a>", false)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            parse(Some("image/png"), b"\x89PNG", false)
+                .unwrap_err()
+                .status,
+            415
+        );
+        assert_eq!(
+            parse(Some("image/png"), b"\x89PNG", true).unwrap(),
+            Value::Null
+        );
     }
 }

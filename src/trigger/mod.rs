@@ -58,11 +58,26 @@ pub enum Principal {
 }
 
 /// Handles one trigger request.
-pub async fn handle(state: &TriggerState, req: Request<Incoming>, flow_id: &str, request_id: &str) -> Response<Body> {
+pub async fn handle(
+    state: &TriggerState,
+    req: Request<Incoming>,
+    flow_id: &str,
+    request_id: &str,
+) -> Response<Body> {
     let catalog = state.catalog();
     let flow = catalog.get(flow_id).cloned();
     let cors = flow.as_deref().and_then(|f| cors_origin(f, req.headers()));
-    let mut response = match handle_inner(state, &catalog, flow, req, flow_id, request_id, cors.is_some()).await {
+    let mut response = match handle_inner(
+        state,
+        &catalog,
+        flow,
+        req,
+        flow_id,
+        request_id,
+        cors.is_some(),
+    )
+    .await
+    {
         Ok(response) => response,
         Err(err) => {
             if err.status.is_server_error() {
@@ -91,7 +106,12 @@ async fn handle_inner(
     cors_allowed: bool,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, incoming) = req.into_parts();
-    if cors_allowed && parts.method == Method::OPTIONS && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+    if cors_allowed
+        && parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
         return Ok(preflight(flow.as_deref().expect("cors implies a flow")));
     }
     let limit = flow
@@ -105,21 +125,33 @@ async fn handle_inner(
 
     let flow = flow.ok_or_else(|| ApiError::not_found(format!("no flow `{flow_id}`")))?;
     if !flow.trigger.methods.contains(&parts.method) {
-        let allow = flow.trigger.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let allow = flow
+            .trigger
+            .methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut response = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("flow `{flow_id}` accepts {allow}"),
         )
         .into_response();
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&allow).expect("method names are valid"));
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_str(&allow).expect("method names are valid"),
+        );
         return Ok(response);
     }
     if flow.status == FlowStatus::Paused {
         return Ok(error::paused_response());
     }
     let raw = body.read(limit).await?;
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let input = RunInput {
@@ -137,15 +169,26 @@ async fn handle_inner(
             "async flows need the run queue, which this gateway does not run",
         ));
     }
-    let report = state.engine.run(catalog, &flow, &input, RunOptions::default()).await;
+    let report = state
+        .engine
+        .run(catalog, &flow, &input, RunOptions::default())
+        .await;
     tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
     let mut response = answer(catalog, &flow, &run_id, &report)?;
-    response.headers_mut().insert("x-flowgate-run-id", HeaderValue::from_str(&run_id).expect("uuids are valid header values"));
+    response.headers_mut().insert(
+        "x-flowgate-run-id",
+        HeaderValue::from_str(&run_id).expect("uuids are valid header values"),
+    );
     Ok(response)
 }
 
 /// Renders the answer for a finished sync run.
-pub fn answer(catalog: &Catalog, flow: &Flow, run_id: &str, report: &RunReport) -> Result<Response<Body>, ApiError> {
+pub fn answer(
+    catalog: &Catalog,
+    flow: &Flow,
+    run_id: &str,
+    report: &RunReport,
+) -> Result<Response<Body>, ApiError> {
     let env = &catalog.env;
     match report.status {
         RunStatus::Succeeded => {
@@ -156,7 +199,13 @@ pub fn answer(catalog: &Catalog, flow: &Flow, run_id: &str, report: &RunReport) 
             .map_err(|e| e.with_run_id(run_id))
         }
         RunStatus::Failed => {
-            let error = report.error.clone().unwrap_or_else(|| crate::engine::RunError { step: None, message: "the run failed".into() });
+            let error = report
+                .error
+                .clone()
+                .unwrap_or_else(|| crate::engine::RunError {
+                    step: None,
+                    message: "the run failed".into(),
+                });
             let failure = ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "run_failed",
@@ -169,7 +218,10 @@ pub fn answer(catalog: &Catalog, flow: &Flow, run_id: &str, report: &RunReport) 
             match &flow.response.on_error {
                 Some(spec) => {
                     let mut scope = report.scope.clone();
-                    scope.set_json("error", &json!({ "step": error.step, "message": error.message }));
+                    scope.set_json(
+                        "error",
+                        &json!({ "step": error.step, "message": error.message }),
+                    );
                     response::render(spec, env, &scope.context(), || failure.body_json())
                         .map_err(|e| e.with_run_id(run_id))
                 }
@@ -179,7 +231,11 @@ pub fn answer(catalog: &Catalog, flow: &Flow, run_id: &str, report: &RunReport) 
         RunStatus::TimedOut => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "run_timed_out",
-            report.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
+            report
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
         )
         .with_run_id(run_id)),
     }
@@ -199,8 +255,14 @@ impl BodyState {
             };
             match Limited::new(incoming, limit).collect().await {
                 Ok(collected) => *self = BodyState::Read(collected.to_bytes()),
-                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {}
-                Err(e) => return Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() => {}
+                Err(e) => {
+                    return Err(ApiError::bad_request(format!(
+                        "could not read the request body: {e}"
+                    )));
+                }
             }
         }
         match self {
@@ -226,7 +288,11 @@ async fn authenticate(
     let generation = 0;
     let bearer_allowed = flow.is_none_or(|f| f.trigger.bearer);
     let mut token_error: Option<TokenError> = None;
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION).filter(|_| bearer_allowed) {
+    if let Some(value) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .filter(|_| bearer_allowed)
+    {
         let token = value.to_str().ok().and_then(bearer_token);
         match token.map(|t| state.keys.verify(t, flow_id, generation)) {
             Some(Ok(p)) => return Ok(Principal::Token(p)),
@@ -234,12 +300,13 @@ async fn authenticate(
             None => token_error = Some(TokenError::Malformed),
         }
     }
-    if let Some(flow) = flow.filter(|f| f.trigger.query_token) {
-        if let Some(token) = query_param(parts.uri.query(), QUERY_TOKEN_PARAM) {
-            match state.keys.verify(&token, &flow.id, generation) {
-                Ok(p) => return Ok(Principal::Token(p)),
-                Err(e) => token_error = Some(e),
-            }
+    let query_token = flow
+        .filter(|f| f.trigger.query_token)
+        .and_then(|_| query_param(parts.uri.query(), QUERY_TOKEN_PARAM));
+    if let Some(token) = query_token {
+        match state.keys.verify(&token, flow_id, generation) {
+            Ok(p) => return Ok(Principal::Token(p)),
+            Err(e) => token_error = Some(e),
         }
     }
     if let Some(config) = flow.and_then(|f| f.trigger.signature.as_ref()) {
@@ -270,7 +337,10 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The `request` object templates see. `authorization` and a query token are never exposed.
@@ -280,7 +350,10 @@ fn request_object(parts: &Parts, raw: &[u8], request_id: &str) -> Value {
         if name == header::AUTHORIZATION {
             continue;
         }
-        headers.insert(name.as_str().to_owned(), Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+        headers.insert(
+            name.as_str().to_owned(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
     }
     let mut query = Map::new();
     for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
@@ -316,11 +389,17 @@ fn preflight(flow: &Flow) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_str(&methods.join(", ")).expect("method names are valid"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_str(&methods.join(", ")).expect("method names are valid"),
+    );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("authorization, content-type, idempotency-key"),
     );
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(CORS_MAX_AGE_SECS));
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static(CORS_MAX_AGE_SECS),
+    );
     response
 }

@@ -38,13 +38,16 @@ pub fn render(
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(spec.default_content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(spec.default_content_type),
+    );
     for (name, template) in &spec.headers {
         let value = render_named(env, template, ctx)?;
         let value = HeaderValue::from_str(value.trim()).map_err(|_| {
-            invalid(format!("the response header `{name}` rendered a value that is not a valid header value"))
+            invalid(format!(
+                "the response header `{name}` rendered a value that is not a valid header value"
+            ))
         })?;
         response.headers_mut().insert(name.clone(), value);
     }
@@ -54,9 +57,18 @@ pub fn render(
 fn render_named(env: &Env, name: &str, ctx: &Value) -> Result<String, ApiError> {
     env.get_template(name)
         .and_then(|t| t.render(ctx))
-        .map_err(|e| invalid(format!("the flow's response failed to render: {}", describe_at(&e))))
+        .map_err(|e| {
+            invalid(format!(
+                "the flow's response failed to render: {}",
+                describe_at(&e)
+            ))
+        })
 }
 
 fn invalid(message: String) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "response_invalid", message)
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "response_invalid",
+        message,
+    )
 }

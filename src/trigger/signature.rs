@@ -38,7 +38,11 @@ pub fn verify(
     body: &[u8],
     now: u64,
 ) -> Result<(), SignatureError> {
-    let secret = config.secret.as_ref().ok_or(SignatureError::NoSecret)?.expose();
+    let secret = config
+        .secret
+        .as_ref()
+        .ok_or(SignatureError::NoSecret)?
+        .expose();
     let tolerance = config.tolerance.as_secs();
     match config.scheme {
         SignatureScheme::StandardWebhooks => {
@@ -50,7 +54,11 @@ pub fn verify(
                 .split(' ')
                 .filter_map(|s| s.strip_prefix("v1,"))
                 .filter_map(|s| B64.decode(s).ok());
-            any_matches(secret, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body], candidates)
+            any_matches(
+                secret,
+                &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+                candidates,
+            )
         }
         SignatureScheme::Stripe => {
             let value = header(headers, "stripe-signature")?;
@@ -63,13 +71,16 @@ pub fn verify(
                     _ => {}
                 }
             }
-            let timestamp = timestamp.ok_or(SignatureError::MissingHeader("stripe-signature t="))?;
+            let timestamp =
+                timestamp.ok_or(SignatureError::MissingHeader("stripe-signature t="))?;
             check_timestamp(timestamp, now, tolerance)?;
             any_matches(secret, &[timestamp.as_bytes(), b".", body], candidates)
         }
         SignatureScheme::Github => {
             let value = header(headers, "x-hub-signature-256")?;
-            let sig = value.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok());
+            let sig = value
+                .strip_prefix("sha256=")
+                .and_then(|h| hex::decode(h).ok());
             any_matches(secret, &[body], sig)
         }
         SignatureScheme::Shopify => {
@@ -87,8 +98,13 @@ pub fn verify(
             let value = headers
                 .get(&config.header)
                 .and_then(|v| v.to_str().ok())
-                .ok_or(SignatureError::MissingHeader("the configured signature header"))?;
-            let digest = value.trim().strip_prefix(config.prefix.as_str()).unwrap_or("");
+                .ok_or(SignatureError::MissingHeader(
+                    "the configured signature header",
+                ))?;
+            let digest = value
+                .trim()
+                .strip_prefix(config.prefix.as_str())
+                .unwrap_or("");
             let sig = match config.encoding {
                 DigestEncoding::Hex => hex::decode(digest).ok(),
                 DigestEncoding::Base64 => B64.decode(digest).ok(),
@@ -177,11 +193,20 @@ mod tests {
         let h = headers(&[
             ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
             ("webhook-timestamp", "1614265330"),
-            ("webhook-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
+            (
+                "webhook-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
         ]);
         assert_eq!(verify(&cfg, &h, body, 1614265330), Ok(()));
-        assert_eq!(verify(&cfg, &h, b"{\"test\": 1}", 1614265330), Err(SignatureError::Mismatch));
-        assert_eq!(verify(&cfg, &h, body, 1614265330 + 301), Err(SignatureError::Stale));
+        assert_eq!(
+            verify(&cfg, &h, b"{\"test\": 1}", 1614265330),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(&cfg, &h, body, 1614265330 + 301),
+            Err(SignatureError::Stale)
+        );
     }
 
     #[test]
@@ -193,7 +218,10 @@ mod tests {
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
         )]);
         assert_eq!(verify(&cfg, &h, b"Hello, World!", 0), Ok(()));
-        assert_eq!(verify(&cfg, &h, b"Hello, World?", 0), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&cfg, &h, b"Hello, World?", 0),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -203,10 +231,16 @@ mod tests {
         let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
         let h = headers(&[
             ("x-slack-request-timestamp", "1531420618"),
-            ("x-slack-signature", "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"),
+            (
+                "x-slack-signature",
+                "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+            ),
         ]);
         assert_eq!(verify(&cfg, &h, body, 1531420618), Ok(()));
-        assert_eq!(verify(&cfg, &h, &body[1..], 1531420618), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&cfg, &h, &body[1..], 1531420618),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -215,20 +249,40 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let sig = hex::encode(sign_parts(secret, &[b"1700000000", b".", body]));
         let cfg = config(SignatureScheme::Stripe, secret);
-        let h = headers(&[("stripe-signature", &format!("t=1700000000,v1=deadbeef,v1={sig}"))]);
+        let h = headers(&[(
+            "stripe-signature",
+            &format!("t=1700000000,v1=deadbeef,v1={sig}"),
+        )]);
         assert_eq!(verify(&cfg, &h, body, 1700000100), Ok(()));
-        assert_eq!(verify(&cfg, &h, body, 1700000400), Err(SignatureError::Stale));
-        assert_eq!(verify(&cfg, &h, b"{}", 1700000100), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&cfg, &h, body, 1700000400),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify(&cfg, &h, b"{}", 1700000100),
+            Err(SignatureError::Mismatch)
+        );
 
         let cfg = config(SignatureScheme::Shopify, b"shpss_secret");
-        let h = headers(&[("x-shopify-hmac-sha256", &B64.encode(sign_parts(b"shpss_secret", &[body])))]);
+        let h = headers(&[(
+            "x-shopify-hmac-sha256",
+            &B64.encode(sign_parts(b"shpss_secret", &[body])),
+        )]);
         assert_eq!(verify(&cfg, &h, body, 0), Ok(()));
         assert_eq!(verify(&cfg, &h, b"x", 0), Err(SignatureError::Mismatch));
 
         let mut cfg = config(SignatureScheme::HmacSha256, b"k");
         cfg.prefix = "sha256=".into();
-        let h = headers(&[("x-signature", &format!("sha256={}", hex::encode(sign_parts(b"k", &[body]))))]);
+        let h = headers(&[(
+            "x-signature",
+            &format!("sha256={}", hex::encode(sign_parts(b"k", &[body]))),
+        )]);
         assert_eq!(verify(&cfg, &h, body, 0), Ok(()));
-        assert_eq!(verify(&cfg, &HeaderMap::new(), body, 0), Err(SignatureError::MissingHeader("the configured signature header")));
+        assert_eq!(
+            verify(&cfg, &HeaderMap::new(), body, 0),
+            Err(SignatureError::MissingHeader(
+                "the configured signature header"
+            ))
+        );
     }
 }

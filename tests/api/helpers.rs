@@ -1,0 +1,258 @@
+//! Test harness: a real gateway on port 0 over a temporary flows folder, and
+//! a local receiver that records what outbound steps send it.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flowgate::config::Secret;
+use flowgate::engine::{Engine, HttpClient};
+use flowgate::flow::{LoadOptions, load_catalog};
+use flowgate::token::TokenKeys;
+use flowgate::trigger::TriggerState;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The signing key every test gateway uses.
+pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef0123456789";
+
+/// A running gateway.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub keys: TokenKeys,
+    /// Keeps the flows folder alive as long as the gateway.
+    _dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, flow: &str) -> String {
+        format!("http://{}/v1/flow-webhook/{flow}", self.addr)
+    }
+
+    pub fn token(&self, flow: &str) -> String {
+        self.keys.issue(flow, None, 0).unwrap()
+    }
+
+    /// POSTs a JSON body with a valid token for `flow`.
+    pub async fn post_json(&self, flow: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(flow))
+            .bearer_auth(self.token(flow))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Options for [`spawn_app_with`].
+pub struct AppOptions {
+    pub allow_private_networks: bool,
+    pub templates: Vec<(&'static str, String)>,
+    pub secrets: Vec<(&'static str, String)>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            allow_private_networks: true,
+            templates: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// Writes `files` (name, contents) under `dir`.
+pub fn write_files(dir: &Path, files: &[(&str, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+}
+
+/// A gateway serving `flows` (flow id, TOML) with outbound calls to loopback allowed.
+pub async fn spawn_app(flows: &[(&str, String)]) -> TestApp {
+    spawn_app_with(flows, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let flow_files: Vec<(String, String)> = flows
+        .iter()
+        .map(|(id, toml)| (format!("{id}.toml"), toml.clone()))
+        .collect();
+    let flow_refs: Vec<(&str, String)> = flow_files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    write_files(&dir.path().join("flows"), &flow_refs);
+    write_files(&dir.path().join("templates"), &options.templates);
+    let report = load_catalog(&LoadOptions {
+        flows_dir: dir.path().join("flows"),
+        templates_dir: dir.path().join("templates"),
+        default_max_body_bytes: 1024 * 1024,
+        secrets: options
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    });
+    assert!(
+        report.is_clean(),
+        "test flows must be valid: {:?}",
+        report.problems
+    );
+    let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
+    let state = Arc::new(TriggerState {
+        keys: keys.clone(),
+        engine: Engine::new(HttpClient::new(options.allow_private_networks)),
+        catalog: std::sync::RwLock::new(Arc::new(report.catalog)),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(flowgate::server::serve(
+        listener,
+        state,
+        async {
+            let _ = rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        keys,
+        _dir: dir,
+        shutdown: Some(tx),
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A local HTTP server that records requests and answers with scripted statuses.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    /// Answers each request with the next status of `script`, then `200`;
+    /// every answer waits `delay` first and carries a small JSON body.
+    pub async fn start(script: &[u16], delay: Duration) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(
+            script.iter().copied().collect::<VecDeque<u16>>(),
+        ));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (recorded, script) = (recorded.clone(), script.clone());
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                            let (recorded, script) = (recorded.clone(), script.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                recorded.lock().unwrap().push(Received {
+                                    method: parts.method.to_string(),
+                                    path_and_query: parts
+                                        .uri
+                                        .path_and_query()
+                                        .map(|p| p.to_string())
+                                        .unwrap_or_default(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                                let status = script.lock().unwrap().pop_front().unwrap_or(200);
+                                tokio::time::sleep(delay).await;
+                                let mut response = http::Response::new(Full::new(Bytes::from(
+                                    format!(r#"{{"received":true,"status":{status}}}"#),
+                                )));
+                                *response.status_mut() =
+                                    http::StatusCode::from_u16(status).unwrap();
+                                response
+                                    .headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Path of the built `flowgate` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flowgate"))
+}
+
+/// Reads a response as the error envelope and checks its shape.
+pub async fn envelope(response: reqwest::Response, status: u16, kind: &str) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["error"], kind, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body.get("data").is_some(), "{body}");
+    body
+}

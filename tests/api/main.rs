@@ -1,0 +1,8 @@
+//! Integration tests: a real gateway on loopback, real HTTP receivers, and the
+//! real `flowgate` binary for the CLI.
+
+mod auth;
+mod cli;
+mod helpers;
+mod steps;
+mod trigger;
