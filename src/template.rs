@@ -155,6 +155,27 @@ pub fn to_json(value: &Value) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
+/// Converts JSON to a template value directly (faster than going through serde).
+pub fn from_json(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(from_json).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.as_str(), from_json(v)))
+            .collect(),
+    }
+}
+
 /// The variables a run's templates see: the trigger ref, `request`, `run` and
 /// step outputs by ref.
 #[derive(Debug, Clone, Default)]
