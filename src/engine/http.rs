@@ -224,7 +224,7 @@ pub enum SendError {
     #[error("{0}")]
     Refused(String),
     /// The attempt timed out. Retryable.
-    #[error("timed out")]
+    #[error("the request timed out")]
     Timeout,
     /// Connection or protocol failure. Retryable.
     #[error("{0}")]

@@ -282,7 +282,7 @@ impl Engine {
                 .unwrap_or_else(|_| {
                     Err(StepFailure {
                         message: format!(
-                            "the step exceeded its timeout of {}",
+                            "the step timed out after {}",
                             humantime::format_duration(limit)
                         ),
                         retryable: true,
