@@ -219,8 +219,8 @@ fn render(
         flow_id: flow.id.clone(),
         mode: flow.trigger.mode.as_str().to_owned(),
         live: flow.status == crate::flow::FlowStatus::Live,
-        body,
-        request: json!({
+        body: Arc::new(body),
+        request: Arc::new(json!({
             "method": "POST",
             "path": format!("{}{}", crate::trigger::PATH_PREFIX, flow.id),
             "query": {},
@@ -228,7 +228,7 @@ fn render(
             "raw": String::from_utf8_lossy(&raw),
             "received_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "id": "render",
-        }),
+        })),
     };
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));

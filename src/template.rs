@@ -7,10 +7,14 @@
 //!
 //! A config value that is exactly one `{{ expression }}` is evaluated as an
 //! expression and keeps its type (number, bool, list, object); any other
-//! string renders as text.
+//! string renders as text. Expressions are compiled once, at load, as a
+//! template `{% set __value = (expr) %}` whose variable is read back after
+//! rendering; see [`expression_template`].
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
+use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 /// The template environment shared by all flows of one load.
@@ -78,7 +82,7 @@ pub enum TemplateValue {
     Literal(serde_json::Value),
     /// A text template, by its name in the environment.
     Text(String),
-    /// A single `{{ expression }}`, by its source; keeps the value's type.
+    /// A single `{{ expression }}`, by its [`expression_template`] name; keeps the value's type.
     Expr(String),
     /// A list of values.
     List(Vec<TemplateValue>),
@@ -94,7 +98,7 @@ impl TemplateValue {
             TemplateValue::Text(name) => {
                 serde_json::Value::String(env.get_template(name)?.render(ctx)?)
             }
-            TemplateValue::Expr(source) => to_json(&eval(env, source, ctx)?),
+            TemplateValue::Expr(name) => to_json(&eval(env, name, ctx)?),
             TemplateValue::List(items) => serde_json::Value::Array(
                 items
                     .iter()
@@ -121,12 +125,11 @@ impl TemplateValue {
     fn collect_names(&self, env: &Env, names: &mut HashSet<String>) {
         match self {
             TemplateValue::Literal(_) => {}
-            TemplateValue::Text(name) => {
+            TemplateValue::Text(name) | TemplateValue::Expr(name) => {
                 if let Ok(t) = env.get_template(name) {
                     names.extend(t.undeclared_variables(false));
                 }
             }
-            TemplateValue::Expr(source) => names.extend(expression_names(env, source)),
             TemplateValue::List(items) => items.iter().for_each(|i| i.collect_names(env, names)),
             TemplateValue::Map(entries) => entries
                 .iter()
@@ -135,16 +138,22 @@ impl TemplateValue {
     }
 }
 
-/// Evaluates an expression against `ctx`.
-pub fn eval(env: &Env, source: &str, ctx: &Value) -> Result<Value, minijinja::Error> {
-    env.compile_expression(source)?.eval(ctx)
+/// Variable the expression templates assign their result to.
+const EXPRESSION_RESULT: &str = "__value";
+
+/// The template source that evaluates `expression` once compiled; register
+/// it under a name and evaluate it with [`eval`].
+pub fn expression_template(expression: &str) -> String {
+    format!("{{% set {EXPRESSION_RESULT} = ({expression}) %}}")
 }
 
-/// Names of context variables an expression refers to.
-pub fn expression_names(env: &Env, source: &str) -> HashSet<String> {
-    env.compile_expression(source)
-        .map(|e| e.undeclared_variables(false))
-        .unwrap_or_default()
+/// Evaluates the expression template `name` against `ctx`.
+pub fn eval(env: &Env, name: &str, ctx: &Value) -> Result<Value, minijinja::Error> {
+    let captured = env.get_template(name)?.render_captured(ctx)?;
+    Ok(captured
+        .state()
+        .lookup(EXPRESSION_RESULT)
+        .unwrap_or(Value::UNDEFINED))
 }
 
 /// Converts a template value to JSON; undefined becomes `null`.
@@ -155,10 +164,23 @@ pub fn to_json(value: &Value) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-/// Converts JSON to a template value directly (faster than going through serde).
-pub fn from_json(value: &serde_json::Value) -> Value {
+/// Exposes JSON to templates without converting it up front: objects and
+/// lists become views that convert only the parts a template touches, so a
+/// large body costs nothing beyond the fields a flow reads.
+pub fn json_value(root: Arc<serde_json::Value>) -> Value {
+    match &*root {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+            Value::from_object(JsonView {
+                root,
+                path: Vec::new(),
+            })
+        }
+        scalar => scalar_value(scalar),
+    }
+}
+
+fn scalar_value(value: &serde_json::Value) -> Value {
     match value {
-        serde_json::Value::Null => Value::from(()),
         serde_json::Value::Bool(b) => Value::from(*b),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Value::from(i),
@@ -166,13 +188,89 @@ pub fn from_json(value: &serde_json::Value) -> Value {
             _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
         },
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => {
-            Value::from(items.iter().map(from_json).collect::<Vec<_>>())
+        _ => Value::from(()),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum PathSegment {
+    Key(String),
+    Index(usize),
+}
+
+/// A JSON object or list inside a shared document, addressed by its path.
+#[derive(Debug)]
+struct JsonView {
+    root: Arc<serde_json::Value>,
+    path: Vec<PathSegment>,
+}
+
+impl JsonView {
+    fn node(&self) -> &serde_json::Value {
+        let mut node = &*self.root;
+        for segment in &self.path {
+            node = match (node, segment) {
+                (serde_json::Value::Object(map), PathSegment::Key(key)) => &map[key.as_str()],
+                (serde_json::Value::Array(items), PathSegment::Index(i)) => &items[*i],
+                _ => unreachable!("paths are only built from existing children"),
+            };
         }
-        serde_json::Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| (k.as_str(), from_json(v)))
-            .collect(),
+        node
+    }
+
+    fn child(&self, segment: PathSegment, node: &serde_json::Value) -> Value {
+        match node {
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                let mut path = self.path.clone();
+                path.push(segment);
+                Value::from_object(JsonView {
+                    root: self.root.clone(),
+                    path,
+                })
+            }
+            scalar => scalar_value(scalar),
+        }
+    }
+}
+
+impl Object for JsonView {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.node() {
+            serde_json::Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match self.node() {
+            serde_json::Value::Object(map) => {
+                let (key, value) = map.get_key_value(key.as_str()?)?;
+                Some(self.child(PathSegment::Key(key.clone()), value))
+            }
+            serde_json::Value::Array(items) => {
+                let index = key.as_usize()?;
+                Some(self.child(PathSegment::Index(index), items.get(index)?))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            serde_json::Value::Object(map) => {
+                Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect())
+            }
+            serde_json::Value::Array(items) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.node() {
+            serde_json::Value::Object(map) => Some(map.len()),
+            serde_json::Value::Array(items) => Some(items.len()),
+            _ => Some(0),
+        }
     }
 }
 
@@ -185,9 +283,13 @@ pub struct Scope {
 
 impl Scope {
     /// Sets `name` to a JSON value.
-    pub fn set_json(&mut self, name: &str, value: &serde_json::Value) {
-        self.vars
-            .insert(name.to_owned(), Value::from(minijinja::value::Serde(value)));
+    pub fn set_json(&mut self, name: &str, value: serde_json::Value) {
+        self.set_shared_json(name, Arc::new(value));
+    }
+
+    /// Sets `name` to a shared JSON value, without copying it.
+    pub fn set_shared_json(&mut self, name: &str, value: Arc<serde_json::Value>) {
+        self.vars.insert(name.to_owned(), json_value(value));
     }
 
     /// Sets `name` to a template value.
@@ -223,21 +325,52 @@ mod tests {
     fn expressions_keep_types_and_text_renders() {
         let mut env = new_environment();
         env.add_template_owned("t", "id-{{ web1.n }}").unwrap();
+        for (name, expr) in [
+            ("double", "web1.n * 2"),
+            ("tags", "web1.tags"),
+            ("deep", "web1.nope.deeper"),
+        ] {
+            env.add_template_owned(name, expression_template(expr))
+                .unwrap();
+        }
         let mut scope = Scope::default();
-        scope.set_json("web1", &serde_json::json!({"n": 7, "tags": ["a"]}));
+        scope.set_json("web1", serde_json::json!({"n": 7, "tags": ["a"]}));
         let ctx = scope.context();
         let value = TemplateValue::Map(vec![
-            ("n".into(), TemplateValue::Expr("web1.n * 2".into())),
-            ("tags".into(), TemplateValue::Expr("web1.tags".into())),
+            ("n".into(), TemplateValue::Expr("double".into())),
+            ("tags".into(), TemplateValue::Expr("tags".into())),
             ("text".into(), TemplateValue::Text("t".into())),
-            (
-                "missing".into(),
-                TemplateValue::Expr("web1.nope.deeper".into()),
-            ),
+            ("missing".into(), TemplateValue::Expr("deep".into())),
         ]);
         assert_eq!(
             value.render(&env, &ctx).unwrap(),
             serde_json::json!({"n": 14, "tags": ["a"], "text": "id-7", "missing": null})
+        );
+    }
+
+    #[test]
+    fn json_views_behave_like_values() {
+        let mut env = new_environment();
+        env.add_template_owned(
+            "t",
+            "{{ d.a.b[1] }} {{ d.list | length }} {{ d.list[-1].k }} {{ d | tojson }} {% for k in d.a %}{{ k }}{% endfor %} {{ d.missing.x }}",
+        )
+        .unwrap();
+        let mut scope = Scope::default();
+        scope.set_json(
+            "d",
+            serde_json::json!({"a": {"b": [1, 2]}, "list": [{"k": "x"}, {"k": "y"}]}),
+        );
+        assert_eq!(
+            env.get_template("t")
+                .unwrap()
+                .render(scope.context())
+                .unwrap(),
+            r#"2 2 y {"a": {"b": [1, 2]}, "list": [{"k": "x"}, {"k": "y"}]} b "#
+        );
+        assert_eq!(
+            to_json(&scope.get("d").unwrap()),
+            serde_json::json!({"a": {"b": [1, 2]}, "list": [{"k": "x"}, {"k": "y"}]})
         );
     }
 }

@@ -4,6 +4,8 @@
 //! (the flow id), `iat`, `jti`, an optional `exp` and `ver`, the flow's token
 //! generation: bumping the generation makes every older token fail.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -14,6 +16,9 @@ use crate::config::Secret;
 
 /// Clock skew tolerated on `exp`, in seconds.
 const EXP_LEEWAY_SECS: u64 = 30;
+/// Verified tokens remembered so repeat senders skip JWT decoding; the cache
+/// is emptied when full.
+const VERIFIED_CACHE_CAPACITY: usize = 10_000;
 
 /// The claims of a flow token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,11 +73,16 @@ pub struct FlowPrincipal {
 }
 
 /// Signs and verifies flow tokens with the gateway's key.
+///
+/// Signature checks are cached per exact token string: a sender reusing its
+/// token costs one map lookup. Expiry, flow and generation are checked on
+/// every use, cached or not.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    verified: Arc<RwLock<HashMap<String, Arc<FlowClaims>>>>,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -92,6 +102,7 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),
             validation,
+            verified: Arc::default(),
         }
     }
 
@@ -122,15 +133,32 @@ impl TokenKeys {
         flow_id: &str,
         current_ver: u64,
     ) -> Result<FlowPrincipal, TokenError> {
-        let data = jsonwebtoken::decode::<FlowClaims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                    TokenError::BadSignature
+        let cached = self
+            .verified
+            .read()
+            .expect("token cache lock poisoned")
+            .get(token)
+            .cloned();
+        let claims = match cached {
+            Some(claims) => {
+                let expired = claims
+                    .exp
+                    .is_some_and(|exp| unix_now() > exp + EXP_LEEWAY_SECS);
+                if expired {
+                    return Err(TokenError::Expired);
                 }
-                _ => TokenError::Malformed,
-            })?;
-        let claims = data.claims;
+                claims
+            }
+            None => {
+                let claims = Arc::new(self.decode(token)?);
+                let mut cache = self.verified.write().expect("token cache lock poisoned");
+                if cache.len() >= VERIFIED_CACHE_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(token.to_owned(), claims.clone());
+                claims
+            }
+        };
         if claims.sub != flow_id || claims.role.is_some() {
             return Err(TokenError::WrongFlow);
         }
@@ -138,9 +166,21 @@ impl TokenKeys {
             return Err(TokenError::Rotated);
         }
         Ok(FlowPrincipal {
-            flow_id: claims.sub,
-            token_id: claims.jti,
+            flow_id: claims.sub.clone(),
+            token_id: claims.jti.clone(),
         })
+    }
+
+    fn decode(&self, token: &str) -> Result<FlowClaims, TokenError> {
+        jsonwebtoken::decode::<FlowClaims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    TokenError::BadSignature
+                }
+                _ => TokenError::Malformed,
+            })
     }
 }
 
@@ -173,5 +213,32 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         assert_eq!(k.verify("garbage", "signup", 0), Err(TokenError::Malformed));
+        // Cached verifications still check flow and generation.
+        assert_eq!(k.verify(&token, "signup", 0).unwrap().flow_id, "signup");
+        assert_eq!(k.verify(&token, "other", 0), Err(TokenError::WrongFlow));
+        assert_eq!(k.verify(&token, "signup", 1), Err(TokenError::Rotated));
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let mut claims = FlowClaims {
+            sub: "f".into(),
+            iat: unix_now(),
+            jti: "j".into(),
+            exp: Some(unix_now() + 3600),
+            ver: 0,
+            role: None,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();
+        assert!(k.verify(&token, "f", 0).is_ok());
+        // Pretend time passed: the cached entry now holds an expiry in the past.
+        claims.exp = Some(unix_now() - EXP_LEEWAY_SECS - 1);
+        k.verified
+            .write()
+            .unwrap()
+            .insert(token.clone(), Arc::new(claims));
+        assert_eq!(k.verify(&token, "f", 0), Err(TokenError::Expired));
     }
 }

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -37,9 +38,9 @@ pub struct RunInput {
     /// False for draft flows.
     pub live: bool,
     /// The parsed request body, exposed under the trigger's ref-id.
-    pub body: serde_json::Value,
+    pub body: Arc<serde_json::Value>,
     /// The `request` object of the template context.
-    pub request: serde_json::Value,
+    pub request: Arc<serde_json::Value>,
 }
 
 /// How to run.
@@ -163,9 +164,9 @@ impl Engine {
     /// Builds the template scope a run starts with.
     pub fn initial_scope(flow: &Flow, input: &RunInput) -> Scope {
         let mut scope = Scope::default();
-        scope.set_json(&flow.trigger.ref_id, &input.body);
-        scope.set_json("request", &input.request);
-        scope.set_json("run", &run_object(flow, input, "running"));
+        scope.set_shared_json(&flow.trigger.ref_id, input.body.clone());
+        scope.set_shared_json("request", input.request.clone());
+        scope.set_json("run", run_object(flow, input, "running"));
         scope
     }
 
@@ -204,7 +205,7 @@ impl Engine {
                 }),
             ),
         };
-        scope.set_json("run", &run_object(flow, input, status.as_str()));
+        scope.set_json("run", run_object(flow, input, status.as_str()));
         RunReport {
             status,
             error,
@@ -306,7 +307,7 @@ impl Engine {
         trace.attempts = attempt;
         match result {
             Ok(output) => {
-                scope.set_json(&step.ref_id, &output);
+                scope.set_json(&step.ref_id, output.clone());
                 trace.output = output;
                 trace.duration_ms = clock.elapsed().as_millis() as u64;
                 state.traces.push(trace);
@@ -334,7 +335,7 @@ impl Engine {
         state.traces.push(trace);
         match step.on_error {
             OnError::Continue => {
-                scope.set_json(&step.ref_id, &json!({ "error": failure.message }));
+                scope.set_json(&step.ref_id, json!({ "error": failure.message }));
                 Ok(())
             }
             OnError::Stop => Err(Halt(RunError {
@@ -433,7 +434,7 @@ impl Engine {
                     inner.set("item", item);
                     inner.set_json(
                         "loop",
-                        &json!({
+                        json!({
                             "index": index0 + 1,
                             "index0": index0,
                             "first": index0 == 0,

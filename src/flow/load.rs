@@ -694,17 +694,33 @@ impl FlowBuilder<'_> {
         unknown.is_empty()
     }
 
-    fn expression(&mut self, value: &Spanned<String>, allowed: &HashSet<String>) -> String {
+    /// Checks an expression (bare, or one `{{ ... }}`) and registers it as an
+    /// expression template named after `pointer`; returns that name.
+    fn expression(
+        &mut self,
+        value: &Spanned<String>,
+        pointer: &str,
+        allowed: &HashSet<String>,
+    ) -> String {
         let raw = value.get_ref();
-        let source = single_expression(raw).unwrap_or(raw.trim()).to_owned();
-        match self.env.compile_expression(&source) {
-            Ok(_) => {
-                let names = template::expression_names(self.env, &source);
+        let source = single_expression(raw).unwrap_or(raw.trim());
+        let name = format!("{}#{pointer}", self.shown);
+        // Compiled on its own first, so errors point into the author's text.
+        if let Err(e) = self.env.compile_expression(source) {
+            self.template_problem(value.span().start, &e);
+            return name;
+        }
+        match self
+            .env
+            .add_template_owned(name.clone(), template::expression_template(source))
+        {
+            Ok(()) => {
+                let names = TemplateValue::Expr(name.clone()).referenced_names(self.env);
                 self.check_names(&names, allowed, value.span().start);
             }
             Err(e) => self.template_problem(value.span().start, &e),
         }
-        source
+        name
     }
 
     fn template_value(
@@ -721,7 +737,7 @@ impl FlowBuilder<'_> {
             Node::Str(text) => match single_expression(text) {
                 Some(expr) => {
                     let spanned = Spanned::new(node.span(), expr.to_owned());
-                    TemplateValue::Expr(self.expression(&spanned, allowed))
+                    TemplateValue::Expr(self.expression(&spanned, pointer, allowed))
                 }
                 None => {
                     let name = format!("{}#{pointer}", self.shown);
@@ -847,7 +863,10 @@ impl FlowBuilder<'_> {
                 self.problem(kind_at, format!("a `{kind}` step needs `{key}`"));
             }
         }
-        let condition = file.condition.as_ref().map(|c| self.expression(c, allowed));
+        let condition = file
+            .condition
+            .as_ref()
+            .map(|c| self.expression(c, &format!("{pointer}.if"), allowed));
         let on_error = match file
             .on_error
             .as_ref()
@@ -895,7 +914,7 @@ impl FlowBuilder<'_> {
                 let when = file
                     .when
                     .as_ref()
-                    .map(|w| self.expression(w, allowed))
+                    .map(|w| self.expression(w, &format!("{pointer}.when"), allowed))
                     .unwrap_or_default();
                 let before: HashSet<String> = self.refs.clone();
                 let then = self.steps(
@@ -922,7 +941,7 @@ impl FlowBuilder<'_> {
                 let items = file
                     .items
                     .as_ref()
-                    .map(|i| self.expression(i, allowed))
+                    .map(|i| self.expression(i, &format!("{pointer}.items"), allowed))
                     .unwrap_or_default();
                 let mut inner = allowed.clone();
                 inner.insert("item".into());

@@ -220,7 +220,7 @@ pub enum StatusSource {
 pub struct Step {
     /// The step's ref: its output appears as `{{ <ref>.… }}`.
     pub ref_id: String,
-    /// Expression; the step is skipped unless it is true.
+    /// Expression template name; the step is skipped unless it is true.
     pub condition: Option<String>,
     /// What a failure of this step does to the run.
     pub on_error: OnError,
@@ -271,7 +271,7 @@ pub enum Action {
     Http(Box<HttpAction>),
     /// `when`, `then`, `else`
     Branch {
-        /// Condition expression.
+        /// Condition expression template name.
         when: String,
         /// Steps when true.
         then: Vec<Step>,
@@ -280,7 +280,7 @@ pub enum Action {
     },
     /// `items`, `steps`
     ForEach {
-        /// Expression yielding a list.
+        /// Expression template name yielding a list.
         items: String,
         /// Steps run per item with `item` and `loop` in scope.
         steps: Vec<Step>,

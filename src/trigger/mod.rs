@@ -159,8 +159,8 @@ async fn handle_inner(
         flow_id: flow.id.clone(),
         mode: flow.trigger.mode.as_str().to_owned(),
         live: flow.status == FlowStatus::Live,
-        body: parsed,
-        request: request_object(&parts, &raw, request_id),
+        body: Arc::new(parsed),
+        request: Arc::new(request_object(&parts, &raw, request_id)),
     };
     if flow.trigger.mode == Mode::Async {
         return Err(ApiError::new(
@@ -220,7 +220,7 @@ pub fn answer(
                     let mut scope = report.scope.clone();
                     scope.set_json(
                         "error",
-                        &json!({ "step": error.step, "message": error.message }),
+                        json!({ "step": error.step, "message": error.message }),
                     );
                     response::render(spec, env, &scope.context(), || failure.body_json())
                         .map_err(|e| e.with_run_id(run_id))
