@@ -14,9 +14,11 @@ use serde_json::json;
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, HttpClient, RunInput, RunOptions};
-use crate::flow::{LoadOptions, LoadReport, load_catalog};
+use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
+use crate::queue::RedisQueue;
 use crate::token::TokenKeys;
 use crate::trigger::TriggerState;
+use crate::worker::Worker;
 
 /// Exit code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -37,8 +39,15 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway: serve every valid flow on /v1/flow-webhook/<flow_id>.
-    Serve,
+    /// Run the gateway: serve every valid flow on /v1/flow-webhook/<flow_id>,
+    /// with workers for async runs in the same process.
+    Serve {
+        /// Do not execute async runs here (run `flowgate worker` elsewhere).
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Execute queued async runs only; start as many as you need on one Redis.
+    Worker,
     /// Validate flows and templates; print `path:line: message` for each problem, exit 1 if any.
     Check,
     /// Render a flow's response for a sample body, without side effects
@@ -82,7 +91,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => return bad_config(&e),
     };
     let result = match cli.command {
-        Command::Serve => serve(config),
+        Command::Serve { no_worker } => serve(config, !no_worker),
+        Command::Worker => worker_only(config),
         Command::Check => Ok(check(&config)),
         Command::Render {
             flow,
@@ -126,11 +136,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let keys = TokenKeys::new(&config.signing_key()?);
-    let addr = config.listen_addr()?;
-    let grace = config.shutdown_grace()?;
-    let report = load(&config);
+/// Loads flows, logging every problem; invalid flows are left out.
+fn load_for_serving(config: &Config) -> SharedCatalog {
+    let report = load(config);
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
@@ -143,17 +151,89 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let mut ids: Vec<&String> = report.catalog.flows.keys().collect();
     ids.sort();
     tracing::info!(flows = ?ids, "flows loaded");
-    let state = Arc::new(TriggerState {
-        keys,
-        engine: Engine::new(HttpClient::new(config.http.allow_private_networks)),
-        catalog: std::sync::RwLock::new(Arc::new(report.catalog)),
+    SharedCatalog::new(report.catalog)
+}
+
+fn queue(config: &Config) -> anyhow::Result<Arc<RedisQueue>> {
+    let queue =
+        RedisQueue::new(&config.redis.url).map_err(|e| ConfigError(format!("redis.url: {e}")))?;
+    Ok(Arc::new(queue))
+}
+
+/// One shutdown source for the whole process: SIGINT or SIGTERM.
+fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        let _ = tx.send(true);
     });
+    rx
+}
+
+async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn spawn_worker(
+    config: &Config,
+    queue: Arc<RedisQueue>,
+    engine: Engine,
+    catalog: SharedCatalog,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let settings = config.worker_settings()?;
+    let grace = config.shutdown_grace()?;
+    let worker = Arc::new(Worker::new(
+        queue.clone(),
+        engine,
+        catalog,
+        Worker::unique_consumer_name(),
+        settings,
+    ));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = queue.ensure_group().await {
+            tracing::warn!(error = %e, "cannot prepare the run queue yet; workers keep trying");
+        }
+        worker.run(shutdown_requested(shutdown), grace).await;
+    }))
+}
+
+fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let addr = config.listen_addr()?;
+    let grace = config.shutdown_grace()?;
+    config.worker_settings()?;
+    let catalog = load_for_serving(&config);
+    let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
+    let queue = queue(&config)?;
     runtime()?.block_on(async move {
+        let shutdown = shutdown_channel();
+        let worker = match with_worker {
+            true => Some(spawn_worker(&config, queue.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
+            false => None,
+        };
+        let state = Arc::new(TriggerState { keys, engine, catalog, queue });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "flowgate listening");
-        crate::server::serve(listener, state, crate::server::shutdown_signal(), grace).await;
+        tracing::info!(address = %listener.local_addr()?, workers = with_worker, "flowgate listening");
+        crate::server::serve(listener, state, shutdown_requested(shutdown), grace).await;
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
+    config.worker_settings()?;
+    let catalog = load_for_serving(&config);
+    let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
+    let queue = queue(&config)?;
+    runtime()?.block_on(async move {
+        let shutdown = shutdown_channel();
+        let worker = spawn_worker(&config, queue, engine, catalog, shutdown)?;
+        let _ = worker.await;
         Ok(ExitCode::SUCCESS)
     })
 }

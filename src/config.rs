@@ -66,6 +66,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Outbound HTTP made by `http` steps.
     pub http: HttpConfig,
+    /// Workers executing async runs.
+    pub worker: WorkerConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -79,6 +81,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
+            worker: WorkerConfig::default(),
             base_dir: PathBuf::new(),
         }
     }
@@ -159,6 +162,26 @@ pub struct HttpConfig {
     pub allow_private_networks: bool,
 }
 
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Async runs one worker process executes at once.
+    pub concurrency: usize,
+    /// A run whose worker has not heartbeated for this long is taken over
+    /// by another worker, e.g. `"15s"`; keep it well under 45 s.
+    pub reclaim_after: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            reclaim_after: "15s".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads the config: defaults, then `path` (when given, it must exist), then the environment.
     ///
@@ -212,6 +235,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.shutdown_grace()?;
+        self.worker_settings()?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes must be above 0"));
         }
@@ -235,6 +259,24 @@ impl Config {
                 "server.shutdown_grace `{}`: {e}",
                 self.server.shutdown_grace
             ))
+        })
+    }
+
+    /// `[worker]` as settings.
+    pub fn worker_settings(&self) -> Result<crate::worker::WorkerSettings, ConfigError> {
+        let reclaim_after = humantime::parse_duration(&self.worker.reclaim_after).map_err(|e| {
+            ConfigError::new(format!(
+                "worker.reclaim_after `{}`: {e}",
+                self.worker.reclaim_after
+            ))
+        })?;
+        if self.worker.concurrency == 0 {
+            return Err(ConfigError::new("worker.concurrency must be above 0"));
+        }
+        Ok(crate::worker::WorkerSettings {
+            concurrency: self.worker.concurrency,
+            reclaim_after,
+            ..Default::default()
         })
     }
 

@@ -25,7 +25,9 @@ pub struct ApiError {
     /// Human-readable explanation.
     pub message: String,
     /// Extra data (e.g. the run id); `null` when absent.
-    pub data: Option<serde_json::Value>,
+    pub data: Option<Box<serde_json::Value>>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -33,7 +35,7 @@ struct Envelope<'a> {
     status: u16,
     error: &'a str,
     message: &'a str,
-    data: &'a Option<serde_json::Value>,
+    data: &'a Option<Box<serde_json::Value>>,
 }
 
 impl ApiError {
@@ -44,6 +46,7 @@ impl ApiError {
             kind,
             message: message.into(),
             data: None,
+            retry_after_secs: None,
         }
     }
 
@@ -71,9 +74,20 @@ impl ApiError {
         )
     }
 
+    /// 503 for a queue that cannot take a run, with `Retry-After`.
+    pub fn queue_unavailable(retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_unavailable",
+            "the run could not be queued; nothing was accepted, retry later",
+        );
+        err.retry_after_secs = Some(retry_after_secs);
+        err
+    }
+
     /// Attaches `data.run_id`.
     pub fn with_run_id(mut self, run_id: &str) -> Self {
-        self.data = Some(serde_json::json!({ "run_id": run_id }));
+        self.data = Some(Box::new(serde_json::json!({ "run_id": run_id })));
         self
     }
 
@@ -96,6 +110,11 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -19,6 +19,8 @@
 //! - [`template`]: the minijinja environment, template values and the template context.
 //! - [`engine`]: the run engine and its steps, independent of where a run comes from.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
+//! - [`queue`]: the run queue interface and its Redis Streams implementation.
+//! - [`worker`]: workers that execute queued async runs.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
@@ -28,8 +30,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod queue;
 pub mod server;
 pub mod telemetry;
 pub mod template;
 pub mod token;
 pub mod trigger;
+pub mod worker;

@@ -92,10 +92,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         match path.as_str() {
             "/healthz" => json_ok(r#"{"status":"ok"}"#),
-            "/readyz" => {
-                let flows = state.catalog().flows.len();
-                json_ok(&format!(r#"{{"status":"ready","flows":{flows}}}"#))
-            }
+            "/readyz" => readiness(state).await,
             _ => match path.strip_prefix(trigger::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
                     trigger::handle(state, req, flow_id, &request_id).await
@@ -110,6 +107,18 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Ready when flows are loaded and the queue answers.
+async fn readiness(state: &AppState) -> Response<Body> {
+    let flows = state.catalog().flows.len();
+    match state.queue.depth().await {
+        Ok(depth) => json_ok(&format!(
+            r#"{{"status":"ready","flows":{flows},"queue_depth":{depth}}}"#
+        )),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+            .into_response(),
+    }
 }
 
 fn json_ok(body: &str) -> Response<Body> {

@@ -161,12 +161,12 @@ impl Engine {
         Self { http }
     }
 
-    /// Builds the template scope a run starts with.
-    pub fn initial_scope(flow: &Flow, input: &RunInput) -> Scope {
+    /// Builds the template scope a run starts with; `run.status` is `status`.
+    pub fn initial_scope(flow: &Flow, input: &RunInput, status: &str) -> Scope {
         let mut scope = Scope::default();
         scope.set_shared_json(&flow.trigger.ref_id, input.body.clone());
         scope.set_shared_json("request", input.request.clone());
-        scope.set_json("run", run_object(flow, input, "running"));
+        scope.set_json("run", run_object(flow, input, status));
         scope
     }
 
@@ -179,7 +179,7 @@ impl Engine {
         options: RunOptions,
     ) -> RunReport {
         let started = Instant::now();
-        let mut scope = Self::initial_scope(flow, input);
+        let mut scope = Self::initial_scope(flow, input, "running");
         let mut state = RunState {
             env: &catalog.env,
             options,

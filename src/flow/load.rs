@@ -312,9 +312,20 @@ impl FlowBuilder<'_> {
         let steps = self.steps(&file.steps, "steps", &mut allowed, &trigger_ref);
         let mut response_allowed = allowed;
         response_allowed.extend(self.refs.iter().cloned());
+        // An async answer is rendered before any step runs.
+        let (response_allowed, default_status) = match trigger.mode {
+            Mode::Sync => (response_allowed, StatusCode::OK),
+            Mode::Async => (
+                [trigger_ref.as_str(), "request", "run"]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                StatusCode::ACCEPTED,
+            ),
+        };
         let response = match &file.response {
-            Some(r) => self.response(r, "response", &response_allowed),
-            None => default_response(),
+            Some(r) => self.response(r, "response", &response_allowed, default_status),
+            None => default_response(default_status),
         };
         let version = hex::encode(&Sha256::digest(self.source.as_bytes())[..6]);
         Some(Flow {
@@ -548,9 +559,10 @@ impl FlowBuilder<'_> {
         file: &ResponseFile,
         pointer: &str,
         allowed: &HashSet<String>,
+        default_status: StatusCode,
     ) -> ResponseSpec {
         let status = match &file.status {
-            None => StatusSource::Fixed(StatusCode::OK),
+            None => StatusSource::Fixed(default_status),
             Some(node) => self.status(node, &format!("{pointer}.status"), allowed),
         };
         let (body, default_content_type) = match (&file.body, &file.body_inline) {
@@ -605,7 +617,12 @@ impl FlowBuilder<'_> {
         let on_error = file.on_error.as_ref().map(|e| {
             let mut with_error = allowed.clone();
             with_error.insert("error".into());
-            Box::new(self.response(e, &format!("{pointer}.on_error"), &with_error))
+            Box::new(self.response(
+                e,
+                &format!("{pointer}.on_error"),
+                &with_error,
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ))
         });
         ResponseSpec {
             status,
@@ -1065,9 +1082,9 @@ impl FlowBuilder<'_> {
     }
 }
 
-fn default_response() -> ResponseSpec {
+fn default_response(status: StatusCode) -> ResponseSpec {
     ResponseSpec {
-        status: StatusSource::Fixed(StatusCode::OK),
+        status: StatusSource::Fixed(status),
         body: None,
         headers: Vec::new(),
         default_content_type: "application/json",

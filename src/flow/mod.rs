@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
@@ -41,6 +41,27 @@ impl Catalog {
     /// The flow with id `id`.
     pub fn get(&self, id: &str) -> Option<&Arc<Flow>> {
         self.flows.get(id)
+    }
+}
+
+/// The current catalog, shared by the trigger and the workers of a process.
+#[derive(Debug, Clone)]
+pub struct SharedCatalog(Arc<RwLock<Arc<Catalog>>>);
+
+impl SharedCatalog {
+    /// Shares `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(catalog))))
+    }
+
+    /// A consistent snapshot: a flow and its templates from one load.
+    pub fn get(&self) -> Arc<Catalog> {
+        self.0.read().expect("catalog lock poisoned").clone()
+    }
+
+    /// Replaces the catalog for every later request and run.
+    pub fn replace(&self, catalog: Catalog) {
+        *self.0.write().expect("catalog lock poisoned") = Arc::new(catalog);
     }
 }
 

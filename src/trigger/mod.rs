@@ -17,7 +17,8 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
 use crate::error::{self, ApiError, Body};
-use crate::flow::{Catalog, Flow, FlowStatus, Mode};
+use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
+use crate::queue::RunQueue;
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;
@@ -31,20 +32,25 @@ const QUERY_TOKEN_PARAM: &str = "access_token";
 /// How long browsers may cache a CORS preflight answer, in seconds.
 const CORS_MAX_AGE_SECS: &str = "600";
 
+/// Seconds a sender is asked to wait when the queue cannot take a run.
+const QUEUE_RETRY_AFTER_SECS: u64 = 5;
+
 /// What the trigger needs from the server.
 pub struct TriggerState {
     /// Verifies flow tokens.
     pub keys: TokenKeys,
-    /// Runs flows.
+    /// Runs sync flows.
     pub engine: Engine,
     /// The current catalog.
-    pub catalog: std::sync::RwLock<Arc<Catalog>>,
+    pub catalog: SharedCatalog,
+    /// Where async runs go.
+    pub queue: Arc<dyn RunQueue>,
 }
 
 impl TriggerState {
     /// A consistent snapshot of the loaded flows.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("catalog lock poisoned").clone()
+        self.catalog.get()
     }
 }
 
@@ -163,11 +169,7 @@ async fn handle_inner(
         request: Arc::new(request_object(&parts, &raw, request_id)),
     };
     if flow.trigger.mode == Mode::Async {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "async flows need the run queue, which this gateway does not run",
-        ));
+        return accept_async(state, catalog, &flow, &input).await;
     }
     let report = state
         .engine
@@ -178,6 +180,31 @@ async fn handle_inner(
     response.headers_mut().insert(
         "x-flowgate-run-id",
         HeaderValue::from_str(&run_id).expect("uuids are valid header values"),
+    );
+    Ok(response)
+}
+
+/// Queues an async run, then answers; nothing is answered as accepted
+/// unless the queue stored the run.
+async fn accept_async(
+    state: &TriggerState,
+    catalog: &Catalog,
+    flow: &Flow,
+    input: &RunInput,
+) -> Result<Response<Body>, ApiError> {
+    if let Err(e) = state.queue.enqueue(input).await {
+        tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
+        return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
+    }
+    tracing::info!(run_id = %input.run_id, "run queued");
+    let scope = Engine::initial_scope(flow, input, "queued");
+    let mut response = response::render(&flow.response, &catalog.env, &scope.context(), || {
+        json!({ "run_id": input.run_id, "status": "queued" }).to_string()
+    })
+    .map_err(|e| e.with_run_id(&input.run_id))?;
+    response.headers_mut().insert(
+        "x-flowgate-run-id",
+        HeaderValue::from_str(&input.run_id).expect("uuids are valid header values"),
     );
     Ok(response)
 }

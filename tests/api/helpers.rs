@@ -11,39 +11,67 @@ use std::time::Duration;
 use bytes::Bytes;
 use flowgate::config::Secret;
 use flowgate::engine::{Engine, HttpClient};
-use flowgate::flow::{LoadOptions, load_catalog};
+use flowgate::flow::{LoadOptions, SharedCatalog, load_catalog};
+use flowgate::queue::RedisQueue;
 use flowgate::token::TokenKeys;
 use flowgate::trigger::TriggerState;
+use flowgate::worker::{Worker, WorkerSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// The signing key every test gateway uses.
 pub const SIGNING_KEY: &str = "test-signing-key-0123456789abcdef0123456789";
 
-/// A running gateway.
+/// A running gateway with its own Redis.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub keys: TokenKeys,
-    /// Keeps the flows folder alive as long as the gateway.
-    _dir: tempfile::TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
+    pub redis: RedisServer,
+    pub catalog: SharedCatalog,
+    /// Holds the flows folder as long as the gateway lives.
+    pub dir: tempfile::TempDir,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
     }
 }
 
 impl TestApp {
     pub fn url(&self, flow: &str) -> String {
         format!("http://{}/v1/flow-webhook/{flow}", self.addr)
+    }
+
+    /// Starts one more in-process worker on this app's Redis and flows.
+    pub fn start_worker(&self, reclaim_after: Duration) {
+        let queue = Arc::new(RedisQueue::new(&self.redis.url()).unwrap());
+        let settings = WorkerSettings {
+            concurrency: 8,
+            reclaim_after,
+            poll_wait: Duration::from_millis(200),
+        };
+        let worker = Arc::new(Worker::new(
+            queue.clone(),
+            Engine::new(HttpClient::new(true)),
+            self.catalog.clone(),
+            Worker::unique_consumer_name(),
+            settings,
+        ));
+        let mut stop = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            // Redis may be down right now; the worker creates the group once it is back.
+            let _ = queue.ensure_group().await;
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            worker.run(shutdown, Duration::from_secs(1)).await;
+        });
     }
 
     pub fn token(&self, flow: &str) -> String {
@@ -65,6 +93,10 @@ impl TestApp {
 
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
+    /// Run an in-process worker.
+    pub worker: bool,
+    /// Start Redis with append-only persistence.
+    pub redis_aof: bool,
     pub allow_private_networks: bool,
     pub templates: Vec<(&'static str, String)>,
     pub secrets: Vec<(&'static str, String)>,
@@ -73,6 +105,8 @@ pub struct AppOptions {
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
+            worker: true,
+            redis_aof: false,
             allow_private_networks: true,
             templates: Vec::new(),
             secrets: Vec::new(),
@@ -121,29 +155,147 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         report.problems
     );
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
+    let redis = RedisServer::start(options.redis_aof);
+    let queue = Arc::new(RedisQueue::new(&redis.url()).unwrap());
+    queue.ensure_group().await.unwrap();
+    let catalog = SharedCatalog::new(report.catalog);
     let state = Arc::new(TriggerState {
         keys: keys.clone(),
         engine: Engine::new(HttpClient::new(options.allow_private_networks)),
-        catalog: std::sync::RwLock::new(Arc::new(report.catalog)),
+        catalog: catalog.clone(),
+        queue,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
+    let (tx, mut rx) = watch::channel(false);
     tokio::spawn(flowgate::server::serve(
         listener,
         state,
-        async {
-            let _ = rx.await;
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         },
         Duration::from_secs(5),
     ));
-    TestApp {
+    let app = TestApp {
         addr,
         client: reqwest::Client::new(),
         keys,
-        _dir: dir,
-        shutdown: Some(tx),
+        redis,
+        catalog,
+        dir,
+        shutdown: tx,
+    };
+    if options.worker {
+        app.start_worker(Duration::from_secs(15));
     }
+    app
+}
+
+/// A `redis-server` of the test's own, on a free port in a temporary folder.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start(aof: bool) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            aof,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server again on the same port and folder (after [`RedisServer::stop`]).
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--appendonly",
+                if self.aof { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Stops the server the way an operator would (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream
+            .read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn assert_eventually<F: FnMut() -> bool>(within: Duration, what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not within {within:?}: {what}");
 }
 
 /// One request the receiver got.

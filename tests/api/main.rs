@@ -4,5 +4,6 @@
 mod auth;
 mod cli;
 mod helpers;
+mod queue;
 mod steps;
 mod trigger;

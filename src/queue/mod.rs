@@ -1,0 +1,78 @@
+//! The run queue: where accepted async runs wait for a worker.
+//!
+//! [`RunQueue`] is the interface the trigger and the workers use; [`redis`]
+//! implements it on Redis Streams. Delivery is at least once: a run is
+//! acknowledged only after it ended, and a run whose worker stopped
+//! heartbeating is handed to another worker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::engine::RunInput;
+
+pub mod redis;
+
+pub use self::redis::RedisQueue;
+
+/// A boxed future, so the trait can be used as `dyn RunQueue`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the queue could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend is unreachable or refused the command.
+    #[error("the run queue is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored entry could not be decoded.
+    #[error("a queued run is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One run handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Queue-specific id used to acknowledge or heartbeat the delivery.
+    pub id: String,
+    /// The run.
+    pub input: RunInput,
+    /// When the run was accepted, milliseconds since the epoch.
+    pub accepted_at_ms: u64,
+    /// True when this delivery was taken over from a worker that stopped.
+    pub reclaimed: bool,
+}
+
+/// Where async runs wait.
+pub trait RunQueue: Send + Sync {
+    /// Stores a run durably; only after `Ok` may the sender be told it was accepted.
+    fn enqueue<'a>(&'a self, input: &'a RunInput) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Hands at most `max` new runs to `consumer`, waiting up to `wait` for one.
+    fn fetch<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>>;
+
+    /// Takes over at most `max` runs that no worker heartbeated for `idle`.
+    fn reclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        idle: Duration,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>>;
+
+    /// Tells the queue `consumer` is still working on these deliveries.
+    fn heartbeat<'a>(
+        &'a self,
+        consumer: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Removes a finished run.
+    fn ack<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Runs waiting or in progress.
+    fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+}

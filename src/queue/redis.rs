@@ -1,0 +1,261 @@
+//! The run queue on Redis Streams.
+//!
+//! # Key layout
+//!
+//! Every key carries the hash tag `{flowgate}`, so every multi-key command
+//! stays in one slot and Redis Cluster can serve the queue.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//!
+//! Workers read through the consumer group `workers` (created at start-up,
+//! from the stream's beginning, so nothing accepted before any worker ran is
+//! missed). A worker reads only as many entries as it has free slots
+//! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
+//! entry stays in the group's pending list until the run ends (`XACK`, then
+//! `XDEL` to keep the stream short). A running worker heartbeats its entries
+//! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
+//! the reclaim threshold belong to a worker that died and are taken over
+//! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
+//! a Redis restart.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use deadpool_redis::redis::{self, AsyncCommands as _};
+use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
+
+use super::{BoxFuture, Delivery, QueueError, RunQueue};
+use crate::engine::RunInput;
+
+/// The stream of accepted runs.
+pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
+/// The consumer group all workers share.
+pub const GROUP: &str = "workers";
+/// Longest wait for a pooled connection or a new one: an unreachable Redis
+/// must turn into a quick 503, not a hung request.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections kept by one process.
+const POOL_SIZE: usize = 64;
+
+/// [`RunQueue`] on Redis Streams.
+#[derive(Clone)]
+pub struct RedisQueue {
+    pool: Pool,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(err.to_string())
+}
+
+impl RedisQueue {
+    /// A queue on the Redis at `url`; connects lazily.
+    pub fn new(url: &str) -> Result<Self, QueueError> {
+        let mut settings = PoolSettings::from_url(url);
+        let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
+        pool.timeouts.wait = Some(CONNECTION_TIMEOUT);
+        pool.timeouts.create = Some(CONNECTION_TIMEOUT);
+        pool.timeouts.recycle = Some(CONNECTION_TIMEOUT);
+        settings.pool = Some(pool);
+        let pool = settings
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(unavailable)?;
+        Ok(Self { pool })
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    /// Creates the consumer group if it does not exist yet.
+    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut conn = self.connection().await?;
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(STREAM_KEY)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.connection().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn read_group(
+        &self,
+        consumer: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut conn = self.connection().await?;
+        let reply: Result<Option<StreamReadReply>, redis::RedisError> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(wait.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(STREAM_KEY)
+            .arg(">")
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The stream or group vanished (a Redis without persistence restarted).
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                drop(conn);
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        entries.map(|entry| decode(entry, false)).collect()
+    }
+}
+
+fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
+    let input: String = entry
+        .get("input")
+        .ok_or_else(|| QueueError::Corrupt(format!("entry {} has no input", entry.id)))?;
+    let input: RunInput = serde_json::from_str(&input)
+        .map_err(|e| QueueError::Corrupt(format!("entry {}: {e}", entry.id)))?;
+    Ok(Delivery {
+        accepted_at_ms: entry.get("accepted_at").unwrap_or(0),
+        id: entry.id,
+        input,
+        reclaimed,
+    })
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RunQueue for RedisQueue {
+    fn enqueue<'a>(&'a self, input: &'a RunInput) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let json =
+                serde_json::to_string(input).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let mut conn = self.connection().await?;
+            redis::cmd("XADD")
+                .arg(STREAM_KEY)
+                .arg("*")
+                .arg("input")
+                .arg(json)
+                .arg("accepted_at")
+                .arg(now_ms())
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
+        Box::pin(self.read_group(consumer, max, wait))
+    }
+
+    fn reclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        idle: Duration,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            reply
+                .claimed
+                .into_iter()
+                .map(|entry| decode(entry, true))
+                .collect()
+        })
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        consumer: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut conn = self.connection().await?;
+            redis::cmd("XCLAIM")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn ack<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            redis::pipe()
+                .cmd("XACK")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg(id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(STREAM_KEY)
+                .arg(id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            conn.xlen(STREAM_KEY).await.map_err(unavailable)
+        })
+    }
+}

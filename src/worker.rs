@@ -1,0 +1,262 @@
+//! Workers: execute queued async runs.
+//!
+//! A worker is a loop around [`Worker::try_execute_next`]-style steps: take
+//! as many runs as it has free slots (runs taken over from dead workers
+//! first, when it is time to look for them), execute each in its own task,
+//! acknowledge it when it ended. While runs execute, a heartbeat tells the
+//! queue they are alive, so only runs of a dead worker are ever taken over.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::engine::{Engine, RunOptions, RunStatus};
+use crate::flow::SharedCatalog;
+use crate::queue::redis::now_ms;
+use crate::queue::{Delivery, QueueError, RunQueue};
+
+/// Back-off after the queue failed, before asking again.
+const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Runs executed at once.
+    pub concurrency: usize,
+    /// A run nobody heartbeated for this long belongs to a dead worker and is taken over.
+    pub reclaim_after: Duration,
+    /// Longest wait for new runs in one queue read.
+    pub poll_wait: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            reclaim_after: Duration::from_secs(15),
+            poll_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one step of a worker did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was waiting.
+    Idle,
+    /// A run was executed and acknowledged.
+    Executed {
+        /// The run.
+        run_id: String,
+        /// How it ended.
+        status: RunStatus,
+    },
+    /// A run could not be executed (its flow is gone) and was dropped.
+    Abandoned {
+        /// The run.
+        run_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Executes queued runs.
+pub struct Worker {
+    queue: Arc<dyn RunQueue>,
+    engine: Engine,
+    catalog: SharedCatalog,
+    consumer: String,
+    settings: WorkerSettings,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl Worker {
+    /// A worker named `consumer` (unique per worker process).
+    pub fn new(
+        queue: Arc<dyn RunQueue>,
+        engine: Engine,
+        catalog: SharedCatalog,
+        consumer: String,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            queue,
+            engine,
+            catalog,
+            consumer,
+            settings,
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A consumer name unique to this process.
+    pub fn unique_consumer_name() -> String {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "flowgate".into());
+        format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    }
+
+    /// Takes one run (a reclaimed one first) and executes it.
+    pub async fn try_execute_next(&self) -> Result<Outcome, QueueError> {
+        let mut deliveries = self
+            .queue
+            .reclaim(&self.consumer, self.settings.reclaim_after, 1)
+            .await?;
+        if deliveries.is_empty() {
+            deliveries = self
+                .queue
+                .fetch(&self.consumer, 1, self.settings.poll_wait)
+                .await?;
+        }
+        match deliveries.pop() {
+            Some(delivery) => Ok(self.execute(delivery).await),
+            None => Ok(Outcome::Idle),
+        }
+    }
+
+    async fn execute(&self, delivery: Delivery) -> Outcome {
+        let run_id = delivery.input.run_id.clone();
+        let lag_ms = now_ms().saturating_sub(delivery.accepted_at_ms);
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(delivery.id.clone());
+        let catalog = self.catalog.get();
+        let outcome = match catalog.get(&delivery.input.flow_id) {
+            None => {
+                let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
+                tracing::error!(run_id = %run_id, %reason, "run abandoned");
+                Outcome::Abandoned { run_id, reason }
+            }
+            Some(flow) => {
+                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, reclaimed = delivery.reclaimed, "run started");
+                let report = self
+                    .engine
+                    .run(&catalog, flow, &delivery.input, RunOptions::default())
+                    .await;
+                tracing::info!(
+                    run_id = %run_id,
+                    flow = %flow.id,
+                    status = report.status.as_str(),
+                    duration_ms = report.duration.as_millis() as u64,
+                    error = report.error.as_ref().map(|e| e.message.as_str()),
+                    "run ended"
+                );
+                Outcome::Executed {
+                    run_id,
+                    status: report.status,
+                }
+            }
+        };
+        // Not acknowledged means delivered again: at least once.
+        if let Err(e) = self.queue.ack(&delivery.id).await {
+            tracing::warn!(error = %e, entry = %delivery.id, "could not acknowledge a run; it will run again");
+        }
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&delivery.id);
+        outcome
+    }
+
+    /// Executes runs until `shutdown` completes, then waits up to `grace` for
+    /// runs in progress. Runs still going after that stay in the queue and
+    /// are taken over by another worker.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>, grace: Duration) {
+        let concurrency = self.settings.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let reclaim_every = (self.settings.reclaim_after / 3).max(Duration::from_millis(200));
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(reclaim_every));
+        let mut last_reclaim: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        tracing::info!(consumer = %self.consumer, concurrency, "worker started");
+        loop {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = slots.acquire() => drop(permit),
+                    _ = &mut shutdown => break,
+                }
+                continue;
+            }
+            let reclaim_due = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
+            let next = async {
+                if reclaim_due {
+                    let reclaimed = self
+                        .queue
+                        .reclaim(&self.consumer, self.settings.reclaim_after, free)
+                        .await?;
+                    if !reclaimed.is_empty() {
+                        return Ok(reclaimed);
+                    }
+                }
+                self.queue
+                    .fetch(&self.consumer, free, self.settings.poll_wait)
+                    .await
+            };
+            let deliveries = tokio::select! {
+                result = next => result,
+                _ = &mut shutdown => break,
+            };
+            if reclaim_due {
+                last_reclaim = Some(Instant::now());
+            }
+            match deliveries {
+                Ok(deliveries) => {
+                    for delivery in deliveries {
+                        let permit = slots
+                            .clone()
+                            .try_acquire_owned()
+                            .expect("never more deliveries than free slots");
+                        let worker = self.clone();
+                        tokio::spawn(async move {
+                            worker.execute(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker cannot reach the queue");
+                    tokio::select! {
+                        _ = tokio::time::sleep(QUEUE_ERROR_BACKOFF) => {},
+                        _ = &mut shutdown => break,
+                    }
+                }
+            }
+        }
+        tracing::info!("worker stopping: waiting for runs in progress");
+        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "runs still in progress after the grace period are handed back to the queue"
+            );
+        }
+        heartbeat.abort();
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            let ids: Vec<String> = self
+                .in_flight
+                .lock()
+                .expect("in-flight lock")
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(e) = self.queue.heartbeat(&self.consumer, &ids).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+}

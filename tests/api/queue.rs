@@ -1,0 +1,249 @@
+//! Async runs: queued on the test's own Redis, executed by workers, surviving
+//! Redis restarts and workers killed mid-run.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// An async flow that posts `{run, n}` to the receiver.
+fn async_flow(url: &str, response: &str) -> String {
+    format!(
+        r#"
+status = "live"
+[trigger]
+ref = "web1"
+mode = "async"
+{response}
+[[steps]]
+ref = "notify"
+kind = "http"
+url = "{url}"
+body = {{ run = "{{{{ run.id }}}}", n = "{{{{ web1.n }}}}" }}
+timeout = "30s"
+"#
+    )
+}
+
+fn sync_flow() -> String {
+    "status = \"live\"\n[trigger]\nref = \"web1\"\n".to_owned()
+}
+
+/// Run ids the receiver was sent, with how many times each arrived.
+fn runs_received(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for request in receiver.requests() {
+        *counts
+            .entry(request.json()["run"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn async_flow_answers_at_once_then_runs() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let app = spawn_app(&[("a", async_flow(&receiver.url("/hook"), ""))]).await;
+    let response = app.post_json("a", r#"{"n": 7}"#).await;
+    assert_eq!(response.status(), 202);
+    let run_id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"run_id": run_id, "status": "queued"})
+    );
+    assert_eventually(
+        Duration::from_secs(10),
+        "the run reached the receiver",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    assert_eq!(
+        receiver.requests()[0].json(),
+        serde_json::json!({"run": run_id, "n": 7})
+    );
+}
+
+#[tokio::test]
+async fn async_response_template_sees_trigger_and_run() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let response = r#"[response]
+status = 200
+body_inline = '{"accepted": {{ web1.n }}, "status": "{{ run.status }}"}'"#;
+    let app = spawn_app(&[("a", async_flow(&receiver.url("/hook"), response))]).await;
+    let answer = app.post_json("a", r#"{"n": 3}"#).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.text().await.unwrap(),
+        r#"{"accepted": 3, "status": "queued"}"#
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_async_runs_execute_exactly_once() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let app = spawn_app(&[("a", async_flow(&receiver.url("/hook"), ""))]).await;
+    // A second worker competes for the same queue.
+    app.start_worker(Duration::from_secs(15));
+    let mut accepted = Vec::new();
+    let mut pending = Vec::new();
+    for n in 0..200 {
+        let (client, url, token) = (app.client.clone(), app.url("a"), app.token("a"));
+        pending.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"n": n}))
+                .send()
+                .await
+                .unwrap()
+        }));
+    }
+    for task in pending {
+        let response = task.await.unwrap();
+        assert_eq!(response.status(), 202);
+        accepted.push(
+            response.headers()["x-flowgate-run-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eventually(
+        Duration::from_secs(30),
+        "200 runs reached the receiver",
+        || receiver.requests().len() >= 200,
+    )
+    .await;
+    // Give a duplicate delivery a moment to show up, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = runs_received(&receiver);
+    assert_eq!(counts.len(), 200);
+    for run_id in &accepted {
+        assert_eq!(counts.get(run_id), Some(&1), "run {run_id}");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_refuses_async_with_503_but_sync_still_answers() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let mut app = spawn_app(&[
+        ("a", async_flow(&receiver.url("/hook"), "")),
+        ("s", sync_flow()),
+    ])
+    .await;
+    app.redis.stop();
+    let response = app.post_json("a", r#"{"n": 1}"#).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert!(!response.headers().contains_key("x-flowgate-run-id"));
+    envelope(response, 503, "queue_unavailable").await;
+    assert_eq!(app.post_json("s", "{}").await.status(), 200);
+    let ready = app
+        .client
+        .get(format!("http://{}/readyz", app.addr))
+        .send()
+        .await
+        .unwrap();
+    envelope(ready, 503, "not_ready").await;
+    // Back up: accepted again, and executed.
+    app.redis.restart();
+    let response = app.post_json("a", r#"{"n": 2}"#).await;
+    assert_eq!(response.status(), 202);
+    assert_eventually(
+        Duration::from_secs(15),
+        "the run after the restart executed",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    assert_eq!(receiver.requests()[0].json()["n"], 2);
+}
+
+#[tokio::test]
+async fn runs_accepted_before_a_redis_restart_still_execute() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let options = AppOptions {
+        worker: false,
+        redis_aof: true,
+        ..Default::default()
+    };
+    let mut app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let mut accepted = Vec::new();
+    for n in 0..20 {
+        let response = app.post_json("a", &format!(r#"{{"n": {n}}}"#)).await;
+        assert_eq!(response.status(), 202);
+        accepted.push(
+            response.headers()["x-flowgate-run-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.redis.stop();
+    app.redis.restart();
+    app.start_worker(Duration::from_secs(15));
+    assert_eventually(Duration::from_secs(20), "all 20 runs executed", || {
+        receiver.requests().len() >= 20
+    })
+    .await;
+    let counts = runs_received(&receiver);
+    for run_id in &accepted {
+        assert_eq!(counts.get(run_id), Some(&1), "run {run_id}");
+    }
+}
+
+#[tokio::test]
+async fn a_run_of_a_killed_worker_is_taken_over() {
+    // Every call takes 2 s, so the worker is killed while the run is in progress.
+    let receiver = Receiver::start(&[], Duration::from_secs(2)).await;
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let config = app.dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[worker]\nreclaim_after = \"2s\"\n",
+            app.redis.url()
+        ),
+    )
+    .unwrap();
+    let mut external = Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let response = app.post_json("a", r#"{"n": 1}"#).await;
+    assert_eq!(response.status(), 202);
+    let run_id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eventually(
+        Duration::from_secs(20),
+        "the external worker started the run",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    external.kill().unwrap(); // SIGKILL, mid-run
+    external.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    app.start_worker(Duration::from_secs(2));
+    assert_eventually(
+        Duration::from_secs(45),
+        "another worker took the run over",
+        || receiver.requests().len() == 2,
+    )
+    .await;
+    assert!(killed_at.elapsed() < Duration::from_secs(45));
+    assert_eq!(receiver.requests()[1].json()["run"], run_id.as_str());
+}
