@@ -134,7 +134,7 @@ fn check_passes_on_the_shipped_examples() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.starts_with("ok: 4 flow(s) valid"), "{stdout}");
+    assert!(stdout.starts_with("ok: 5 flow(s) valid"), "{stdout}");
 }
 
 #[test]
