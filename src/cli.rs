@@ -16,6 +16,7 @@ use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, HttpClient, RunInput, RunOptions};
 use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
 use crate::queue::RedisQueue;
+use crate::store::RedisStore;
 use crate::token::TokenKeys;
 use crate::trigger::TriggerState;
 use crate::worker::Worker;
@@ -154,10 +155,10 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
     SharedCatalog::new(report.catalog)
 }
 
-fn queue(config: &Config) -> anyhow::Result<Arc<RedisQueue>> {
-    let queue =
-        RedisQueue::new(&config.redis.url).map_err(|e| ConfigError(format!("redis.url: {e}")))?;
-    Ok(Arc::new(queue))
+fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
+    let pool = crate::queue::redis::connect(&config.redis.url)
+        .map_err(|e| ConfigError(format!("redis.url: {e}")))?;
+    Ok(pool)
 }
 
 /// One shutdown source for the whole process: SIGINT or SIGTERM.
@@ -205,14 +206,24 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let queue = queue(&config)?;
+    let pool = redis_pool(&config)?;
+    let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
+    let idempotency = Arc::new(RedisStore::with_pool(pool));
+    let idempotency_headers = config.idempotency_headers()?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = match with_worker {
             true => Some(spawn_worker(&config, queue.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
             false => None,
         };
-        let state = Arc::new(TriggerState { keys, engine, catalog, queue });
+        let state = Arc::new(TriggerState {
+            keys,
+            engine,
+            catalog,
+            queue,
+            idempotency,
+            idempotency_headers,
+        });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -229,7 +240,7 @@ fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let queue = queue(&config)?;
+    let queue = Arc::new(RedisQueue::with_pool(redis_pool(&config)?));
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = spawn_worker(&config, queue, engine, catalog, shutdown)?;

@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long `serve` waits for in-flight requests after SIGTERM/SIGINT, e.g. `"30s"`.
     pub shutdown_grace: String,
+    /// Request headers carrying an idempotency key, first match wins: a
+    /// repeat within 24 h for the same flow starts no run and gets the first answer.
+    pub idempotency_headers: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,14 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: "30s".into(),
+            idempotency_headers: [
+                "idempotency-key",
+                "webhook-id",
+                "x-github-delivery",
+                "x-shopify-webhook-id",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -236,6 +247,7 @@ impl Config {
         self.listen_addr()?;
         self.shutdown_grace()?;
         self.worker_settings()?;
+        self.idempotency_headers()?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes must be above 0"));
         }
@@ -260,6 +272,21 @@ impl Config {
                 self.server.shutdown_grace
             ))
         })
+    }
+
+    /// `server.idempotency_headers` as header names.
+    pub fn idempotency_headers(&self) -> Result<Vec<http::HeaderName>, ConfigError> {
+        self.server
+            .idempotency_headers
+            .iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                    ConfigError::new(format!(
+                        "server.idempotency_headers: `{h}` is not a header name"
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// `[worker]` as settings.

@@ -21,6 +21,7 @@
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
 //! - [`queue`]: the run queue interface and its Redis Streams implementation.
 //! - [`worker`]: workers that execute queued async runs.
+//! - [`store`]: stores beside the queue (idempotency keys).
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod error;
 pub mod flow;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod token;

@@ -8,6 +8,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::store`]) |
 //!
 //! Workers read through the consumer group `workers` (created at start-up,
 //! from the stream's beginning, so nothing accepted before any worker ran is
@@ -49,19 +50,28 @@ fn unavailable(err: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(err.to_string())
 }
 
+/// A connection pool to the Redis at `url`; connects lazily.
+pub fn connect(url: &str) -> Result<Pool, QueueError> {
+    let mut settings = PoolSettings::from_url(url);
+    let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
+    pool.timeouts.wait = Some(CONNECTION_TIMEOUT);
+    pool.timeouts.create = Some(CONNECTION_TIMEOUT);
+    pool.timeouts.recycle = Some(CONNECTION_TIMEOUT);
+    settings.pool = Some(pool);
+    settings
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(unavailable)
+}
+
 impl RedisQueue {
     /// A queue on the Redis at `url`; connects lazily.
     pub fn new(url: &str) -> Result<Self, QueueError> {
-        let mut settings = PoolSettings::from_url(url);
-        let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
-        pool.timeouts.wait = Some(CONNECTION_TIMEOUT);
-        pool.timeouts.create = Some(CONNECTION_TIMEOUT);
-        pool.timeouts.recycle = Some(CONNECTION_TIMEOUT);
-        settings.pool = Some(pool);
-        let pool = settings
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(unavailable)?;
-        Ok(Self { pool })
+        Ok(Self::with_pool(connect(url)?))
+    }
+
+    /// A queue on an existing pool.
+    pub fn with_pool(pool: Pool) -> Self {
+        Self { pool }
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {

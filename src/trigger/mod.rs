@@ -19,6 +19,7 @@ use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
 use crate::queue::RunQueue;
+use crate::store::{IdempotencyStore, Reservation, StoredAnswer};
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;
@@ -35,6 +36,11 @@ const CORS_MAX_AGE_SECS: &str = "600";
 /// Seconds a sender is asked to wait when the queue cannot take a run.
 const QUEUE_RETRY_AFTER_SECS: u64 = 5;
 
+/// How often a repeat polls for the answer of a first request still in flight.
+const IDEMPOTENCY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Header marking an answer replayed for a repeated idempotency key.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
 /// What the trigger needs from the server.
 pub struct TriggerState {
     /// Verifies flow tokens.
@@ -45,6 +51,11 @@ pub struct TriggerState {
     pub catalog: SharedCatalog,
     /// Where async runs go.
     pub queue: Arc<dyn RunQueue>,
+    /// Remembers idempotency keys.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Headers carrying an idempotency key, first match wins
+    /// (`Idempotency-Key`, provider delivery ids).
+    pub idempotency_headers: Vec<http::HeaderName>,
 }
 
 impl TriggerState {
@@ -168,20 +179,148 @@ async fn handle_inner(
         body: Arc::new(parsed),
         request: Arc::new(request_object(&parts, &raw, request_id)),
     };
-    if flow.trigger.mode == Mode::Async {
-        return accept_async(state, catalog, &flow, &input).await;
+    let idempotency_key = parts
+        .headers
+        .iter()
+        .find(|(name, _)| state.idempotency_headers.contains(name))
+        .and_then(|(_, value)| value.to_str().ok())
+        .filter(|key| !key.is_empty())
+        .map(str::to_owned);
+    let mut reserved = false;
+    if let Some(key) = &idempotency_key {
+        match reserve_or_replay(state, &flow, key, &run_id).await? {
+            Some(replay) => return Ok(replay),
+            None => reserved = true,
+        }
     }
+    let result = match flow.trigger.mode {
+        Mode::Async => accept_async(state, catalog, &flow, &input).await,
+        Mode::Sync => run_sync(state, catalog, &flow, &input).await,
+    };
+    match (idempotency_key, reserved) {
+        (Some(key), true) => Ok(remember(state, &flow.id, &key, &run_id, result).await),
+        _ => result,
+    }
+}
+
+async fn run_sync(
+    state: &TriggerState,
+    catalog: &Catalog,
+    flow: &Flow,
+    input: &RunInput,
+) -> Result<Response<Body>, ApiError> {
+    let run_id = &input.run_id;
     let report = state
         .engine
-        .run(catalog, &flow, &input, RunOptions::default())
+        .run(catalog, flow, input, RunOptions::default())
         .await;
     tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
-    let mut response = answer(catalog, &flow, &run_id, &report)?;
+    let mut response = answer(catalog, flow, run_id, &report)?;
     response.headers_mut().insert(
         "x-flowgate-run-id",
-        HeaderValue::from_str(&run_id).expect("uuids are valid header values"),
+        HeaderValue::from_str(run_id).expect("uuids are valid header values"),
     );
     Ok(response)
+}
+
+/// Reserves the key for this run, or returns the answer to replay. A store
+/// that cannot be reached does not block the request: it runs without
+/// deduplication (and async runs then fail to queue anyway).
+async fn reserve_or_replay(
+    state: &TriggerState,
+    flow: &Flow,
+    key: &str,
+    run_id: &str,
+) -> Result<Option<Response<Body>>, ApiError> {
+    // The first request may take up to its run's timeout; wait a little longer.
+    let deadline = tokio::time::Instant::now() + flow.timeout + std::time::Duration::from_secs(5);
+    loop {
+        let found = match state.idempotency.reserve(&flow.id, key, run_id).await {
+            Ok(Reservation::Reserved) => return Ok(None),
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency store unavailable; running without deduplication");
+                return Ok(None);
+            }
+        };
+        let mut current = Some(found);
+        while let Some(Reservation::InProgress { run_id: first }) = &current {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    "a request with this idempotency key is still being processed",
+                )
+                .with_run_id(first));
+            }
+            tokio::time::sleep(IDEMPOTENCY_POLL).await;
+            current = state.idempotency.lookup(&flow.id, key).await.ok().flatten();
+        }
+        match current {
+            Some(Reservation::Answered(answer)) => return Ok(Some(replay(answer))),
+            // The first request gave up the key (it failed): try to take it.
+            _ => continue,
+        }
+    }
+}
+
+fn replay(answer: StoredAnswer) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    response
+}
+
+/// Stores the answer for repeats; a server error frees the key instead, so
+/// the sender's retry runs again.
+async fn remember(
+    state: &TriggerState,
+    flow_id: &str,
+    key: &str,
+    run_id: &str,
+    result: Result<Response<Body>, ApiError>,
+) -> Response<Body> {
+    let response = result.unwrap_or_else(ApiError::into_response);
+    if response.status().is_server_error() {
+        if let Err(e) = state.idempotency.release(flow_id, key).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answer = StoredAnswer {
+        run_id: run_id.to_owned(),
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (n.as_str().to_owned(), v.to_owned()))
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    if let Err(e) = state.idempotency.complete(flow_id, key, &answer).await {
+        tracing::warn!(error = %e, "could not store the answer for an idempotency key");
+    }
+    Response::from_parts(parts, Full::new(bytes))
 }
 
 /// Queues an async run, then answers; nothing is answered as accepted

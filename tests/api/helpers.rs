@@ -156,7 +156,8 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     );
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
     let redis = RedisServer::start(options.redis_aof);
-    let queue = Arc::new(RedisQueue::new(&redis.url()).unwrap());
+    let pool = flowgate::queue::redis::connect(&redis.url()).unwrap();
+    let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
     queue.ensure_group().await.unwrap();
     let catalog = SharedCatalog::new(report.catalog);
     let state = Arc::new(TriggerState {
@@ -164,6 +165,10 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         engine: Engine::new(HttpClient::new(options.allow_private_networks)),
         catalog: catalog.clone(),
         queue,
+        idempotency: Arc::new(flowgate::store::RedisStore::with_pool(pool)),
+        idempotency_headers: flowgate::config::Config::default()
+            .idempotency_headers()
+            .unwrap(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

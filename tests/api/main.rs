@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod helpers;
+mod idempotency;
 mod queue;
 mod steps;
 mod trigger;

@@ -1,0 +1,75 @@
+//! Stores beside the queue. [`IdempotencyStore`] remembers the first answer
+//! to each idempotency key so repeats get it again without a new run.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{BoxFuture, QueueError};
+
+pub mod redis;
+
+pub use self::redis::RedisStore;
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A stored answer, replayed for repeats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredAnswer {
+    /// The first run's id.
+    pub run_id: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Headers worth replaying (content type and the flow's own).
+    pub headers: Vec<(String, String)>,
+    /// The body, as sent.
+    pub body: String,
+}
+
+/// What reserving a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The key is new and now reserved for this request's run.
+    Reserved,
+    /// The first request with this key is still in flight, as this run.
+    InProgress {
+        /// The first run's id.
+        run_id: String,
+    },
+    /// The first request finished with this answer.
+    Answered(StoredAnswer),
+}
+
+/// Remembers idempotency keys per flow.
+pub trait IdempotencyStore: Send + Sync {
+    /// Reserves `key` for `run_id` unless it is known; says what it found.
+    fn reserve<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Reservation, QueueError>>;
+
+    /// Looks a key up without reserving it.
+    fn lookup<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Reservation>, QueueError>>;
+
+    /// Records the answer for a reserved key.
+    fn complete<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        answer: &'a StoredAnswer,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Forgets a reserved key, so a retry can run again.
+    fn release<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+}
