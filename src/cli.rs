@@ -63,11 +63,41 @@ pub enum Command {
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
     },
+    /// Read the run history (the flow debugger).
+    Runs {
+        /// What to read.
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Mint tokens.
     Token {
         /// Which token.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+/// `flowgate runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The newest runs of a flow, newest first.
+    List {
+        /// The flow id.
+        flow: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the records as JSON, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run: request, each step's input, output, error and timing, answer.
+    Show {
+        /// The run id.
+        run_id: String,
+        /// Print the whole record as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -103,6 +133,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token {
             command: TokenCommand::Issue { flow, ttl },
         } => issue(&config, &flow, ttl.map(Into::into)),
+        Command::Runs { command } => runs(&config, command),
     };
     match result {
         Ok(code) => code,
@@ -178,6 +209,7 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 fn spawn_worker(
     config: &Config,
     queue: Arc<RedisQueue>,
+    runs: Arc<RedisStore>,
     engine: Engine,
     catalog: SharedCatalog,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -186,6 +218,7 @@ fn spawn_worker(
     let grace = config.shutdown_grace()?;
     let worker = Arc::new(Worker::new(
         queue.clone(),
+        runs,
         engine,
         catalog,
         Worker::unique_consumer_name(),
@@ -208,12 +241,12 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
     let pool = redis_pool(&config)?;
     let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
-    let idempotency = Arc::new(RedisStore::with_pool(pool));
+    let store = Arc::new(RedisStore::with_pool(pool, config.runs_retention()?));
     let idempotency_headers = config.idempotency_headers()?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = match with_worker {
-            true => Some(spawn_worker(&config, queue.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
+            true => Some(spawn_worker(&config, queue.clone(), store.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
             false => None,
         };
         let state = Arc::new(TriggerState {
@@ -221,7 +254,8 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             engine,
             catalog,
             queue,
-            idempotency,
+            idempotency: store.clone(),
+            runs: store,
             idempotency_headers,
         });
         let listener = tokio::net::TcpListener::bind(addr)
@@ -240,10 +274,12 @@ fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let queue = Arc::new(RedisQueue::with_pool(redis_pool(&config)?));
+    let pool = redis_pool(&config)?;
+    let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
+    let store = Arc::new(RedisStore::with_pool(pool, config.runs_retention()?));
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        let worker = spawn_worker(&config, queue, engine, catalog, shutdown)?;
+        let worker = spawn_worker(&config, queue, store, engine, catalog, shutdown)?;
         let _ = worker.await;
         Ok(ExitCode::SUCCESS)
     })
@@ -377,4 +413,134 @@ fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Resul
     let keys = TokenKeys::new(&config.signing_key()?);
     println!("{}", keys.issue(flow_id, ttl, 0)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest preview of a JSON value in `runs show`.
+const PREVIEW_CHARS: usize = 240;
+
+fn preview(value: &serde_json::Value) -> String {
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() <= PREVIEW_CHARS {
+        text
+    } else {
+        format!("{}…", text.chars().take(PREVIEW_CHARS).collect::<String>())
+    }
+}
+
+fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
+    use crate::store::RunStore as _;
+    let store = RedisStore::with_pool(redis_pool(config)?, config.runs_retention()?);
+    let rt = runtime()?;
+    match command {
+        RunsCommand::List { flow, limit, json } => {
+            let records = rt.block_on(store.list(&flow, limit))?;
+            if json {
+                for record in &records {
+                    println!("{}", serde_json::to_string(record)?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if records.is_empty() {
+                println!("no runs recorded for `{flow}`");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36}  {:<9}  {:<5}  {:>7}  {:<24}  {:>8}  ERROR",
+                "RUN ID", "STATUS", "MODE", "ATTEMPT", "CREATED", "MS"
+            );
+            for r in &records {
+                let duration = r
+                    .duration_ms
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let error = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+                println!(
+                    "{:<36}  {:<9}  {:<5}  {:>7}  {:<24}  {:>8}  {}",
+                    r.id,
+                    r.status,
+                    r.mode,
+                    r.attempt,
+                    r.created_at,
+                    duration,
+                    preview(&error.into())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCommand::Show { run_id, json } => {
+            let Some(r) = rt.block_on(store.get(&run_id))? else {
+                anyhow::bail!(
+                    "no run `{run_id}` (runs are kept for {})",
+                    config.runs.retention
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let kind = if r.live { "live" } else { "draft" };
+            println!("run       {}", r.id);
+            println!(
+                "flow      {} (version {}, {kind}, {})",
+                r.flow, r.flow_version, r.mode
+            );
+            println!("status    {} (attempt {})", r.status, r.attempt);
+            println!("created   {}", r.created_at);
+            println!("started   {}", r.started_at.as_deref().unwrap_or("-"));
+            println!(
+                "ended     {}{}",
+                r.ended_at.as_deref().unwrap_or("-"),
+                r.duration_ms
+                    .map(|d| format!(" ({d} ms)"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "request   {} {}",
+                r.request["method"].as_str().unwrap_or("?"),
+                r.request["path"].as_str().unwrap_or("?")
+            );
+            println!("body      {}", preview(&r.body));
+            if let Some(error) = &r.error {
+                println!(
+                    "error     {}{}",
+                    error
+                        .step
+                        .as_deref()
+                        .map(|s| format!("step `{s}`: "))
+                        .unwrap_or_default(),
+                    error.message
+                );
+            }
+            println!();
+            println!("steps");
+            for step in &r.steps {
+                println!(
+                    "  {} ({}) {} in {} ms, {} attempt(s)",
+                    step.path, step.kind, step.status, step.duration_ms, step.attempts
+                );
+                if !step.input.is_null() {
+                    println!("    input   {}", preview(&step.input));
+                }
+                println!("    output  {}", preview(&step.output));
+                if let Some(error) = &step.error {
+                    println!("    error   {error}");
+                }
+            }
+            for log in &r.logs {
+                println!("log       {log}");
+            }
+            if let Some(response) = &r.response {
+                println!();
+                println!(
+                    "response  {} {}",
+                    response.status,
+                    preview(&response.body.as_str().into())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

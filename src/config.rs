@@ -68,6 +68,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Workers executing async runs.
     pub worker: WorkerConfig,
+    /// The run history.
+    pub runs: RunsConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -82,6 +84,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
             worker: WorkerConfig::default(),
+            runs: RunsConfig::default(),
             base_dir: PathBuf::new(),
         }
     }
@@ -193,6 +196,22 @@ impl Default for WorkerConfig {
     }
 }
 
+/// `[runs]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsConfig {
+    /// How long run records are kept, e.g. `"7d"`.
+    pub retention: String,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        Self {
+            retention: "7d".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads the config: defaults, then `path` (when given, it must exist), then the environment.
     ///
@@ -248,6 +267,7 @@ impl Config {
         self.shutdown_grace()?;
         self.worker_settings()?;
         self.idempotency_headers()?;
+        self.runs_retention()?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::new("server.max_body_bytes must be above 0"));
         }
@@ -272,6 +292,18 @@ impl Config {
                 self.server.shutdown_grace
             ))
         })
+    }
+
+    /// `runs.retention` as a duration.
+    pub fn runs_retention(&self) -> Result<std::time::Duration, ConfigError> {
+        match humantime::parse_duration(&self.runs.retention) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(ConfigError::new("runs.retention must be above zero")),
+            Err(e) => Err(ConfigError::new(format!(
+                "runs.retention `{}`: {e}",
+                self.runs.retention
+            ))),
+        }
     }
 
     /// `server.idempotency_headers` as header names.

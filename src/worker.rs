@@ -17,6 +17,7 @@ use crate::engine::{Engine, RunOptions, RunStatus};
 use crate::flow::SharedCatalog;
 use crate::queue::redis::now_ms;
 use crate::queue::{Delivery, QueueError, RunQueue};
+use crate::store::{RunRecord, RunStore};
 
 /// Back-off after the queue failed, before asking again.
 const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -66,6 +67,7 @@ pub enum Outcome {
 /// Executes queued runs.
 pub struct Worker {
     queue: Arc<dyn RunQueue>,
+    runs: Arc<dyn RunStore>,
     engine: Engine,
     catalog: SharedCatalog,
     consumer: String,
@@ -77,6 +79,7 @@ impl Worker {
     /// A worker named `consumer` (unique per worker process).
     pub fn new(
         queue: Arc<dyn RunQueue>,
+        runs: Arc<dyn RunStore>,
         engine: Engine,
         catalog: SharedCatalog,
         consumer: String,
@@ -84,6 +87,7 @@ impl Worker {
     ) -> Self {
         Self {
             queue,
+            runs,
             engine,
             catalog,
             consumer,
@@ -132,10 +136,24 @@ impl Worker {
             None => {
                 let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
                 tracing::error!(run_id = %run_id, %reason, "run abandoned");
+                if let Ok(Some(mut record)) = self.runs.get(&run_id).await {
+                    record.status = "aborted".into();
+                    record.error = Some(crate::engine::RunError {
+                        step: None,
+                        message: reason.clone(),
+                    });
+                    self.save(&record).await;
+                }
                 Outcome::Abandoned { run_id, reason }
             }
             Some(flow) => {
-                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, reclaimed = delivery.reclaimed, "run started");
+                let mut record = match self.runs.get(&run_id).await {
+                    Ok(Some(record)) => record,
+                    _ => RunRecord::accepted(flow, &delivery.input, "queued"),
+                };
+                record.start();
+                self.save(&record).await;
+                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
                 let report = self
                     .engine
                     .run(&catalog, flow, &delivery.input, RunOptions::default())
@@ -148,6 +166,8 @@ impl Worker {
                     error = report.error.as_ref().map(|e| e.message.as_str()),
                     "run ended"
                 );
+                record.finish(&report);
+                self.save(&record).await;
                 Outcome::Executed {
                     run_id,
                     status: report.status,
@@ -241,6 +261,12 @@ impl Worker {
             );
         }
         heartbeat.abort();
+    }
+
+    async fn save(&self, record: &RunRecord) {
+        if let Err(e) = self.runs.save(record).await {
+            tracing::warn!(run_id = %record.id, error = %e, "run record not saved");
+        }
     }
 
     async fn heartbeat_loop(self: Arc<Self>, every: Duration) {

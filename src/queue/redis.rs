@@ -8,6 +8,8 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
+//! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::store`]) |
 //!
 //! Workers read through the consumer group `workers` (created at start-up,

@@ -1,5 +1,6 @@
-//! Stores beside the queue. [`IdempotencyStore`] remembers the first answer
-//! to each idempotency key so repeats get it again without a new run.
+//! Stores beside the queue: [`RunStore`] keeps run records (the flow
+//! debugger), [`IdempotencyStore`] remembers the first answer to each
+//! idempotency key so repeats get it again without a new run.
 
 use std::time::Duration;
 
@@ -8,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::queue::{BoxFuture, QueueError};
 
 pub mod redis;
+pub mod runs;
 
 pub use self::redis::RedisStore;
+pub use self::runs::RunRecord;
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -72,4 +75,23 @@ pub trait IdempotencyStore: Send + Sync {
         flow_id: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
+}
+
+/// Keeps run records for the configured retention.
+pub trait RunStore: Send + Sync {
+    /// Writes a record, replacing any earlier version.
+    fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Writes a record unless one exists; true when written.
+    fn save_new<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<bool, QueueError>>;
+
+    /// The record of `run_id`.
+    fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>>;
+
+    /// The newest `limit` records of a flow, newest first.
+    fn list<'a>(
+        &'a self,
+        flow_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, QueueError>>;
 }

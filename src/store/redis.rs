@@ -1,10 +1,14 @@
-//! [`IdempotencyStore`] on Redis; keys are listed in [`crate::queue::redis`].
+//! [`IdempotencyStore`] and [`RunStore`] on Redis; keys are listed in
+//! [`crate::queue::redis`].
+
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
 use sha2::{Digest, Sha256};
 
-use super::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, StoredAnswer};
+use super::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
+use crate::queue::redis::now_ms;
 use crate::queue::{BoxFuture, QueueError};
 
 const PENDING_PREFIX: &str = "pending:";
@@ -13,12 +17,13 @@ const PENDING_PREFIX: &str = "pending:";
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
+    retention: Duration,
 }
 
 impl RedisStore {
-    /// A store on an existing pool.
-    pub fn with_pool(pool: Pool) -> Self {
-        Self { pool }
+    /// A store on an existing pool, keeping run records for `retention`.
+    pub fn with_pool(pool: Pool, retention: Duration) -> Self {
+        Self { pool, retention }
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
@@ -32,6 +37,14 @@ impl RedisStore {
 fn idempotency_key(flow_id: &str, key: &str) -> String {
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
     format!("flowgate:{{flowgate}}:idem:{flow_id}:{digest}")
+}
+
+fn run_key(run_id: &str) -> String {
+    format!("flowgate:{{flowgate}}:run:{run_id}")
+}
+
+fn flow_runs_key(flow_id: &str) -> String {
+    format!("flowgate:{{flowgate}}:runs:{flow_id}")
 }
 
 fn unavailable(err: redis::RedisError) -> QueueError {
@@ -128,6 +141,122 @@ impl IdempotencyStore for RedisStore {
                 .await
                 .map(|_| ())
                 .map_err(unavailable)
+        })
+    }
+}
+
+impl RedisStore {
+    /// Indexes a record under its flow and drops index entries past retention.
+    fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
+        let index = flow_runs_key(&record.flow);
+        let retention_ms = self.retention.as_millis() as u64;
+        pipe.cmd("ZADD")
+            .arg(&index)
+            .arg("NX")
+            .arg(now_ms())
+            .arg(&record.id)
+            .ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(now_ms().saturating_sub(retention_ms))
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+    }
+}
+
+fn encode(record: &RunRecord) -> Result<String, QueueError> {
+    serde_json::to_string(record).map_err(|e| QueueError::Corrupt(e.to_string()))
+}
+
+fn decode(json: &str) -> Result<RunRecord, QueueError> {
+    serde_json::from_str(json).map_err(|e| QueueError::Corrupt(format!("run record: {e}")))
+}
+
+impl RunStore for RedisStore {
+    fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let json = encode(record)?;
+            let mut conn = self.connection().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(run_key(&record.id))
+                .arg(json)
+                .arg("PX")
+                .arg(self.retention.as_millis() as u64)
+                .ignore();
+            self.index(&mut pipe, record);
+            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        })
+    }
+
+    fn save_new<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let json = encode(record)?;
+            let mut conn = self.connection().await?;
+            let written: Option<String> = redis::cmd("SET")
+                .arg(run_key(&record.id))
+                .arg(json)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.retention.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let mut pipe = redis::pipe();
+            self.index(&mut pipe, record);
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(written.is_some())
+        })
+    }
+
+    fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let json: Option<String> = redis::cmd("GET")
+                .arg(run_key(run_id))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            json.as_deref().map(decode).transpose()
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        flow_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(flow_runs_key(flow_id))
+                .arg("+inf")
+                .arg("-inf")
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit.max(1))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = ids.iter().map(|id| run_key(id)).collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            values
+                .into_iter()
+                .flatten()
+                .map(|json| decode(&json))
+                .collect()
         })
     }
 }

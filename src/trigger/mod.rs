@@ -19,7 +19,7 @@ use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
 use crate::queue::RunQueue;
-use crate::store::{IdempotencyStore, Reservation, StoredAnswer};
+use crate::store::{IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;
@@ -53,6 +53,8 @@ pub struct TriggerState {
     pub queue: Arc<dyn RunQueue>,
     /// Remembers idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Keeps run records.
+    pub runs: Arc<dyn RunStore>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,
@@ -215,12 +217,60 @@ async fn run_sync(
         .run(catalog, flow, input, RunOptions::default())
         .await;
     tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
-    let mut response = answer(catalog, flow, run_id, &report)?;
+    let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
+        if e.status.is_server_error() {
+            tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
+        }
+        e.into_response()
+    });
     response.headers_mut().insert(
         "x-flowgate-run-id",
         HeaderValue::from_str(run_id).expect("uuids are valid header values"),
     );
+    let mut record = RunRecord::accepted(flow, input, "running");
+    record.finish(&report);
+    let (response, recorded) = record_response(record, response).await;
+    save_in_background(state, recorded, false);
     Ok(response)
+}
+
+/// Copies the answer into the record, returning the answer unchanged.
+async fn record_response(
+    mut record: RunRecord,
+    response: Response<Body>,
+) -> (Response<Body>, RunRecord) {
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (n.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    record.set_response(parts.status.as_u16(), headers, &bytes);
+    (Response::from_parts(parts, Full::new(bytes)), record)
+}
+
+/// Writes a record without delaying the answer. When Redis is down the
+/// record is lost: the loss is logged, and the sender still gets its answer.
+fn save_in_background(state: &TriggerState, record: RunRecord, only_if_new: bool) {
+    let runs = state.runs.clone();
+    tokio::spawn(async move {
+        let saved = match only_if_new {
+            true => runs.save_new(&record).await.map(|_| ()),
+            false => runs.save(&record).await,
+        };
+        if let Err(e) = saved {
+            tracing::warn!(run_id = %record.id, error = %e, "run record lost: the run store is unavailable");
+        }
+    });
 }
 
 /// Reserves the key for this run, or returns the answer to replay. A store
@@ -345,6 +395,10 @@ async fn accept_async(
         "x-flowgate-run-id",
         HeaderValue::from_str(&input.run_id).expect("uuids are valid header values"),
     );
+    let record = RunRecord::accepted(flow, input, "queued");
+    let (response, record) = record_response(record, response).await;
+    // A worker may already have recorded the run as running: never overwrite that.
+    save_in_background(state, record, true);
     Ok(response)
 }
 

@@ -50,7 +50,12 @@ impl TestApp {
 
     /// Starts one more in-process worker on this app's Redis and flows.
     pub fn start_worker(&self, reclaim_after: Duration) {
-        let queue = Arc::new(RedisQueue::new(&self.redis.url()).unwrap());
+        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
+        let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
+        let runs = Arc::new(flowgate::store::RedisStore::with_pool(
+            pool,
+            Duration::from_secs(3600),
+        ));
         let settings = WorkerSettings {
             concurrency: 8,
             reclaim_after,
@@ -58,6 +63,7 @@ impl TestApp {
         };
         let worker = Arc::new(Worker::new(
             queue.clone(),
+            runs,
             Engine::new(HttpClient::new(true)),
             self.catalog.clone(),
             Worker::unique_consumer_name(),
@@ -72,6 +78,33 @@ impl TestApp {
             };
             worker.run(shutdown, Duration::from_secs(1)).await;
         });
+    }
+
+    /// The run store of this app's Redis.
+    pub fn store(&self) -> flowgate::store::RedisStore {
+        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
+        flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600))
+    }
+
+    /// Polls the run record until `done` holds for it.
+    pub async fn record_when(
+        &self,
+        run_id: &str,
+        done: impl Fn(&flowgate::store::RunRecord) -> bool,
+    ) -> flowgate::store::RunRecord {
+        use flowgate::store::RunStore as _;
+        let store = self.store();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let record = store.get(run_id).await.unwrap();
+            match record {
+                Some(record) if done(&record) => return record,
+                last if tokio::time::Instant::now() >= deadline => {
+                    panic!("run {run_id} did not reach the expected state: {last:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
     }
 
     pub fn token(&self, flow: &str) -> String {
@@ -165,7 +198,14 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         engine: Engine::new(HttpClient::new(options.allow_private_networks)),
         catalog: catalog.clone(),
         queue,
-        idempotency: Arc::new(flowgate::store::RedisStore::with_pool(pool)),
+        idempotency: Arc::new(flowgate::store::RedisStore::with_pool(
+            pool.clone(),
+            Duration::from_secs(3600),
+        )),
+        runs: Arc::new(flowgate::store::RedisStore::with_pool(
+            pool,
+            Duration::from_secs(3600),
+        )),
         idempotency_headers: flowgate::config::Config::default()
             .idempotency_headers()
             .unwrap(),

@@ -6,5 +6,6 @@ mod cli;
 mod helpers;
 mod idempotency;
 mod queue;
+mod runs;
 mod steps;
 mod trigger;

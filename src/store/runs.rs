@@ -1,0 +1,211 @@
+//! Run records: what the flow debugger shows for each run.
+//!
+//! A record is written when a run is accepted (async: `queued`), when a
+//! worker starts it (`running`) and when it ends. Large values are cut to
+//! [`MAX_VALUE_BYTES`] with a marker, so one huge payload cannot bloat the
+//! history.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::{RunError, RunInput, RunReport, StepTrace};
+use crate::flow::Flow;
+
+/// Largest stored size of one value (body, step input or output), in bytes of JSON.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// One run, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Flow id.
+    pub flow: String,
+    /// The flow file's content hash when the run was accepted.
+    pub flow_version: String,
+    /// `sync` or `async`.
+    pub mode: String,
+    /// False for draft flows.
+    pub live: bool,
+    /// `queued`, `running`, `succeeded`, `failed`, `timed_out` or `aborted`.
+    pub status: String,
+    /// When the request arrived, RFC 3339.
+    pub created_at: String,
+    /// When execution started.
+    pub started_at: Option<String>,
+    /// When execution ended.
+    pub ended_at: Option<String>,
+    /// Executions so far (more than 1 after a worker died mid-run).
+    pub attempt: u32,
+    /// Wall time of the last execution, in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// The trigger request: method, path, query, headers (no authorization), raw body.
+    pub request: Value,
+    /// The parsed body, as the flow saw it under its trigger ref.
+    pub body: Value,
+    /// Each step execution.
+    pub steps: Vec<StepTrace>,
+    /// Messages of `log` steps.
+    pub logs: Vec<String>,
+    /// The answer sent (sync runs, and the immediate answer of async ones).
+    pub response: Option<RecordedResponse>,
+    /// Why the run failed.
+    pub error: Option<RunError>,
+}
+
+/// An answer as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordedResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body, cut to [`MAX_VALUE_BYTES`].
+    pub body: String,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl RunRecord {
+    /// A record for a run that has not started.
+    pub fn accepted(flow: &Flow, input: &RunInput, status: &str) -> Self {
+        let created_at = input
+            .request
+            .get("received_at")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(now_rfc3339);
+        Self {
+            id: input.run_id.clone(),
+            flow: flow.id.clone(),
+            flow_version: flow.version.clone(),
+            mode: input.mode.clone(),
+            live: input.live,
+            status: status.to_owned(),
+            created_at,
+            started_at: None,
+            ended_at: None,
+            attempt: 0,
+            duration_ms: None,
+            request: bounded(input.request.as_ref().clone()),
+            body: bounded(input.body.as_ref().clone()),
+            steps: Vec::new(),
+            logs: Vec::new(),
+            response: None,
+            error: None,
+        }
+    }
+
+    /// Marks the record as started now.
+    pub fn start(&mut self) {
+        self.status = "running".into();
+        self.attempt += 1;
+        self.started_at = Some(now_rfc3339());
+    }
+
+    /// Fills in how the run ended.
+    pub fn finish(&mut self, report: &RunReport) {
+        self.status = report.status.as_str().to_owned();
+        self.ended_at = Some(now_rfc3339());
+        if self.started_at.is_none() {
+            self.started_at = self.ended_at.clone();
+            self.attempt += 1;
+        }
+        self.duration_ms = Some(report.duration.as_millis() as u64);
+        self.steps = report
+            .steps
+            .iter()
+            .cloned()
+            .map(|mut step| {
+                step.input = bounded(step.input);
+                step.output = bounded(step.output);
+                step
+            })
+            .collect();
+        self.logs = report.logs.clone();
+        self.error = report.error.clone();
+    }
+
+    /// Records the answer sent.
+    pub fn set_response(&mut self, status: u16, headers: Vec<(String, String)>, body: &[u8]) {
+        let mut body = String::from_utf8_lossy(body).into_owned();
+        if body.len() > MAX_VALUE_BYTES {
+            let cut = floor_char_boundary(&body, MAX_VALUE_BYTES);
+            let dropped = body.len() - cut;
+            body.truncate(cut);
+            body.push_str(&format!("…[truncated {dropped} bytes]"));
+        }
+        self.response = Some(RecordedResponse {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0)
+}
+
+/// `value`, or a marker string when its JSON is over [`MAX_VALUE_BYTES`];
+/// strings over the limit are cut instead.
+pub fn bounded(value: Value) -> Value {
+    match value {
+        Value::String(mut s) if s.len() > MAX_VALUE_BYTES => {
+            let cut = floor_char_boundary(&s, MAX_VALUE_BYTES);
+            let dropped = s.len() - cut;
+            s.truncate(cut);
+            s.push_str(&format!("…[truncated {dropped} bytes]"));
+            Value::String(s)
+        }
+        Value::Object(mut map) => {
+            for v in map.values_mut() {
+                *v = bounded(v.take());
+            }
+            whole_or_marker(Value::Object(map))
+        }
+        Value::Array(items) => {
+            whole_or_marker(Value::Array(items.into_iter().map(bounded).collect()))
+        }
+        other => other,
+    }
+}
+
+fn whole_or_marker(value: Value) -> Value {
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_VALUE_BYTES * 2 {
+        Value::String(format!("…[truncated: {size} bytes of JSON]"))
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_values_are_cut_with_a_marker() {
+        let big = "x".repeat(MAX_VALUE_BYTES + 10);
+        let Value::String(cut) = bounded(Value::String(big)) else {
+            panic!()
+        };
+        assert!(cut.ends_with("…[truncated 10 bytes]"));
+        let many: Vec<Value> = (0..40_000).map(|i| serde_json::json!({"i": i})).collect();
+        let Value::String(marker) = bounded(Value::Array(many)) else {
+            panic!()
+        };
+        assert!(marker.starts_with("…[truncated: "), "{marker}");
+        assert_eq!(
+            bounded(serde_json::json!({"a": 1})),
+            serde_json::json!({"a": 1})
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! The run history: what the debugger shows for succeeded, failed,
+//! timed-out and async runs, and what it never shows.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flowgate::store::RunStore as _;
+
+use crate::helpers::*;
+
+const FLOW: &str = r#"
+status = "live"
+timeout = "2s"
+[trigger]
+ref = "web1"
+[response]
+body_inline = '{"total": {{ calc.total }}}'
+[[steps]]
+ref = "calc"
+kind = "transform"
+set = { total = "{{ web1.a + web1.b }}" }
+[[steps]]
+ref = "check"
+kind = "fail"
+if = "calc.total > 100"
+message = "total {{ calc.total }} is too large"
+[[steps]]
+ref = "nap"
+kind = "delay"
+if = "web1.slow"
+duration = "10s"
+"#;
+
+fn run_id(response: &reqwest::Response) -> String {
+    response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn succeeded_run_records_steps_request_and_answer() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let response = app.post_json("f", r#"{"a": 2, "b": 3}"#).await;
+    assert_eq!(response.status(), 200);
+    let id = run_id(&response);
+    let record = app.record_when(&id, |r| r.status == "succeeded").await;
+    assert_eq!(record.flow, "f");
+    assert_eq!(
+        (record.mode.as_str(), record.live, record.attempt),
+        ("sync", true, 1)
+    );
+    assert_eq!(record.flow_version.len(), 12);
+    assert_eq!(record.body, serde_json::json!({"a": 2, "b": 3}));
+    assert_eq!(record.request["method"], "POST");
+    assert!(record.request["headers"].get("authorization").is_none());
+    assert!(
+        !serde_json::to_string(&record)
+            .unwrap()
+            .contains(&app.token("f")[..20])
+    );
+    let steps: Vec<(&str, &str)> = record
+        .steps
+        .iter()
+        .map(|s| (s.path.as_str(), s.status.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("calc", "succeeded"),
+            ("check", "skipped"),
+            ("nap", "skipped")
+        ]
+    );
+    assert_eq!(record.steps[0].output, serde_json::json!({"total": 5}));
+    let answer = record.response.unwrap();
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, r#"{"total": 5}"#)
+    );
+    assert!(record.error.is_none() && record.ended_at.is_some() && record.duration_ms.is_some());
+}
+
+#[tokio::test]
+async fn failed_and_timed_out_runs_record_why() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let failed = app.post_json("f", r#"{"a": 200, "b": 3}"#).await;
+    assert_eq!(failed.status(), 500);
+    let record = app
+        .record_when(&run_id(&failed), |r| r.status == "failed")
+        .await;
+    let error = record.error.unwrap();
+    assert_eq!(
+        (error.step.as_deref(), error.message.as_str()),
+        (Some("check"), "total 203 is too large")
+    );
+    assert_eq!(record.steps[1].status, "failed");
+    assert_eq!(record.response.unwrap().status, 500);
+
+    let slow = app
+        .post_json("f", r#"{"a": 1, "b": 1, "slow": true}"#)
+        .await;
+    assert_eq!(slow.status(), 504);
+    let record = app
+        .record_when(&run_id(&slow), |r| r.status == "timed_out")
+        .await;
+    assert!(record.error.unwrap().message.contains("timeout of 2s"));
+}
+
+#[tokio::test]
+async fn async_runs_go_from_queued_to_their_end() {
+    let flow = FLOW
+        .replace("ref = \"web1\"", "ref = \"web1\"\nmode = \"async\"")
+        .replace(
+            "body_inline = '{\"total\": {{ calc.total }}}'",
+            "body_inline = '{\"queued\": {{ run.id | tojson }}}'",
+        );
+    let app = spawn_app(&[("a", flow)]).await;
+    let response = app.post_json("a", r#"{"a": 1, "b": 2}"#).await;
+    assert_eq!(response.status(), 202);
+    let id = run_id(&response);
+    let record = app.record_when(&id, |r| r.status == "succeeded").await;
+    assert_eq!((record.mode.as_str(), record.attempt), ("async", 1));
+    assert_eq!(record.steps[0].output, serde_json::json!({"total": 3}));
+    // The immediate answer of an async run is what the record keeps.
+    let answer = record.response.unwrap();
+    assert_eq!(answer.body, format!(r#"{{"queued": "{id}"}}"#));
+    assert!(record.started_at.is_some());
+}
+
+#[tokio::test]
+async fn paused_flows_and_refused_requests_record_nothing() {
+    let paused = FLOW.replace("status = \"live\"", "status = \"paused\"");
+    let app = spawn_app(&[("p", paused), ("f", FLOW.to_owned())]).await;
+    assert_eq!(
+        app.post_json("p", r#"{"a": 1, "b": 1}"#).await.status(),
+        200
+    );
+    let unauthenticated = app
+        .client
+        .post(app.url("f"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(app.post_json("f", "{oops").await.status(), 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.store().list("p", 10).await.unwrap().is_empty());
+    assert!(app.store().list("f", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn large_bodies_are_truncated_in_the_record() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let big = "y".repeat(200 * 1024);
+    let response = app
+        .post_json("f", &format!(r#"{{"a": 1, "b": 1, "note": "{big}"}}"#))
+        .await;
+    assert_eq!(response.status(), 200);
+    let record = app
+        .record_when(&run_id(&response), |r| r.status == "succeeded")
+        .await;
+    let note = record.body["note"].as_str().unwrap();
+    assert!(
+        note.len() < 70 * 1024 && note.ends_with("bytes]"),
+        "{}",
+        &note[note.len() - 40..]
+    );
+    assert!(
+        record.request["raw"]
+            .as_str()
+            .unwrap()
+            .contains("…[truncated")
+    );
+}
+
+#[tokio::test]
+async fn runs_cli_lists_and_shows_records() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let ok = run_id(&app.post_json("f", r#"{"a": 2, "b": 3}"#).await);
+    let failed = run_id(&app.post_json("f", r#"{"a": 300, "b": 3}"#).await);
+    app.record_when(&failed, |r| r.status == "failed").await;
+    app.record_when(&ok, |r| r.status == "succeeded").await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary())
+            .env("FLOWGATE_REDIS__URL", app.redis.url())
+            .env("RUST_LOG", "error")
+            .current_dir(app.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = cli(&["runs", "list", "f"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(lines[0].starts_with("RUN ID"), "{list}");
+    assert!(
+        lines[1].starts_with(&failed)
+            && lines[1].contains("failed")
+            && lines[1].contains("too large"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with(&ok) && lines[2].contains("succeeded"),
+        "{list}"
+    );
+    let show = cli(&["runs", "show", &failed]);
+    assert!(show.contains("status    failed (attempt 1)"), "{show}");
+    assert!(show.contains("check (fail) failed"), "{show}");
+    assert!(
+        show.contains("error     step `check`: total 303 is too large"),
+        "{show}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&["runs", "show", &ok, "--json"])).unwrap();
+    assert_eq!(json["steps"][0]["output"]["total"], 5);
+}
