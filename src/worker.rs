@@ -21,6 +21,9 @@ use crate::store::{RunRecord, RunStore};
 
 /// Back-off after the queue failed, before asking again.
 const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// A run started this many times without ending (each time its worker died)
+/// is dead-lettered instead of started again.
+pub const MAX_ATTEMPTS: u32 = 5;
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -151,6 +154,9 @@ impl Worker {
                     Ok(Some(record)) => record,
                     _ => RunRecord::accepted(flow, &delivery.input, "queued"),
                 };
+                if record.attempt >= MAX_ATTEMPTS {
+                    return self.dead_letter(delivery, record).await;
+                }
                 record.start();
                 self.save(&record).await;
                 tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
@@ -261,6 +267,33 @@ impl Worker {
             );
         }
         heartbeat.abort();
+    }
+
+    /// Gives up on a run that keeps killing its workers: recorded as aborted,
+    /// moved to the dead-letter list, removed from the queue.
+    async fn dead_letter(&self, delivery: Delivery, mut record: RunRecord) -> Outcome {
+        let reason = format!(
+            "dead-lettered: started {} times without ending (its worker stopped each time)",
+            record.attempt
+        );
+        tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
+        record.status = "aborted".into();
+        record.error = Some(crate::engine::RunError {
+            step: None,
+            message: reason.clone(),
+        });
+        self.save(&record).await;
+        if let Err(e) = self.queue.dead_letter(&delivery).await {
+            tracing::warn!(error = %e, "could not dead-letter a run");
+        }
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&delivery.id);
+        Outcome::Abandoned {
+            run_id: record.id,
+            reason,
+        }
     }
 
     async fn save(&self, record: &RunRecord) {

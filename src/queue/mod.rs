@@ -73,6 +73,9 @@ pub trait RunQueue: Send + Sync {
     /// Removes a finished run.
     fn ack<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// Moves a run that cannot be executed to the dead-letter list.
+    fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>>;
+
     /// Runs waiting or in progress.
     fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
 }

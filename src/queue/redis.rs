@@ -8,6 +8,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//! | `flowgate:{flowgate}:dead` | list | run inputs (JSON) given up on after repeated worker deaths, newest first, capped at 10 000 |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
 //! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::store`]) |
@@ -34,6 +35,10 @@ use crate::engine::RunInput;
 
 /// The stream of accepted runs.
 pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
+/// Runs given up on, newest first.
+pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
+/// Entries kept in the dead-letter list.
+const DEAD_LETTER_MAX: i64 = 10_000;
 /// The consumer group all workers share.
 pub const GROUP: &str = "workers";
 /// Longest wait for a pooled connection or a new one: an unreachable Redis
@@ -257,6 +262,38 @@ impl RunQueue for RedisQueue {
                 .cmd("XDEL")
                 .arg(STREAM_KEY)
                 .arg(id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&delivery.input)
+                .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let mut conn = self.connection().await?;
+            // One slot, so the move is one atomic transaction.
+            redis::pipe()
+                .atomic()
+                .cmd("LPUSH")
+                .arg(DEAD_LETTER_KEY)
+                .arg(json)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(DEAD_LETTER_KEY)
+                .arg(0)
+                .arg(DEAD_LETTER_MAX - 1)
+                .ignore()
+                .cmd("XACK")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg(&delivery.id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(STREAM_KEY)
+                .arg(&delivery.id)
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await

@@ -247,3 +247,45 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
     assert!(killed_at.elapsed() < Duration::from_secs(45));
     assert_eq!(receiver.requests()[1].json()["run"], run_id.as_str());
 }
+
+#[tokio::test]
+async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
+    use flowgate::store::RunStore as _;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let response = app.post_json("a", r#"{"n": 1}"#).await;
+    let run_id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // As if five workers had died running it.
+    let mut record = app.record_when(&run_id, |r| r.status == "queued").await;
+    record.attempt = flowgate::worker::MAX_ATTEMPTS;
+    record.status = "running".into();
+    app.store().save(&record).await.unwrap();
+    app.start_worker(Duration::from_secs(15));
+    let record = app.record_when(&run_id, |r| r.status == "aborted").await;
+    assert!(record.error.unwrap().message.starts_with("dead-lettered"));
+    assert!(receiver.requests().is_empty());
+    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
+        .arg(flowgate::queue::redis::DEAD_LETTER_KEY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains(&run_id));
+    let depth: u64 = deadpool_redis::redis::cmd("XLEN")
+        .arg(flowgate::queue::redis::STREAM_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(depth, 0);
+}
