@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, HttpClient, RunInput, RunOptions};
 use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
+use crate::metrics::Metrics;
 use crate::queue::RedisQueue;
 use crate::store::RedisStore;
 use crate::token::TokenKeys;
@@ -208,6 +209,7 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 
 fn spawn_worker(
     config: &Config,
+    metrics: Arc<Metrics>,
     queue: Arc<RedisQueue>,
     runs: Arc<RedisStore>,
     engine: Engine,
@@ -223,6 +225,7 @@ fn spawn_worker(
         catalog,
         Worker::unique_consumer_name(),
         settings,
+        metrics,
     ));
     Ok(tokio::spawn(async move {
         if let Err(e) = queue.ensure_group().await {
@@ -243,10 +246,11 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
     let store = Arc::new(RedisStore::with_pool(pool, config.runs_retention()?));
     let idempotency_headers = config.idempotency_headers()?;
+    let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = match with_worker {
-            true => Some(spawn_worker(&config, queue.clone(), store.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
+            true => Some(spawn_worker(&config, metrics.clone(), queue.clone(), store.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
             false => None,
         };
         let state = Arc::new(TriggerState {
@@ -257,6 +261,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             idempotency: store.clone(),
             runs: store,
             idempotency_headers,
+            metrics,
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -279,7 +284,15 @@ fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
     let store = Arc::new(RedisStore::with_pool(pool, config.runs_retention()?));
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        let worker = spawn_worker(&config, queue, store, engine, catalog, shutdown)?;
+        let worker = spawn_worker(
+            &config,
+            Arc::default(),
+            queue,
+            store,
+            engine,
+            catalog,
+            shutdown,
+        )?;
         let _ = worker.await;
         Ok(ExitCode::SUCCESS)
     })

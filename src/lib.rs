@@ -19,6 +19,7 @@
 //! - [`template`]: the minijinja environment, template values and the template context.
 //! - [`engine`]: the run engine and its steps, independent of where a run comes from.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
+//! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`queue`]: the run queue interface and its Redis Streams implementation.
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`store`]: stores beside the queue (idempotency keys).
@@ -31,6 +32,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod store;

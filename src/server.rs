@@ -93,6 +93,15 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
         match path.as_str() {
             "/healthz" => json_ok(r#"{"status":"ok"}"#),
             "/readyz" => readiness(state).await,
+            "/metrics" => {
+                let depth = state.queue.depth().await.ok();
+                let mut response = json_ok(&state.metrics.render(depth));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
             _ => match path.strip_prefix(trigger::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
                     trigger::handle(state, req, flow_id, &request_id).await

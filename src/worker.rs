@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::engine::{Engine, RunOptions, RunStatus};
 use crate::flow::SharedCatalog;
+use crate::metrics::Metrics;
 use crate::queue::redis::now_ms;
 use crate::queue::{Delivery, QueueError, RunQueue};
 use crate::store::{RunRecord, RunStore};
@@ -75,6 +76,7 @@ pub struct Worker {
     catalog: SharedCatalog,
     consumer: String,
     settings: WorkerSettings,
+    metrics: Arc<Metrics>,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -87,6 +89,7 @@ impl Worker {
         catalog: SharedCatalog,
         consumer: String,
         settings: WorkerSettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             queue,
@@ -95,6 +98,7 @@ impl Worker {
             catalog,
             consumer,
             settings,
+            metrics,
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -159,6 +163,7 @@ impl Worker {
                 }
                 record.start();
                 self.save(&record).await;
+                self.metrics.queue_lag(Duration::from_millis(lag_ms));
                 tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
                 let report = self
                     .engine
@@ -174,6 +179,7 @@ impl Worker {
                 );
                 record.finish(&report);
                 self.save(&record).await;
+                self.metrics.run(&flow.id, report.status.as_str());
                 Outcome::Executed {
                     run_id,
                     status: report.status,
@@ -298,6 +304,7 @@ impl Worker {
 
     async fn save(&self, record: &RunRecord) {
         if let Err(e) = self.runs.save(record).await {
+            self.metrics.record_lost();
             tracing::warn!(run_id = %record.id, error = %e, "run record not saved");
         }
     }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
+use crate::metrics::Metrics;
 use crate::queue::RunQueue;
 use crate::store::{IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
@@ -55,6 +56,8 @@ pub struct TriggerState {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Keeps run records.
     pub runs: Arc<dyn RunStore>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,
@@ -107,6 +110,13 @@ pub async fn handle(
             err.into_response()
         }
     };
+    // Only loaded flows get their own label, so unknown ids cannot grow the metrics.
+    let label = if catalog.get(flow_id).is_some() {
+        flow_id
+    } else {
+        "unknown"
+    };
+    state.metrics.request(label, response.status().as_u16());
     if let Some(origin) = cors {
         let headers = response.headers_mut();
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -217,6 +227,7 @@ async fn run_sync(
         .run(catalog, flow, input, RunOptions::default())
         .await;
     tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
+    state.metrics.run(&flow.id, report.status.as_str());
     let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
         if e.status.is_server_error() {
             tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
@@ -262,12 +273,14 @@ async fn record_response(
 /// record is lost: the loss is logged, and the sender still gets its answer.
 fn save_in_background(state: &TriggerState, record: RunRecord, only_if_new: bool) {
     let runs = state.runs.clone();
+    let metrics = state.metrics.clone();
     tokio::spawn(async move {
         let saved = match only_if_new {
             true => runs.save_new(&record).await.map(|_| ()),
             false => runs.save(&record).await,
         };
         if let Err(e) = saved {
+            metrics.record_lost();
             tracing::warn!(run_id = %record.id, error = %e, "run record lost: the run store is unavailable");
         }
     });

@@ -32,6 +32,7 @@ pub struct TestApp {
     pub keys: TokenKeys,
     pub redis: RedisServer,
     pub catalog: SharedCatalog,
+    pub metrics: Arc<flowgate::metrics::Metrics>,
     /// Holds the flows folder as long as the gateway lives.
     pub dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
@@ -68,6 +69,7 @@ impl TestApp {
             self.catalog.clone(),
             Worker::unique_consumer_name(),
             settings,
+            self.metrics.clone(),
         ));
         let mut stop = self.shutdown.subscribe();
         tokio::spawn(async move {
@@ -193,7 +195,9 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
     queue.ensure_group().await.unwrap();
     let catalog = SharedCatalog::new(report.catalog);
+    let metrics = Arc::new(flowgate::metrics::Metrics::default());
     let state = Arc::new(TriggerState {
+        metrics: metrics.clone(),
         keys: keys.clone(),
         engine: Engine::new(HttpClient::new(options.allow_private_networks)),
         catalog: catalog.clone(),
@@ -227,6 +231,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         keys,
         redis,
         catalog,
+        metrics,
         dir,
         shutdown: tx,
     };

@@ -289,3 +289,52 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
         .unwrap();
     assert_eq!(depth, 0);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_runs_and_queue_lag() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let app = spawn_app(&[
+        ("a", async_flow(&receiver.url("/hook"), "")),
+        ("s", sync_flow()),
+    ])
+    .await;
+    assert_eq!(app.post_json("s", "{}").await.status(), 200);
+    assert_eq!(app.post_json("s", "{oops").await.status(), 400);
+    assert_eq!(app.post_json("a", r#"{"n": 1}"#).await.status(), 202);
+    let unauthenticated = app.client.post(app.url("random-id")).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eventually(Duration::from_secs(10), "the async run executed", || {
+        receiver.requests().len() == 1
+    })
+    .await;
+    let url = format!("http://{}/metrics", app.addr);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for expected in [
+        "flowgate_requests_total{flow=\"s\",status=\"200\"} 1",
+        "flowgate_requests_total{flow=\"s\",status=\"400\"} 1",
+        "flowgate_requests_total{flow=\"a\",status=\"202\"} 1",
+        "flowgate_requests_total{flow=\"unknown\",status=\"401\"} 1",
+        "flowgate_runs_total{flow=\"s\",status=\"succeeded\"} 1",
+        "flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1",
+        "flowgate_queue_depth 0",
+        "flowgate_queue_lag_seconds_count 1",
+        "flowgate_queue_lag_seconds_bucket{le=\"45\"} 1",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
