@@ -338,3 +338,97 @@ async fn metrics_count_requests_runs_and_queue_lag() {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn sigterm_finishes_runs_in_flight_and_loses_none() {
+    // Each call takes 1 s: some runs are in progress when SIGTERM arrives.
+    let receiver = Receiver::start(&[], Duration::from_secs(1)).await;
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = app.dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"20s\"\n[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[worker]\nconcurrency = 2\nreclaim_after = \"2s\"\n",
+            app.redis.url()
+        ),
+    )
+    .unwrap();
+    let mut gateway = Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/flow-webhook/a");
+    let mut ready = false;
+    for _ in 0..200 {
+        if app
+            .client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the gateway did not start");
+    let mut accepted = Vec::new();
+    for n in 0..6 {
+        let response = app
+            .client
+            .post(&url)
+            .bearer_auth(app.token("a"))
+            .json(&serde_json::json!({"n": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        accepted.push(
+            response.headers()["x-flowgate-run-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eventually(Duration::from_secs(10), "runs are in progress", || {
+        !receiver.requests().is_empty()
+    })
+    .await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(gateway.id().to_string())
+        .status();
+    let status = tokio::task::spawn_blocking(move || gateway.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // Runs the gateway did not start are still queued; another worker takes them.
+    app.start_worker(Duration::from_secs(2));
+    assert_eventually(
+        Duration::from_secs(45),
+        "every accepted run executed",
+        || runs_received(&receiver).len() == 6,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = runs_received(&receiver);
+    for run_id in &accepted {
+        assert_eq!(counts.get(run_id), Some(&1), "run {run_id}: {counts:?}");
+    }
+}
