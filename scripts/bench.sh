@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: wrk against a bare hyper server and against flowgate, in the same
 # run with the same connections and the same ~1 KB JSON body. Prints req/s and
-# p99 for each, and flowgate's figures as ratios to the bare server.
+# p99 for each, and flowgate's figures as ratios to the bare server. Then holds
+# async traffic at half the measured async maximum for LAG_DURATION and
+# reports the queue lag (acceptance to start) from the gateway's metrics.
+# Starts its own redis-server (append-only persistence on) on a free port.
 #
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench.sh
@@ -10,25 +13,31 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+LAG_SECONDS=${LAG_SECONDS:-20}
 BARE_ADDR=127.0.0.1:18090
 GATE_ADDR=127.0.0.1:18080
+REDIS_PORT=${REDIS_PORT:-18379}
 
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "installing wrk..." >&2
-  (apt-get install -y wrk || (apt-get update && apt-get install -y wrk)) >/dev/null
-fi
+for tool in wrk redis-server; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "installing $tool..." >&2
+    (apt-get install -y "$tool" || (apt-get update && apt-get install -y "$tool")) >/dev/null
+  fi
+done
 cargo build --release --quiet --bin flowgate --example bare-hyper
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
 trap cleanup EXIT
 
 # A ~1 KB JSON body, like a typical signup event.
 items=$(printf '{"sku":"SKU-%04d","qty":%d,"price":19.99},' $(seq 1 22 | awk '{print $1, $1}') | sed 's/,$//')
 body="{\"email\":\"Ada.Lovelace@Example.com\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"company_id\":4242,\"plan\":\"enterprise\",\"source\":\"benchmark\",\"items\":[${items}]}"
 export FLOWGATE_SIGNING_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export FLOWGATE_REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0"
 token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
+async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
 
 lua() { # $1 = authorization header value or empty
   cat > "$work/post.lua" <<LUA
@@ -52,18 +61,62 @@ run_wrk() { # $1 url, $2 script
   echo "$rps $p99 ${non2xx:-0}"
 }
 
+mkdir -p "$work/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & pids+=($!)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & pids+=($!)
-RUST_LOG=warn target/release/flowgate --config benches/config.toml serve 2>"$work/gateway.log" & pids+=($!)
-wait_port "$BARE_ADDR"; wait_port "$GATE_ADDR"
+start_gateway() {
+  RUST_LOG=warn target/release/flowgate --config benches/config.toml serve 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+  wait_port "$GATE_ADDR"
+}
+wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; start_gateway
 
 printf 'body: %d bytes, %s connections, %s threads, %s per scenario\n' "${#body}" "$CONNECTIONS" "$THREADS" "$DURATION"
 read -r bare_rps bare_p99 _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')")
 read -r sync_rps sync_p99 sync_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")")
 read -r rej_rps rej_p99 _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")")
+read -r async_rps async_p99 async_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")")
 if [ "${sync_non2xx:-0}" != "0" ]; then echo "warning: $sync_non2xx non-2xx answers in the sync scenario" >&2; fi
+if [ "${async_non2xx:-0}" != "0" ]; then echo "warning: $async_non2xx non-2xx answers in the async scenario" >&2; fi
+
+queue_depth() { curl -s "http://$GATE_ADDR/readyz" | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }
+wait_drained() {
+  for _ in $(seq 1 600); do [ "$(queue_depth)" = "0" ] && return 0; sleep 0.5; done
+  echo "warning: the queue did not drain" >&2
+}
+
+# Queue lag at a steady half of the async maximum, on a fresh gateway.
+wait_drained
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+start_gateway
+target_rate=$(awk -v r="$async_rps" 'BEGIN { printf "%d", r / 2 }')
+lag_connections=20
+cat > "$work/steady.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [[${body}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer ${async_token}"
+function delay() return ${lag_connections} * 1000 / ${target_rate} end
+LUA
+wrk -t"$THREADS" -c"$lag_connections" -d"${LAG_SECONDS}s" -s "$work/steady.lua" "http://$GATE_ADDR/v1/flow-webhook/bench-async" > "$work/steady.txt"
+steady_rps=$(awk '/Requests\/sec/ {print $2}' "$work/steady.txt")
+wait_drained
+curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
+# Percentiles from the histogram: the upper bound of the first bucket holding them.
+lag_pct() {
+  awk -v q="$1" '
+    /^flowgate_queue_lag_seconds_count/ { total = $2 }
+    /^flowgate_queue_lag_seconds_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); les[n] = le; counts[n] = $2; n++ }
+    END { for (i = 0; i < n; i++) if (counts[i] >= q * total) { if (les[i] == "+Inf") print "over 45000"; else printf "<= %g", les[i] * 1000; exit } }
+  ' "$work/metrics.txt"
+}
+lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
+lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 printf '\n%-28s %12s %10s %12s %10s\n' scenario "req/s" "p99 ms" "req/s ratio" "p99 ratio"
 printf '%-28s %12.0f %10.2f %12s %10s\n' "bare hyper (baseline)" "$bare_rps" "$bare_p99" "1.00x" "1.00x"
 printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate sync transform" "$sync_rps" "$sync_p99" "$(ratio "$sync_rps" "$bare_rps")" "$(ratio "$sync_p99" "$bare_p99")"
 printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$(ratio "$rej_rps" "$bare_rps")" "$(ratio "$rej_p99" "$bare_p99")"
+printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate async accept" "$async_rps" "$async_p99" "$(ratio "$async_rps" "$bare_rps")" "$(ratio "$async_p99" "$bare_p99")"
+printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
+printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"

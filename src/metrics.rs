@@ -6,6 +6,7 @@
 //! | `flowgate_runs_total` | counter | `flow`, `status` (`succeeded`, `failed`, `timed_out`, `aborted`) |
 //! | `flowgate_queue_depth` | gauge | runs waiting or in progress |
 //! | `flowgate_queue_lag_seconds` | histogram | from acceptance to start of async runs |
+//! | `flowgate_queue_lag_seconds_max` | gauge | the longest lag seen since the process started |
 //! | `flowgate_run_records_lost_total` | counter | run records not written because the store was unavailable |
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub struct Metrics {
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
+    lag_max_micros: AtomicU64,
     records_lost: AtomicU64,
 }
 
@@ -62,6 +64,8 @@ impl Metrics {
         self.lag_count.fetch_add(1, Ordering::Relaxed);
         self.lag_sum_micros
             .fetch_add(lag.as_micros() as u64, Ordering::Relaxed);
+        self.lag_max_micros
+            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts a run record that could not be written.
@@ -116,6 +120,12 @@ impl Metrics {
         let sum = self.lag_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "flowgate_queue_lag_seconds_sum {sum}");
         let _ = writeln!(out, "flowgate_queue_lag_seconds_count {count}");
+        out.push_str(
+            "# HELP flowgate_queue_lag_seconds_max Longest queue lag since the process started.\n",
+        );
+        out.push_str("# TYPE flowgate_queue_lag_seconds_max gauge\n");
+        let max = self.lag_max_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "flowgate_queue_lag_seconds_max {max}");
         out.push_str("# HELP flowgate_run_records_lost_total Run records not written because the store was unavailable.\n");
         out.push_str("# TYPE flowgate_run_records_lost_total counter\n");
         let _ = writeln!(
@@ -154,5 +164,6 @@ mod tests {
         assert!(text.contains("flowgate_queue_lag_seconds_bucket{le=\"0.05\"} 1\n"));
         assert!(text.contains("flowgate_queue_lag_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("flowgate_queue_lag_seconds_count 2\n"));
+        assert!(text.contains("flowgate_queue_lag_seconds_max 3\n"));
     }
 }

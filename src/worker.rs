@@ -154,10 +154,10 @@ impl Worker {
                 Outcome::Abandoned { run_id, reason }
             }
             Some(flow) => {
-                let mut record = match self.runs.get(&run_id).await {
-                    Ok(Some(record)) => record,
-                    _ => RunRecord::accepted(flow, &delivery.input, "queued"),
-                };
+                // The queued record holds the answer sent and earlier attempts.
+                let existing = self.runs.get(&run_id).await.ok().flatten();
+                let mut record = existing
+                    .unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, "queued"));
                 if record.attempt >= MAX_ATTEMPTS {
                     return self.dead_letter(delivery, record).await;
                 }

@@ -13,17 +13,26 @@ use crate::queue::{BoxFuture, QueueError};
 
 const PENDING_PREFIX: &str = "pending:";
 
+/// Index trimming runs on one record write in this many: expired entries
+/// only cost a little space until then, and every write stays cheap.
+const TRIM_EVERY: u64 = 64;
+
 /// Stores on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     retention: Duration,
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisStore {
     /// A store on an existing pool, keeping run records for `retention`.
     pub fn with_pool(pool: Pool, retention: Duration) -> Self {
-        Self { pool, retention }
+        Self {
+            pool,
+            retention,
+            writes: Default::default(),
+        }
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
@@ -156,12 +165,17 @@ impl RedisStore {
             .arg(now_ms())
             .arg(&record.id)
             .ignore();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(now_ms().saturating_sub(retention_ms))
-            .ignore();
-        pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+        let writes = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if writes.is_multiple_of(TRIM_EVERY) {
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(now_ms().saturating_sub(retention_ms))
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+        }
     }
 }
 
