@@ -64,15 +64,19 @@ run_wrk() { # $1 url, $2 script
 mkdir -p "$work/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & pids+=($!)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & pids+=($!)
-start_gateway() {
-  RUST_LOG=warn target/release/flowgate --config benches/config.toml serve 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+start_gateway() { # extra serve flags
+  RUST_LOG=warn target/release/flowgate --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
   wait_port "$GATE_ADDR"
 }
-wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; start_gateway
+restart_gateway() { kill "$gateway"; wait "$gateway" 2>/dev/null || true; start_gateway "$@"; }
+# The request scenarios measure the gateway alone, as deployed beside
+# separate workers; workers start for the queue lag phase.
+wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; start_gateway --no-worker
 
 printf 'body: %d bytes, %s connections, %s threads, %s per scenario\n' "${#body}" "$CONNECTIONS" "$THREADS" "$DURATION"
 read -r bare_rps bare_p99 _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')")
 read -r sync_rps sync_p99 sync_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")")
+sleep 3 # run records of the sync scenario are written in the background: let them land
 read -r rej_rps rej_p99 _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")")
 read -r async_rps async_p99 async_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")")
 if [ "${sync_non2xx:-0}" != "0" ]; then echo "warning: $sync_non2xx non-2xx answers in the sync scenario" >&2; fi
@@ -85,9 +89,9 @@ wait_drained() {
 }
 
 # Queue lag at a steady half of the async maximum, on a fresh gateway.
+restart_gateway
 wait_drained
-kill "$gateway"; wait "$gateway" 2>/dev/null || true
-start_gateway
+restart_gateway
 target_rate=$(awk -v r="$async_rps" 'BEGIN { printf "%d", r / 2 }')
 lag_connections=20
 cat > "$work/steady.lua" <<LUA

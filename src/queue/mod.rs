@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::engine::RunInput;
+use crate::store::RunRecord;
 
 pub mod redis;
 
@@ -19,7 +20,7 @@ pub use self::redis::RedisQueue;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why the queue could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     /// The backend is unreachable or refused the command.
     #[error("the run queue is unavailable: {0}")]
@@ -44,8 +45,14 @@ pub struct Delivery {
 
 /// Where async runs wait.
 pub trait RunQueue: Send + Sync {
-    /// Stores a run durably; only after `Ok` may the sender be told it was accepted.
-    fn enqueue<'a>(&'a self, input: &'a RunInput) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// Stores a run durably, with its first record when given (in the same
+    /// round trip where the backend can); only after `Ok` may the sender be
+    /// told it was accepted.
+    fn enqueue<'a>(
+        &'a self,
+        input: &'a RunInput,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Hands at most `max` new runs to `consumer`, waiting up to `wait` for one.
     fn fetch<'a>(

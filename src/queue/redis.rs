@@ -18,13 +18,18 @@
 //! missed). A worker reads only as many entries as it has free slots
 //! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
 //! entry stays in the group's pending list until the run ends (`XACK`, then
-//! `XDEL` to keep the stream short). A running worker heartbeats its entries
+//! `XDEL` to keep the stream short). Concurrent enqueues are batched: one
+//! task sends every waiting `XADD` (with the run's first record) in a single
+//! pipeline, so a busy gateway makes one round trip for many runs. A running worker heartbeats its entries
 //! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
 //! the reclaim threshold belong to a worker that died and are taken over
 //! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
 //! a Redis restart.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
 
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use deadpool_redis::redis::{self, AsyncCommands as _};
@@ -32,6 +37,7 @@ use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 
 use super::{BoxFuture, Delivery, QueueError, RunQueue};
 use crate::engine::RunInput;
+use crate::store::{RedisStore, RunRecord};
 
 /// The stream of accepted runs.
 pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
@@ -47,10 +53,23 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections kept by one process.
 const POOL_SIZE: usize = 64;
 
+/// Most enqueues sent in one pipeline.
+const MAX_ENQUEUE_BATCH: usize = 256;
+/// Enqueues waiting for the batcher before senders wait for room.
+const ENQUEUE_BACKLOG: usize = 4096;
+
+/// One enqueue waiting for the batcher.
+struct PendingEnqueue {
+    commands: Vec<redis::Cmd>,
+    done: oneshot::Sender<Result<(), QueueError>>,
+}
+
 /// [`RunQueue`] on Redis Streams.
 #[derive(Clone)]
 pub struct RedisQueue {
     pool: Pool,
+    records: Option<RedisStore>,
+    batcher: Arc<OnceLock<mpsc::Sender<PendingEnqueue>>>,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> QueueError {
@@ -78,7 +97,26 @@ impl RedisQueue {
 
     /// A queue on an existing pool.
     pub fn with_pool(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            records: None,
+            batcher: Arc::default(),
+        }
+    }
+
+    /// Writes the first record of each run with its enqueue, through `records`.
+    pub fn with_records(mut self, records: RedisStore) -> Self {
+        self.records = Some(records);
+        self
+    }
+
+    /// The batcher's inbox, starting the batcher on first use (inside the runtime).
+    fn batcher(&self) -> &mpsc::Sender<PendingEnqueue> {
+        self.batcher.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(ENQUEUE_BACKLOG);
+            tokio::spawn(run_batcher(self.pool.clone(), rx));
+            tx
+        })
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
@@ -148,6 +186,32 @@ impl RedisQueue {
     }
 }
 
+/// Sends waiting enqueues in pipelines, one round trip per batch.
+async fn run_batcher(pool: Pool, mut inbox: mpsc::Receiver<PendingEnqueue>) {
+    while let Some(first) = inbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ENQUEUE_BATCH {
+            match inbox.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for pending in &batch {
+            for command in &pending.commands {
+                pipe.add_command(command.clone()).ignore();
+            }
+        }
+        let result = match pool.get().await {
+            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(unavailable),
+            Err(e) => Err(unavailable(e)),
+        };
+        for pending in batch {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
 fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
     let input: String = entry
         .get("input")
@@ -171,22 +235,37 @@ pub fn now_ms() -> u64 {
 }
 
 impl RunQueue for RedisQueue {
-    fn enqueue<'a>(&'a self, input: &'a RunInput) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn enqueue<'a>(
+        &'a self,
+        input: &'a RunInput,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let json =
                 serde_json::to_string(input).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            let mut conn = self.connection().await?;
-            redis::cmd("XADD")
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD")
                 .arg(STREAM_KEY)
                 .arg("*")
                 .arg("input")
                 .arg(json)
                 .arg("accepted_at")
-                .arg(now_ms())
-                .query_async::<String>(&mut conn)
+                .arg(now_ms());
+            if let (Some(records), Some(record)) = (&self.records, record) {
+                records.write_record(&mut pipe, record, true)?;
+            }
+            let (done, result) = oneshot::channel();
+            let pending = PendingEnqueue {
+                commands: pipe.cmd_iter().cloned().collect(),
+                done,
+            };
+            self.batcher()
+                .send(pending)
                 .await
-                .map(|_| ())
-                .map_err(unavailable)
+                .map_err(|_| QueueError::Unavailable("the enqueue batcher stopped".into()))?;
+            result
+                .await
+                .map_err(|_| QueueError::Unavailable("the enqueue batcher stopped".into()))?
         })
     }
 

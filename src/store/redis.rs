@@ -155,7 +155,29 @@ impl IdempotencyStore for RedisStore {
 }
 
 impl RedisStore {
-    /// Indexes a record under its flow and drops index entries past retention.
+    /// Adds the commands writing `record` to `pipe`: the record itself (only
+    /// when absent, with `only_if_new`; its reply is the pipeline's one
+    /// non-ignored reply) and its entry in the flow's index.
+    pub fn write_record(
+        &self,
+        pipe: &mut redis::Pipeline,
+        record: &RunRecord,
+        only_if_new: bool,
+    ) -> Result<(), QueueError> {
+        let json = encode(record)?;
+        pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
+        if only_if_new {
+            pipe.arg("NX");
+        }
+        pipe.arg("PX").arg(self.retention.as_millis() as u64);
+        if !only_if_new {
+            pipe.ignore();
+        }
+        self.index(pipe, record);
+        Ok(())
+    }
+
+    /// Indexes a record under its flow and, now and then, drops index entries past retention.
     fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
         let index = flow_runs_key(&record.flow);
         let retention_ms = self.retention.as_millis() as u64;
@@ -190,38 +212,19 @@ fn decode(json: &str) -> Result<RunRecord, QueueError> {
 impl RunStore for RedisStore {
     fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json = encode(record)?;
-            let mut conn = self.connection().await?;
             let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(run_key(&record.id))
-                .arg(json)
-                .arg("PX")
-                .arg(self.retention.as_millis() as u64)
-                .ignore();
-            self.index(&mut pipe, record);
+            self.write_record(&mut pipe, record, false)?;
+            let mut conn = self.connection().await?;
             pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         })
     }
 
     fn save_new<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<bool, QueueError>> {
         Box::pin(async move {
-            let json = encode(record)?;
-            let mut conn = self.connection().await?;
-            let written: Option<String> = redis::cmd("SET")
-                .arg(run_key(&record.id))
-                .arg(json)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.retention.as_millis() as u64)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
             let mut pipe = redis::pipe();
-            self.index(&mut pipe, record);
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            self.write_record(&mut pipe, record, true)?;
+            let mut conn = self.connection().await?;
+            let (written,): (Option<String>,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
             Ok(written.is_some())
         })
     }

@@ -241,7 +241,7 @@ async fn run_sync(
     let mut record = RunRecord::accepted(flow, input, "running");
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
-    save_in_background(state, recorded, false);
+    save_in_background(state, recorded);
     Ok(response)
 }
 
@@ -271,14 +271,11 @@ async fn record_response(
 
 /// Writes a record without delaying the answer. When Redis is down the
 /// record is lost: the loss is logged, and the sender still gets its answer.
-fn save_in_background(state: &TriggerState, record: RunRecord, only_if_new: bool) {
+fn save_in_background(state: &TriggerState, record: RunRecord) {
     let runs = state.runs.clone();
     let metrics = state.metrics.clone();
     tokio::spawn(async move {
-        let saved = match only_if_new {
-            true => runs.save_new(&record).await.map(|_| ()),
-            false => runs.save(&record).await,
-        };
+        let saved = runs.save(&record).await;
         if let Err(e) = saved {
             metrics.record_lost();
             tracing::warn!(run_id = %record.id, error = %e, "run record lost: the run store is unavailable");
@@ -394,11 +391,8 @@ async fn accept_async(
     flow: &Flow,
     input: &RunInput,
 ) -> Result<Response<Body>, ApiError> {
-    if let Err(e) = state.queue.enqueue(input).await {
-        tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
-        return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
-    }
-    tracing::info!(run_id = %input.run_id, "run queued");
+    // The answer sees no step output, so it is rendered first and stored with
+    // the run; nothing is sent before the queue holds the run.
     let scope = Engine::initial_scope(flow, input, "queued");
     let mut response = response::render(&flow.response, &catalog.env, &scope.context(), || {
         json!({ "run_id": input.run_id, "status": "queued" }).to_string()
@@ -408,10 +402,12 @@ async fn accept_async(
         "x-flowgate-run-id",
         HeaderValue::from_str(&input.run_id).expect("uuids are valid header values"),
     );
-    let record = RunRecord::accepted(flow, input, "queued");
-    let (response, record) = record_response(record, response).await;
-    // A worker may already have recorded the run as running: never overwrite that.
-    save_in_background(state, record, true);
+    let (response, record) = record_response(RunRecord::accepted(flow, input, "queued"), response).await;
+    if let Err(e) = state.queue.enqueue(input, Some(&record)).await {
+        tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
+        return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
+    }
+    tracing::info!(run_id = %input.run_id, "run queued");
     Ok(response)
 }
 

@@ -192,7 +192,8 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
     let redis = RedisServer::start(options.redis_aof);
     let pool = flowgate::queue::redis::connect(&redis.url()).unwrap();
-    let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
+    let records = flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
+    let queue = Arc::new(RedisQueue::with_pool(pool.clone()).with_records(records));
     queue.ensure_group().await.unwrap();
     let catalog = SharedCatalog::new(report.catalog);
     let metrics = Arc::new(flowgate::metrics::Metrics::default());
