@@ -243,7 +243,10 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
     let pool = redis_pool(&config)?;
-    let store = Arc::new(RedisStore::with_pool(pool.clone(), config.runs_retention()?));
+    let store = Arc::new(RedisStore::with_pool(
+        pool.clone(),
+        config.runs_retention()?,
+    ));
     let queue = Arc::new(RedisQueue::with_pool(pool).with_records(store.as_ref().clone()));
     let idempotency_headers = config.idempotency_headers()?;
     let metrics = Arc::new(Metrics::default());

@@ -224,7 +224,8 @@ impl RunStore for RedisStore {
             let mut pipe = redis::pipe();
             self.write_record(&mut pipe, record, true)?;
             let mut conn = self.connection().await?;
-            let (written,): (Option<String>,) = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let (written,): (Option<String>,) =
+                pipe.query_async(&mut conn).await.map_err(unavailable)?;
             Ok(written.is_some())
         })
     }

@@ -154,23 +154,23 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// `value`, or a marker string when its JSON is over [`MAX_VALUE_BYTES`];
-/// strings over the limit are cut instead.
+/// `value` when its JSON fits in [`MAX_VALUE_BYTES`]; otherwise long strings
+/// are cut and objects and lists too large even then become a marker string.
 pub fn bounded(value: Value) -> Value {
+    if json_len(&value) <= MAX_VALUE_BYTES {
+        return value;
+    }
     match value {
-        Value::String(mut s) if s.len() > MAX_VALUE_BYTES => {
+        Value::String(mut s) => {
             let cut = floor_char_boundary(&s, MAX_VALUE_BYTES);
             let dropped = s.len() - cut;
             s.truncate(cut);
             s.push_str(&format!("…[truncated {dropped} bytes]"));
             Value::String(s)
         }
-        Value::Object(mut map) => {
-            for v in map.values_mut() {
-                *v = bounded(v.take());
-            }
-            whole_or_marker(Value::Object(map))
-        }
+        Value::Object(map) => whole_or_marker(Value::Object(
+            map.into_iter().map(|(k, v)| (k, bounded(v))).collect(),
+        )),
         Value::Array(items) => {
             whole_or_marker(Value::Array(items.into_iter().map(bounded).collect()))
         }
@@ -179,12 +179,29 @@ pub fn bounded(value: Value) -> Value {
 }
 
 fn whole_or_marker(value: Value) -> Value {
-    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+    let size = json_len(&value);
     if size > MAX_VALUE_BYTES * 2 {
         Value::String(format!("…[truncated: {size} bytes of JSON]"))
     } else {
         value
     }
+}
+
+/// Length of `value` as JSON, without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 #[cfg(test)]

@@ -402,7 +402,8 @@ async fn accept_async(
         "x-flowgate-run-id",
         HeaderValue::from_str(&input.run_id).expect("uuids are valid header values"),
     );
-    let (response, record) = record_response(RunRecord::accepted(flow, input, "queued"), response).await;
+    let (response, record) =
+        record_response(RunRecord::accepted(flow, input, "queued"), response).await;
     if let Err(e) = state.queue.enqueue(input, Some(&record)).await {
         tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
         return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
