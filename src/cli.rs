@@ -247,7 +247,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
         pool.clone(),
         config.runs_retention()?,
     ));
-    let queue = Arc::new(RedisQueue::with_pool(pool).with_records(store.as_ref().clone()));
+    let queue = Arc::new(RedisQueue::with_pool(pool, store.as_ref().clone()));
     let idempotency_headers = config.idempotency_headers()?;
     let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
@@ -265,6 +265,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             runs: store,
             idempotency_headers,
             metrics,
+            record_slots: Arc::new(tokio::sync::Semaphore::new(crate::trigger::MAX_PENDING_RECORDS)),
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -283,8 +284,11 @@ fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
     let pool = redis_pool(&config)?;
-    let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
-    let store = Arc::new(RedisStore::with_pool(pool, config.runs_retention()?));
+    let store = Arc::new(RedisStore::with_pool(
+        pool.clone(),
+        config.runs_retention()?,
+    ));
+    let queue = Arc::new(RedisQueue::with_pool(pool, store.as_ref().clone()));
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = spawn_worker(

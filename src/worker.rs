@@ -139,19 +139,25 @@ impl Worker {
             .expect("in-flight lock")
             .insert(delivery.id.clone());
         let catalog = self.catalog.get();
-        let outcome = match catalog.get(&delivery.input.flow_id) {
+        let (outcome, last_record) = match catalog.get(&delivery.input.flow_id) {
             None => {
                 let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
                 tracing::error!(run_id = %run_id, %reason, "run abandoned");
-                if let Ok(Some(mut record)) = self.runs.get(&run_id).await {
-                    record.status = "aborted".into();
-                    record.error = Some(crate::engine::RunError {
-                        step: None,
-                        message: reason.clone(),
+                let record = self
+                    .runs
+                    .get(&run_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|mut record| {
+                        record.status = "aborted".into();
+                        record.error = Some(crate::engine::RunError {
+                            step: None,
+                            message: reason.clone(),
+                        });
+                        record
                     });
-                    self.save(&record).await;
-                }
-                Outcome::Abandoned { run_id, reason }
+                (Outcome::Abandoned { run_id, reason }, record)
             }
             Some(flow) => {
                 // The queued record holds the answer sent and earlier attempts.
@@ -178,16 +184,19 @@ impl Worker {
                     "run ended"
                 );
                 record.finish(&report);
-                self.save(&record).await;
                 self.metrics.run(&flow.id, report.status.as_str());
-                Outcome::Executed {
+                let outcome = Outcome::Executed {
                     run_id,
                     status: report.status,
-                }
+                };
+                (outcome, Some(record))
             }
         };
         // Not acknowledged means delivered again: at least once.
-        if let Err(e) = self.queue.ack(&delivery.id).await {
+        if let Err(e) = self.queue.ack(&delivery.id, last_record.as_ref()).await {
+            if last_record.is_some() {
+                self.metrics.record_lost();
+            }
             tracing::warn!(error = %e, entry = %delivery.id, "could not acknowledge a run; it will run again");
         }
         self.in_flight

@@ -77,8 +77,13 @@ pub trait RunQueue: Send + Sync {
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// Removes a finished run.
-    fn ack<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// Removes a finished run, writing its final record in the same round
+    /// trip where the backend can.
+    fn ack<'a>(
+        &'a self,
+        id: &'a str,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Moves a run that cannot be executed to the dead-letter list.
     fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>>;

@@ -68,7 +68,7 @@ struct PendingEnqueue {
 #[derive(Clone)]
 pub struct RedisQueue {
     pool: Pool,
-    records: Option<RedisStore>,
+    records: RedisStore,
     batcher: Arc<OnceLock<mpsc::Sender<PendingEnqueue>>>,
 }
 
@@ -90,24 +90,15 @@ pub fn connect(url: &str) -> Result<Pool, QueueError> {
 }
 
 impl RedisQueue {
-    /// A queue on the Redis at `url`; connects lazily.
-    pub fn new(url: &str) -> Result<Self, QueueError> {
-        Ok(Self::with_pool(connect(url)?))
-    }
-
-    /// A queue on an existing pool.
-    pub fn with_pool(pool: Pool) -> Self {
+    /// A queue on an existing pool; run records written together with queue
+    /// operations (the first on enqueue, the last on acknowledgement) go
+    /// through `records`.
+    pub fn with_pool(pool: Pool, records: RedisStore) -> Self {
         Self {
             pool,
-            records: None,
+            records,
             batcher: Arc::default(),
         }
-    }
-
-    /// Writes the first record of each run with its enqueue, through `records`.
-    pub fn with_records(mut self, records: RedisStore) -> Self {
-        self.records = Some(records);
-        self
     }
 
     /// The batcher's inbox, starting the batcher on first use (inside the runtime).
@@ -251,8 +242,8 @@ impl RunQueue for RedisQueue {
                 .arg(json)
                 .arg("accepted_at")
                 .arg(now_ms());
-            if let (Some(records), Some(record)) = (&self.records, record) {
-                records.write_record(&mut pipe, record, true)?;
+            if let Some(record) = record {
+                self.records.write_record(&mut pipe, record, true)?;
             }
             let (done, result) = oneshot::channel();
             let pending = PendingEnqueue {
@@ -329,11 +320,17 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn ack<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn ack<'a>(
+        &'a self,
+        id: &'a str,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            redis::pipe()
-                .cmd("XACK")
+            let mut pipe = redis::pipe();
+            if let Some(record) = record {
+                self.records.write_record(&mut pipe, record, false)?;
+            }
+            pipe.cmd("XACK")
                 .arg(STREAM_KEY)
                 .arg(GROUP)
                 .arg(id)
@@ -341,10 +338,9 @@ impl RunQueue for RedisQueue {
                 .cmd("XDEL")
                 .arg(STREAM_KEY)
                 .arg(id)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)
+                .ignore();
+            let mut conn = self.connection().await?;
+            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         })
     }
 

@@ -34,6 +34,11 @@ const QUERY_TOKEN_PARAM: &str = "access_token";
 /// How long browsers may cache a CORS preflight answer, in seconds.
 const CORS_MAX_AGE_SECS: &str = "600";
 
+/// Run records being written in the background at most; beyond it, sync
+/// answers wait for a slot, so a slow store slows senders instead of piling
+/// up memory.
+pub const MAX_PENDING_RECORDS: usize = 1024;
+
 /// Seconds a sender is asked to wait when the queue cannot take a run.
 const QUEUE_RETRY_AFTER_SECS: u64 = 5;
 
@@ -58,6 +63,8 @@ pub struct TriggerState {
     pub runs: Arc<dyn RunStore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Slots for background record writes ([`MAX_PENDING_RECORDS`]).
+    pub record_slots: Arc<tokio::sync::Semaphore>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,
@@ -241,7 +248,7 @@ async fn run_sync(
     let mut record = RunRecord::accepted(flow, input, "running");
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
-    save_in_background(state, recorded);
+    save_in_background(state, recorded).await;
     Ok(response)
 }
 
@@ -271,11 +278,18 @@ async fn record_response(
 
 /// Writes a record without delaying the answer. When Redis is down the
 /// record is lost: the loss is logged, and the sender still gets its answer.
-fn save_in_background(state: &TriggerState, record: RunRecord) {
+async fn save_in_background(state: &TriggerState, record: RunRecord) {
     let runs = state.runs.clone();
     let metrics = state.metrics.clone();
+    let slot = state
+        .record_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
     tokio::spawn(async move {
         let saved = runs.save(&record).await;
+        drop(slot);
         if let Err(e) = saved {
             metrics.record_lost();
             tracing::warn!(run_id = %record.id, error = %e, "run record lost: the run store is unavailable");

@@ -52,7 +52,9 @@ impl TestApp {
     /// Starts one more in-process worker on this app's Redis and flows.
     pub fn start_worker(&self, reclaim_after: Duration) {
         let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
-        let queue = Arc::new(RedisQueue::with_pool(pool.clone()));
+        let records =
+            flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
+        let queue = Arc::new(RedisQueue::with_pool(pool.clone(), records));
         let runs = Arc::new(flowgate::store::RedisStore::with_pool(
             pool,
             Duration::from_secs(3600),
@@ -193,12 +195,15 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let redis = RedisServer::start(options.redis_aof);
     let pool = flowgate::queue::redis::connect(&redis.url()).unwrap();
     let records = flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
-    let queue = Arc::new(RedisQueue::with_pool(pool.clone()).with_records(records));
+    let queue = Arc::new(RedisQueue::with_pool(pool.clone(), records));
     queue.ensure_group().await.unwrap();
     let catalog = SharedCatalog::new(report.catalog);
     let metrics = Arc::new(flowgate::metrics::Metrics::default());
     let state = Arc::new(TriggerState {
         metrics: metrics.clone(),
+        record_slots: Arc::new(tokio::sync::Semaphore::new(
+            flowgate::trigger::MAX_PENDING_RECORDS,
+        )),
         keys: keys.clone(),
         engine: Engine::new(HttpClient::new(options.allow_private_networks)),
         catalog: catalog.clone(),
