@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::engine::RunInput;
 use crate::store::RunRecord;
 
+pub mod batch;
 pub mod redis;
 
 pub use self::redis::RedisQueue;

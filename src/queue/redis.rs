@@ -26,15 +26,13 @@
 //! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
 //! a Redis restart.
 
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::{mpsc, oneshot};
 
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use deadpool_redis::redis::{self, AsyncCommands as _};
 use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 
+use super::batch::Batcher;
 use super::{BoxFuture, Delivery, QueueError, RunQueue};
 use crate::engine::RunInput;
 use crate::store::{RedisStore, RunRecord};
@@ -53,23 +51,12 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections kept by one process.
 const POOL_SIZE: usize = 64;
 
-/// Most enqueues sent in one pipeline.
-const MAX_ENQUEUE_BATCH: usize = 256;
-/// Enqueues waiting for the batcher before senders wait for room.
-const ENQUEUE_BACKLOG: usize = 4096;
-
-/// One enqueue waiting for the batcher.
-struct PendingEnqueue {
-    commands: Vec<redis::Cmd>,
-    done: oneshot::Sender<Result<(), QueueError>>,
-}
-
 /// [`RunQueue`] on Redis Streams.
 #[derive(Clone)]
 pub struct RedisQueue {
     pool: Pool,
     records: RedisStore,
-    batcher: Arc<OnceLock<mpsc::Sender<PendingEnqueue>>>,
+    batcher: Batcher,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> QueueError {
@@ -95,19 +82,10 @@ impl RedisQueue {
     /// through `records`.
     pub fn with_pool(pool: Pool, records: RedisStore) -> Self {
         Self {
+            batcher: Batcher::new(pool.clone()),
             pool,
             records,
-            batcher: Arc::default(),
         }
-    }
-
-    /// The batcher's inbox, starting the batcher on first use (inside the runtime).
-    fn batcher(&self) -> &mpsc::Sender<PendingEnqueue> {
-        self.batcher.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(ENQUEUE_BACKLOG);
-            tokio::spawn(run_batcher(self.pool.clone(), rx));
-            tx
-        })
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
@@ -177,32 +155,6 @@ impl RedisQueue {
     }
 }
 
-/// Sends waiting enqueues in pipelines, one round trip per batch.
-async fn run_batcher(pool: Pool, mut inbox: mpsc::Receiver<PendingEnqueue>) {
-    while let Some(first) = inbox.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_ENQUEUE_BATCH {
-            match inbox.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let mut pipe = redis::pipe();
-        for pending in &batch {
-            for command in &pending.commands {
-                pipe.add_command(command.clone()).ignore();
-            }
-        }
-        let result = match pool.get().await {
-            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(unavailable),
-            Err(e) => Err(unavailable(e)),
-        };
-        for pending in batch {
-            let _ = pending.done.send(result.clone());
-        }
-    }
-}
-
 fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
     let input: String = entry
         .get("input")
@@ -245,18 +197,7 @@ impl RunQueue for RedisQueue {
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, true)?;
             }
-            let (done, result) = oneshot::channel();
-            let pending = PendingEnqueue {
-                commands: pipe.cmd_iter().cloned().collect(),
-                done,
-            };
-            self.batcher()
-                .send(pending)
-                .await
-                .map_err(|_| QueueError::Unavailable("the enqueue batcher stopped".into()))?;
-            result
-                .await
-                .map_err(|_| QueueError::Unavailable("the enqueue batcher stopped".into()))?
+            self.batcher.run(&pipe).await
         })
     }
 

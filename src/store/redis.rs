@@ -21,6 +21,7 @@ const TRIM_EVERY: u64 = 64;
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
+    batcher: crate::queue::batch::Batcher,
     retention: Duration,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -29,6 +30,7 @@ impl RedisStore {
     /// A store on an existing pool, keeping run records for `retention`.
     pub fn with_pool(pool: Pool, retention: Duration) -> Self {
         Self {
+            batcher: crate::queue::batch::Batcher::new(pool.clone()),
             pool,
             retention,
             writes: Default::default(),
@@ -214,8 +216,8 @@ impl RunStore for RedisStore {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             self.write_record(&mut pipe, record, false)?;
-            let mut conn = self.connection().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+            // Batched with other writes: a busy gateway makes one round trip for many records.
+            self.batcher.run(&pipe).await
         })
     }
 
