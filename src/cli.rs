@@ -376,11 +376,19 @@ fn render(
             "received_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "id": "render",
         })),
+        resume: None,
     };
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));
-    let run =
-        runtime()?.block_on(engine.run(&catalog, &flow, &input, RunOptions { dry_run: true }));
+    let run = runtime()?.block_on(engine.run(
+        &catalog,
+        &flow,
+        &input,
+        RunOptions {
+            dry_run: true,
+            defer_retries: false,
+        },
+    ));
     let skipped: Vec<&str> = run
         .steps
         .iter()

@@ -297,6 +297,15 @@ impl Scope {
         self.vars.insert(name.to_owned(), value);
     }
 
+    /// Every variable but `except`, as JSON.
+    pub fn outputs(&self, except: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+        self.vars
+            .iter()
+            .filter(|(name, _)| !except.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), to_json(value)))
+            .collect()
+    }
+
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<Value> {
         self.vars.get(name).cloned()

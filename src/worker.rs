@@ -22,9 +22,13 @@ use crate::store::{RunRecord, RunStore};
 
 /// Back-off after the queue failed, before asking again.
 const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
-/// A run started this many times without ending (each time its worker died)
-/// is dead-lettered instead of started again.
+/// A run started this many times in a row without ending (each time its
+/// worker died) is dead-lettered instead of started again.
 pub const MAX_ATTEMPTS: u32 = 5;
+/// How often a worker moves due retries into the queue.
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// Most due retries moved at once.
+const PROMOTE_BATCH: usize = 100;
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -58,6 +62,13 @@ pub enum Outcome {
         run_id: String,
         /// How it ended.
         status: RunStatus,
+    },
+    /// A run stopped to wait for a step's retry and was scheduled again.
+    Deferred {
+        /// The run.
+        run_id: String,
+        /// When it runs again.
+        retry_in: Duration,
     },
     /// A run could not be executed (its flow is gone) and was dropped.
     Abandoned {
@@ -115,6 +126,7 @@ impl Worker {
 
     /// Takes one run (a reclaimed one first) and executes it.
     pub async fn try_execute_next(&self) -> Result<Outcome, QueueError> {
+        self.queue.promote_due(PROMOTE_BATCH).await?;
         let mut deliveries = self
             .queue
             .reclaim(&self.consumer, self.settings.reclaim_after, 1)
@@ -164,7 +176,7 @@ impl Worker {
                 let existing = self.runs.get(&run_id).await.ok().flatten();
                 let mut record = existing
                     .unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, "queued"));
-                if record.attempt >= MAX_ATTEMPTS {
+                if record.interrupted >= MAX_ATTEMPTS {
                     return self.dead_letter(delivery, record).await;
                 }
                 record.start();
@@ -173,7 +185,15 @@ impl Worker {
                 tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
                 let report = self
                     .engine
-                    .run(&catalog, flow, &delivery.input, RunOptions::default())
+                    .run(
+                        &catalog,
+                        flow,
+                        &delivery.input,
+                        RunOptions {
+                            dry_run: false,
+                            defer_retries: true,
+                        },
+                    )
                     .await;
                 tracing::info!(
                     run_id = %run_id,
@@ -184,6 +204,9 @@ impl Worker {
                     "run ended"
                 );
                 record.finish(&report);
+                if let Some(retry) = report.retry {
+                    return self.defer(delivery, record, retry).await;
+                }
                 self.metrics.run(&flow.id, report.status.as_str());
                 let outcome = Outcome::Executed {
                     run_id,
@@ -215,6 +238,7 @@ impl Worker {
         let reclaim_every = (self.settings.reclaim_after / 3).max(Duration::from_millis(200));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(reclaim_every));
         let mut last_reclaim: Option<Instant> = None;
+        let mut last_promote: Option<Instant> = None;
         tokio::pin!(shutdown);
         tracing::info!(consumer = %self.consumer, concurrency, "worker started");
         loop {
@@ -225,6 +249,12 @@ impl Worker {
                     _ = &mut shutdown => break,
                 }
                 continue;
+            }
+            if last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
+                last_promote = Some(Instant::now());
+                if let Err(e) = self.queue.promote_due(PROMOTE_BATCH).await {
+                    tracing::warn!(error = %e, "cannot move due retries into the queue");
+                }
             }
             let reclaim_due = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
             let next = async {
@@ -237,9 +267,9 @@ impl Worker {
                         return Ok(reclaimed);
                     }
                 }
-                self.queue
-                    .fetch(&self.consumer, free, self.settings.poll_wait)
-                    .await
+                // Wake up in time to move due retries.
+                let wait = self.settings.poll_wait.min(PROMOTE_EVERY);
+                self.queue.fetch(&self.consumer, free, wait).await
             };
             let deliveries = tokio::select! {
                 result = next => result,
@@ -284,12 +314,41 @@ impl Worker {
         heartbeat.abort();
     }
 
+    /// Schedules a run waiting for a step's retry; its slot is free meanwhile.
+    async fn defer(
+        &self,
+        delivery: Delivery,
+        record: RunRecord,
+        retry: crate::engine::ScheduledRetry,
+    ) -> Outcome {
+        let mut next = delivery.input.clone();
+        next.resume = Some(retry.resume);
+        let due = now_ms() + retry.delay.as_millis() as u64;
+        tracing::info!(run_id = %record.id, retry_in_ms = retry.delay.as_millis() as u64, "run waits for a step retry");
+        if let Err(e) = self
+            .queue
+            .schedule(&delivery.id, &next, due, Some(&record))
+            .await
+        {
+            // Not acknowledged: the run is delivered again and retries then.
+            tracing::warn!(error = %e, run_id = %record.id, "could not schedule a retry");
+        }
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .remove(&delivery.id);
+        Outcome::Deferred {
+            run_id: record.id,
+            retry_in: retry.delay,
+        }
+    }
+
     /// Gives up on a run that keeps killing its workers: recorded as aborted,
     /// moved to the dead-letter list, removed from the queue.
     async fn dead_letter(&self, delivery: Delivery, mut record: RunRecord) -> Outcome {
         let reason = format!(
-            "dead-lettered: started {} times without ending (its worker stopped each time)",
-            record.attempt
+            "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
+            record.interrupted
         );
         tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
         record.status = "aborted".into();

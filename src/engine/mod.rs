@@ -41,6 +41,36 @@ pub struct RunInput {
     pub body: Arc<serde_json::Value>,
     /// The `request` object of the template context.
     pub request: Arc<serde_json::Value>,
+    /// Where to pick up a run whose step is waiting for a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// The state of a run that stopped to wait for a step's retry: it starts
+/// again at `step` with the outputs of the steps before it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resume {
+    /// Index of the top-level step to retry.
+    pub step: usize,
+    /// Attempts that step already made.
+    pub attempts: u32,
+    /// Step outputs by ref, as the next execution's templates see them.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// Traces of the executions so far.
+    pub traces: Vec<StepTrace>,
+    /// `log` messages so far.
+    pub logs: Vec<String>,
+    /// Time used so far, waits included, counted against the flow's timeout.
+    pub elapsed_ms: u64,
+}
+
+/// A retry the caller should schedule: run `resume` again after `delay`.
+#[derive(Debug, Clone)]
+pub struct ScheduledRetry {
+    /// Where to pick up.
+    pub resume: Resume,
+    /// How long to wait.
+    pub delay: Duration,
 }
 
 /// How to run.
@@ -48,6 +78,10 @@ pub struct RunInput {
 pub struct RunOptions {
     /// Skip side effects: `http` steps are not called and `delay` does not wait.
     pub dry_run: bool,
+    /// When a top-level step fails with a retryable error and has attempts
+    /// left, end the execution with a [`ScheduledRetry`] instead of waiting
+    /// (queue workers set this, so a backoff does not hold a worker slot).
+    pub defer_retries: bool,
 }
 
 /// How a run ended.
@@ -60,6 +94,8 @@ pub enum RunStatus {
     Failed,
     /// The flow's `timeout` passed.
     TimedOut,
+    /// Stopped to wait for a step's retry; see [`RunReport::retry`].
+    Waiting,
 }
 
 impl RunStatus {
@@ -69,6 +105,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::TimedOut => "timed_out",
+            RunStatus::Waiting => "queued",
         }
     }
 }
@@ -120,6 +157,8 @@ pub struct RunReport {
     pub scope: Scope,
     /// Wall time of the run.
     pub duration: Duration,
+    /// For [`RunStatus::Waiting`]: when and where to pick the run up.
+    pub retry: Option<ScheduledRetry>,
 }
 
 /// Runs flows.
@@ -144,7 +183,26 @@ impl StepFailure {
     }
 }
 
-struct Halt(RunError);
+enum Halt {
+    /// The run failed.
+    Failed(RunError),
+    /// A top-level step waits for a retry.
+    Defer {
+        step: usize,
+        attempts: u32,
+        delay: Duration,
+    },
+}
+
+impl Halt {
+    /// Inside a branch or loop a halt is always a failure: nested steps retry in place.
+    fn into_failure(self) -> StepFailure {
+        match self {
+            Halt::Failed(e) => StepFailure::fatal(e.message),
+            Halt::Defer { .. } => StepFailure::fatal("a nested step cannot defer its retry"),
+        }
+    }
+}
 
 struct RunState<'a> {
     env: &'a template::Env,
@@ -186,14 +244,49 @@ impl Engine {
             traces: Vec::new(),
             logs: Vec::new(),
         };
+        let (start, attempts, used) = match &input.resume {
+            Some(resume) => {
+                for (name, output) in &resume.outputs {
+                    scope.set_json(name, output.clone());
+                }
+                state.traces = resume.traces.clone();
+                state.logs = resume.logs.clone();
+                (
+                    resume.step,
+                    resume.attempts,
+                    Duration::from_millis(resume.elapsed_ms),
+                )
+            }
+            None => (0, 0, Duration::ZERO),
+        };
         let outcome = tokio::time::timeout(
-            flow.timeout,
-            self.run_steps(&flow.steps, String::new(), &mut scope, &mut state),
+            flow.timeout.saturating_sub(used),
+            self.run_top(&flow.steps, start, attempts, &mut scope, &mut state),
         )
         .await;
+        let mut retry = None;
         let (status, error) = match outcome {
             Ok(Ok(())) => (RunStatus::Succeeded, None),
-            Ok(Err(Halt(error))) => (RunStatus::Failed, Some(error)),
+            Ok(Err(Halt::Failed(error))) => (RunStatus::Failed, Some(error)),
+            Ok(Err(Halt::Defer {
+                step,
+                attempts,
+                delay,
+            })) => {
+                let reserved = [flow.trigger.ref_id.as_str(), "request", "run"];
+                retry = Some(ScheduledRetry {
+                    resume: Resume {
+                        step,
+                        attempts,
+                        outputs: scope.outputs(&reserved),
+                        traces: state.traces.clone(),
+                        logs: state.logs.clone(),
+                        elapsed_ms: (used + started.elapsed() + delay).as_millis() as u64,
+                    },
+                    delay,
+                });
+                (RunStatus::Waiting, None)
+            }
             Err(_) => (
                 RunStatus::TimedOut,
                 Some(RunError {
@@ -213,7 +306,35 @@ impl Engine {
             logs: state.logs,
             scope,
             duration: started.elapsed(),
+            retry,
         }
+    }
+
+    /// The flow's top-level steps from `start`; only these may defer a retry.
+    async fn run_top(
+        &self,
+        steps: &[Step],
+        start: usize,
+        attempts: u32,
+        scope: &mut Scope,
+        state: &mut RunState<'_>,
+    ) -> Result<(), Halt> {
+        for (index, step) in steps.iter().enumerate().skip(start) {
+            let before = if index == start { attempts } else { 0 };
+            match self.run_step(step, "", scope, state, before, true).await {
+                Err(Halt::Defer {
+                    attempts, delay, ..
+                }) => {
+                    return Err(Halt::Defer {
+                        step: index,
+                        attempts,
+                        delay,
+                    });
+                }
+                other => other?,
+            }
+        }
+        Ok(())
     }
 
     fn run_steps<'a>(
@@ -228,18 +349,22 @@ impl Engine {
     {
         Box::pin(async move {
             for step in steps {
-                self.run_step(step, &prefix, scope, state).await?;
+                self.run_step(step, &prefix, scope, state, 0, false).await?;
             }
             Ok(())
         })
     }
 
+    /// Runs one step; `attempts_before` were made by earlier executions, and
+    /// `can_defer` lets a retry end the execution (top-level steps only).
     async fn run_step(
         &self,
         step: &Step,
         prefix: &str,
         scope: &mut Scope,
         state: &mut RunState<'_>,
+        attempts_before: u32,
+        can_defer: bool,
     ) -> Result<(), Halt> {
         let path = format!("{prefix}{}", step.ref_id);
         let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -271,7 +396,7 @@ impl Engine {
                 }
             }
         }
-        let mut attempt = 0;
+        let mut attempt = attempts_before;
         let result = loop {
             attempt += 1;
             let outcome = match step.timeout {
@@ -298,6 +423,24 @@ impl Engine {
                         .retry
                         .backoff
                         .saturating_mul(1 << (attempt - 1).min(16));
+                    if can_defer && state.options.defer_retries {
+                        trace.status = "failed".into();
+                        trace.attempts = attempt;
+                        trace.error = Some(format!(
+                            "{} (attempt {attempt} of {}; retrying in {})",
+                            failure.message,
+                            step.retry.attempts,
+                            humantime::format_duration(backoff)
+                        ));
+                        trace.output = failure.output;
+                        trace.duration_ms = clock.elapsed().as_millis() as u64;
+                        state.traces.push(trace);
+                        return Err(Halt::Defer {
+                            step: 0,
+                            attempts: attempt,
+                            delay: backoff,
+                        });
+                    }
                     tracing::debug!(step = %path, attempt, error = %failure.message, "step failed; retrying");
                     tokio::time::sleep(backoff).await;
                 }
@@ -338,7 +481,7 @@ impl Engine {
                 scope.set_json(&step.ref_id, json!({ "error": failure.message }));
                 Ok(())
             }
-            OnError::Stop => Err(Halt(RunError {
+            OnError::Stop => Err(Halt::Failed(RunError {
                 step: Some(path),
                 message: failure.message,
             })),
@@ -402,7 +545,7 @@ impl Engine {
                 let prefix = format!("{path}.{label}.");
                 self.run_steps(branch, prefix, scope, state)
                     .await
-                    .map_err(|Halt(e)| StepFailure::fatal(e.message))?;
+                    .map_err(Halt::into_failure)?;
                 Ok(json!({ "taken": label }))
             }
             Action::ForEach { items, steps } => {
@@ -445,7 +588,7 @@ impl Engine {
                     let prefix = format!("{path}[{index0}].");
                     self.run_steps(steps, prefix, &mut inner, state)
                         .await
-                        .map_err(|Halt(e)| StepFailure::fatal(e.message))?;
+                        .map_err(Halt::into_failure)?;
                     let outputs: serde_json::Map<String, serde_json::Value> = steps
                         .iter()
                         .filter_map(|s| {

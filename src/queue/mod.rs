@@ -86,9 +86,22 @@ pub trait RunQueue: Send + Sync {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// Acknowledges delivery `id` and queues `input` again (with its resume
+    /// point) to be delivered at `due_ms`, writing `record` in the same step.
+    fn schedule<'a>(
+        &'a self,
+        id: &'a str,
+        input: &'a RunInput,
+        due_ms: u64,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Moves at most `max` scheduled runs that are due into the queue; returns how many.
+    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>>;
+
     /// Moves a run that cannot be executed to the dead-letter list.
     fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// Runs waiting or in progress.
+    /// Runs waiting (for a worker or a retry) or in progress.
     fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
 }

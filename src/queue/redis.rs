@@ -8,6 +8,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
 //! | `flowgate:{flowgate}:dead` | list | run inputs (JSON) given up on after repeated worker deaths, newest first, capped at 10 000 |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
 //! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
@@ -28,8 +29,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use deadpool_redis::redis::{self, AsyncCommands as _};
 use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 
 use super::batch::Batcher;
@@ -39,6 +40,17 @@ use crate::store::{RedisStore, RunRecord};
 
 /// The stream of accepted runs.
 pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
+/// Runs waiting for a retry: run inputs (JSON) scored by due time (ms).
+pub const DELAYED_KEY: &str = "flowgate:{flowgate}:delayed";
+/// Moves due entries from the delayed set into the stream, atomically.
+const PROMOTE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, input in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'input', input, 'accepted_at', ARGV[1])
+  redis.call('ZREM', KEYS[1], input)
+end
+return #due
+";
 /// Runs given up on, newest first.
 pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
 /// Entries kept in the dead-letter list.
@@ -320,7 +332,66 @@ impl RunQueue for RedisQueue {
     fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(async move {
             let mut conn = self.connection().await?;
-            conn.xlen(STREAM_KEY).await.map_err(unavailable)
+            let (queued, waiting): (u64, u64) = redis::pipe()
+                .cmd("XLEN")
+                .arg(STREAM_KEY)
+                .cmd("ZCARD")
+                .arg(DELAYED_KEY)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(queued + waiting)
+        })
+    }
+
+    fn schedule<'a>(
+        &'a self,
+        id: &'a str,
+        input: &'a RunInput,
+        due_ms: u64,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let json =
+                serde_json::to_string(input).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let mut pipe = redis::pipe();
+            // One slot: the hand-over from the stream to the delayed set is one transaction.
+            pipe.atomic();
+            pipe.cmd("ZADD")
+                .arg(DELAYED_KEY)
+                .arg(due_ms)
+                .arg(json)
+                .ignore();
+            if let Some(record) = record {
+                self.records.write_record(&mut pipe, record, false)?;
+            }
+            pipe.cmd("XACK")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg(id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(STREAM_KEY)
+                .arg(id)
+                .ignore();
+            let mut conn = self.connection().await?;
+            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+        })
+    }
+
+    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            redis::cmd("EVAL")
+                .arg(PROMOTE_SCRIPT)
+                .arg(2)
+                .arg(DELAYED_KEY)
+                .arg(STREAM_KEY)
+                .arg(now_ms())
+                .arg(max)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)
         })
     }
 }

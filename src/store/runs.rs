@@ -37,8 +37,15 @@ pub struct RunRecord {
     pub started_at: Option<String>,
     /// When execution ended.
     pub ended_at: Option<String>,
-    /// Executions so far (more than 1 after a worker died mid-run).
+    /// Executions so far: more than 1 after a step retry through the queue
+    /// or a worker that died mid-run.
     pub attempt: u32,
+    /// Executions started in a row that never ended (their worker died).
+    #[serde(default)]
+    pub interrupted: u32,
+    /// When a run waiting to retry a step is due again.
+    #[serde(default)]
+    pub next_attempt_at: Option<String>,
     /// Wall time of the last execution, in milliseconds.
     pub duration_ms: Option<u64>,
     /// The trigger request: method, path, query, headers (no authorization), raw body.
@@ -90,6 +97,8 @@ impl RunRecord {
             started_at: None,
             ended_at: None,
             attempt: 0,
+            interrupted: 0,
+            next_attempt_at: None,
             duration_ms: None,
             request: bounded(input.request.as_ref().clone()),
             body: bounded(input.body.as_ref().clone()),
@@ -104,16 +113,26 @@ impl RunRecord {
     pub fn start(&mut self) {
         self.status = "running".into();
         self.attempt += 1;
+        self.interrupted += 1;
+        self.next_attempt_at = None;
         self.started_at = Some(now_rfc3339());
     }
 
     /// Fills in how the run ended.
     pub fn finish(&mut self, report: &RunReport) {
         self.status = report.status.as_str().to_owned();
-        self.ended_at = Some(now_rfc3339());
+        self.interrupted = 0;
         if self.started_at.is_none() {
-            self.started_at = self.ended_at.clone();
+            self.started_at = Some(now_rfc3339());
             self.attempt += 1;
+        }
+        match &report.retry {
+            Some(retry) => {
+                self.ended_at = None;
+                let due = SystemTime::now() + retry.delay;
+                self.next_attempt_at = Some(humantime::format_rfc3339_millis(due).to_string());
+            }
+            None => self.ended_at = Some(now_rfc3339()),
         }
         self.duration_ms = Some(report.duration.as_millis() as u64);
         self.steps = report

@@ -197,6 +197,7 @@ async fn handle_inner(
         live: flow.status == FlowStatus::Live,
         body: Arc::new(parsed),
         request: Arc::new(request_object(&parts, &raw, request_id)),
+        resume: None,
     };
     let idempotency_key = parts
         .headers
@@ -435,6 +436,8 @@ pub fn answer(
 ) -> Result<Response<Body>, ApiError> {
     let env = &catalog.env;
     match report.status {
+        // Sync runs retry in place and never wait outside the request.
+        RunStatus::Waiting => Err(ApiError::internal().with_run_id(run_id)),
         RunStatus::Succeeded => {
             let ctx = report.scope.context();
             response::render(&flow.response, env, &ctx, || {

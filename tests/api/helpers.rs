@@ -51,6 +51,11 @@ impl TestApp {
 
     /// Starts one more in-process worker on this app's Redis and flows.
     pub fn start_worker(&self, reclaim_after: Duration) {
+        self.start_worker_with(8, reclaim_after);
+    }
+
+    /// [`TestApp::start_worker`] with `concurrency` slots.
+    pub fn start_worker_with(&self, concurrency: usize, reclaim_after: Duration) {
         let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
         let records =
             flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
@@ -60,7 +65,7 @@ impl TestApp {
             Duration::from_secs(3600),
         ));
         let settings = WorkerSettings {
-            concurrency: 8,
+            concurrency,
             reclaim_after,
             poll_wait: Duration::from_millis(200),
         };

@@ -264,7 +264,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
         .to_owned();
     // As if five workers had died running it.
     let mut record = app.record_when(&run_id, |r| r.status == "queued").await;
-    record.attempt = flowgate::worker::MAX_ATTEMPTS;
+    record.interrupted = flowgate::worker::MAX_ATTEMPTS;
     record.status = "running".into();
     app.store().save(&record).await.unwrap();
     app.start_worker(Duration::from_secs(15));
@@ -431,4 +431,93 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
     for run_id in &accepted {
         assert_eq!(counts.get(run_id), Some(&1), "run {run_id}: {counts:?}");
     }
+}
+
+#[tokio::test]
+async fn step_retries_wait_in_the_delayed_queue_not_in_a_worker_slot() {
+    let flaky = Receiver::start(&[503, 503], Duration::ZERO).await;
+    let quick = Receiver::start(&[], Duration::ZERO).await;
+    let retrying = format!(
+        r#"
+status = "live"
+[trigger]
+ref = "web1"
+mode = "async"
+[[steps]]
+ref = "prep"
+kind = "transform"
+set = {{ n = "{{{{ web1.n * 10 }}}}" }}
+[[steps]]
+ref = "call"
+kind = "http"
+url = "{}"
+body = {{ n = "{{{{ prep.n }}}}" }}
+retry = {{ attempts = 3, backoff = "1s" }}
+"#,
+        flaky.url("/flaky")
+    );
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(
+        &[("r", retrying), ("q", async_flow(&quick.url("/quick"), ""))],
+        options,
+    )
+    .await;
+    app.start_worker_with(1, Duration::from_secs(15));
+    let first = app.post_json("r", r#"{"n": 4}"#).await;
+    let run_id = first.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eventually(Duration::from_secs(10), "the first attempt", || {
+        flaky.requests().len() == 1
+    })
+    .await;
+    assert_eq!(app.post_json("q", r#"{"n": 1}"#).await.status(), 202);
+    // The only slot is free during the backoff: the other run goes first.
+    assert_eventually(Duration::from_secs(10), "the other run", || {
+        quick.requests().len() == 1
+    })
+    .await;
+    assert_eq!(
+        flaky.requests().len(),
+        1,
+        "the retry did not wait for its backoff"
+    );
+    let waiting = app
+        .record_when(&run_id, |r| r.next_attempt_at.is_some())
+        .await;
+    assert_eq!(waiting.status, "queued");
+    let record = app.record_when(&run_id, |r| r.status == "succeeded").await;
+    assert_eq!(flaky.requests().len(), 3);
+    // The transform before the retried step ran once; its output was kept.
+    for request in flaky.requests() {
+        assert_eq!(request.json()["n"], 40);
+    }
+    let steps: Vec<(&str, &str, u32)> = record
+        .steps
+        .iter()
+        .map(|s| (s.path.as_str(), s.status.as_str(), s.attempts))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("prep", "succeeded", 1),
+            ("call", "failed", 1),
+            ("call", "failed", 2),
+            ("call", "succeeded", 3)
+        ]
+    );
+    assert!(
+        record.steps[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("retrying in 1s"),
+        "{:?}",
+        record.steps[1].error
+    );
+    assert_eq!(record.attempt, 3);
 }
