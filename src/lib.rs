@@ -4,10 +4,12 @@
 //! authenticates the request (a Bearer JWT, a provider's body signature, or a
 //! token in the query), parses the body, exposes it to the flow's steps under
 //! the trigger's ref-id, runs the steps and answers with a rendered Jinja
-//! response.
+//! response. Async flows answer at once; their runs wait in Redis and
+//! workers execute them, at least once, even when a worker dies mid-run.
+//! Every run leaves a record: the flow debugger.
 //!
 //! A request travels one way through the stages below: parse -> authenticate
-//! -> look up flow -> build context -> run -> render -> answer.
+//! -> look up flow -> build context -> run (or enqueue) -> render -> answer.
 //!
 //! # Layout
 //!
@@ -22,7 +24,7 @@
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`queue`]: the run queue interface and its Redis Streams implementation.
 //! - [`worker`]: workers that execute queued async runs.
-//! - [`store`]: stores beside the queue (idempotency keys).
+//! - [`store`]: stores beside the queue: run records and idempotency keys.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
