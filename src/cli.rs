@@ -49,7 +49,11 @@ pub enum Command {
         no_worker: bool,
     },
     /// Execute queued async runs only; start as many as you need on one Redis.
-    Worker,
+    Worker {
+        /// Serve /healthz and /metrics (queue lag, run outcomes) on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
     /// Validate flows and templates; print `path:line: message` for each problem, exit 1 if any.
     Check,
     /// Render a flow's response for a sample body, without side effects
@@ -124,7 +128,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { no_worker } => serve(config, !no_worker),
-        Command::Worker => worker_only(config),
+        Command::Worker { metrics_listen } => worker_only(config, metrics_listen),
         Command::Check => Ok(check(&config)),
         Command::Render {
             flow,
@@ -279,7 +283,10 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
+fn worker_only(
+    config: Config,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
@@ -289,17 +296,22 @@ fn worker_only(config: Config) -> anyhow::Result<ExitCode> {
         config.runs_retention()?,
     ));
     let queue = Arc::new(RedisQueue::with_pool(pool, store.as_ref().clone()));
+    let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        let worker = spawn_worker(
-            &config,
-            Arc::default(),
-            queue,
-            store,
-            engine,
-            catalog,
-            shutdown,
-        )?;
+        if let Some(addr) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "worker metrics listening");
+            tokio::spawn(crate::server::serve_worker_metrics(
+                listener,
+                metrics.clone(),
+                queue.clone(),
+                shutdown_requested(shutdown.clone()),
+            ));
+        }
+        let worker = spawn_worker(&config, metrics, queue, store, engine, catalog, shutdown)?;
         let _ = worker.await;
         Ok(ExitCode::SUCCESS)
     })

@@ -154,6 +154,49 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
 
+/// Serves `/healthz` and `/metrics` for a worker-only process until `shutdown`.
+pub async fn serve_worker_metrics(
+    listener: TcpListener,
+    metrics: Arc<crate::metrics::Metrics>,
+    queue: Arc<dyn crate::queue::RunQueue>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (metrics, queue) = (metrics.clone(), queue.clone());
+        async move {
+            let response = match req.uri().path() {
+                "/healthz" => json_ok(r#"{"status":"ok"}"#),
+                "/metrics" => {
+                    let depth = queue.depth().await.ok();
+                    let mut response = json_ok(&metrics.render(depth));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    response
+                }
+                path => ApiError::not_found(format!("no route for {path}")).into_response(),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
 /// Completes on SIGINT or SIGTERM: the one shutdown source of the process.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -521,3 +521,71 @@ retry = {{ attempts = 3, backoff = "1s" }}
     );
     assert_eq!(record.attempt, 3);
 }
+
+#[tokio::test]
+async fn a_worker_process_exports_its_metrics() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let config = app.dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n",
+            app.redis.url()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut worker = Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["worker", "--metrics-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(app.post_json("a", r#"{"n": 1}"#).await.status(), 202);
+    assert_eventually(
+        Duration::from_secs(15),
+        "the worker process ran the run",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = match app.client.get(&url).send().await {
+            Ok(response) => response.text().await.unwrap(),
+            Err(_) => String::new(),
+        };
+        if text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flowgate_queue_lag_seconds_count 1"),
+        "{text}"
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(worker.id().to_string())
+        .status();
+    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
