@@ -191,6 +191,14 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
     SharedCatalog::new(report.catalog)
 }
 
+/// The run store and the queue on the configured Redis, sharing one pool.
+fn redis_backends(config: &Config) -> anyhow::Result<(Arc<RedisStore>, Arc<RedisQueue>)> {
+    let pool = redis_pool(config)?;
+    let store = RedisStore::with_pool(pool.clone(), config.runs_retention()?);
+    let queue = RedisQueue::with_pool(pool, store.clone());
+    Ok((Arc::new(store), Arc::new(queue)))
+}
+
 fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
     let pool = crate::queue::redis::connect(&config.redis.url)
         .map_err(|e| ConfigError(format!("redis.url: {e}")))?;
@@ -246,12 +254,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let pool = redis_pool(&config)?;
-    let store = Arc::new(RedisStore::with_pool(
-        pool.clone(),
-        config.runs_retention()?,
-    ));
-    let queue = Arc::new(RedisQueue::with_pool(pool, store.as_ref().clone()));
+    let (store, queue) = redis_backends(&config)?;
     let idempotency_headers = config.idempotency_headers()?;
     let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
@@ -290,12 +293,7 @@ fn worker_only(
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let pool = redis_pool(&config)?;
-    let store = Arc::new(RedisStore::with_pool(
-        pool.clone(),
-        config.runs_retention()?,
-    ));
-    let queue = Arc::new(RedisQueue::with_pool(pool, store.as_ref().clone()));
+    let (store, queue) = redis_backends(&config)?;
     let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();

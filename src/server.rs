@@ -93,15 +93,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
         match path.as_str() {
             "/healthz" => json_ok(r#"{"status":"ok"}"#),
             "/readyz" => readiness(state).await,
-            "/metrics" => {
-                let depth = state.queue.depth().await.ok();
-                let mut response = json_ok(&state.metrics.render(depth));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
+            "/metrics" => metrics_response(&state.metrics, state.queue.as_ref()).await,
             _ => match path.strip_prefix(trigger::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
                     trigger::handle(state, req, flow_id, &request_id).await
@@ -154,6 +146,20 @@ fn request_id<B>(req: &Request<B>) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
 
+/// The Prometheus text of `metrics`, with the queue's depth when it answers.
+async fn metrics_response(
+    metrics: &crate::metrics::Metrics,
+    queue: &dyn crate::queue::RunQueue,
+) -> Response<Body> {
+    let depth = queue.depth().await.ok();
+    let mut response = Response::new(Full::new(Bytes::from(metrics.render(depth))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 /// Serves `/healthz` and `/metrics` for a worker-only process until `shutdown`.
 pub async fn serve_worker_metrics(
     listener: TcpListener,
@@ -166,15 +172,7 @@ pub async fn serve_worker_metrics(
         async move {
             let response = match req.uri().path() {
                 "/healthz" => json_ok(r#"{"status":"ok"}"#),
-                "/metrics" => {
-                    let depth = queue.depth().await.ok();
-                    let mut response = json_ok(&metrics.render(depth));
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    response
-                }
+                "/metrics" => metrics_response(&metrics, queue.as_ref()).await,
                 path => ApiError::not_found(format!("no route for {path}")).into_response(),
             };
             Ok::<_, Infallible>(response)

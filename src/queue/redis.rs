@@ -167,6 +167,13 @@ impl RedisQueue {
     }
 }
 
+/// Adds the end of a delivery to `pipe`: acknowledged, and removed from the
+/// stream so it stays short.
+fn acknowledge(pipe: &mut redis::Pipeline, id: &str) {
+    pipe.cmd("XACK").arg(STREAM_KEY).arg(GROUP).arg(id).ignore();
+    pipe.cmd("XDEL").arg(STREAM_KEY).arg(id).ignore();
+}
+
 fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
     let input: String = entry
         .get("input")
@@ -283,15 +290,7 @@ impl RunQueue for RedisQueue {
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
-            pipe.cmd("XACK")
-                .arg(STREAM_KEY)
-                .arg(GROUP)
-                .arg(id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(STREAM_KEY)
-                .arg(id)
-                .ignore();
+            acknowledge(&mut pipe, id);
             let mut conn = self.connection().await?;
             pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         })
@@ -303,8 +302,8 @@ impl RunQueue for RedisQueue {
                 .map_err(|e| QueueError::Corrupt(e.to_string()))?;
             let mut conn = self.connection().await?;
             // One slot, so the move is one atomic transaction.
-            redis::pipe()
-                .atomic()
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .cmd("LPUSH")
                 .arg(DEAD_LETTER_KEY)
                 .arg(json)
@@ -314,18 +313,9 @@ impl RunQueue for RedisQueue {
                 .arg(0)
                 .arg(DEAD_LETTER_MAX - 1)
                 .ignore()
-                .cmd("XACK")
-                .arg(STREAM_KEY)
-                .arg(GROUP)
-                .arg(&delivery.id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(STREAM_KEY)
-                .arg(&delivery.id)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(unavailable)
+                .ignore();
+            acknowledge(&mut pipe, &delivery.id);
+            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         })
     }
 
@@ -365,15 +355,7 @@ impl RunQueue for RedisQueue {
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
-            pipe.cmd("XACK")
-                .arg(STREAM_KEY)
-                .arg(GROUP)
-                .arg(id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(STREAM_KEY)
-                .arg(id)
-                .ignore();
+            acknowledge(&mut pipe, id);
             let mut conn = self.connection().await?;
             pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
         })
