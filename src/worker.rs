@@ -143,13 +143,21 @@ impl Worker {
         }
     }
 
+    /// Executes a delivery, keeping it in the heartbeat set while it runs.
     async fn execute(&self, delivery: Delivery) -> Outcome {
-        let run_id = delivery.input.run_id.clone();
-        let lag_ms = now_ms().saturating_sub(delivery.accepted_at_ms);
+        let id = delivery.id.clone();
         self.in_flight
             .lock()
             .expect("in-flight lock")
-            .insert(delivery.id.clone());
+            .insert(id.clone());
+        let outcome = self.execute_tracked(delivery).await;
+        self.in_flight.lock().expect("in-flight lock").remove(&id);
+        outcome
+    }
+
+    async fn execute_tracked(&self, delivery: Delivery) -> Outcome {
+        let run_id = delivery.input.run_id.clone();
+        let lag_ms = now_ms().saturating_sub(delivery.accepted_at_ms);
         let catalog = self.catalog.get();
         let (outcome, last_record) = match catalog.get(&delivery.input.flow_id) {
             None => {
@@ -222,10 +230,6 @@ impl Worker {
             }
             tracing::warn!(error = %e, entry = %delivery.id, "could not acknowledge a run; it will run again");
         }
-        self.in_flight
-            .lock()
-            .expect("in-flight lock")
-            .remove(&delivery.id);
         outcome
     }
 
@@ -333,10 +337,6 @@ impl Worker {
             // Not acknowledged: the run is delivered again and retries then.
             tracing::warn!(error = %e, run_id = %record.id, "could not schedule a retry");
         }
-        self.in_flight
-            .lock()
-            .expect("in-flight lock")
-            .remove(&delivery.id);
         Outcome::Deferred {
             run_id: record.id,
             retry_in: retry.delay,
@@ -360,10 +360,6 @@ impl Worker {
         if let Err(e) = self.queue.dead_letter(&delivery).await {
             tracing::warn!(error = %e, "could not dead-letter a run");
         }
-        self.in_flight
-            .lock()
-            .expect("in-flight lock")
-            .remove(&delivery.id);
         Outcome::Abandoned {
             run_id: record.id,
             reason,

@@ -122,16 +122,6 @@ impl RedisQueue {
         }
     }
 
-    /// Checks that Redis answers.
-    pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.connection().await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
     async fn read_group(
         &self,
         consumer: &str,

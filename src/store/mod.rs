@@ -82,9 +82,6 @@ pub trait RunStore: Send + Sync {
     /// Writes a record, replacing any earlier version.
     fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// Writes a record unless one exists; true when written.
-    fn save_new<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<bool, QueueError>>;
-
     /// The record of `run_id`.
     fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>>;
 

@@ -221,17 +221,6 @@ impl RunStore for RedisStore {
         })
     }
 
-    fn save_new<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<bool, QueueError>> {
-        Box::pin(async move {
-            let mut pipe = redis::pipe();
-            self.write_record(&mut pipe, record, true)?;
-            let mut conn = self.connection().await?;
-            let (written,): (Option<String>,) =
-                pipe.query_async(&mut conn).await.map_err(unavailable)?;
-            Ok(written.is_some())
-        })
-    }
-
     fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>> {
         Box::pin(async move {
             let mut conn = self.connection().await?;

@@ -5,6 +5,7 @@
 //! [`MAX_VALUE_BYTES`] with a marker, so one huge payload cannot bloat the
 //! history.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -49,9 +50,9 @@ pub struct RunRecord {
     /// Wall time of the last execution, in milliseconds.
     pub duration_ms: Option<u64>,
     /// The trigger request: method, path, query, headers (no authorization), raw body.
-    pub request: Value,
+    pub request: Arc<Value>,
     /// The parsed body, as the flow saw it under its trigger ref.
-    pub body: Value,
+    pub body: Arc<Value>,
     /// Each step execution.
     pub steps: Vec<StepTrace>,
     /// Messages of `log` steps.
@@ -100,8 +101,8 @@ impl RunRecord {
             interrupted: 0,
             next_attempt_at: None,
             duration_ms: None,
-            request: bounded(input.request.as_ref().clone()),
-            body: bounded(input.body.as_ref().clone()),
+            request: bounded_shared(&input.request),
+            body: bounded_shared(&input.body),
             steps: Vec::new(),
             logs: Vec::new(),
             response: None,
@@ -171,6 +172,15 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
         .rev()
         .find(|i| text.is_char_boundary(*i))
         .unwrap_or(0)
+}
+
+/// A shared value as [`bounded`] would keep it, copied only when it must be cut.
+fn bounded_shared(value: &Arc<Value>) -> Arc<Value> {
+    if json_len(value) <= MAX_VALUE_BYTES {
+        Arc::clone(value)
+    } else {
+        Arc::new(bounded(value.as_ref().clone()))
+    }
 }
 
 /// `value` when its JSON fits in [`MAX_VALUE_BYTES`]; otherwise long strings

@@ -51,7 +51,7 @@ async fn succeeded_run_records_steps_request_and_answer() {
         ("sync", true, 1)
     );
     assert_eq!(record.flow_version.len(), 12);
-    assert_eq!(record.body, serde_json::json!({"a": 2, "b": 3}));
+    assert_eq!(*record.body, serde_json::json!({"a": 2, "b": 3}));
     assert_eq!(record.request["method"], "POST");
     assert!(record.request["headers"].get("authorization").is_none());
     assert!(
