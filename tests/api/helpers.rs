@@ -56,29 +56,13 @@ impl TestApp {
 
     /// [`TestApp::start_worker`] with `concurrency` slots.
     pub fn start_worker_with(&self, concurrency: usize, reclaim_after: Duration) {
-        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
-        let records =
-            flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
-        let queue = Arc::new(RedisQueue::with_pool(pool.clone(), records));
-        let runs = Arc::new(flowgate::store::RedisStore::with_pool(
-            pool,
-            Duration::from_secs(3600),
-        ));
-        let settings = WorkerSettings {
-            concurrency,
-            reclaim_after,
-            poll_wait: Duration::from_millis(200),
-        };
-        let worker = Arc::new(Worker::new(
-            queue.clone(),
-            runs,
-            Engine::new(HttpClient::new(true)),
-            self.catalog.clone(),
-            Worker::unique_consumer_name(),
-            settings,
-            self.metrics.clone(),
-        ));
+        let worker = self.worker(concurrency, reclaim_after);
         let mut stop = self.shutdown.subscribe();
+        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
+        let queue = RedisQueue::with_pool(
+            pool.clone(),
+            flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600)),
+        );
         tokio::spawn(async move {
             // Redis may be down right now; the worker creates the group once it is back.
             let _ = queue.ensure_group().await;
@@ -87,6 +71,67 @@ impl TestApp {
             };
             worker.run(shutdown, Duration::from_secs(1)).await;
         });
+    }
+
+    /// A worker on this app's Redis and flows, not started.
+    pub fn worker(&self, concurrency: usize, reclaim_after: Duration) -> Arc<Worker> {
+        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
+        let records =
+            flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
+        let queue = Arc::new(RedisQueue::with_pool(pool, records.clone()));
+        let settings = WorkerSettings {
+            concurrency,
+            reclaim_after,
+            poll_wait: Duration::from_millis(200),
+        };
+        Arc::new(Worker::new(
+            queue,
+            Arc::new(records),
+            Engine::new(HttpClient::new(true)),
+            self.catalog.clone(),
+            Worker::unique_consumer_name(),
+            settings,
+            self.metrics.clone(),
+        ))
+    }
+
+    /// Starts the `flowgate` binary with `args`, configured for this app's
+    /// Redis with outbound calls to loopback allowed; `extra` adds TOML.
+    pub fn spawn_process(&self, extra: &str, args: &[&str]) -> std::process::Child {
+        let config = self
+            .dir
+            .path()
+            .join(format!("process-{}.toml", free_port()));
+        let toml = format!(
+            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n{extra}",
+            self.redis.url()
+        );
+        std::fs::write(&config, toml).unwrap();
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// GETs `url` until its body contains `needle` (or 10 s pass); the last body.
+    pub async fn text_when(&self, url: &str, needle: &str) -> String {
+        let mut text = String::new();
+        for _ in 0..200 {
+            if let Ok(response) = self.client.get(url).send().await {
+                text = response.text().await.unwrap_or_default();
+                if text.contains(needle) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        text
     }
 
     /// The run store of this app's Redis.
@@ -448,6 +493,15 @@ impl Receiver {
     pub fn requests(&self) -> Vec<Received> {
         self.requests.lock().unwrap().clone()
     }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Path of the built `flowgate` binary.

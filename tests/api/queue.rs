@@ -2,8 +2,11 @@
 //! Redis restarts and workers killed mid-run.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use flowgate::engine::RunStatus;
+use flowgate::worker::Outcome;
 
 use crate::helpers::*;
 
@@ -204,24 +207,7 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
         ..Default::default()
     };
     let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
-    let config = app.dir.path().join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[worker]\nreclaim_after = \"2s\"\n",
-            app.redis.url()
-        ),
-    )
-    .unwrap();
-    let mut external = Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("worker")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut external = app.spawn_process("[worker]\nreclaim_after = \"2s\"\n", &["worker"]);
     let response = app.post_json("a", r#"{"n": 1}"#).await;
     assert_eq!(response.status(), 202);
     let run_id = response.headers()["x-flowgate-run-id"]
@@ -308,22 +294,12 @@ async fn metrics_count_requests_runs_and_queue_lag() {
     })
     .await;
     let url = format!("http://{}/metrics", app.addr);
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = app
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = app
+        .text_when(
+            &url,
+            "flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1",
+        )
+        .await;
     for expected in [
         "flowgate_requests_total{flow=\"s\",status=\"200\"} 1",
         "flowgate_requests_total{flow=\"s\",status=\"400\"} 1",
@@ -348,46 +324,16 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
         ..Default::default()
     };
     let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = app.dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"20s\"\n[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[worker]\nconcurrency = 2\nreclaim_after = \"2s\"\n",
-            app.redis.url()
-        ),
-    )
-    .unwrap();
-    let mut gateway = Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"20s\"\n[worker]\nconcurrency = 2\nreclaim_after = \"2s\"\n"
+    );
+    let mut gateway = app.spawn_process(&extra, &["serve"]);
     let url = format!("http://127.0.0.1:{port}/v1/flow-webhook/a");
-    let mut ready = false;
-    for _ in 0..200 {
-        if app
-            .client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "the gateway did not start");
+    let health = app
+        .text_when(&format!("http://127.0.0.1:{port}/healthz"), "ok")
+        .await;
+    assert!(health.contains("ok"), "the gateway did not start");
     let mut accepted = Vec::new();
     for n in 0..6 {
         let response = app
@@ -530,29 +476,9 @@ async fn a_worker_process_exports_its_metrics() {
         ..Default::default()
     };
     let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
-    let config = app.dir.path().join("worker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n",
-            app.redis.url()
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut worker = Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .args(["worker", "--metrics-listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut worker = app.spawn_process("", &["worker", "--metrics-listen", &listen]);
     assert_eq!(app.post_json("a", r#"{"n": 1}"#).await.status(), 202);
     assert_eventually(
         Duration::from_secs(15),
@@ -561,17 +487,12 @@ async fn a_worker_process_exports_its_metrics() {
     )
     .await;
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = match app.client.get(&url).send().await {
-            Ok(response) => response.text().await.unwrap(),
-            Err(_) => String::new(),
-        };
-        if text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = app
+        .text_when(
+            &url,
+            "flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1",
+        )
+        .await;
     assert!(
         text.contains("flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1"),
         "{text}"
@@ -588,4 +509,37 @@ async fn a_worker_process_exports_its_metrics() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_worker_can_be_driven_one_run_at_a_time() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let mut accepted = Vec::new();
+    for n in 0..2 {
+        let response = app.post_json("a", &format!(r#"{{"n": {n}}}"#)).await;
+        accepted.push(
+            response.headers()["x-flowgate-run-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let worker = app.worker(1, Duration::from_secs(15));
+    for run_id in &accepted {
+        let outcome = worker.try_execute_next().await.unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Executed {
+                run_id: run_id.clone(),
+                status: RunStatus::Succeeded
+            }
+        );
+    }
+    assert_eq!(worker.try_execute_next().await.unwrap(), Outcome::Idle);
+    assert_eq!(receiver.requests().len(), 2);
 }
