@@ -27,6 +27,8 @@ const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_ATTEMPTS: u32 = 5;
 /// How often a worker moves due retries into the queue.
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// A run still going after this long has its record updated to `running`.
+const SHOW_RUNNING_AFTER: Duration = Duration::from_millis(500);
 /// Most due retries moved at once.
 const PROMOTE_BATCH: usize = 100;
 
@@ -180,20 +182,30 @@ impl Worker {
                 (Outcome::Abandoned { run_id, reason }, record)
             }
             Some(flow) => {
-                // The queued record holds the answer sent and earlier attempts.
-                let existing = self.runs.get(&run_id).await.ok().flatten();
-                let mut record = existing
-                    .unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, "queued"));
+                // A first delivery that came with its answer has nothing in
+                // its queued record the worker does not know already.
+                let first = !delivery.reclaimed && delivery.input.resume.is_none();
+                let mut record = match (&delivery.answer, first) {
+                    (Some(answer), true) => {
+                        let mut record = RunRecord::accepted(flow, &delivery.input, "queued");
+                        record.response = Some(answer.clone());
+                        record
+                    }
+                    _ => self.stored_record(flow, &delivery).await,
+                };
                 if record.interrupted >= MAX_ATTEMPTS {
                     return self.dead_letter(delivery, record).await;
                 }
                 record.start();
-                self.save(&record).await;
+                if !first {
+                    // Written before running, so a run that keeps killing
+                    // its workers is counted, and dead-lettered in the end.
+                    self.save(&record).await;
+                }
                 self.metrics.queue_lag(Duration::from_millis(lag_ms));
                 tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
-                let report = self
-                    .engine
-                    .run(
+                let report = {
+                    let run = self.engine.run(
                         &catalog,
                         flow,
                         &delivery.input,
@@ -201,8 +213,19 @@ impl Worker {
                             dry_run: false,
                             defer_retries: true,
                         },
-                    )
-                    .await;
+                    );
+                    tokio::pin!(run);
+                    // Most runs end within milliseconds: their record goes
+                    // from `queued` straight to the end. Longer ones show
+                    // `running` meanwhile.
+                    tokio::select! {
+                        report = &mut run => report,
+                        _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if first => {
+                            self.save(&record).await;
+                            run.await
+                        }
+                    }
+                };
                 tracing::info!(
                     run_id = %run_id,
                     flow = %flow.id,
@@ -364,6 +387,20 @@ impl Worker {
             run_id: record.id,
             reason,
         }
+    }
+
+    /// The run's record as stored, or a new one when it is missing. A
+    /// taken-over run whose record still says `queued` was started by a
+    /// worker that died before writing `running`: that start is counted.
+    async fn stored_record(&self, flow: &crate::flow::Flow, delivery: &Delivery) -> RunRecord {
+        let stored = self.runs.get(&delivery.input.run_id).await.ok().flatten();
+        let mut record =
+            stored.unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, "queued"));
+        if delivery.reclaimed && record.status == "queued" {
+            record.attempt += 1;
+            record.interrupted += 1;
+        }
+        record
     }
 
     async fn save(&self, record: &RunRecord) {

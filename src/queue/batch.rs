@@ -64,9 +64,9 @@ async fn run_batches(pool: Pool, mut inbox: mpsc::Receiver<Pending>) {
             }
         }
         let mut pipe = redis::pipe();
-        for pending in &batch {
-            for command in &pending.commands {
-                pipe.add_command(command.clone()).ignore();
+        for pending in &mut batch {
+            for command in pending.commands.drain(..) {
+                pipe.add_command(command).ignore();
             }
         }
         let result = match pool.get().await {

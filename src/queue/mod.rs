@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::engine::RunInput;
-use crate::store::RunRecord;
+use crate::store::{RecordedResponse, RunRecord};
 
 pub mod batch;
 pub mod redis;
@@ -42,6 +42,9 @@ pub struct Delivery {
     pub accepted_at_ms: u64,
     /// True when this delivery was taken over from a worker that stopped.
     pub reclaimed: bool,
+    /// The answer the sender got, when the queue kept it with the run: a
+    /// worker can then write the run's record without reading it first.
+    pub answer: Option<RecordedResponse>,
 }
 
 /// Where async runs wait.

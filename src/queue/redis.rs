@@ -7,7 +7,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON) and `accepted_at` (ms since the epoch) |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
 //! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
 //! | `flowgate:{flowgate}:dead` | list | run inputs (JSON) given up on after repeated worker deaths, newest first, capped at 10 000 |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
@@ -170,7 +170,13 @@ fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
         .ok_or_else(|| QueueError::Corrupt(format!("entry {} has no input", entry.id)))?;
     let input: RunInput = serde_json::from_str(&input)
         .map_err(|e| QueueError::Corrupt(format!("entry {}: {e}", entry.id)))?;
+    let answer = match entry.get::<String>("answer") {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| QueueError::Corrupt(format!("entry {}: {e}", entry.id)))?,
+        None => None,
+    };
     Ok(Delivery {
+        answer,
         accepted_at_ms: entry.get("accepted_at").unwrap_or(0),
         id: entry.id,
         input,
@@ -204,6 +210,11 @@ impl RunQueue for RedisQueue {
                 .arg("accepted_at")
                 .arg(now_ms());
             if let Some(record) = record {
+                if let Some(answer) = &record.response {
+                    let answer = serde_json::to_string(answer)
+                        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
+                    pipe.arg("answer").arg(answer);
+                }
                 self.records.write_record(&mut pipe, record, true)?;
             }
             self.batcher.run(&pipe).await
@@ -281,8 +292,7 @@ impl RunQueue for RedisQueue {
                 self.records.write_record(&mut pipe, record, false)?;
             }
             acknowledge(&mut pipe, id);
-            let mut conn = self.connection().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+            self.batcher.run(&pipe).await
         })
     }
 

@@ -12,7 +12,7 @@ pub mod redis;
 pub mod runs;
 
 pub use self::redis::RedisStore;
-pub use self::runs::RunRecord;
+pub use self::runs::{RecordedRequest, RecordedResponse, RunRecord};
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -49,8 +49,9 @@ pub struct RunRecord {
     pub next_attempt_at: Option<String>,
     /// Wall time of the last execution, in milliseconds.
     pub duration_ms: Option<u64>,
-    /// The trigger request: method, path, query, headers (no authorization), raw body.
-    pub request: Arc<Value>,
+    /// The trigger request: method, path, query, headers (no authorization),
+    /// and the raw body unless it was JSON (then `body` holds the same data).
+    pub request: RecordedRequest,
     /// The parsed body, as the flow saw it under its trigger ref.
     pub body: Arc<Value>,
     /// Each step execution.
@@ -61,6 +62,61 @@ pub struct RunRecord {
     pub response: Option<RecordedResponse>,
     /// Why the run failed.
     pub error: Option<RunError>,
+}
+
+/// The trigger request of a record. Its `raw` body text is left out of the
+/// stored record when the body was JSON: the parsed `body` holds the same
+/// data, and the run history would otherwise keep every payload twice.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    value: Arc<Value>,
+    omit_raw: bool,
+}
+
+impl std::ops::Deref for RecordedRequest {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Serialize for RecordedRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.value.as_object() {
+            Some(fields) if self.omit_raw => {
+                let mut map = serializer.serialize_map(None)?;
+                for (key, value) in fields.iter().filter(|(key, _)| *key != "raw") {
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+            _ => self.value.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordedRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            value: Arc::new(Value::deserialize(deserializer)?),
+            omit_raw: false,
+        })
+    }
+}
+
+/// Whether the request's content type says JSON, so its body was parsed as JSON.
+fn is_json_request(request: &Value) -> bool {
+    request["headers"]["content-type"]
+        .as_str()
+        .and_then(|ct| ct.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || mime.to_ascii_lowercase().ends_with("+json")
+        })
+        .unwrap_or(false)
 }
 
 /// An answer as recorded.
@@ -101,7 +157,10 @@ impl RunRecord {
             interrupted: 0,
             next_attempt_at: None,
             duration_ms: None,
-            request: bounded_shared(&input.request),
+            request: RecordedRequest {
+                omit_raw: is_json_request(&input.request),
+                value: bounded_shared(&input.request),
+            },
             body: bounded_shared(&input.body),
             steps: Vec::new(),
             logs: Vec::new(),
@@ -176,7 +235,7 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
 
 /// A shared value as [`bounded`] would keep it, copied only when it must be cut.
 fn bounded_shared(value: &Arc<Value>) -> Arc<Value> {
-    if json_len(value) <= MAX_VALUE_BYTES {
+    if fits(value) {
         Arc::clone(value)
     } else {
         Arc::new(bounded(value.as_ref().clone()))
@@ -186,7 +245,7 @@ fn bounded_shared(value: &Arc<Value>) -> Arc<Value> {
 /// `value` when its JSON fits in [`MAX_VALUE_BYTES`]; otherwise long strings
 /// are cut and objects and lists too large even then become a marker string.
 pub fn bounded(value: Value) -> Value {
-    if json_len(&value) <= MAX_VALUE_BYTES {
+    if fits(&value) {
         return value;
     }
     match value {
@@ -213,6 +272,29 @@ fn whole_or_marker(value: Value) -> Value {
         Value::String(format!("…[truncated: {size} bytes of JSON]"))
     } else {
         value
+    }
+}
+
+/// Whether `value`'s JSON fits in [`MAX_VALUE_BYTES`]. A rough upper bound
+/// (every string byte escaped) settles typical payloads without writing any
+/// JSON; only values near the limit are measured exactly.
+fn fits(value: &Value) -> bool {
+    json_len_bound(value) <= MAX_VALUE_BYTES || json_len(value) <= MAX_VALUE_BYTES
+}
+
+fn json_len_bound(value: &Value) -> usize {
+    const ESCAPED: usize = 6; // `\u001f`
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => 2 + ESCAPED * s.len(),
+        Value::Array(items) => 2 + items.iter().map(|v| json_len_bound(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| 3 + ESCAPED * k.len() + json_len_bound(v) + 1)
+                .sum::<usize>()
+        }
     }
 }
 

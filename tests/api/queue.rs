@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flowgate::engine::RunStatus;
+use flowgate::queue::{RedisQueue, RunQueue as _};
 use flowgate::worker::Outcome;
 
 use crate::helpers::*;
@@ -248,12 +249,23 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
         .to_str()
         .unwrap()
         .to_owned();
-    // As if five workers had died running it.
+    // As if five workers had died running it, the last one holding it now.
     let mut record = app.record_when(&run_id, |r| r.status == "queued").await;
     record.interrupted = flowgate::worker::MAX_ATTEMPTS;
     record.status = "running".into();
     app.store().save(&record).await.unwrap();
-    app.start_worker(Duration::from_secs(15));
+    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let queue = RedisQueue::with_pool(
+        pool.clone(),
+        flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600)),
+    );
+    queue.ensure_group().await.unwrap();
+    let held = queue
+        .fetch("dead-worker", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    app.start_worker(Duration::from_secs(1));
     let record = app.record_when(&run_id, |r| r.status == "aborted").await;
     assert!(record.error.unwrap().message.starts_with("dead-lettered"));
     assert!(receiver.requests().is_empty());

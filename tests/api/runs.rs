@@ -126,6 +126,17 @@ async fn async_runs_go_from_queued_to_their_end() {
     let answer = record.response.unwrap();
     assert_eq!(answer.body, format!(r#"{{"queued": "{id}"}}"#));
     assert!(record.started_at.is_some());
+
+    // A run still going after half a second shows as running meanwhile.
+    let slow = run_id(
+        &app.post_json("a", r#"{"a": 1, "b": 2, "slow": true}"#)
+            .await,
+    );
+    let record = app.record_when(&slow, |r| r.status == "running").await;
+    assert_eq!(record.attempt, 1);
+    assert_eq!(record.response.unwrap().status, 202);
+    let record = app.record_when(&slow, |r| r.status == "timed_out").await;
+    assert!(record.ended_at.is_some());
 }
 
 #[tokio::test]
@@ -167,11 +178,31 @@ async fn large_bodies_are_truncated_in_the_record() {
         "{}",
         &note[note.len() - 40..]
     );
+    // The parsed body holds a JSON payload; its raw text is not kept twice.
+    assert!(record.request.get("raw").is_none(), "{:?}", record.request);
+    assert_eq!(
+        record.request["headers"]["content-type"],
+        "application/json"
+    );
+
+    // Other bodies keep their raw text, cut too.
+    let response = app
+        .client
+        .post(app.url("f"))
+        .bearer_auth(app.token("f"))
+        .header("content-type", "text/plain")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let record = app
+        .record_when(&run_id(&response), |r| r.ended_at.is_some())
+        .await;
+    let raw = record.request["raw"].as_str().unwrap();
     assert!(
-        record.request["raw"]
-            .as_str()
-            .unwrap()
-            .contains("…[truncated")
+        raw.starts_with("yyyy") && raw.ends_with("bytes]"),
+        "{}",
+        &raw[raw.len() - 40..]
     );
 }
 
