@@ -8,7 +8,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -20,31 +19,13 @@ use crate::flow::{Action, Catalog, Flow, HttpAction, OnError, Step};
 use crate::template::{self, Scope, to_json};
 
 pub mod http;
+mod input;
 
 pub use http::HttpClient;
+pub use input::{RunInput, is_json_request};
 
 /// Most items a `for_each` step iterates over.
 const MAX_FOR_EACH_ITEMS: usize = 10_000;
-
-/// Everything a run needs besides the flow: serializable, so it can be queued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunInput {
-    /// The run id.
-    pub run_id: String,
-    /// The flow id.
-    pub flow_id: String,
-    /// `sync` or `async`.
-    pub mode: String,
-    /// False for draft flows.
-    pub live: bool,
-    /// The parsed request body, exposed under the trigger's ref-id.
-    pub body: Arc<serde_json::Value>,
-    /// The `request` object of the template context.
-    pub request: Arc<serde_json::Value>,
-    /// Where to pick up a run whose step is waiting for a retry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume: Option<Resume>,
-}
 
 /// The state of a run that stopped to wait for a step's retry: it starts
 /// again at `step` with the outputs of the steps before it.

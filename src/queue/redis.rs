@@ -7,7 +7,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON; a JSON body travels once, as the request's raw text), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
 //! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
 //! | `flowgate:{flowgate}:dead` | list | run inputs (JSON) given up on after repeated worker deaths, newest first, capped at 10 000 |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |

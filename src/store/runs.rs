@@ -106,19 +106,6 @@ impl<'de> Deserialize<'de> for RecordedRequest {
     }
 }
 
-/// Whether the request's content type says JSON, so its body was parsed as JSON.
-fn is_json_request(request: &Value) -> bool {
-    request["headers"]["content-type"]
-        .as_str()
-        .and_then(|ct| ct.split(';').next())
-        .map(|mime| {
-            let mime = mime.trim();
-            mime.eq_ignore_ascii_case("application/json")
-                || mime.to_ascii_lowercase().ends_with("+json")
-        })
-        .unwrap_or(false)
-}
-
 /// An answer as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordedResponse {
@@ -158,7 +145,7 @@ impl RunRecord {
             next_attempt_at: None,
             duration_ms: None,
             request: RecordedRequest {
-                omit_raw: is_json_request(&input.request),
+                omit_raw: crate::engine::is_json_request(&input.request),
                 value: bounded_shared(&input.request),
             },
             body: bounded_shared(&input.body),
