@@ -51,19 +51,28 @@ LUA
 
 wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "no server on $1" >&2; exit 1; }
 
-# Prints "req_per_sec p99_ms".
-run_wrk() { # $1 url, $2 script
+# CPU time (user + system) a process has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+
+# Prints "req_per_sec p99_ms non_2xx server_cpu_us_per_req redis_cpu_us_per_req".
+run_wrk() { # $1 url, $2 script, $3 server pid
+  local s0 r0 s1 r1
+  s0=$(cpu_ticks "$3"); r0=$(cpu_ticks "$redis")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1" > "$work/out.txt"
-  local rps p99
+  s1=$(cpu_ticks "$3"); r1=$(cpu_ticks "$redis")
+  local rps p99 total
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/out.txt")
+  total=$(awk '/requests in/ {print $1}' "$work/out.txt")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/out.txt")
   non2xx=$(awk '/Non-2xx/ {print $4}' "$work/out.txt")
-  echo "$rps $p99 ${non2xx:-0}"
+  awk -v rps="$rps" -v p99="$p99" -v bad="${non2xx:-0}" -v n="$total" -v s=$(( (s1 - s0) * TICK_US )) -v r=$(( (r1 - r0) * TICK_US )) \
+    'BEGIN { printf "%s %s %s %.1f %.1f\n", rps, p99, bad, s / n, r / n }'
 }
 
 mkdir -p "$work/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & pids+=($!)
-target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & pids+=($!)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & redis=$!; pids+=($redis)
+target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & bare=$!; pids+=($bare)
 start_gateway() { # extra serve flags
   RUST_LOG=warn target/release/flowgate --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
   wait_port "$GATE_ADDR"
@@ -74,11 +83,11 @@ restart_gateway() { kill "$gateway"; wait "$gateway" 2>/dev/null || true; start_
 wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; start_gateway --no-worker
 
 printf 'body: %d bytes, %s connections, %s threads, %s per scenario\n' "${#body}" "$CONNECTIONS" "$THREADS" "$DURATION"
-read -r bare_rps bare_p99 _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')")
-read -r sync_rps sync_p99 sync_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")")
+read -r bare_rps bare_p99 _ bare_cpu _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')" "$bare")
+read -r sync_rps sync_p99 sync_non2xx sync_cpu sync_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
 sleep 3 # run records of the sync scenario are written in the background: let them land
-read -r rej_rps rej_p99 _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")")
-read -r async_rps async_p99 async_non2xx < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")")
+read -r rej_rps rej_p99 _ rej_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")" "$gateway")
+read -r async_rps async_p99 async_non2xx async_cpu async_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway")
 if [ "${sync_non2xx:-0}" != "0" ]; then echo "warning: $sync_non2xx non-2xx answers in the sync scenario" >&2; fi
 if [ "${async_non2xx:-0}" != "0" ]; then echo "warning: $async_non2xx non-2xx answers in the async scenario" >&2; fi
 
@@ -117,10 +126,14 @@ lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "
 lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-printf '\n%-28s %12s %10s %12s %10s\n' scenario "req/s" "p99 ms" "req/s ratio" "p99 ratio"
-printf '%-28s %12.0f %10.2f %12s %10s\n' "bare hyper (baseline)" "$bare_rps" "$bare_p99" "1.00x" "1.00x"
-printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate sync transform" "$sync_rps" "$sync_p99" "$(ratio "$sync_rps" "$bare_rps")" "$(ratio "$sync_p99" "$bare_p99")"
-printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$(ratio "$rej_rps" "$bare_rps")" "$(ratio "$rej_p99" "$bare_p99")"
-printf '%-28s %12.0f %10.2f %12s %10s\n' "flowgate async accept" "$async_rps" "$async_p99" "$(ratio "$async_rps" "$bare_rps")" "$(ratio "$async_p99" "$bare_p99")"
+printf '\n%-28s %10s %8s %8s %8s %13s %11s\n' scenario "req/s" "p99 ms" "req/s" "p99" "server cpu" "redis cpu"
+printf '%-28s %10s %8s %8s %8s %13s %11s\n' "" "" "" "vs bare" "vs bare" "us/request" "us/request"
+row() { # name rps p99 cpu redis_cpu
+  printf '%-28s %10.0f %8.2f %8s %8s %13s %11s\n' "$1" "$2" "$3" "$(ratio "$2" "$bare_rps")" "$(ratio "$3" "$bare_p99")" "$4" "$5"
+}
+row "bare hyper (baseline)" "$bare_rps" "$bare_p99" "$bare_cpu" "-"
+row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis"
+row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu" "-"
+row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis"
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"

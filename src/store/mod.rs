@@ -79,8 +79,10 @@ pub trait IdempotencyStore: Send + Sync {
 
 /// Keeps run records for the configured retention.
 pub trait RunStore: Send + Sync {
-    /// Writes a record, replacing any earlier version.
-    fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// Writes a record, replacing any earlier version. The record is encoded
+    /// at once; the future only writes it, so it can be spawned while the
+    /// caller keeps (or drops) the record.
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), QueueError>>;
 
     /// The record of `run_id`.
     fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>>;

@@ -212,12 +212,14 @@ fn decode(json: &str) -> Result<RunRecord, QueueError> {
 }
 
 impl RunStore for RedisStore {
-    fn save<'a>(&'a self, record: &'a RunRecord) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), QueueError>> {
+        let mut pipe = redis::pipe();
+        let encoded = self.write_record(&mut pipe, record, false);
+        let batcher = self.batcher.clone();
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            self.write_record(&mut pipe, record, false)?;
+            encoded?;
             // Batched with other writes: a busy gateway makes one round trip for many records.
-            self.batcher.run(&pipe).await
+            batcher.run(&pipe).await
         })
     }
 

@@ -280,7 +280,6 @@ async fn record_response(
 /// Writes a record without delaying the answer. When Redis is down the
 /// record is lost: the loss is logged, and the sender still gets its answer.
 async fn save_in_background(state: &TriggerState, record: RunRecord) {
-    let runs = state.runs.clone();
     let metrics = state.metrics.clone();
     let slot = state
         .record_slots
@@ -288,12 +287,15 @@ async fn save_in_background(state: &TriggerState, record: RunRecord) {
         .acquire_owned()
         .await
         .expect("the semaphore is never closed");
+    // Encoded here, on the request's thread, where the run's data is hot.
+    let write = state.runs.save(&record);
+    let run_id = record.id;
     tokio::spawn(async move {
-        let saved = runs.save(&record).await;
+        let saved = write.await;
         drop(slot);
         if let Err(e) = saved {
             metrics.record_lost();
-            tracing::warn!(run_id = %record.id, error = %e, "run record lost: the run store is unavailable");
+            tracing::warn!(run_id = %run_id, error = %e, "run record lost: the run store is unavailable");
         }
     });
 }
