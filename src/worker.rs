@@ -379,10 +379,12 @@ impl Worker {
             step: None,
             message: reason.clone(),
         });
-        self.save(&record).await;
+        // Moved first, so a record saying `aborted` means the run is gone
+        // from the queue.
         if let Err(e) = self.queue.dead_letter(&delivery).await {
             tracing::warn!(error = %e, "could not dead-letter a run");
         }
+        self.save(&record).await;
         Outcome::Abandoned {
             run_id: record.id,
             reason,

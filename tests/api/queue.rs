@@ -306,12 +306,13 @@ async fn metrics_count_requests_runs_and_queue_lag() {
     })
     .await;
     let url = format!("http://{}/metrics", app.addr);
-    let text = app
-        .text_when(
-            &url,
-            "flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1",
-        )
-        .await;
+    app.text_when(
+        &url,
+        "flowgate_runs_total{flow=\"a\",status=\"succeeded\"} 1",
+    )
+    .await;
+    // The run is counted when it ends, and leaves the queue right after.
+    let text = app.text_when(&url, "flowgate_queue_depth 0").await;
     for expected in [
         "flowgate_requests_total{flow=\"s\",status=\"200\"} 1",
         "flowgate_requests_total{flow=\"s\",status=\"400\"} 1",
