@@ -30,7 +30,7 @@ const EXIT_BAD_CONFIG: u8 = 64;
 #[command(name = "flowgate", version, about, long_about = None)]
 pub struct Cli {
     /// Config file; defaults to ./config.toml when present. Keys can be
-    /// overridden by FLOWGATE_<SECTION>__<KEY> environment variables.
+    /// overridden by FLOWGATE_SECTION__KEY (e.g. FLOWGATE_SERVER__LISTEN) environment variables.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// What to do.
