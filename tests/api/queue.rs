@@ -30,6 +30,15 @@ timeout = "30s"
     )
 }
 
+/// A gateway without workers serving flow `a`, an async flow calling `receiver`.
+async fn async_app_without_worker(receiver: &Receiver) -> TestApp {
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await
+}
+
 fn sync_flow() -> String {
     "status = \"live\"\n[trigger]\nref = \"web1\"\n".to_owned()
 }
@@ -203,11 +212,7 @@ async fn runs_accepted_before_a_redis_restart_still_execute() {
 async fn a_run_of_a_killed_worker_is_taken_over() {
     // Every call takes 2 s, so the worker is killed while the run is in progress.
     let receiver = Receiver::start(&[], Duration::from_secs(2)).await;
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let app = async_app_without_worker(&receiver).await;
     let mut external = app.spawn_process("[worker]\nreclaim_after = \"2s\"\n", &["worker"]);
     let response = app.post_json("a", r#"{"n": 1}"#).await;
     assert_eq!(response.status(), 202);
@@ -239,11 +244,7 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
 async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     use flowgate::store::RunStore as _;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let app = async_app_without_worker(&receiver).await;
     let response = app.post_json("a", r#"{"n": 1}"#).await;
     let run_id = response.headers()["x-flowgate-run-id"]
         .to_str()
@@ -332,11 +333,7 @@ async fn metrics_count_requests_runs_and_queue_lag() {
 async fn sigterm_finishes_runs_in_flight_and_loses_none() {
     // Each call takes 1 s: some runs are in progress when SIGTERM arrives.
     let receiver = Receiver::start(&[], Duration::from_secs(1)).await;
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let app = async_app_without_worker(&receiver).await;
     let port = free_port();
     let extra = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"20s\"\n[worker]\nconcurrency = 2\nreclaim_after = \"2s\"\n"
@@ -484,11 +481,7 @@ retry = {{ attempts = 3, backoff = "1s" }}
 #[tokio::test]
 async fn a_worker_process_exports_its_metrics() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let app = async_app_without_worker(&receiver).await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut worker = app.spawn_process("", &["worker", "--metrics-listen", &listen]);
@@ -527,11 +520,7 @@ async fn a_worker_process_exports_its_metrics() {
 #[tokio::test]
 async fn a_worker_can_be_driven_one_run_at_a_time() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+    let app = async_app_without_worker(&receiver).await;
     let mut accepted = Vec::new();
     for n in 0..2 {
         let response = app.post_json("a", &format!(r#"{{"n": {n}}}"#)).await;
