@@ -242,10 +242,7 @@ async fn run_sync(
         }
         e.into_response()
     });
-    response.headers_mut().insert(
-        "x-flowgate-run-id",
-        HeaderValue::from_str(run_id).expect("uuids are valid header values"),
-    );
+    set_run_id_header(&mut response, run_id);
     let mut record = RunRecord::accepted(flow, input, "running");
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
@@ -253,27 +250,43 @@ async fn run_sync(
     Ok(response)
 }
 
-/// Copies the answer into the record, returning the answer unchanged.
-async fn record_response(
-    mut record: RunRecord,
-    response: Response<Body>,
-) -> (Response<Body>, RunRecord) {
+fn set_run_id_header(response: &mut Response<Body>, run_id: &str) {
+    response.headers_mut().insert(
+        "x-flowgate-run-id",
+        HeaderValue::from_str(run_id).expect("uuids are valid header values"),
+    );
+}
+
+/// The answer's head and body bytes, to keep a copy of it and still send it.
+async fn buffered(response: Response<Body>) -> (http::response::Parts, Bytes) {
     let (parts, body) = response.into_parts();
     let bytes = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let headers = parts
-        .headers
+    (parts, bytes)
+}
+
+/// Headers with text values, as stored in records and idempotency answers.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
         .iter()
         .filter_map(|(n, v)| {
             v.to_str()
                 .ok()
                 .map(|v| (n.as_str().to_owned(), v.to_owned()))
         })
-        .collect();
-    record.set_response(parts.status.as_u16(), headers, &bytes);
+        .collect()
+}
+
+/// Copies the answer into the record, returning the answer unchanged.
+async fn record_response(
+    mut record: RunRecord,
+    response: Response<Body>,
+) -> (Response<Body>, RunRecord) {
+    let (parts, bytes) = buffered(response).await;
+    record.set_response(parts.status.as_u16(), header_pairs(&parts.headers), &bytes);
     (Response::from_parts(parts, Full::new(bytes)), record)
 }
 
@@ -374,24 +387,11 @@ async fn remember(
         }
         return response;
     }
-    let (parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (parts, bytes) = buffered(response).await;
     let answer = StoredAnswer {
         run_id: run_id.to_owned(),
         status: parts.status.as_u16(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(n, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (n.as_str().to_owned(), v.to_owned()))
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
     if let Err(e) = state.idempotency.complete(flow_id, key, &answer).await {
@@ -415,10 +415,7 @@ async fn accept_async(
         json!({ "run_id": input.run_id, "status": "queued" }).to_string()
     })
     .map_err(|e| e.with_run_id(&input.run_id))?;
-    response.headers_mut().insert(
-        "x-flowgate-run-id",
-        HeaderValue::from_str(&input.run_id).expect("uuids are valid header values"),
-    );
+    set_run_id_header(&mut response, &input.run_id);
     let (response, record) =
         record_response(RunRecord::accepted(flow, input, "queued"), response).await;
     if let Err(e) = state.queue.enqueue(input, Some(&record)).await {
