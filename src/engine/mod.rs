@@ -302,18 +302,8 @@ impl Engine {
     ) -> Result<(), Halt> {
         for (index, step) in steps.iter().enumerate().skip(start) {
             let before = if index == start { attempts } else { 0 };
-            match self.run_step(step, "", scope, state, before, true).await {
-                Err(Halt::Defer {
-                    attempts, delay, ..
-                }) => {
-                    return Err(Halt::Defer {
-                        step: index,
-                        attempts,
-                        delay,
-                    });
-                }
-                other => other?,
-            }
+            self.run_step(step, "", scope, state, before, Some(index))
+                .await?;
         }
         Ok(())
     }
@@ -330,14 +320,15 @@ impl Engine {
     {
         Box::pin(async move {
             for step in steps {
-                self.run_step(step, &prefix, scope, state, 0, false).await?;
+                self.run_step(step, &prefix, scope, state, 0, None).await?;
             }
             Ok(())
         })
     }
 
     /// Runs one step; `attempts_before` were made by earlier executions, and
-    /// `can_defer` lets a retry end the execution (top-level steps only).
+    /// `top_level` (the step's index among the flow's steps) lets a retry
+    /// end the execution; nested steps retry in place.
     async fn run_step(
         &self,
         step: &Step,
@@ -345,7 +336,7 @@ impl Engine {
         scope: &mut Scope,
         state: &mut RunState<'_>,
         attempts_before: u32,
-        can_defer: bool,
+        top_level: Option<usize>,
     ) -> Result<(), Halt> {
         let path = format!("{prefix}{}", step.ref_id);
         let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -404,7 +395,7 @@ impl Engine {
                         .retry
                         .backoff
                         .saturating_mul(1 << (attempt - 1).min(16));
-                    if can_defer && state.options.defer_retries {
+                    if let Some(index) = top_level.filter(|_| state.options.defer_retries) {
                         trace.status = "failed".into();
                         trace.attempts = attempt;
                         trace.error = Some(format!(
@@ -417,7 +408,7 @@ impl Engine {
                         trace.duration_ms = clock.elapsed().as_millis() as u64;
                         state.traces.push(trace);
                         return Err(Halt::Defer {
-                            step: 0,
+                            step: index,
                             attempts: attempt,
                             delay: backoff,
                         });
