@@ -69,13 +69,7 @@ async fn run_batches(pool: Pool, mut inbox: mpsc::Receiver<Pending>) {
                 pipe.add_command(command).ignore();
             }
         }
-        let result = match pool.get().await {
-            Ok(mut conn) => pipe
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| QueueError::Unavailable(e.to_string())),
-            Err(e) => Err(QueueError::Unavailable(e.to_string())),
-        };
+        let result = super::redis::query_pipeline::<()>(&pool, &pipe).await;
         for pending in batch {
             let _ = pending.done.send(result.clone());
         }

@@ -71,8 +71,32 @@ pub struct RedisQueue {
     batcher: Batcher,
 }
 
-fn unavailable(err: impl std::fmt::Display) -> QueueError {
+/// A Redis (or pool) failure, as the queue and stores report it.
+pub(crate) fn unavailable(err: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(err.to_string())
+}
+
+/// Runs one command on a pooled connection.
+pub(crate) async fn query<T: redis::FromRedisValue>(
+    pool: &Pool,
+    cmd: &redis::Cmd,
+) -> Result<T, QueueError> {
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    cmd.query_async(&mut conn).await.map_err(unavailable)
+}
+
+/// Runs a pipeline on a pooled connection, in one round trip.
+pub(crate) async fn query_pipeline<T: redis::FromRedisValue>(
+    pool: &Pool,
+    pipe: &redis::Pipeline,
+) -> Result<T, QueueError> {
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    pipe.query_async(&mut conn).await.map_err(unavailable)
+}
+
+/// A value as the JSON text Redis stores.
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, QueueError> {
+    serde_json::to_string(value).map_err(|e| QueueError::Corrupt(e.to_string()))
 }
 
 /// A connection pool to the Redis at `url`; connects lazily.
@@ -100,25 +124,21 @@ impl RedisQueue {
         }
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        self.pool.get().await.map_err(unavailable)
-    }
-
     /// Creates the consumer group if it does not exist yet.
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
-        let mut conn = self.connection().await?;
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(STREAM_KEY)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
+        let created = query::<()>(
+            &self.pool,
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(STREAM_KEY)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM"),
+        )
+        .await;
         match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
-            Err(e) => Err(unavailable(e)),
+            Err(QueueError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
+            other => other,
         }
     }
 
@@ -128,29 +148,28 @@ impl RedisQueue {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let mut conn = self.connection().await?;
-        let reply: Result<Option<StreamReadReply>, redis::RedisError> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(wait.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(STREAM_KEY)
-            .arg(">")
-            .query_async(&mut conn)
-            .await;
+        let reply = query::<Option<StreamReadReply>>(
+            &self.pool,
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(STREAM_KEY)
+                .arg(">"),
+        )
+        .await;
         let reply = match reply {
-            Ok(reply) => reply,
             // The stream or group vanished (a Redis without persistence restarted).
-            Err(e) if e.to_string().contains("NOGROUP") => {
-                drop(conn);
+            Err(QueueError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(unavailable(e)),
+            other => other?,
         };
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         entries.map(|entry| decode(entry, false)).collect()
@@ -199,8 +218,7 @@ impl RunQueue for RedisQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json =
-                serde_json::to_string(input).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let json = to_json(input)?;
             let mut pipe = redis::pipe();
             pipe.cmd("XADD")
                 .arg(STREAM_KEY)
@@ -211,9 +229,7 @@ impl RunQueue for RedisQueue {
                 .arg(now_ms());
             if let Some(record) = record {
                 if let Some(answer) = &record.response {
-                    let answer = serde_json::to_string(answer)
-                        .map_err(|e| QueueError::Corrupt(e.to_string()))?;
-                    pipe.arg("answer").arg(answer);
+                    pipe.arg("answer").arg(to_json(answer)?);
                 }
                 self.records.write_record(&mut pipe, record, true)?;
             }
@@ -237,18 +253,18 @@ impl RunQueue for RedisQueue {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(STREAM_KEY)
-                .arg(GROUP)
-                .arg(consumer)
-                .arg(idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let reply: StreamAutoClaimReply = query(
+                &self.pool,
+                redis::cmd("XAUTOCLAIM")
+                    .arg(STREAM_KEY)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max),
+            )
+            .await?;
             reply
                 .claimed
                 .into_iter()
@@ -266,18 +282,18 @@ impl RunQueue for RedisQueue {
             if ids.is_empty() {
                 return Ok(());
             }
-            let mut conn = self.connection().await?;
-            redis::cmd("XCLAIM")
-                .arg(STREAM_KEY)
-                .arg(GROUP)
-                .arg(consumer)
-                .arg(0)
-                .arg(ids)
-                .arg("JUSTID")
-                .query_async::<redis::Value>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(unavailable)
+            query::<redis::Value>(
+                &self.pool,
+                redis::cmd("XCLAIM")
+                    .arg(STREAM_KEY)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID"),
+            )
+            .await
+            .map(drop)
         })
     }
 
@@ -298,9 +314,7 @@ impl RunQueue for RedisQueue {
 
     fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&delivery.input)
-                .map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            let mut conn = self.connection().await?;
+            let json = to_json(&delivery.input)?;
             // One slot, so the move is one atomic transaction.
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -315,21 +329,21 @@ impl RunQueue for RedisQueue {
                 .ignore()
                 .ignore();
             acknowledge(&mut pipe, &delivery.id);
-            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+            query_pipeline(&self.pool, &pipe).await
         })
     }
 
     fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            let (queued, waiting): (u64, u64) = redis::pipe()
-                .cmd("XLEN")
-                .arg(STREAM_KEY)
-                .cmd("ZCARD")
-                .arg(DELAYED_KEY)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let (queued, waiting): (u64, u64) = query_pipeline(
+                &self.pool,
+                redis::pipe()
+                    .cmd("XLEN")
+                    .arg(STREAM_KEY)
+                    .cmd("ZCARD")
+                    .arg(DELAYED_KEY),
+            )
+            .await?;
             Ok(queued + waiting)
         })
     }
@@ -342,8 +356,7 @@ impl RunQueue for RedisQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json =
-                serde_json::to_string(input).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+            let json = to_json(input)?;
             let mut pipe = redis::pipe();
             // One slot: the hand-over from the stream to the delayed set is one transaction.
             pipe.atomic();
@@ -356,24 +369,23 @@ impl RunQueue for RedisQueue {
                 self.records.write_record(&mut pipe, record, false)?;
             }
             acknowledge(&mut pipe, id);
-            let mut conn = self.connection().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+            query_pipeline(&self.pool, &pipe).await
         })
     }
 
     fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            redis::cmd("EVAL")
-                .arg(PROMOTE_SCRIPT)
-                .arg(2)
-                .arg(DELAYED_KEY)
-                .arg(STREAM_KEY)
-                .arg(now_ms())
-                .arg(max)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)
+            query(
+                &self.pool,
+                redis::cmd("EVAL")
+                    .arg(PROMOTE_SCRIPT)
+                    .arg(2)
+                    .arg(DELAYED_KEY)
+                    .arg(STREAM_KEY)
+                    .arg(now_ms())
+                    .arg(max),
+            )
+            .await
         })
     }
 }

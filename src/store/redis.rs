@@ -8,7 +8,7 @@ use deadpool_redis::redis;
 use sha2::{Digest, Sha256};
 
 use super::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
-use crate::queue::redis::now_ms;
+use crate::queue::redis::{now_ms, query, to_json};
 use crate::queue::{BoxFuture, QueueError};
 
 const PENDING_PREFIX: &str = "pending:";
@@ -36,13 +36,6 @@ impl RedisStore {
             writes: Default::default(),
         }
     }
-
-    async fn connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
-    }
 }
 
 fn idempotency_key(flow_id: &str, key: &str) -> String {
@@ -56,10 +49,6 @@ fn run_key(run_id: &str) -> String {
 
 fn flow_runs_key(flow_id: &str) -> String {
     format!("flowgate:{{flowgate}}:runs:{flow_id}")
-}
-
-fn unavailable(err: redis::RedisError) -> QueueError {
-    QueueError::Unavailable(err.to_string())
 }
 
 fn parse(value: &str) -> Result<Reservation, QueueError> {
@@ -81,18 +70,18 @@ impl IdempotencyStore for RedisStore {
         run_id: &'a str,
     ) -> BoxFuture<'a, Result<Reservation, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
             // SET NX ... GET: reserve, or return what is there, in one step.
-            let existing: Option<String> = redis::cmd("SET")
-                .arg(idempotency_key(flow_id, key))
-                .arg(format!("{PENDING_PREFIX}{run_id}"))
-                .arg("NX")
-                .arg("GET")
-                .arg("EX")
-                .arg(IDEMPOTENCY_TTL.as_secs())
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let existing: Option<String> = query(
+                &self.pool,
+                redis::cmd("SET")
+                    .arg(idempotency_key(flow_id, key))
+                    .arg(format!("{PENDING_PREFIX}{run_id}"))
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("EX")
+                    .arg(IDEMPOTENCY_TTL.as_secs()),
+            )
+            .await?;
             match existing {
                 None => Ok(Reservation::Reserved),
                 Some(value) => parse(&value),
@@ -106,12 +95,11 @@ impl IdempotencyStore for RedisStore {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Reservation>, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            let value: Option<String> = redis::cmd("GET")
-                .arg(idempotency_key(flow_id, key))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let value: Option<String> = query(
+                &self.pool,
+                redis::cmd("GET").arg(idempotency_key(flow_id, key)),
+            )
+            .await?;
             value.as_deref().map(parse).transpose()
         })
     }
@@ -123,19 +111,17 @@ impl IdempotencyStore for RedisStore {
         answer: &'a StoredAnswer,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json =
-                serde_json::to_string(answer).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-            let mut conn = self.connection().await?;
-            redis::cmd("SET")
-                .arg(idempotency_key(flow_id, key))
-                .arg(json)
-                .arg("XX")
-                .arg("EX")
-                .arg(IDEMPOTENCY_TTL.as_secs())
-                .query_async::<Option<String>>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(unavailable)
+            query::<Option<String>>(
+                &self.pool,
+                redis::cmd("SET")
+                    .arg(idempotency_key(flow_id, key))
+                    .arg(to_json(answer)?)
+                    .arg("XX")
+                    .arg("EX")
+                    .arg(IDEMPOTENCY_TTL.as_secs()),
+            )
+            .await
+            .map(drop)
         })
     }
 
@@ -145,13 +131,12 @@ impl IdempotencyStore for RedisStore {
         key: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            redis::cmd("DEL")
-                .arg(idempotency_key(flow_id, key))
-                .query_async::<i64>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(unavailable)
+            query::<i64>(
+                &self.pool,
+                redis::cmd("DEL").arg(idempotency_key(flow_id, key)),
+            )
+            .await
+            .map(drop)
         })
     }
 }
@@ -166,7 +151,7 @@ impl RedisStore {
         record: &RunRecord,
         only_if_new: bool,
     ) -> Result<(), QueueError> {
-        let json = encode(record)?;
+        let json = to_json(record)?;
         pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
         if only_if_new {
             pipe.arg("NX");
@@ -203,10 +188,6 @@ impl RedisStore {
     }
 }
 
-fn encode(record: &RunRecord) -> Result<String, QueueError> {
-    serde_json::to_string(record).map_err(|e| QueueError::Corrupt(e.to_string()))
-}
-
 fn decode(json: &str) -> Result<RunRecord, QueueError> {
     serde_json::from_str(json).map_err(|e| QueueError::Corrupt(format!("run record: {e}")))
 }
@@ -225,12 +206,8 @@ impl RunStore for RedisStore {
 
     fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            let json: Option<String> = redis::cmd("GET")
-                .arg(run_key(run_id))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let json: Option<String> =
+                query(&self.pool, redis::cmd("GET").arg(run_key(run_id))).await?;
             json.as_deref().map(decode).transpose()
         })
     }
@@ -241,28 +218,25 @@ impl RunStore for RedisStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>, QueueError>> {
         Box::pin(async move {
-            let mut conn = self.connection().await?;
-            let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(flow_runs_key(flow_id))
-                .arg("+inf")
-                .arg("-inf")
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit.max(1))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let ids: Vec<String> = query(
+                &self.pool,
+                redis::cmd("ZRANGE")
+                    .arg(flow_runs_key(flow_id))
+                    .arg("+inf")
+                    .arg("-inf")
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.max(1)),
+            )
+            .await?;
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
             let keys: Vec<String> = ids.iter().map(|id| run_key(id)).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let values: Vec<Option<String>> =
+                query(&self.pool, redis::cmd("MGET").arg(keys)).await?;
             values
                 .into_iter()
                 .flatten()
