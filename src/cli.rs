@@ -456,15 +456,18 @@ fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Resul
 /// Longest preview of a JSON value in `runs show`.
 const PREVIEW_CHARS: usize = 240;
 
+/// A JSON value on one line: strings as their text, the rest as JSON.
 fn preview(value: &serde_json::Value) -> String {
-    let text = match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if text.chars().count() <= PREVIEW_CHARS {
-        text
-    } else {
-        format!("{}…", text.chars().take(PREVIEW_CHARS).collect::<String>())
+    match value {
+        serde_json::Value::String(s) => preview_text(s),
+        other => preview_text(&other.to_string()),
+    }
+}
+
+fn preview_text(text: &str) -> String {
+    match text.char_indices().nth(PREVIEW_CHARS) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", &text[..cut]),
     }
 }
 
@@ -503,7 +506,7 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
                     r.attempt,
                     r.created_at,
                     duration,
-                    preview(&error.into())
+                    preview_text(error)
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -575,7 +578,7 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "response  {} {}",
                     response.status,
-                    preview(&response.body.as_str().into())
+                    preview_text(&response.body)
                 );
             }
             Ok(ExitCode::SUCCESS)
