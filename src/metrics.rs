@@ -20,11 +20,46 @@ const LAG_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0,
 ];
 
+/// Counters by flow, then by status. Counting a pair seen before allocates
+/// nothing, so the request path only pays for a lock and a lookup.
+#[derive(Debug)]
+struct ByFlow<S>(Mutex<BTreeMap<String, BTreeMap<S, u64>>>);
+
+impl<S> Default for ByFlow<S> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<S: Ord + std::fmt::Display> ByFlow<S> {
+    fn add(&self, flow: &str, status: S) {
+        let mut flows = self.0.lock().expect("metrics lock");
+        if !flows.contains_key(flow) {
+            flows.insert(flow.to_owned(), BTreeMap::new());
+        }
+        let statuses = flows.get_mut(flow).expect("inserted above");
+        *statuses.entry(status).or_default() += 1;
+    }
+
+    /// One `name{flow="…",status="…"} n` line per counter.
+    fn write(&self, out: &mut String, name: &str) {
+        for (flow, statuses) in self.0.lock().expect("metrics lock").iter() {
+            for (status, n) in statuses {
+                let _ = writeln!(
+                    out,
+                    "{name}{{flow=\"{}\",status=\"{status}\"}} {n}",
+                    escape(flow)
+                );
+            }
+        }
+    }
+}
+
 /// The process's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    runs: Mutex<BTreeMap<(String, String), u64>>,
+    requests: ByFlow<u16>,
+    runs: ByFlow<&'static str>,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
     lag_count: AtomicU64,
     lag_sum_micros: AtomicU64,
@@ -35,22 +70,12 @@ pub struct Metrics {
 impl Metrics {
     /// Counts an answered trigger request.
     pub fn request(&self, flow: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics lock")
-            .entry((flow.to_owned(), status))
-            .or_default() += 1;
+        self.requests.add(flow, status);
     }
 
     /// Counts an ended run.
-    pub fn run(&self, flow: &str, status: &str) {
-        *self
-            .runs
-            .lock()
-            .expect("metrics lock")
-            .entry((flow.to_owned(), status.to_owned()))
-            .or_default() += 1;
+    pub fn run(&self, flow: &str, status: &'static str) {
+        self.runs.add(flow, status);
     }
 
     /// Observes the time an async run waited in the queue.
@@ -80,22 +105,10 @@ impl Metrics {
             "# HELP flowgate_requests_total Trigger requests answered, by flow and status.\n",
         );
         out.push_str("# TYPE flowgate_requests_total counter\n");
-        for ((flow, status), n) in self.requests.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "flowgate_requests_total{{flow=\"{}\",status=\"{status}\"}} {n}",
-                escape(flow)
-            );
-        }
+        self.requests.write(&mut out, "flowgate_requests_total");
         out.push_str("# HELP flowgate_runs_total Runs ended, by flow and outcome.\n");
         out.push_str("# TYPE flowgate_runs_total counter\n");
-        for ((flow, status), n) in self.runs.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "flowgate_runs_total{{flow=\"{}\",status=\"{status}\"}} {n}",
-                escape(flow)
-            );
-        }
+        self.runs.write(&mut out, "flowgate_runs_total");
         if let Some(depth) = queue_depth {
             out.push_str("# HELP flowgate_queue_depth Async runs waiting or in progress.\n");
             out.push_str("# TYPE flowgate_queue_depth gauge\n");
