@@ -165,6 +165,7 @@ impl Worker {
             None => {
                 let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
                 tracing::error!(run_id = %run_id, %reason, "run abandoned");
+                self.metrics.run(&delivery.input.flow_id, "aborted");
                 let record = self
                     .runs
                     .get(&run_id)
@@ -374,6 +375,7 @@ impl Worker {
             record.interrupted
         );
         tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
+        self.metrics.run(&record.flow, "aborted");
         record.status = "aborted".into();
         record.error = Some(crate::engine::RunError {
             step: None,

@@ -270,6 +270,10 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     let record = app.record_when(&run_id, |r| r.status == "aborted").await;
     assert!(record.error.unwrap().message.starts_with("dead-lettered"));
     assert!(receiver.requests().is_empty());
+    let metrics = format!("http://{}/metrics", app.addr);
+    let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
+    let text = app.text_when(&metrics, aborted).await;
+    assert!(text.contains(aborted), "{text}");
     let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
