@@ -523,3 +523,14 @@ pub async fn envelope(response: reqwest::Response, status: u16, kind: &str) -> s
     assert!(body.get("data").is_some(), "{body}");
     body
 }
+
+/// Sends SIGTERM to a `flowgate` process and waits for it to exit.
+pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}

@@ -2,7 +2,6 @@
 //! Redis restarts and workers killed mid-run.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use flowgate::engine::RunStatus;
@@ -342,7 +341,7 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
     let extra = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"20s\"\n[worker]\nconcurrency = 2\nreclaim_after = \"2s\"\n"
     );
-    let mut gateway = app.spawn_process(&extra, &["serve"]);
+    let gateway = app.spawn_process(&extra, &["serve"]);
     let url = format!("http://127.0.0.1:{port}/v1/flow-webhook/a");
     let health = app
         .text_when(&format!("http://127.0.0.1:{port}/healthz"), "ok")
@@ -370,13 +369,7 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
         !receiver.requests().is_empty()
     })
     .await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(gateway.id().to_string())
-        .status();
-    let status = tokio::task::spawn_blocking(move || gateway.wait().unwrap())
-        .await
-        .unwrap();
+    let status = terminate(gateway).await;
     assert!(status.success(), "{status:?}");
     // Runs the gateway did not start are still queued; another worker takes them.
     app.start_worker(Duration::from_secs(2));
@@ -488,7 +481,7 @@ async fn a_worker_process_exports_its_metrics() {
     let app = async_app_without_worker(&receiver).await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut worker = app.spawn_process("", &["worker", "--metrics-listen", &listen]);
+    let worker = app.spawn_process("", &["worker", "--metrics-listen", &listen]);
     assert_eq!(app.post_json("a", r#"{"n": 1}"#).await.status(), 202);
     assert_eventually(
         Duration::from_secs(15),
@@ -511,13 +504,7 @@ async fn a_worker_process_exports_its_metrics() {
         text.contains("flowgate_queue_lag_seconds_count 1"),
         "{text}"
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(worker.id().to_string())
-        .status();
-    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
-        .await
-        .unwrap();
+    let status = terminate(worker).await;
     assert!(status.success(), "{status:?}");
 }
 
