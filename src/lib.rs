@@ -16,6 +16,7 @@
 //! - [`config`]: configuration layering (defaults, `config.toml`, environment) and secrets.
 //! - [`telemetry`]: `tracing` subscriber set-up.
 //! - [`error`]: the error envelope every flowgate-made error answer uses.
+//! - [`codec`]: depth-bounded JSON for everything stored (queue entries, records).
 //! - [`token`]: minting and verifying flow tokens (JWTs).
 //! - [`flow`]: the flow model, and loading plus validation of `flows/*.toml`.
 //! - [`template`]: the minijinja environment, template values and the template context.
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -173,11 +173,7 @@ impl Worker {
                     .ok()
                     .flatten()
                     .map(|mut record| {
-                        record.status = "aborted".into();
-                        record.error = Some(crate::engine::RunError {
-                            step: None,
-                            message: reason.clone(),
-                        });
+                        record.abort(&reason);
                         record
                     });
                 (Outcome::Abandoned { run_id, reason }, record)
@@ -376,14 +372,10 @@ impl Worker {
         );
         tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
         self.metrics.run(&record.flow, "aborted");
-        record.status = "aborted".into();
-        record.error = Some(crate::engine::RunError {
-            step: None,
-            message: reason.clone(),
-        });
+        record.abort(&reason);
         // Moved first, so a record saying `aborted` means the run is gone
         // from the queue.
-        if let Err(e) = self.queue.dead_letter(&delivery).await {
+        if let Err(e) = self.queue.dead_letter(&delivery, &reason).await {
             tracing::warn!(error = %e, "could not dead-letter a run");
         }
         self.save(&record).await;

@@ -102,8 +102,12 @@ pub trait RunQueue: Send + Sync {
     /// Moves at most `max` scheduled runs that are due into the queue; returns how many.
     fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>>;
 
-    /// Moves a run that cannot be executed to the dead-letter list.
-    fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// Moves a run that cannot be executed to the dead-letter list, saying why.
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Runs waiting (for a worker or a retry) or in progress.
     fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>>;

@@ -7,9 +7,9 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON; a JSON body travels once, as the request's raw text), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON; a JSON body travels once, as the request's raw text), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
 //! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
-//! | `flowgate:{flowgate}:dead` | list | run inputs (JSON) given up on after repeated worker deaths, newest first, capped at 10 000 |
+//! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
 //! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::store`]) |
@@ -43,14 +43,15 @@ pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
 /// Runs waiting for a retry: run inputs (JSON) scored by due time (ms).
 pub const DELAYED_KEY: &str = "flowgate:{flowgate}:delayed";
 /// Moves due entries from the delayed set into the stream, atomically.
-const PROMOTE_SCRIPT: &str = r"
+const PROMOTE_SCRIPT: &str = r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, input in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'input', input, 'accepted_at', ARGV[1])
+  local run = string.match(input, '^{"run_id":"([^"]*)"') or ''
+  redis.call('XADD', KEYS[2], '*', 'input', input, 'run', run, 'accepted_at', ARGV[1])
   redis.call('ZREM', KEYS[1], input)
 end
 return #due
-";
+"#;
 /// Runs given up on, newest first.
 pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
 /// Entries kept in the dead-letter list.
@@ -96,7 +97,7 @@ pub(crate) async fn query_pipeline<T: redis::FromRedisValue>(
 
 /// A value as the JSON text Redis stores.
 pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, QueueError> {
-    serde_json::to_string(value).map_err(|e| QueueError::Corrupt(e.to_string()))
+    crate::codec::encode(value).map_err(|e| QueueError::Corrupt(e.to_string()))
 }
 
 /// A connection pool to the Redis at `url`; connects lazily.
@@ -172,8 +173,74 @@ impl RedisQueue {
             other => other?,
         };
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        entries.map(|entry| decode(entry, false)).collect()
+        Ok(self.decode_all(entries, false).await)
     }
+
+    /// Decodes a batch of entries. One that cannot be decoded is
+    /// dead-lettered at once, so it never holds up the others.
+    async fn decode_all(
+        &self,
+        entries: impl IntoIterator<Item = StreamId>,
+        reclaimed: bool,
+    ) -> Vec<Delivery> {
+        let mut deliveries = Vec::new();
+        for entry in entries {
+            match decode(&entry, reclaimed) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(e) => self.bury(entry, e).await,
+            }
+        }
+        deliveries
+    }
+
+    /// Dead-letters an entry no worker can decode, and records its run (when
+    /// the entry names it) as aborted with the reason.
+    async fn bury(&self, entry: StreamId, error: QueueError) {
+        let run_id: Option<String> = entry.get("run").filter(|id: &String| !id.is_empty());
+        let reason = format!("dead-lettered: the queued run cannot be decoded ({error})");
+        tracing::error!(entry = %entry.id, run_id, %reason, "queue entry dead-lettered");
+        let input: Option<String> = entry.get("input");
+        let letter = dead_letter_json(&entry.id, run_id.as_deref(), &reason, input.as_deref());
+        if let Err(e) = query_pipeline::<()>(&self.pool, &move_to_dead(&letter, &entry.id)).await {
+            // Still pending: the next worker to see it tries again.
+            tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter an entry");
+            return;
+        }
+        if let Some(run_id) = run_id {
+            if let Err(e) = self.records.abort(&run_id, &reason).await {
+                tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted");
+            }
+        }
+    }
+}
+
+/// One dead letter: shallow JSON that always encodes and decodes.
+fn dead_letter_json(
+    entry: &str,
+    run_id: Option<&str>,
+    reason: &str,
+    input: Option<&str>,
+) -> String {
+    serde_json::json!({ "entry": entry, "run_id": run_id, "reason": reason, "input": input })
+        .to_string()
+}
+
+/// One transaction (every key shares a slot) that moves entry `id` to the
+/// dead-letter list as `letter`.
+fn move_to_dead(letter: &str, id: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("LPUSH")
+        .arg(DEAD_LETTER_KEY)
+        .arg(letter)
+        .ignore()
+        .cmd("LTRIM")
+        .arg(DEAD_LETTER_KEY)
+        .arg(0)
+        .arg(DEAD_LETTER_MAX - 1)
+        .ignore();
+    acknowledge(&mut pipe, id);
+    pipe
 }
 
 /// Adds the end of a delivery to `pipe`: acknowledged, and removed from the
@@ -183,21 +250,21 @@ fn acknowledge(pipe: &mut redis::Pipeline, id: &str) {
     pipe.cmd("XDEL").arg(STREAM_KEY).arg(id).ignore();
 }
 
-fn decode(entry: StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
+fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
+    let corrupt =
+        |e: crate::codec::CodecError| QueueError::Corrupt(format!("entry {}: {e}", entry.id));
     let input: String = entry
         .get("input")
         .ok_or_else(|| QueueError::Corrupt(format!("entry {} has no input", entry.id)))?;
-    let input: RunInput = serde_json::from_str(&input)
-        .map_err(|e| QueueError::Corrupt(format!("entry {}: {e}", entry.id)))?;
+    let input: RunInput = crate::codec::decode(&input).map_err(corrupt)?;
     let answer = match entry.get::<String>("answer") {
-        Some(json) => serde_json::from_str(&json)
-            .map_err(|e| QueueError::Corrupt(format!("entry {}: {e}", entry.id)))?,
+        Some(json) => crate::codec::decode(&json).map_err(corrupt)?,
         None => None,
     };
     Ok(Delivery {
         answer,
         accepted_at_ms: entry.get("accepted_at").unwrap_or(0),
-        id: entry.id,
+        id: entry.id.clone(),
         input,
         reclaimed,
     })
@@ -225,6 +292,8 @@ impl RunQueue for RedisQueue {
                 .arg("*")
                 .arg("input")
                 .arg(json)
+                .arg("run")
+                .arg(&input.run_id)
                 .arg("accepted_at")
                 .arg(now_ms());
             if let Some(record) = record {
@@ -265,11 +334,7 @@ impl RunQueue for RedisQueue {
                     .arg(max),
             )
             .await?;
-            reply
-                .claimed
-                .into_iter()
-                .map(|entry| decode(entry, true))
-                .collect()
+            Ok(self.decode_all(reply.claimed, true).await)
         })
     }
 
@@ -312,24 +377,20 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn dead_letter<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let json = to_json(&delivery.input)?;
-            // One slot, so the move is one atomic transaction.
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("LPUSH")
-                .arg(DEAD_LETTER_KEY)
-                .arg(json)
-                .ignore()
-                .cmd("LTRIM")
-                .arg(DEAD_LETTER_KEY)
-                .arg(0)
-                .arg(DEAD_LETTER_MAX - 1)
-                .ignore()
-                .ignore();
-            acknowledge(&mut pipe, &delivery.id);
-            query_pipeline(&self.pool, &pipe).await
+            let input = to_json(&delivery.input)?;
+            let letter = dead_letter_json(
+                &delivery.id,
+                Some(&delivery.input.run_id),
+                reason,
+                Some(&input),
+            );
+            query_pipeline(&self.pool, &move_to_dead(&letter, &delivery.id)).await
         })
     }
 

@@ -56,7 +56,7 @@ fn parse(value: &str) -> Result<Reservation, QueueError> {
         Some(run_id) => Ok(Reservation::InProgress {
             run_id: run_id.to_owned(),
         }),
-        None => serde_json::from_str(value)
+        None => crate::codec::decode(value)
             .map(Reservation::Answered)
             .map_err(|e| QueueError::Corrupt(format!("stored answer: {e}"))),
     }
@@ -189,7 +189,18 @@ impl RedisStore {
 }
 
 fn decode(json: &str) -> Result<RunRecord, QueueError> {
-    serde_json::from_str(json).map_err(|e| QueueError::Corrupt(format!("run record: {e}")))
+    crate::codec::decode(json).map_err(|e| QueueError::Corrupt(format!("run record: {e}")))
+}
+
+impl RedisStore {
+    /// Records a run as aborted for `reason`, when its record exists.
+    pub async fn abort(&self, run_id: &str, reason: &str) -> Result<(), QueueError> {
+        let Some(mut record) = self.get(run_id).await? else {
+            return Ok(());
+        };
+        record.abort(reason);
+        self.save(&record).await
+    }
 }
 
 impl RunStore for RedisStore {

@@ -156,6 +156,16 @@ impl RunRecord {
         }
     }
 
+    /// Marks the run as given up on, for `reason`.
+    pub fn abort(&mut self, reason: &str) {
+        self.status = "aborted".into();
+        self.ended_at = Some(now_rfc3339());
+        self.error = Some(RunError {
+            step: None,
+            message: reason.to_owned(),
+        });
+    }
+
     /// Marks the record as started now.
     pub fn start(&mut self) {
         self.status = "running".into();

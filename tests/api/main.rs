@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod queue;
 mod runs;

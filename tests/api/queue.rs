@@ -536,3 +536,73 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
     assert_eq!(worker.try_execute_next().await.unwrap(), Outcome::Idle);
     assert_eq!(receiver.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_others() {
+    use flowgate::store::RunStore as _;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let app = async_app_without_worker(&receiver).await;
+    let first = app.post_json("a", r#"{"n": 1}"#).await;
+    assert_eq!(first.status(), 202);
+    // A run whose queued input is unreadable (as a corrupted or foreign
+    // entry would be), with its record, between two good runs.
+    let mut poisoned = app
+        .record_when(
+            first.headers()["x-flowgate-run-id"].to_str().unwrap(),
+            |r| r.status == "queued",
+        )
+        .await;
+    poisoned.id = "poisoned-run".into();
+    app.store().save(&poisoned).await.unwrap();
+    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let _: String = deadpool_redis::redis::cmd("XADD")
+        .arg(flowgate::queue::redis::STREAM_KEY)
+        .arg("*")
+        .arg("input")
+        .arg(format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)))
+        .arg("run")
+        .arg("poisoned-run")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let second = app.post_json("a", r#"{"n": 2}"#).await;
+    assert_eq!(second.status(), 202);
+
+    app.start_worker(Duration::from_secs(15));
+    assert_eventually(Duration::from_secs(10), "both good runs ran", || {
+        receiver.requests().len() == 2
+    })
+    .await;
+    let record = app
+        .record_when("poisoned-run", |r| r.status == "aborted")
+        .await;
+    let reason = record.error.unwrap().message;
+    assert!(reason.contains("cannot be decoded"), "{reason}");
+    for response in [first, second] {
+        let run_id = response.headers()["x-flowgate-run-id"].to_str().unwrap();
+        app.record_when(run_id, |r| r.status == "succeeded").await;
+    }
+    let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
+        .arg(flowgate::queue::redis::DEAD_LETTER_KEY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let letter: serde_json::Value = serde_json::from_str(&dead[0]).unwrap();
+    assert_eq!(letter["run_id"], "poisoned-run");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("nested"),
+        "{letter}"
+    );
+    // Delivered once: every good run reached the receiver exactly once.
+    assert!(runs_received(&receiver).values().all(|&n| n == 1));
+    let depth: u64 = deadpool_redis::redis::cmd("XLEN")
+        .arg(flowgate::queue::redis::STREAM_KEY)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(depth, 0);
+}

@@ -1,0 +1,138 @@
+//! JSON for everything flowgate stores: queue entries, run records, dead
+//! letters and idempotency answers.
+//!
+//! Stored values wrap request bodies, and bodies may be nested up to
+//! [`crate::trigger::body::MAX_BODY_DEPTH`] levels; wrapped in a run input, a
+//! record or a step's output they go deeper than serde_json's own decoding
+//! limit (128), so a value that encoded fine would no longer decode. Both
+//! directions here are bounded by [`MAX_STORED_DEPTH`] instead: encoding
+//! refuses anything deeper, and decoding measures the text's nesting without
+//! recursion first, then decodes it without serde_json's limit, which is safe
+//! because the depth is known to be bounded.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Deepest nesting of objects and lists in a stored value: a body at
+/// [`crate::trigger::body::MAX_BODY_DEPTH`] inside any realistic wrapping.
+pub const MAX_STORED_DEPTH: usize = 256;
+
+/// Why a value could not be stored or read back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CodecError {
+    /// Nested deeper than [`MAX_STORED_DEPTH`].
+    #[error("nested {0} levels deep; at most {MAX_STORED_DEPTH} can be stored")]
+    TooDeep(usize),
+    /// Not the JSON of the expected type.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `value` as JSON text, refused when nested deeper than [`MAX_STORED_DEPTH`].
+pub fn encode(value: &impl Serialize) -> Result<String, CodecError> {
+    let text = serde_json::to_string(value).map_err(|e| CodecError::Invalid(e.to_string()))?;
+    match nesting_depth(text.as_bytes()) {
+        depth if depth > MAX_STORED_DEPTH => Err(CodecError::TooDeep(depth)),
+        _ => Ok(text),
+    }
+}
+
+/// Decodes what [`encode`] wrote; anything nested deeper than
+/// [`MAX_STORED_DEPTH`] is refused before decoding starts.
+pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, CodecError> {
+    let depth = nesting_depth(text.as_bytes());
+    if depth > MAX_STORED_DEPTH {
+        return Err(CodecError::TooDeep(depth));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de).map_err(|e| CodecError::Invalid(e.to_string()))?;
+    de.end().map_err(|e| CodecError::Invalid(e.to_string()))?;
+    Ok(value)
+}
+
+/// The deepest nesting of `[` and `{` in JSON text, outside strings; a
+/// single pass without recursion, whatever the text holds.
+pub fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn nested(levels: usize) -> String {
+        format!("{}{}", "[".repeat(levels), "]".repeat(levels))
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(
+            nesting_depth(br#"{"a": "[[[{", "b": [1, {"c": "\"]"}]}"#),
+            3
+        );
+        assert_eq!(nesting_depth(b"42"), 0);
+    }
+
+    #[test]
+    fn values_past_serde_json_s_own_limit_round_trip() {
+        let text = nested(MAX_STORED_DEPTH);
+        let value: Value = decode(&text).expect("decodes at the bound");
+        assert_eq!(encode(&value).unwrap(), text);
+        assert!(matches!(
+            decode::<Value>(&nested(MAX_STORED_DEPTH + 1)),
+            Err(CodecError::TooDeep(_))
+        ));
+        assert!(matches!(
+            decode::<Value>(&nested(100_000)),
+            Err(CodecError::TooDeep(100_000))
+        ));
+        assert!(matches!(
+            decode::<Value>("[1] x"),
+            Err(CodecError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn decoding_at_the_bound_fits_a_small_stack() {
+        // Workers decode on runtime threads; half of tokio's default stack is plenty.
+        let text = format!(
+            "{}{}",
+            r#"{"a":["#.repeat(MAX_STORED_DEPTH / 2),
+            "]}".repeat(MAX_STORED_DEPTH / 2)
+        );
+        std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || {
+                let value: Value = decode(&text).unwrap();
+                encode(&value).unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
