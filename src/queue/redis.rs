@@ -206,10 +206,10 @@ impl RedisQueue {
             tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter an entry");
             return;
         }
-        if let Some(run_id) = run_id {
-            if let Err(e) = self.records.abort(&run_id, &reason).await {
-                tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted");
-            }
+        if let Some(run_id) = run_id
+            && let Err(e) = self.records.abort(&run_id, &reason).await
+        {
+            tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted");
         }
     }
 }
