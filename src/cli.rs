@@ -205,9 +205,11 @@ fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
     Ok(pool)
 }
 
-/// One shutdown source for the whole process: SIGINT or SIGTERM.
+/// One shutdown source for the whole process: SIGINT or SIGTERM (SIGHUP is
+/// logged and ignored).
 fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::server::ignore_hangups());
     tokio::spawn(async move {
         crate::server::shutdown_signal().await;
         let _ = tx.send(true);
@@ -256,6 +258,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
     let (store, queue) = redis_backends(&config)?;
     let idempotency_headers = config.idempotency_headers()?;
+    let limits = crate::trigger::TriggerLimits::new(config.server_limits()?);
     let metrics = Arc::new(Metrics::default());
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
@@ -273,6 +276,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             idempotency_headers,
             metrics,
             record_slots: Arc::new(tokio::sync::Semaphore::new(crate::trigger::MAX_PENDING_RECORDS)),
+            limits,
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -103,6 +104,39 @@ pub struct ServerConfig {
     /// Request headers carrying an idempotency key, first match wins: a
     /// repeat within 24 h for the same flow starts no run and gets the first answer.
     pub idempotency_headers: Vec<String>,
+    /// A request's head must arrive within this, e.g. `"10s"`; an idle HTTP/1
+    /// keep-alive connection waiting for its next request is closed after it too.
+    pub header_read_timeout: String,
+    /// A request's whole body must arrive within this, e.g. `"30s"`; a slower
+    /// sender gets 408.
+    pub body_read_timeout: String,
+    /// A connection with no request in progress for this long is closed
+    /// (HTTP/2 connections included), e.g. `"60s"`.
+    pub idle_timeout: String,
+    /// Open connections at most; at the limit the gateway stops accepting
+    /// until one closes (and logs it). Keep it under the process's file limit.
+    pub max_connections: usize,
+    /// Authenticated trigger requests handled at once; more wait for a slot.
+    /// Health, readiness and metrics never wait for one.
+    pub max_requests: usize,
+    /// Bodies read at once before their sender is authenticated (flows with
+    /// `[trigger.signature]`); beyond it such requests get 503 with `Retry-After`.
+    pub max_unauthenticated_reads: usize,
+    /// Bytes all bodies read before their sender is authenticated may hold
+    /// together; each read reserves its `Content-Length` (or `max_body_bytes`).
+    pub unauthenticated_body_budget: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+    /// How often an HTTP/2 connection is pinged; a peer that does not answer
+    /// within the same time is disconnected, e.g. `"20s"`.
+    pub http2_keep_alive_interval: String,
+    /// Request headers whose values are replaced by `[redacted]` in what
+    /// templates see, run records and logs, on top of the built-in list
+    /// (`authorization`, `cookie`, `proxy-authorization`, `x-api-key`, ...).
+    pub redact_headers: Vec<String>,
+    /// Query parameters redacted the same way, on top of the built-in list
+    /// (`access_token`, `token`, `api_key`, `password`, ...).
+    pub redact_query: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -119,7 +153,51 @@ impl Default for ServerConfig {
             ]
             .map(String::from)
             .to_vec(),
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_requests: 4096,
+            max_unauthenticated_reads: 256,
+            unauthenticated_body_budget: 64 * 1024 * 1024,
+            http2_max_concurrent_streams: 100,
+            http2_keep_alive_interval: "20s".into(),
+            redact_headers: Vec::new(),
+            redact_query: Vec::new(),
         }
+    }
+}
+
+/// `[server]` limits and timeouts, parsed.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// See [`ServerConfig::max_body_bytes`].
+    pub max_body_bytes: usize,
+    /// See [`ServerConfig::header_read_timeout`].
+    pub header_read_timeout: Duration,
+    /// See [`ServerConfig::body_read_timeout`].
+    pub body_read_timeout: Duration,
+    /// See [`ServerConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`ServerConfig::max_connections`].
+    pub max_connections: usize,
+    /// See [`ServerConfig::max_requests`].
+    pub max_requests: usize,
+    /// See [`ServerConfig::max_unauthenticated_reads`].
+    pub max_unauthenticated_reads: usize,
+    /// See [`ServerConfig::unauthenticated_body_budget`].
+    pub unauthenticated_body_budget: usize,
+    /// See [`ServerConfig::http2_max_concurrent_streams`].
+    pub http2_max_concurrent_streams: u32,
+    /// See [`ServerConfig::http2_keep_alive_interval`].
+    pub http2_keep_alive_interval: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Config::default()
+            .server_limits()
+            .expect("the defaults are valid")
     }
 }
 
@@ -264,13 +342,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.server_limits()?;
         self.shutdown_grace()?;
         self.worker_settings()?;
         self.idempotency_headers()?;
         self.runs_retention()?;
-        if self.server.max_body_bytes == 0 {
-            return Err(ConfigError::new("server.max_body_bytes must be above 0"));
-        }
         Ok(())
     }
 
@@ -281,6 +357,46 @@ impl Config {
                 "server.listen `{}` is not a host:port address",
                 self.server.listen
             ))
+        })
+    }
+
+    /// The `[server]` limits and timeouts.
+    pub fn server_limits(&self) -> Result<ServerLimits, ConfigError> {
+        let s = &self.server;
+        let duration = |key: &str, text: &str| match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(ConfigError::new(format!("server.{key} must be above zero"))),
+            Err(e) => Err(ConfigError::new(format!("server.{key} `{text}`: {e}"))),
+        };
+        for (key, value) in [
+            ("max_body_bytes", s.max_body_bytes),
+            ("max_connections", s.max_connections),
+            ("max_requests", s.max_requests),
+            ("max_unauthenticated_reads", s.max_unauthenticated_reads),
+            ("unauthenticated_body_budget", s.unauthenticated_body_budget),
+            (
+                "http2_max_concurrent_streams",
+                s.http2_max_concurrent_streams as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(format!("server.{key} must be above 0")));
+            }
+        }
+        Ok(ServerLimits {
+            max_body_bytes: s.max_body_bytes,
+            header_read_timeout: duration("header_read_timeout", &s.header_read_timeout)?,
+            body_read_timeout: duration("body_read_timeout", &s.body_read_timeout)?,
+            idle_timeout: duration("idle_timeout", &s.idle_timeout)?,
+            max_connections: s.max_connections,
+            max_requests: s.max_requests,
+            max_unauthenticated_reads: s.max_unauthenticated_reads,
+            unauthenticated_body_budget: s.unauthenticated_body_budget,
+            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+            http2_keep_alive_interval: duration(
+                "http2_keep_alive_interval",
+                &s.http2_keep_alive_interval,
+            )?,
         })
     }
 

@@ -5,32 +5,35 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
+use crate::config::ServerLimits;
 use crate::error::{ApiError, Body};
 use crate::trigger::{self, TriggerState};
 
-/// Requests handled at once by one gateway; more wait for a slot. Bounds
-/// memory (each may hold a body up to its flow's limit) and outbound load.
-const MAX_CONCURRENT_REQUESTS: usize = 4096;
 /// Longest accepted `X-Request-Id`; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
+/// At most one "connection limit reached" log line per this period.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Shared state of a running gateway.
 pub type AppState = TriggerState;
+
+/// A boxed answer future, for the routers [`accept_loop`] serves.
+type Answer = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 /// Serves `state` on `listener` until `shutdown` completes, then waits up to
 /// `grace` for in-flight requests.
@@ -40,49 +43,174 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let service = ServiceBuilder::new()
-        .concurrency_limit(MAX_CONCURRENT_REQUESTS)
-        .service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req).await) }
-        });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let limits = state.limits.server.clone();
+    let router = move |req: Request<Incoming>| -> Answer {
+        let state = state.clone();
+        Box::pin(async move { route(&state, req).await })
+    };
+    accept_loop(listener, &limits, router, shutdown, grace).await;
+}
+
+/// Accepts connections and serves each with `router` until `shutdown`, under
+/// `limits`: header and idle timeouts, HTTP/2 limits, and at most
+/// `max_connections` open at once. Then every connection is asked to close
+/// once its requests are answered, and in-flight requests get `grace`.
+async fn accept_loop<R>(
+    listener: TcpListener,
+    limits: &ServerLimits,
+    router: R,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    R: Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper enforces no timeout at all.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keep_alive_interval)
+        .keep_alive_timeout(limits.http2_keep_alive_interval);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_rx) = watch::channel(false);
+    let mut last_limit_log: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service.clone()),
-                );
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_limit_log.is_none_or(|at| at.elapsed() >= LIMIT_LOG_EVERY) {
+                    last_limit_log = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: not accepting new connections until one closes (server.max_connections)"
+                    );
+                }
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = &mut shutdown => break,
+                }
             }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most often: let some close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = &mut shutdown => break,
-        }
+        };
+        let (builder, router, closing) = (builder.clone(), router.clone(), closing_rx.clone());
+        let idle_timeout = limits.idle_timeout;
+        tokio::spawn(async move {
+            serve_connection(stream, builder, router, closing, idle_timeout).await;
+            drop(permit);
+        });
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let _ = closing.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, connections.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
     }
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+struct Activity {
+    opened: Instant,
+    active: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+/// Marks a request in progress while it lives.
+struct InProgress(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InProgress {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        InProgress(self.clone())
+    }
+
+    /// How long the connection has had no request in progress.
+    fn idle_for(&self) -> Duration {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let now = self.0.opened.elapsed().as_millis() as u64;
+        self.0.last_ms.store(now, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection until it ends, it stays idle for `idle_timeout`, or
+/// the server closes; the last two close it once its requests are answered.
+async fn serve_connection<R>(
+    stream: TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    router: R,
+    mut closing: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) where
+    R: Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        active: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_progress = tracked.begin();
+        let answer = router(req);
+        async move {
+            let response = answer.await;
+            drop(in_progress);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    loop {
+        let idle_left = idle_timeout.saturating_sub(activity.idle_for());
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.wait_for(|closing| *closing) => break,
+            _ = tokio::time::sleep(idle_left.max(Duration::from_millis(10))) => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!("closing an idle connection");
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
@@ -167,30 +295,28 @@ pub async fn serve_worker_metrics(
     queue: Arc<dyn crate::queue::RunQueue>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let router = move |req: Request<Incoming>| -> Answer {
         let (metrics, queue) = (metrics.clone(), queue.clone());
-        async move {
-            let response = match req.uri().path() {
+        Box::pin(async move {
+            match req.uri().path() {
                 "/healthz" => json_ok(r#"{"status":"ok"}"#),
                 "/metrics" => metrics_response(&metrics, queue.as_ref()).await,
                 path => ApiError::not_found(format!("no route for {path}")).into_response(),
-            };
-            Ok::<_, Infallible>(response)
-        }
-    });
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
             }
-            _ = &mut shutdown => return,
+        })
+    };
+    let limits = ServerLimits::default();
+    accept_loop(listener, &limits, router, shutdown, Duration::from_secs(1)).await;
+}
+
+/// Logs SIGHUP instead of dying of it (its default action), for as long as
+/// the process runs.
+pub async fn ignore_hangups() {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: ignored (flows are read at start)");
         }
     }
 }

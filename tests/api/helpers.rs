@@ -187,6 +187,8 @@ pub struct AppOptions {
     pub allow_private_networks: bool,
     pub templates: Vec<(&'static str, String)>,
     pub secrets: Vec<(&'static str, String)>,
+    /// The `[server]` limits and timeouts.
+    pub limits: flowgate::config::ServerLimits,
 }
 
 impl Default for AppOptions {
@@ -197,6 +199,7 @@ impl Default for AppOptions {
             allow_private_networks: true,
             templates: Vec::new(),
             secrets: Vec::new(),
+            limits: Default::default(),
         }
     }
 }
@@ -269,6 +272,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         idempotency_headers: flowgate::config::Config::default()
             .idempotency_headers()
             .unwrap(),
+        limits: flowgate::trigger::TriggerLimits::new(options.limits),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

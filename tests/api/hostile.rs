@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::helpers::*;
 
 /// XML nested `elements` deep: `<e0><e1>...x...</e1></e0>`.
@@ -90,4 +93,228 @@ async fn xml_at_the_depth_bound_is_queued_and_runs() {
         flowgate::codec::nesting_depth(sent.to_string().as_bytes()),
         flowgate::trigger::body::MAX_BODY_DEPTH
     );
+}
+
+/// Limits with short timeouts, so slow clients are seen off within a test.
+fn short_limits() -> flowgate::config::ServerLimits {
+    flowgate::config::ServerLimits {
+        header_read_timeout: Duration::from_millis(500),
+        body_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+fn plain_flow() -> String {
+    "status = \"live\"\n[trigger]\nref = \"web1\"\nmax_body_bytes = 100\n".to_owned()
+}
+
+/// A flow authenticated only by a GitHub-style body signature.
+fn signature_flow() -> String {
+    "status = \"live\"\n[trigger]\nref = \"gh\"\nauth = [\"signature\"]\n[trigger.signature]\nscheme = \"github\"\nsecret_env = \"GH_SECRET\"\n".to_owned()
+}
+
+async fn app_with_limits(limits: flowgate::config::ServerLimits) -> TestApp {
+    let options = AppOptions {
+        limits,
+        secrets: vec![("GH_SECRET", "gh-secret".to_owned())],
+        ..Default::default()
+    };
+    spawn_app_with(&[("p", plain_flow()), ("gh", signature_flow())], options).await
+}
+
+/// Reads until the peer closes the connection or `within` passes; what arrived.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn healthz(app: &TestApp, within: Duration) -> Option<u16> {
+    let request = app
+        .client
+        .get(format!("http://{}/healthz", app.addr))
+        .send();
+    match tokio::time::timeout(within, request).await {
+        Ok(Ok(response)) => Some(response.status().as_u16()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_partial_and_idle_clients_are_disconnected() {
+    let app = app_with_limits(short_limits()).await;
+    // Headers dribbling in, one byte every 100 ms, never finished in time.
+    let mut dribbling = TcpStream::connect(app.addr).await.unwrap();
+    let dribble = tokio::spawn(async move {
+        for byte in b"POST /v1/flow-webhook/p HTTP/1.1\r\nHost: x\r\n".iter() {
+            if dribbling.write_all(&[*byte]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    // Partial headers, then nothing.
+    let mut partial = TcpStream::connect(app.addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // A finished request, then idle in keep-alive.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    let answered = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(
+        answered
+            .expect("idle keep-alive connection closed")
+            .starts_with("HTTP/1.1 200"),
+    );
+    assert!(
+        read_until_closed(&mut partial, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a client with partial headers is disconnected"
+    );
+    assert!(
+        dribble.await.unwrap(),
+        "a client sending its headers a byte at a time is disconnected"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let app = app_with_limits(short_limits()).await;
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/flow-webhook/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{{\"a\":",
+        app.token("p")
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+}
+
+#[tokio::test]
+async fn an_announced_body_over_the_limit_gets_413_without_100_continue() {
+    let app = app_with_limits(short_limits()).await;
+    let mut sender = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/flow-webhook/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        app.token("p")
+    );
+    sender.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut buf))
+        .await
+        .expect("answered before any body was sent")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let limits = flowgate::config::ServerLimits {
+        max_connections: 4,
+        header_read_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let app = app_with_limits(limits).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(healthz(&app, Duration::from_millis(700)).await, None);
+    drop(held);
+    assert_eq!(healthz(&app, Duration::from_secs(5)).await, Some(200));
+}
+
+#[tokio::test]
+async fn unauthenticated_body_reads_cannot_take_the_gateway() {
+    let limits = flowgate::config::ServerLimits {
+        max_unauthenticated_reads: 4,
+        ..Default::default()
+    };
+    let app = app_with_limits(limits).await;
+    // Four senders announce a body to the signature flow and send one byte.
+    let mut holding = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(b"POST /v1/flow-webhook/gh HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n{")
+            .await
+            .unwrap();
+        holding.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fifth = app
+        .client
+        .post(app.url("gh"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", "sha256=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fifth.headers()["retry-after"], "1");
+    envelope(fifth, 503, "busy").await;
+    // Health and authenticated senders are not held up.
+    assert_eq!(healthz(&app, Duration::from_secs(2)).await, Some(200));
+    let authenticated = tokio::time::timeout(Duration::from_secs(2), app.post_json("p", "{}"))
+        .await
+        .expect("an authenticated request is served at once");
+    assert_eq!(authenticated.status(), 200);
+    // A body announced over the server's limit is never read: the same 401
+    // as for a flow that does not exist.
+    for flow in ["gh", "no-such-flow"] {
+        let response = app
+            .client
+            .post(app.url(flow))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", "sha256=00")
+            .body(vec![b' '; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        envelope(response, 401, "unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_does_not_stop_the_gateway() {
+    let app = spawn_app(&[("p", plain_flow())]).await;
+    let port = free_port();
+    let child = app.spawn_process(
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[paths]\nflows = \"flows\"\ntemplates = \"templates\"\n"),
+        &["serve", "--no-worker"],
+    );
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let up = app.text_when(&url, "ok").await;
+    assert!(up.contains("ok"), "the gateway came up: {up}");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = app.client.get(&url).send().await.expect("still serving");
+    assert_eq!(after.status(), 200);
+    let status = terminate(child).await;
+    assert!(status.success(), "{status:?}");
 }
