@@ -277,6 +277,10 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             metrics,
             record_slots: Arc::new(tokio::sync::Semaphore::new(crate::trigger::MAX_PENDING_RECORDS)),
             limits,
+            redaction: crate::trigger::redact::Redaction::new(
+                &config.server.redact_headers,
+                &config.server.redact_query,
+            ),
         });
         let listener = tokio::net::TcpListener::bind(addr)
             .await

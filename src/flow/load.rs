@@ -459,6 +459,13 @@ impl FlowBuilder<'_> {
             max_body_bytes,
             accept_any: file.accept_any.unwrap_or(false),
             cors_origins,
+            redact_headers: file
+                .redact_headers
+                .iter()
+                .flatten()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            redact_query: file.redact_query.clone().unwrap_or_default(),
         }
     }
 

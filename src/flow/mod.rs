@@ -150,6 +150,10 @@ pub struct Trigger {
     pub accept_any: bool,
     /// Origins allowed to call from a browser; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Request headers redacted on top of the server's list (lower case).
+    pub redact_headers: Vec<String>,
+    /// Query parameters redacted on top of the server's list.
+    pub redact_query: Vec<String>,
 }
 
 /// A body-signature scheme.

@@ -35,6 +35,8 @@ pub(super) struct TriggerFile {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub accept_any: Option<bool>,
     pub cors_origins: Option<Vec<Spanned<String>>>,
+    pub redact_headers: Option<Vec<String>>,
+    pub redact_query: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,6 +27,7 @@ use crate::store::{IdempotencyStore, Reservation, RunRecord, RunStore, StoredAns
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;
+pub mod redact;
 pub mod response;
 pub mod signature;
 
@@ -34,6 +35,12 @@ pub mod signature;
 pub const PATH_PREFIX: &str = "/v1/flow-webhook/";
 /// Query parameter carrying a token for `query_token` auth.
 const QUERY_TOKEN_PARAM: &str = "access_token";
+/// Longest token looked at; flowgate's own are a few hundred bytes.
+const MAX_TOKEN_BYTES: usize = 4096;
+/// The one message of every 401, whatever the flow or the failure, so a
+/// refusal reveals neither whether the flow exists nor how it authenticates.
+const UNAUTHORIZED_MESSAGE: &str =
+    "missing or invalid credentials: send Authorization: Bearer <token>";
 /// How long browsers may cache a CORS preflight answer, in seconds.
 const CORS_MAX_AGE_SECS: &str = "600";
 
@@ -73,6 +80,8 @@ pub struct TriggerState {
     pub idempotency_headers: Vec<http::HeaderName>,
     /// Limits on requests, before and after authentication.
     pub limits: TriggerLimits,
+    /// Credentials redacted from the request before anything sees it.
+    pub redaction: redact::Redaction,
 }
 
 /// Seconds a sender is asked to wait when the gateway is at a limit.
@@ -252,7 +261,13 @@ async fn handle_inner(
         mode: flow.trigger.mode.as_str().to_owned(),
         live: flow.status == FlowStatus::Live,
         body: Arc::new(parsed),
-        request: Arc::new(request_object(&parts, &raw, request_id)),
+        request: Arc::new(request_object(
+            &parts,
+            &raw,
+            request_id,
+            &state.redaction,
+            &flow.trigger,
+        )),
         resume: None,
     };
     let idempotency_key = parts
@@ -676,7 +691,11 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .filter(|_| bearer_allowed)
     {
-        let token = value.to_str().ok().and_then(bearer_token);
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(bearer_token)
+            .filter(|t| t.len() <= MAX_TOKEN_BYTES);
         match token.map(|t| state.keys.verify(t, flow_id, generation)) {
             Some(Ok(p)) => return Ok(Principal::Token(p)),
             Some(Err(e)) => token_error = Some(e),
@@ -687,7 +706,11 @@ async fn authenticate(
         .filter(|f| f.trigger.query_token)
         .and_then(|_| query_param(parts.uri.query(), QUERY_TOKEN_PARAM));
     if let Some(token) = query_token {
-        match state.keys.verify(&token, flow_id, generation) {
+        let verified = match token.len() <= MAX_TOKEN_BYTES {
+            true => state.keys.verify(&token, flow_id, generation),
+            false => Err(TokenError::Malformed),
+        };
+        match verified {
             Ok(p) => return Ok(Principal::Token(p)),
             Err(e) => token_error = Some(e),
         }
@@ -701,10 +724,12 @@ async fn authenticate(
             }
         }
     }
-    Err(ApiError::unauthorized(match token_error {
-        Some(e) => e.to_string(),
-        None => "missing credentials: send Authorization: Bearer <token>".to_owned(),
-    }))
+    // The reason is for the gateway's log only.
+    match token_error {
+        Some(e) => tracing::info!(reason = %e, "token refused"),
+        None => tracing::info!("no credentials"),
+    }
+    Err(ApiError::unauthorized(UNAUTHORIZED_MESSAGE))
 }
 
 fn bearer_token(value: &str) -> Option<&str> {
@@ -726,23 +751,37 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The `request` object templates see. `authorization` and a query token are never exposed.
-fn request_object(parts: &Parts, raw: &[u8], request_id: &str) -> Value {
+/// The `request` object templates see. `authorization` and a query token
+/// are left out, and credential-bearing headers and query parameters read
+/// [`redact::REDACTED`].
+fn request_object(
+    parts: &Parts,
+    raw: &[u8],
+    request_id: &str,
+    redaction: &redact::Redaction,
+    trigger: &crate::flow::Trigger,
+) -> Value {
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
         if name == header::AUTHORIZATION {
             continue;
         }
-        headers.insert(
-            name.as_str().to_owned(),
-            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-        );
+        let value = match redaction.header(trigger, name.as_str()) {
+            true => redact::REDACTED.to_owned(),
+            false => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        };
+        headers.insert(name.as_str().to_owned(), Value::String(value));
     }
     let mut query = Map::new();
     for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-        if k != QUERY_TOKEN_PARAM {
-            query.insert(k.into_owned(), Value::String(v.into_owned()));
+        if k == QUERY_TOKEN_PARAM {
+            continue;
         }
+        let v = match redaction.query(trigger, &k) {
+            true => redact::REDACTED.into(),
+            false => v,
+        };
+        query.insert(k.into_owned(), Value::String(v.into_owned()));
     }
     json!({
         "method": parts.method.as_str(),

@@ -98,6 +98,11 @@ impl TestApp {
     /// Starts the `flowgate` binary with `args`, configured for this app's
     /// Redis with outbound calls to loopback allowed; `extra` adds TOML.
     pub fn spawn_process(&self, extra: &str, args: &[&str]) -> std::process::Child {
+        self.process(extra, args).spawn().unwrap()
+    }
+
+    /// The command [`TestApp::spawn_process`] runs, logging `warn` and up to nowhere.
+    pub fn process(&self, extra: &str, args: &[&str]) -> std::process::Command {
         let config = self
             .dir
             .path()
@@ -107,16 +112,16 @@ impl TestApp {
             self.redis.url()
         );
         std::fs::write(&config, toml).unwrap();
-        std::process::Command::new(binary())
+        let mut command = std::process::Command::new(binary());
+        command
             .arg("--config")
             .arg(&config)
             .args(args)
             .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::null());
+        command
     }
 
     /// GETs `url` until its body contains `needle` (or 10 s pass); the last body.
@@ -273,6 +278,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
             .idempotency_headers()
             .unwrap(),
         limits: flowgate::trigger::TriggerLimits::new(options.limits),
+        redaction: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -318,3 +318,153 @@ async fn sighup_does_not_stop_the_gateway() {
     let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
 }
+
+/// Status, headers (but the per-request id) and body of an answer.
+async fn observable(response: reqwest::Response) -> (u16, Vec<(String, String)>, String) {
+    let status = response.status().as_u16();
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| !["x-request-id", "date"].contains(&name.as_str()))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    (status, headers, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn every_401_is_the_same_whatever_the_flow_or_the_failure() {
+    let flows = [
+        (
+            "bearer",
+            "status = \"live\"\n[trigger]\nref = \"w\"\n".to_owned(),
+        ),
+        ("gh", signature_flow()),
+        (
+            "query",
+            "status = \"live\"\n[trigger]\nref = \"w\"\nauth = [\"query_token\"]\n".to_owned(),
+        ),
+        (
+            "cors",
+            "status = \"live\"\n[trigger]\nref = \"w\"\ncors_origins = [\"https://app.example\"]\n"
+                .to_owned(),
+        ),
+    ];
+    let options = AppOptions {
+        secrets: vec![("GH_SECRET", "gh-secret".to_owned())],
+        ..Default::default()
+    };
+    let app = spawn_app_with(&flows, options).await;
+    let mut answers = Vec::new();
+    for flow in ["bearer", "gh", "query", "cors", "no-such-flow"] {
+        let requests = [
+            app.client.post(app.url(flow)),
+            app.client.post(app.url(flow)).bearer_auth("garbage"),
+            app.client
+                .post(format!("{}?access_token=garbage", app.url(flow))),
+            app.client
+                .post(app.url(flow))
+                .header("origin", "https://evil.example")
+                .bearer_auth("garbage"),
+            app.client
+                .request(reqwest::Method::OPTIONS, app.url(flow))
+                .header("origin", "https://evil.example")
+                .header("access-control-request-method", "POST"),
+            app.client
+                .post(app.url(flow))
+                .header("x-hub-signature-256", "sha256=00")
+                .body("{}"),
+        ];
+        for request in requests {
+            answers.push((flow, observable(request.send().await.unwrap()).await));
+        }
+    }
+    let (_, first) = &answers[0];
+    assert_eq!(first.0, 401);
+    for (flow, answer) in &answers {
+        assert_eq!(answer, first, "{flow}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_redacted_from_templates_and_records() {
+    let flow = r#"
+status = "live"
+[trigger]
+ref = "w"
+redact_headers = ["X-Tenant-Secret"]
+[response]
+body_inline = "{{ request.headers.cookie }}|{{ request.headers['x-api-key'] }}|{{ request.headers['x-tenant-secret'] }}|{{ request.query.token }}|{{ request.query.page }}"
+"#;
+    let app = spawn_app(&[("r", flow.to_owned())]).await;
+    let response = app
+        .client
+        .post(format!("{}?token=sekrit&page=2", app.url("r")))
+        .bearer_auth(app.token("r"))
+        .header("cookie", "session=abc")
+        .header("x-api-key", "key-123")
+        .header("x-tenant-secret", "t-456")
+        .header("proxy-authorization", "Basic eHg6eXk=")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let run_id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "[redacted]|[redacted]|[redacted]|[redacted]|2"
+    );
+    let record = app.record_when(&run_id, |r| r.status == "succeeded").await;
+    let stored = serde_json::to_string(&record).unwrap();
+    for secret in ["session=abc", "key-123", "t-456", "sekrit", "eHg6eXk="] {
+        assert!(!stored.contains(secret), "{secret} in {stored}");
+    }
+    assert_eq!(
+        record.request["headers"]["proxy-authorization"],
+        "[redacted]"
+    );
+}
+
+#[tokio::test]
+async fn request_text_cannot_forge_log_lines() {
+    let flow = "status = \"live\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"note\"\nkind = \"log\"\nmessage = \"got {{ w.msg }}\"\n";
+    let app = spawn_app(&[("l", flow.to_owned())]).await;
+    let port = free_port();
+    let log_path = app.dir.path().join("gateway.log");
+    let mut command = app.process(
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[paths]\nflows = \"flows\"\ntemplates = \"templates\"\n"),
+        &["serve", "--no-worker"],
+    );
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let child = command.spawn().unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    assert!(app.text_when(&health, "ok").await.contains("ok"));
+    let forged = "hi\n2026-01-01T00:00:00Z ERROR forged: admin logged in\r\x1b[2K";
+    let response = app
+        .client
+        .post(format!("http://127.0.0.1:{port}/v1/flow-webhook/l"))
+        .bearer_auth(app.token("l"))
+        .json(&serde_json::json!({ "msg": forged }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(terminate(child).await.success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("flow log"))
+        .unwrap_or_else(|| panic!("the log step wrote a line: {log}"));
+    assert!(
+        line.contains(r"got hi\n2026-01-01T00:00:00Z ERROR forged"),
+        "{line}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
+}
