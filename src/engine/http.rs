@@ -21,14 +21,13 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Time allowed to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// True when `ip` is an address flows may not reach without the config's permission.
+/// True when `ip` is an address flows may not reach without the config's
+/// permission: anything but global unicast, and any IPv6 address that embeds
+/// or translates to an IPv4 address that would be refused.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_forbidden_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_forbidden_v4(v4),
-            None => is_forbidden_v6(v6),
-        },
+        IpAddr::V6(v6) => is_forbidden_v6(v6),
     }
 }
 
@@ -40,20 +39,48 @@ fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_multicast()
+        || ip.is_documentation()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         || (a == 198 && (18..20).contains(&b)) // benchmarking
         || a >= 240 // reserved
 }
 
 fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local, includes fd00:ec2::254
-        || (first & 0xffc0) == 0xfe80 // link-local
+    let s = ip.segments();
+    if let Some(v4) = embedded_v4(ip) {
+        if is_forbidden_v4(v4) {
+            return true;
+        }
+        // NAT64 to a public address is how IPv6-only networks reach IPv4.
+        if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            return false;
+        }
+    }
+    let global_unicast = (s[0] & 0xe000) == 0x2000;
+    !global_unicast // loopback, unspecified, compatible, mapped, ULA, link- and site-local, multicast
+        || (s[0] == 0x2001 && s[1] < 0x0200) // IETF assignments: Teredo, benchmarking, ORCHID
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // documentation
+        || s[0] == 0x3ffe // the retired 6bone
+}
+
+/// The IPv4 address an IPv6 address carries: mapped, translated,
+/// compatible, NAT64, 6to4, Teredo (the client's) or ISATAP.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(v4(hi, lo)),
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(v4(hi, lo)),
+        [0, 0, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        [0x2001, 0, _, _, _, _, hi, lo] => Some(v4(!hi, !lo)),
+        [_, _, _, _, x, 0x5efe, hi, lo] if x & 0xfdff == 0 => Some(v4(hi, lo)),
+        _ => None,
+    }
 }
 
 /// Why an outbound request was refused before it was sent.
@@ -278,10 +305,42 @@ mod tests {
             "fe80::1",
             "fd00:ec2::254",
             "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            // IPv4-compatible, translated, NAT64, 6to4, Teredo and ISATAP
+            // forms of loopback, private and metadata addresses.
+            "::127.0.0.1",
+            "::a9fe:a9fe",
+            "::ffff:0:10.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:db8::5efe:10.1.2.3",
+            "2606:4700::5efe:127.0.0.1",
+            // Non-global IPv6: site-local, documentation, benchmarking, ORCHID, 6bone.
+            "fec0::1",
+            "2001:db8::1",
+            "2001:2::1",
+            "2001:20::1",
+            "3ffe::1",
+            "3fff::1",
+            "ff02::1",
+            "192.0.2.1",
+            "203.0.113.9",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2606:4700::5efe:808:808",
+        ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -142,16 +142,35 @@ async fn http_step_to_a_private_address_is_refused_unless_allowed() {
         "",
     );
     let metadata = http_flow("http://169.254.169.254/latest/meta-data/", "", "");
+    // IPv6 forms that embed or translate to the receiver's loopback address.
+    let port = receiver.addr.port();
+    let embedded = |host: &str| http_flow(&format!("http://[{host}]:{port}/r"), "", "");
     let options = AppOptions {
         allow_private_networks: false,
         ..Default::default()
     };
     let app = spawn_app_with(
-        &[("ip", by_ip), ("name", by_name), ("meta", metadata)],
+        &[
+            ("ip", by_ip),
+            ("name", by_name),
+            ("meta", metadata),
+            ("mapped", embedded("::ffff:127.0.0.1")),
+            ("compat", embedded("::127.0.0.1")),
+            ("nat64", embedded("64:ff9b::7f00:1")),
+            ("sixtofour", embedded("2002:7f00:1::1")),
+        ],
         options,
     )
     .await;
-    for flow in ["ip", "name", "meta"] {
+    for flow in [
+        "ip",
+        "name",
+        "meta",
+        "mapped",
+        "compat",
+        "nat64",
+        "sixtofour",
+    ] {
         let body = envelope(
             app.post_json(flow, r#"{"id": 1, "amount": 1}"#).await,
             500,
