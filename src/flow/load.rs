@@ -16,6 +16,8 @@ use http::{HeaderName, Method, StatusCode};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use crate::template::json;
+
 use super::spec::{FlowFile, Node, ResponseFile, SignatureFile, StepFile, TriggerFile};
 use super::*;
 use crate::config::Secret;
@@ -181,6 +183,16 @@ fn load_templates(env: &mut Env, dir: &Path, problems: &mut Vec<String>) {
                 continue;
             }
         };
+        let source = match crate::template::json::is_json_name(&name) {
+            true => match crate::template::json::rewrite(&source) {
+                Ok(rewritten) => rewritten,
+                Err(e) => {
+                    problems.push(format!("{}:{}: {}", path.display(), e.line, e.message));
+                    continue;
+                }
+            },
+            false => source,
+        };
         if let Err(e) = env.add_template_owned(name, source) {
             let line = e.line().unwrap_or(1);
             problems.push(format!("{}:{line}: {}", path.display(), describe(&e)));
@@ -236,14 +248,19 @@ impl FlowBuilder<'_> {
 
     /// Line of `template_line` inside a string value starting at `offset`.
     fn template_problem(&mut self, offset: usize, err: &minijinja::Error) {
-        let mut line = self.line(offset) + err.line().unwrap_or(1) - 1;
+        self.template_line_problem(offset, err.line().unwrap_or(1), describe(err));
+    }
+
+    /// A problem at `line` of the template whose source starts at `offset`.
+    fn template_line_problem(&mut self, offset: usize, line: usize, message: String) {
+        let mut line = self.line(offset) + line - 1;
         let rest = &self.source[offset.min(self.source.len())..];
         // A multi-line string's first newline is not part of the value.
         if rest.starts_with("\"\"\"\n") || rest.starts_with("'''\n") {
             line += 1;
         }
         self.problems
-            .push(format!("{}:{line}: {}", self.shown, describe(err)));
+            .push(format!("{}:{line}: {message}", self.shown));
     }
 
     fn duration(&mut self, value: &Spanned<String>, key: &str) -> Option<Duration> {
@@ -599,13 +616,24 @@ impl FlowBuilder<'_> {
             }
             (None, Some(inline)) => {
                 let name = format!("{}#{pointer}.body_inline", self.shown);
-                let trimmed = inline.get_ref().trim_start();
-                let content_type = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                let content_type = if json::looks_like_json(inline.get_ref()) {
                     "application/json"
                 } else {
                     "text/plain; charset=utf-8"
                 };
-                let ok = self.text_template(&name, inline.get_ref(), inline.span().start, allowed);
+                let declared = file
+                    .headers
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, value)| value.get_ref().as_str());
+                let at = inline.span().start;
+                let source = match json::is_json_inline(inline.get_ref(), declared) {
+                    true => json::rewrite(inline.get_ref()).map_err(|e| {
+                        self.template_line_problem(at, e.line, e.message);
+                    }),
+                    false => Ok(inline.get_ref().clone()),
+                };
+                let ok = source.is_ok_and(|source| self.text_template(&name, &source, at, allowed));
                 (ok.then_some(name), content_type)
             }
             (None, None) => (None, "application/json"),

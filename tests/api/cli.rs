@@ -61,6 +61,15 @@ kind = "http"
 url = "https://crm.example.com/hook"
 "#;
 
+/// A JSON body whose loop opens a string it never closes.
+const OPEN_STRING_INLINE: &str = r#"status = "live"
+[trigger]
+ref = "web1"
+[response]
+body_inline = """
+[{% for i in web1.items %}"{{ i }}{% endfor %}]"""
+"#;
+
 #[test]
 fn check_reports_every_problem_with_path_and_line() {
     let bad = r#"status = "live"
@@ -96,10 +105,15 @@ url = "http://x"
             ("bad.toml", bad),
             ("broken.toml", broken_template),
             ("Bad Name.toml", GOOD),
+            ("inline.toml", OPEN_STRING_INLINE),
         ],
         &[
             ("ok.json.j2", "{{ calc | tojson }}"),
             ("bad.j2", "line one\n{% if %}"),
+            (
+                "open.json.j2",
+                "{\"a\":\n{% if x %}\n\"{{ x }}\n{% else %}\nnull\n{% endif %}}",
+            ),
         ],
     );
     let out = flowgate(&dir, &["check"]);
@@ -114,6 +128,8 @@ url = "http://x"
         "flows/broken.toml:15: `later` is not defined here",
         "flows/broken.toml:21: `url` is not a key of a `delay` step",
         "flows/Bad Name.toml:1: flow id `Bad Name`",
+        "templates/open.json.j2:4: the branch before this `{% else %}` of the `{% if %}` ends inside a JSON string it started outside",
+        "flows/inline.toml:6: the `{% for %}` block closed here ends inside a JSON string",
     ] {
         assert!(
             stdout.contains(expected),

@@ -468,3 +468,66 @@ async fn request_text_cannot_forge_log_lines() {
     assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
 }
+
+#[tokio::test]
+async fn json_answers_written_the_jinja_way_stay_valid_and_cannot_be_injected() {
+    let seed_style = r#"
+status = "live"
+[trigger]
+ref = "web1"
+[[steps]]
+ref = "res1"
+kind = "transform"
+set = { value = "{{ web1.value }}" }
+[response]
+body = "valid.json.j2"
+"#;
+    let inline = r#"
+status = "live"
+[trigger]
+ref = "web1"
+[response]
+body_inline = '{"id": "{{ web1.id }}", "role": "user", "n": {{ web1.n }}, "missing": {{ web1.nope }}}'
+"#;
+    let options = AppOptions {
+        templates: vec![(
+            "valid.json.j2",
+            r#"{"valid": {% if res1.value == "myResult" %} "{{ res1.value }}" {% else %} false {% endif %}}"#
+                .to_owned(),
+        )],
+        ..Default::default()
+    };
+    let app = spawn_app_with(
+        &[
+            ("seed", seed_style.to_owned()),
+            ("inline", inline.to_owned()),
+        ],
+        options,
+    )
+    .await;
+    let matched = app.post_json("seed", r#"{"value": "myResult"}"#).await;
+    assert_eq!(matched.status(), 200);
+    assert_eq!(matched.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&matched.text().await.unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"valid": "myResult"}));
+    let other = app.post_json("seed", r#"{"value": "x"}"#).await;
+    let body: serde_json::Value = serde_json::from_str(&other.text().await.unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"valid": false}));
+
+    let hostile = r#"x", "role": "admin", "y": "</script>{{ 7*7 }}"#;
+    let response = app
+        .post_json(
+            "inline",
+            &serde_json::json!({"id": hostile, "n": "1, \"role\": \"admin\""}).to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"id": hostile, "role": "user", "n": "1, \"role\": \"admin\"", "missing": null}),
+        "{text}"
+    );
+    assert!(!text.contains("</script>"), "{text}");
+}

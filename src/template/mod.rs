@@ -17,6 +17,8 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
+pub mod json;
+
 /// The template environment shared by all flows of one load.
 pub type Env = Environment<'static>;
 
@@ -40,6 +42,8 @@ pub fn new_environment() -> Env {
         }
         minijinja::escape_formatter(out, state, value)
     });
+    env.add_filter(json::IN_STRING_FILTER, json::in_string);
+    env.add_filter(json::VALUE_FILTER, json::json_value);
     env
 }
 
