@@ -248,7 +248,15 @@ async fn handle_inner(
         // Refused before reading, so `Expect: 100-continue` gets this, not 100.
         return Err(too_large(limit));
     }
-    let raw = body.read(limit, timeout).await?;
+    // Signatures were checked over the bytes as sent; the flow sees them decoded.
+    let raw = body::decode(
+        parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?")),
+        body.read(limit, timeout).await?,
+        limit,
+    )?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)

@@ -531,3 +531,73 @@ body_inline = '{"id": "{{ web1.id }}", "role": "user", "n": {{ web1.n }}, "missi
     );
     assert!(!text.contains("</script>"), "{text}");
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_decoded_bombs_refused_and_signatures_checked_as_sent() {
+    let echo =
+        "status = \"live\"\n[trigger]\nref = \"w\"\n[response]\nbody_inline = \"{{ w.event }}\"\n";
+    let signed = "status = \"live\"\n[trigger]\nref = \"gh\"\nauth = [\"signature\"]\n[trigger.signature]\nscheme = \"github\"\nsecret_env = \"GH_SECRET\"\n[response]\nbody_inline = \"{{ gh.event }}\"\n";
+    let options = AppOptions {
+        secrets: vec![("GH_SECRET", "gh-secret".to_owned())],
+        ..Default::default()
+    };
+    let app = spawn_app_with(
+        &[("e", echo.to_owned()), ("gh", signed.to_owned())],
+        options,
+    )
+    .await;
+    let send = |flow: &str, encoding: &str, body: Vec<u8>| {
+        app.client
+            .post(app.url(flow))
+            .bearer_auth(app.token(flow))
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+    };
+    let ok = send("e", "gzip", gzip(br#"{"event": "zipped"}"#))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "zipped");
+    let bomb = gzip(&vec![b' '; 8 * 1024 * 1024]);
+    assert!(bomb.len() < 64 * 1024);
+    envelope(
+        send("e", "gzip", bomb).await.unwrap(),
+        413,
+        "payload_too_large",
+    )
+    .await;
+    let unknown = send("e", "zstd", b"x".to_vec()).await.unwrap();
+    let body = envelope(unknown, 415, "unsupported_media_type").await;
+    assert!(body["message"].as_str().unwrap().contains("zstd"), "{body}");
+
+    // GitHub signs the bytes it sends, compressed or not.
+    let compressed = gzip(br#"{"event": "push"}"#);
+    let sig = format!(
+        "sha256={}",
+        hex::encode(flowgate::trigger::signature::sign_parts(
+            b"gh-secret",
+            &[&compressed]
+        ))
+    );
+    let response = app
+        .client
+        .post(app.url("gh"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .header("x-hub-signature-256", sig)
+        .body(compressed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "push");
+}
