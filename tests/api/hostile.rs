@@ -601,3 +601,167 @@ async fn compressed_bodies_are_decoded_bombs_refused_and_signatures_checked_as_s
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "push");
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl must be installed");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+#[tokio::test]
+async fn rediss_urls_reach_a_tls_redis() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let app = spawn_app(&[("a", echo_async_flow(&receiver.url("/hook")))]).await;
+    let tls = tempfile::tempdir().unwrap();
+    let dir = tls.path();
+    // A CA, and a certificate for localhost signed by it.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=flowgate test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    let port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            "ca.pem",
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eventually(Duration::from_secs(10), "the TLS redis listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let gateway_port = free_port();
+    let config = dir.join("flowgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\n[paths]\nflows = \"{0}/flows\"\ntemplates = \"{0}/templates\"\n[redis]\nurl = \"rediss://localhost:{port}/0\"\n[http]\nallow_private_networks = true\n",
+            app.dir.path().display()
+        ),
+    )
+    .unwrap();
+    let gateway = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("SSL_CERT_FILE", dir.join("ca.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = app
+        .text_when(
+            &format!("http://127.0.0.1:{gateway_port}/readyz"),
+            "\"ready\"",
+        )
+        .await;
+    assert!(ready.contains("\"ready\""), "{ready}");
+    let response = app
+        .client
+        .post(format!("http://127.0.0.1:{gateway_port}/v1/flow-webhook/a"))
+        .bearer_auth(app.token("a"))
+        .json(&serde_json::json!({"over": "tls"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eventually(
+        Duration::from_secs(10),
+        "the run queued over TLS ran",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    assert_eq!(
+        receiver.requests()[0].json(),
+        serde_json::json!({"over": "tls"})
+    );
+    assert!(terminate(gateway).await.success());
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
