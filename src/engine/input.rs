@@ -159,3 +159,105 @@ mod tests {
         assert_eq!(*back.body, json!({"a": "1"}));
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::codec;
+    use crate::trigger::body::{self, MAX_BODY_DEPTH};
+
+    /// Text with the characters that trouble encoders.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[\"\\\\<>&'{}\\[\\]\u{0}-\u{1f}\u{2028}é]{0,12}",
+        ]
+    }
+
+    /// A JSON body nested `depth` levels, each an object or a list.
+    fn nested_json(kinds: &[bool], leaf: &str) -> String {
+        let mut out = serde_json::to_string(leaf).unwrap();
+        for &object in kinds.iter().rev() {
+            out = match object {
+                true => format!(r#"{{"k": {out}, "n": 1.5}}"#),
+                false => format!("[{out}, null, true]"),
+            };
+        }
+        out
+    }
+
+    /// XML nested `depth` elements; `twice` repeats an element (a list).
+    fn nested_xml(depth: usize, twice: &[bool], leaf: &str) -> String {
+        let escaped = leaf
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        let mut out = escaped;
+        for level in (0..depth).rev() {
+            let element = format!("<e{level} a=\"{level}\">{out}</e{level}>");
+            out = match twice.get(level).copied().unwrap_or(false) {
+                true => format!("{element}{element}"),
+                false => element,
+            };
+        }
+        format!("<root>{out}</root>")
+    }
+
+    fn body_case() -> impl Strategy<Value = (&'static str, String)> {
+        let depth = 0..=MAX_BODY_DEPTH + 3;
+        prop_oneof![
+            (
+                proptest::collection::vec(any::<bool>(), depth.clone()),
+                text()
+            )
+                .prop_map(|(kinds, leaf)| ("application/json", nested_json(&kinds, &leaf))),
+            (
+                depth,
+                proptest::collection::vec(any::<bool>(), 0..8),
+                text()
+            )
+                .prop_map(|(d, twice, leaf)| ("application/xml", nested_xml(d, &twice, &leaf))),
+            proptest::collection::vec((text(), text()), 0..6).prop_map(|pairs| {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in &pairs {
+                    form.append_pair(k, v);
+                }
+                ("application/x-www-form-urlencoded", form.finish())
+            }),
+            text().prop_map(|t| ("text/plain", t)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Anything the trigger accepts comes back from the queue encoding
+        /// whole, and so does a record or step output wrapping it.
+        #[test]
+        fn accepted_bodies_round_trip_through_the_queue((content_type, raw) in body_case()) {
+            let Ok(parsed) = body::parse(Some(content_type), raw.as_bytes(), false) else {
+                return Ok(());
+            };
+            prop_assert!(codec::nesting_depth(parsed.to_string().as_bytes()) <= MAX_BODY_DEPTH);
+            let input = RunInput {
+                run_id: "r".into(),
+                flow_id: "f".into(),
+                mode: "async".into(),
+                live: true,
+                body: Arc::new(parsed.clone()),
+                request: Arc::new(json!({"headers": {"content-type": content_type}, "raw": raw})),
+                resume: None,
+            };
+            let text = codec::encode(&input).expect("an accepted body encodes");
+            let back: RunInput = codec::decode(&text).expect("and decodes");
+            prop_assert_eq!(&*back.body, &parsed);
+            prop_assert_eq!(&*back.request, &*input.request);
+            let wrapped = json!({"steps": [{"output": {"each": {"results": [{"x": parsed}]}}}]});
+            let back: Value = codec::decode(&codec::encode(&wrapped).unwrap()).unwrap();
+            prop_assert_eq!(back, wrapped);
+        }
+    }
+}
