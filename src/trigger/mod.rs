@@ -11,13 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::config::ServerLimits;
+pub use self::read::TriggerLimits;
+use self::read::{BodyState, declared_length, read_unauthenticated, too_large};
 use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
@@ -27,6 +26,7 @@ use crate::store::{IdempotencyStore, Reservation, RunRecord, RunStore, StoredAns
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;
+mod read;
 pub mod redact;
 pub mod response;
 pub mod signature;
@@ -82,51 +82,6 @@ pub struct TriggerState {
     pub limits: TriggerLimits,
     /// Credentials redacted from the request before anything sees it.
     pub redaction: redact::Redaction,
-}
-
-/// Seconds a sender is asked to wait when the gateway is at a limit.
-const BUSY_RETRY_AFTER_SECS: u64 = 1;
-/// Longest wait of an authenticated request for a slot before it gets 503.
-const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// What a request may take. Unauthenticated work (reading a body to check
-/// its signature) has its own small budget, so senders who cannot
-/// authenticate never take the slots of those who can.
-pub struct TriggerLimits {
-    /// The `[server]` limits.
-    pub server: ServerLimits,
-    /// Slots for authenticated requests.
-    requests: Arc<Semaphore>,
-    /// Slots for bodies read before authentication.
-    unauthenticated_reads: Arc<Semaphore>,
-    /// KiB those bodies may hold together.
-    unauthenticated_kib: Arc<Semaphore>,
-}
-
-impl TriggerLimits {
-    /// Limits as configured.
-    pub fn new(server: ServerLimits) -> Self {
-        Self {
-            requests: Arc::new(Semaphore::new(server.max_requests)),
-            unauthenticated_reads: Arc::new(Semaphore::new(server.max_unauthenticated_reads)),
-            unauthenticated_kib: Arc::new(Semaphore::new(
-                server.unauthenticated_body_budget.div_ceil(1024),
-            )),
-            server,
-        }
-    }
-}
-
-impl Default for TriggerLimits {
-    fn default() -> Self {
-        Self::new(ServerLimits::default())
-    }
-}
-
-/// Room taken from the unauthenticated budget while a body is read.
-struct UnauthenticatedRead {
-    _read: OwnedSemaphorePermit,
-    _kib: OwnedSemaphorePermit,
 }
 
 impl TriggerState {
@@ -214,10 +169,7 @@ async fn handle_inner(
     let principal = authenticate(state, flow.as_deref(), &parts, &mut body, flow_id).await?;
     tracing::Span::current().record("flow", flow_id);
     tracing::debug!(?principal, "authenticated");
-    let _slot = tokio::time::timeout(SLOT_WAIT, state.limits.requests.clone().acquire_owned())
-        .await
-        .map_err(|_| busy("the gateway is at its limit of requests in progress"))?
-        .expect("never closed");
+    let _slot = state.limits.request_slot().await?;
 
     let flow = flow.ok_or_else(|| ApiError::not_found(format!("no flow `{flow_id}`")))?;
     let limit = flow.trigger.max_body_bytes;
@@ -564,123 +516,6 @@ pub fn answer(
         )
         .with_run_id(run_id)),
     }
-}
-
-/// 503 with `Retry-After`: the gateway is at a limit.
-fn busy(message: &str) -> ApiError {
-    let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
-    err.retry_after_secs = Some(BUSY_RETRY_AFTER_SECS);
-    err
-}
-
-fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the body is over this flow's limit of {limit} bytes"),
-    )
-}
-
-/// The `Content-Length` the sender announced.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-enum BodyState {
-    Unread(Incoming),
-    Read(Bytes),
-    /// Over the limit it was read with, or failed: never read again.
-    Unreadable,
-}
-
-impl BodyState {
-    /// The body, read at most once: up to `limit` bytes within `timeout`.
-    async fn read(
-        &mut self,
-        limit: usize,
-        timeout: std::time::Duration,
-    ) -> Result<Bytes, ApiError> {
-        if let BodyState::Unread(_) = self {
-            let BodyState::Unread(incoming) = std::mem::replace(self, BodyState::Unreadable) else {
-                unreachable!()
-            };
-            let collected = tokio::time::timeout(timeout, Limited::new(incoming, limit).collect())
-                .await
-                .map_err(|_| {
-                    ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
-                        format!(
-                            "the body did not arrive within {}",
-                            humantime::format_duration(timeout)
-                        ),
-                    )
-                })?;
-            match collected {
-                Ok(collected) => *self = BodyState::Read(collected.to_bytes()),
-                Err(e)
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() => {}
-                Err(e) => {
-                    return Err(ApiError::bad_request(format!(
-                        "could not read the request body: {e}"
-                    )));
-                }
-            }
-        }
-        match self {
-            BodyState::Read(bytes) if bytes.len() <= limit => Ok(bytes.clone()),
-            _ => Err(too_large(limit)),
-        }
-    }
-}
-
-/// Reads the body of a request not authenticated yet, within the server-wide
-/// limits that apply alike to every flow, known or not: `None` when it
-/// cannot be read (announced or found over `server.max_body_bytes`, too
-/// slow), so the request stays unauthenticated.
-async fn read_unauthenticated(
-    state: &TriggerState,
-    parts: &Parts,
-    body: &mut BodyState,
-) -> Result<Option<Bytes>, ApiError> {
-    let server = &state.limits.server;
-    let announced = declared_length(&parts.headers);
-    if announced.is_some_and(|length| length > server.max_body_bytes as u64) {
-        return Ok(None);
-    }
-    let reserve = announced.map_or(server.max_body_bytes, |length| length as usize);
-    let kib = u32::try_from(reserve.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    let (Ok(read), Ok(kib)) = (
-        state
-            .limits
-            .unauthenticated_reads
-            .clone()
-            .try_acquire_owned(),
-        state
-            .limits
-            .unauthenticated_kib
-            .clone()
-            .try_acquire_many_owned(kib),
-    ) else {
-        tracing::warn!(
-            "unauthenticated body budget exhausted (server.max_unauthenticated_reads, server.unauthenticated_body_budget)"
-        );
-        return Err(busy("too many requests are being verified; retry shortly"));
-    };
-    let _room = UnauthenticatedRead {
-        _read: read,
-        _kib: kib,
-    };
-    Ok(body
-        .read(server.max_body_bytes, server.body_read_timeout)
-        .await
-        .ok())
 }
 
 async fn authenticate(

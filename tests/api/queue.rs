@@ -273,6 +273,14 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
     let text = app.text_when(&metrics, aborted).await;
     assert!(text.contains(aborted), "{text}");
+    let (dead, depth) = dead_letters_and_depth(&app).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["run_id"], run_id.as_str());
+    assert_eq!(depth, 0);
+}
+
+/// The dead-letter list (as JSON) and the stream's length.
+async fn dead_letters_and_depth(app: &TestApp) -> (Vec<serde_json::Value>, u64) {
     let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
@@ -282,14 +290,16 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(dead.len(), 1);
-    assert!(dead[0].contains(&run_id));
     let depth: u64 = deadpool_redis::redis::cmd("XLEN")
         .arg(flowgate::queue::redis::STREAM_KEY)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(depth, 0);
+    let dead = dead
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    (dead, depth)
 }
 
 #[tokio::test]
@@ -583,15 +593,9 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
         let run_id = response.headers()["x-flowgate-run-id"].to_str().unwrap();
         app.record_when(run_id, |r| r.status == "succeeded").await;
     }
-    let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
-        .arg(flowgate::queue::redis::DEAD_LETTER_KEY)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (dead, depth) = dead_letters_and_depth(&app).await;
     assert_eq!(dead.len(), 1);
-    let letter: serde_json::Value = serde_json::from_str(&dead[0]).unwrap();
+    let letter = &dead[0];
     assert_eq!(letter["run_id"], "poisoned-run");
     assert!(
         letter["reason"].as_str().unwrap().contains("nested"),
@@ -599,10 +603,5 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     );
     // Delivered once: every good run reached the receiver exactly once.
     assert!(runs_received(&receiver).values().all(|&n| n == 1));
-    let depth: u64 = deadpool_redis::redis::cmd("XLEN")
-        .arg(flowgate::queue::redis::STREAM_KEY)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     assert_eq!(depth, 0);
 }
