@@ -383,6 +383,11 @@ impl Config {
                 return Err(ConfigError::new(format!("server.{key} must be above 0")));
             }
         }
+        if s.unauthenticated_body_budget < s.max_body_bytes {
+            return Err(ConfigError::new(
+                "server.unauthenticated_body_budget must be at least server.max_body_bytes",
+            ));
+        }
         Ok(ServerLimits {
             max_body_bytes: s.max_body_bytes,
             header_read_timeout: duration("header_read_timeout", &s.header_read_timeout)?,
