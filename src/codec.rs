@@ -4,11 +4,14 @@
 //! Stored values wrap request bodies, and bodies may be nested up to
 //! [`crate::trigger::body::MAX_BODY_DEPTH`] levels; wrapped in a run input, a
 //! record or a step's output they go deeper than serde_json's own decoding
-//! limit (128), so a value that encoded fine would no longer decode. Both
-//! directions here are bounded by [`MAX_STORED_DEPTH`] instead: encoding
-//! refuses anything deeper, and decoding measures the text's nesting without
-//! recursion first, then decodes it without serde_json's limit, which is safe
-//! because the depth is known to be bounded.
+//! limit (128), so a value that encoded fine would no longer decode.
+//! Decoding here is bounded by [`MAX_STORED_DEPTH`] instead: it measures the
+//! text's nesting without recursion first, then decodes it without
+//! serde_json's limit, which is safe because the depth is known to be
+//! bounded. Encoding does not measure (it is on the request path): a body
+//! the trigger accepted, inside any record or run input, stays well under
+//! the bound, and anything deeper that were ever stored is refused on the
+//! way out, where the queue dead-letters it.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,13 +31,9 @@ pub enum CodecError {
     Invalid(String),
 }
 
-/// `value` as JSON text, refused when nested deeper than [`MAX_STORED_DEPTH`].
+/// `value` as JSON text.
 pub fn encode(value: &impl Serialize) -> Result<String, CodecError> {
-    let text = serde_json::to_string(value).map_err(|e| CodecError::Invalid(e.to_string()))?;
-    match nesting_depth(text.as_bytes()) {
-        depth if depth > MAX_STORED_DEPTH => Err(CodecError::TooDeep(depth)),
-        _ => Ok(text),
-    }
+    serde_json::to_string(value).map_err(|e| CodecError::Invalid(e.to_string()))
 }
 
 /// Decodes what [`encode`] wrote; anything nested deeper than
@@ -52,22 +51,24 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, CodecError> {
 }
 
 /// The deepest nesting of `[` and `{` in JSON text, outside strings; a
-/// single pass without recursion, whatever the text holds.
+/// single pass without recursion, whatever the text holds. String content,
+/// most of a stored value, is skipped a word at a time.
 pub fn nesting_depth(text: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in text {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                // To the closing quote: past every escaped character.
+                i += 1;
+                while let Some(at) = memchr::memchr2(b'"', b'\\', &text[i..]) {
+                    i += at;
+                    if text[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
             }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -75,6 +76,7 @@ pub fn nesting_depth(text: &[u8]) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
 }
@@ -103,6 +105,16 @@ mod tests {
         let text = nested(MAX_STORED_DEPTH);
         let value: Value = decode(&text).expect("decodes at the bound");
         assert_eq!(encode(&value).unwrap(), text);
+        // Anything deeper is written, but refused on the way out.
+        let mut deeper = value;
+        for _ in 0..2 {
+            deeper = Value::Array(vec![deeper]);
+        }
+        let written = encode(&deeper).unwrap();
+        assert!(matches!(
+            decode::<Value>(&written),
+            Err(CodecError::TooDeep(d)) if d == MAX_STORED_DEPTH + 2
+        ));
         assert!(matches!(
             decode::<Value>(&nested(MAX_STORED_DEPTH + 1)),
             Err(CodecError::TooDeep(_))
