@@ -192,10 +192,13 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
 }
 
 /// The run store and the queue on the configured Redis, sharing one pool.
-fn redis_backends(config: &Config) -> anyhow::Result<(Arc<RedisStore>, Arc<RedisQueue>)> {
+fn redis_backends(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<RedisStore>, Arc<RedisQueue>)> {
     let pool = redis_pool(config)?;
     let store = RedisStore::with_pool(pool.clone(), config.runs_retention()?);
-    let queue = RedisQueue::with_pool(pool, store.clone());
+    let queue = RedisQueue::with_pool(pool, store.clone()).with_metrics(metrics.clone());
     Ok((Arc::new(store), Arc::new(queue)))
 }
 
@@ -256,10 +259,10 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let (store, queue) = redis_backends(&config)?;
     let idempotency_headers = config.idempotency_headers()?;
     let limits = crate::trigger::TriggerLimits::new(config.server_limits()?);
     let metrics = Arc::new(Metrics::default());
+    let (store, queue) = redis_backends(&config, &metrics)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         let worker = match with_worker {
@@ -301,8 +304,8 @@ fn worker_only(
     config.worker_settings()?;
     let catalog = load_for_serving(&config);
     let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let (store, queue) = redis_backends(&config)?;
     let metrics = Arc::new(Metrics::default());
+    let (store, queue) = redis_backends(&config, &metrics)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         if let Some(addr) = metrics_listen {

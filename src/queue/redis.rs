@@ -33,9 +33,12 @@ use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 
+use std::sync::Arc;
+
 use super::batch::Batcher;
 use super::{BoxFuture, Delivery, QueueError, RunQueue};
 use crate::engine::RunInput;
+use crate::metrics::Metrics;
 use crate::store::{RedisStore, RunRecord};
 
 /// The stream of accepted runs.
@@ -70,6 +73,8 @@ pub struct RedisQueue {
     pool: Pool,
     records: RedisStore,
     batcher: Batcher,
+    /// Counts runs dead-lettered for an undecodable entry, when set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A Redis (or pool) failure, as the queue and stores report it.
@@ -122,7 +127,14 @@ impl RedisQueue {
             batcher: Batcher::new(pool.clone()),
             pool,
             records,
+            metrics: None,
         }
+    }
+
+    /// Counts runs whose entry could not be decoded as `aborted` in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Creates the consumer group if it does not exist yet.
@@ -206,10 +218,17 @@ impl RedisQueue {
             tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter an entry");
             return;
         }
-        if let Some(run_id) = run_id
-            && let Err(e) = self.records.abort(&run_id, &reason).await
-        {
-            tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted");
+        let Some(run_id) = run_id else { return };
+        match self.records.abort(&run_id, &reason).await {
+            Ok(Some(flow)) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.run(&flow, "aborted");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted")
+            }
         }
     }
 }

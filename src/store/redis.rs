@@ -193,13 +193,15 @@ fn decode(json: &str) -> Result<RunRecord, QueueError> {
 }
 
 impl RedisStore {
-    /// Records a run as aborted for `reason`, when its record exists.
-    pub async fn abort(&self, run_id: &str, reason: &str) -> Result<(), QueueError> {
+    /// Records a run as aborted for `reason`, when its record exists;
+    /// the run's flow then.
+    pub async fn abort(&self, run_id: &str, reason: &str) -> Result<Option<String>, QueueError> {
         let Some(mut record) = self.get(run_id).await? else {
-            return Ok(());
+            return Ok(None);
         };
         record.abort(reason);
-        self.save(&record).await
+        self.save(&record).await?;
+        Ok(Some(record.flow))
     }
 }
 

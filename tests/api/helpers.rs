@@ -78,7 +78,9 @@ impl TestApp {
         let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
         let records =
             flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
-        let queue = Arc::new(RedisQueue::with_pool(pool, records.clone()));
+        let queue = Arc::new(
+            RedisQueue::with_pool(pool, records.clone()).with_metrics(self.metrics.clone()),
+        );
         let settings = WorkerSettings {
             concurrency,
             reclaim_after,

@@ -604,4 +604,8 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     // Delivered once: every good run reached the receiver exactly once.
     assert!(runs_received(&receiver).values().all(|&n| n == 1));
     assert_eq!(depth, 0);
+    let metrics = format!("http://{}/metrics", app.addr);
+    let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
+    let text = app.text_when(&metrics, aborted).await;
+    assert!(text.contains(aborted), "{text}");
 }
