@@ -765,3 +765,63 @@ async fn rediss_urls_reach_a_tls_redis() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+#[tokio::test]
+async fn http2_streams_are_limited_and_cannot_take_the_gateway() {
+    let limits = flowgate::config::ServerLimits {
+        max_unauthenticated_reads: 4,
+        http2_max_concurrent_streams: 8,
+        ..Default::default()
+    };
+    let app = app_with_limits(limits).await;
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // The server's settings arrive with its first frames.
+    let (first, _) = client
+        .send_request(http::Request::get("/healthz").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 8);
+    let mut client = client.ready().await.unwrap();
+    let request = |path: &str, length: usize| {
+        http::Request::post(path)
+            .header("content-type", "application/json")
+            .header("content-length", length)
+            .body(())
+            .unwrap()
+    };
+    // Four streams announce a body to the signature flow and send one byte.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (response, mut body) = client
+            .send_request(request("/v1/flow-webhook/gh", 900_000), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(b"{"), false)
+            .unwrap();
+        held.push((response, body));
+        client = client.ready().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fifth, mut body) = client
+        .send_request(request("/v1/flow-webhook/gh", 2), false)
+        .unwrap();
+    body.send_data(bytes::Bytes::from_static(b"{}"), true)
+        .unwrap();
+    let fifth = tokio::time::timeout(Duration::from_secs(5), fifth)
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(fifth.status(), 503);
+    assert_eq!(fifth.headers()["retry-after"], "1");
+    let mut client = client.ready().await.unwrap();
+    let (health, _) = client
+        .send_request(http::Request::get("/healthz").body(()).unwrap(), true)
+        .unwrap();
+    let health = tokio::time::timeout(Duration::from_secs(5), health)
+        .await
+        .expect("health is not held up")
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
