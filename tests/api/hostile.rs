@@ -825,3 +825,21 @@ async fn http2_streams_are_limited_and_cannot_take_the_gateway() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let app = app_with_limits(short_limits()).await;
+    let tcp = TcpStream::connect(app.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (health, _) = client
+        .send_request(http::Request::get("/healthz").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(health.await.unwrap().status(), 200);
+    // Nothing in progress for `idle_timeout` (1 s): the gateway hangs up,
+    // although the client keeps its side open.
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+    drop(client);
+}
