@@ -55,13 +55,7 @@ async fn deeply_nested_xml_is_refused_and_the_gateway_lives_on() {
             "{body}"
         );
     }
-    let health = app
-        .client
-        .get(format!("http://{}/healthz", app.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(healthz(&app, Duration::from_secs(5)).await, Some(200));
 }
 
 #[tokio::test]
