@@ -161,5 +161,12 @@ mod tests {
         );
         let with_run = ApiError::internal().with_run_id("r1");
         assert!(with_run.body_json().ends_with(r#""data":{"run_id":"r1"}}"#));
+        // The paused answer is the envelope, byte for byte.
+        let paused = ApiError::new(
+            StatusCode::OK,
+            "biz_logic",
+            "Flow status is `paused`. Unpause to run this flow using a webhook",
+        );
+        assert_eq!(paused.body_json(), PAUSED_BODY);
     }
 }

@@ -126,19 +126,27 @@ impl TestApp {
         command
     }
 
-    /// GETs `url` until its body contains `needle` (or 10 s pass); the last body.
+    /// GETs `url` until its body contains `needle`; fails the test when
+    /// 10 s pass without it. The body that contained it.
     pub async fn text_when(&self, url: &str, needle: &str) -> String {
         let mut text = String::new();
         for _ in 0..200 {
             if let Ok(response) = self.client.get(url).send().await {
                 text = response.text().await.unwrap_or_default();
                 if text.contains(needle) {
-                    break;
+                    return text;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        text
+        panic!("{url} never answered with `{needle}`; last answer: {text}")
+    }
+
+    /// Waits until the queue holds nothing: every accepted run ended and was
+    /// acknowledged, so none can be delivered again.
+    pub async fn drained(&self) {
+        let readyz = format!("http://{}/readyz", self.addr);
+        self.text_when(&readyz, "\"queue_depth\":0}").await;
     }
 
     /// The run store of this app's Redis.

@@ -122,7 +122,7 @@ async fn async_repeats_and_provider_delivery_ids() {
         receiver.requests().len() == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.drained().await;
     assert_eq!(receiver.requests().len(), 1);
 }
 

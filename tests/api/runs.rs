@@ -2,7 +2,6 @@
 //! timed-out and async runs, and what it never shows.
 
 use std::process::Command;
-use std::time::Duration;
 
 use flowgate::store::RunStore as _;
 
@@ -156,9 +155,25 @@ async fn paused_flows_and_refused_requests_record_nothing() {
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
     assert_eq!(app.post_json("f", "{oops").await.status(), 400);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Records are written in the background: wait for a later run's record
+    // (sent after the refused requests) before checking they left none.
+    let later = app.post_json("f", r#"{"a": 1, "b": 1}"#).await;
+    let later_id = later.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&later_id, |r| r.status == "succeeded")
+        .await;
     assert!(app.store().list("p", 10).await.unwrap().is_empty());
-    assert!(app.store().list("f", 10).await.unwrap().is_empty());
+    let recorded: Vec<String> = app
+        .store()
+        .list("f", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(recorded, vec![later_id]);
 }
 
 #[tokio::test]
