@@ -231,11 +231,26 @@ pub struct AuthConfig {
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// Redis connection URL; put a password in the environment override, not in the file.
     pub url: String,
+}
+
+impl fmt::Debug for RedisConfig {
+    /// The URL without its password, which must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = match url::Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("[redacted]"));
+                url.to_string()
+            }
+            Ok(_) => self.url.clone(),
+            Err(_) => "[unparsable url]".to_owned(),
+        };
+        f.debug_struct("RedisConfig").field("url", &shown).finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -612,6 +627,21 @@ mod tests {
         assert_eq!(config.server.listen, "0.0.0.0:9000");
         assert!(config.http.allow_private_networks);
         assert_eq!(config.server.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn a_redis_password_never_prints() {
+        let vars = env(&[(
+            "FLOWGATE_REDIS__URL",
+            "rediss://user:s3cret@cache.example:6380/0",
+        )]);
+        let config = Config::load_with_env(None, &vars).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("rediss://user:%5Bredacted%5D@cache.example:6380/0"),
+            "{shown}"
+        );
     }
 
     #[test]
