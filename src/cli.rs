@@ -10,17 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use serde_json::json;
 
+use crate::app::{App, Backends, Settings};
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, HttpClient, RunInput, RunOptions};
+use crate::engine::{Engine, HttpClient, RunOptions};
 use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
 use crate::metrics::Metrics;
-use crate::queue::RedisQueue;
-use crate::store::RedisStore;
 use crate::token::TokenKeys;
-use crate::trigger::TriggerState;
-use crate::worker::Worker;
 
 /// Exit code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -191,21 +187,25 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
     SharedCatalog::new(report.catalog)
 }
 
-/// The run store and the queue on the configured Redis, sharing one pool.
-fn redis_backends(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<RedisStore>, Arc<RedisQueue>)> {
-    let pool = redis_pool(config)?;
-    let store = RedisStore::with_pool(pool.clone(), config.runs_retention()?);
-    let queue = RedisQueue::with_pool(pool, store.clone()).with_metrics(metrics.clone());
-    Ok((Arc::new(store), Arc::new(queue)))
+/// The app on the configured backends, with the flows loaded for serving.
+fn build_app(config: &Config) -> anyhow::Result<App> {
+    let settings = Settings::from_config(config)?;
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let metrics = Arc::new(Metrics::default());
+    let backends = backends(config, &metrics)?;
+    Ok(App::new(
+        settings,
+        keys,
+        load_for_serving(config),
+        backends,
+        metrics,
+    ))
 }
 
-fn redis_pool(config: &Config) -> anyhow::Result<deadpool_redis::Pool> {
-    let pool = crate::queue::redis::connect(&config.redis.url)
-        .map_err(|e| ConfigError(format!("redis.url: {e}")))?;
-    Ok(pool)
+/// The configured storage backends.
+fn backends(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Backends> {
+    Backends::redis(&config.redis.url, config.runs_retention()?, metrics)
+        .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
 }
 
 /// One shutdown source for the whole process: SIGINT or SIGTERM (SIGHUP is
@@ -225,71 +225,26 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 fn spawn_worker(
-    config: &Config,
-    metrics: Arc<Metrics>,
-    queue: Arc<RedisQueue>,
-    runs: Arc<RedisStore>,
-    engine: Engine,
-    catalog: SharedCatalog,
+    app: &App,
+    grace: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let settings = config.worker_settings()?;
-    let grace = config.shutdown_grace()?;
-    let worker = Arc::new(Worker::new(
-        queue.clone(),
-        runs,
-        engine,
-        catalog,
-        Worker::unique_consumer_name(),
-        settings,
-        metrics,
-    ));
-    Ok(tokio::spawn(async move {
-        if let Err(e) = queue.ensure_group().await {
-            tracing::warn!(error = %e, "cannot prepare the run queue yet; workers keep trying");
-        }
-        worker.run(shutdown_requested(shutdown), grace).await;
-    }))
+) -> tokio::task::JoinHandle<()> {
+    let worker = app.worker();
+    tokio::spawn(async move { worker.run(shutdown_requested(shutdown), grace).await })
 }
 
 fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
-    let keys = TokenKeys::new(&config.signing_key()?);
     let addr = config.listen_addr()?;
     let grace = config.shutdown_grace()?;
-    config.worker_settings()?;
-    let catalog = load_for_serving(&config);
-    let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let idempotency_headers = config.idempotency_headers()?;
-    let limits = crate::trigger::TriggerLimits::new(config.server_limits()?);
-    let metrics = Arc::new(Metrics::default());
-    let (store, queue) = redis_backends(&config, &metrics)?;
+    let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        let worker = match with_worker {
-            true => Some(spawn_worker(&config, metrics.clone(), queue.clone(), store.clone(), engine.clone(), catalog.clone(), shutdown.clone())?),
-            false => None,
-        };
-        let state = Arc::new(TriggerState {
-            keys,
-            engine,
-            catalog,
-            queue,
-            idempotency: store.clone(),
-            runs: store,
-            idempotency_headers,
-            metrics,
-            record_slots: Arc::new(tokio::sync::Semaphore::new(crate::trigger::MAX_PENDING_RECORDS)),
-            limits,
-            redaction: crate::trigger::redact::Redaction::new(
-                &config.server.redact_headers,
-                &config.server.redact_query,
-            ),
-        });
+        let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, workers = with_worker, "flowgate listening");
-        crate::server::serve(listener, state, shutdown_requested(shutdown), grace).await;
+        crate::server::serve(listener, app.gateway(), shutdown_requested(shutdown), grace).await;
         if let Some(worker) = worker {
             let _ = worker.await;
         }
@@ -301,11 +256,8 @@ fn worker_only(
     config: Config,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    config.worker_settings()?;
-    let catalog = load_for_serving(&config);
-    let engine = Engine::new(HttpClient::new(config.http.allow_private_networks));
-    let metrics = Arc::new(Metrics::default());
-    let (store, queue) = redis_backends(&config, &metrics)?;
+    let grace = config.shutdown_grace()?;
+    let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         if let Some(addr) = metrics_listen {
@@ -315,13 +267,12 @@ fn worker_only(
             tracing::info!(address = %listener.local_addr()?, "worker metrics listening");
             tokio::spawn(crate::server::serve_worker_metrics(
                 listener,
-                metrics.clone(),
-                queue.clone(),
+                app.metrics().clone(),
+                app.backends().queue.clone(),
                 shutdown_requested(shutdown.clone()),
             ));
         }
-        let worker = spawn_worker(&config, metrics, queue, store, engine, catalog, shutdown)?;
-        let _ = worker.await;
+        let _ = spawn_worker(&app, grace, shutdown).await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -382,23 +333,21 @@ fn render(
     let body = crate::trigger::body::parse(Some(content_type), &raw, flow.trigger.accept_any)
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let run_id = "render".to_owned();
-    let input = RunInput {
-        run_id: run_id.clone(),
-        flow_id: flow.id.clone(),
-        mode: flow.trigger.mode.as_str().to_owned(),
-        live: flow.status == crate::flow::FlowStatus::Live,
-        body: Arc::new(body),
-        request: Arc::new(json!({
-            "method": "POST",
-            "path": format!("{}{}", crate::trigger::PATH_PREFIX, flow.id),
-            "query": {},
-            "headers": { "content-type": content_type },
-            "raw": String::from_utf8_lossy(&raw),
-            "received_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "id": "render",
-        })),
-        resume: None,
-    };
+    // As if POSTed to the flow's URL, so templates see what a sender's request gives them.
+    let (parts, ()) = http::Request::post(format!("{}{}", crate::trigger::PATH_PREFIX, flow.id))
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(())
+        .context("the content type is not a valid header value")?
+        .into_parts();
+    let input = crate::trigger::run_input(
+        &flow,
+        &parts,
+        &raw,
+        body,
+        run_id.clone(),
+        "render",
+        &Settings::from_config(config)?.redaction,
+    );
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));
     let run = runtime()?.block_on(engine.run(
@@ -483,8 +432,7 @@ fn preview_text(text: &str) -> String {
 }
 
 fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
-    use crate::store::RunStore as _;
-    let store = RedisStore::with_pool(redis_pool(config)?, config.runs_retention()?);
+    let store = backends(config, &Arc::new(Metrics::default()))?.runs;
     let rt = runtime()?;
     match command {
         RunsCommand::List { flow, limit, json } => {

@@ -27,9 +27,11 @@
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`store`]: stores beside the queue: run records and idempotency keys.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
+//! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -264,6 +264,10 @@ impl Worker {
         let mut last_reclaim: Option<Instant> = None;
         let mut last_promote: Option<Instant> = None;
         tokio::pin!(shutdown);
+        if let Err(e) = self.queue.prepare().await {
+            // Reading the queue prepares it again once it answers.
+            tracing::warn!(error = %e, "cannot prepare the run queue yet; the worker keeps trying");
+        }
         tracing::info!(consumer = %self.consumer, concurrency, "worker started");
         loop {
             let free = slots.available_permits();

@@ -49,6 +49,10 @@ pub struct Delivery {
 
 /// Where async runs wait.
 pub trait RunQueue: Send + Sync {
+    /// Creates what the backend needs before runs can be handed out; safe
+    /// to call again. Workers call it when they start.
+    fn prepare(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+
     /// Stores a run durably, with its first record when given (in the same
     /// round trip where the backend can); only after `Ok` may the sender be
     /// told it was accepted.

@@ -298,6 +298,10 @@ pub fn now_ms() -> u64 {
 }
 
 impl RunQueue for RedisQueue {
+    fn prepare(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.ensure_group())
+    }
+
     fn enqueue<'a>(
         &'a self,
         input: &'a RunInput,

@@ -215,21 +215,15 @@ async fn handle_inner(
         .and_then(|v| v.to_str().ok());
     let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let input = RunInput {
-        run_id: run_id.clone(),
-        flow_id: flow.id.clone(),
-        mode: flow.trigger.mode.as_str().to_owned(),
-        live: flow.status == FlowStatus::Live,
-        body: Arc::new(parsed),
-        request: Arc::new(request_object(
-            &parts,
-            &raw,
-            request_id,
-            &state.redaction,
-            &flow.trigger,
-        )),
-        resume: None,
-    };
+    let input = run_input(
+        &flow,
+        &parts,
+        &raw,
+        parsed,
+        run_id.clone(),
+        request_id,
+        &state.redaction,
+    );
     let idempotency_key = parts
         .headers
         .iter()
@@ -592,6 +586,34 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The run a trigger request starts, from the request's head, its body as
+/// received and as parsed: the one place a [`RunInput`] comes from HTTP.
+pub fn run_input(
+    flow: &Flow,
+    parts: &Parts,
+    raw: &[u8],
+    body: Value,
+    run_id: String,
+    request_id: &str,
+    redaction: &redact::Redaction,
+) -> RunInput {
+    RunInput {
+        run_id,
+        flow_id: flow.id.clone(),
+        mode: flow.trigger.mode.as_str().to_owned(),
+        live: flow.status == FlowStatus::Live,
+        body: Arc::new(body),
+        request: Arc::new(request_object(
+            parts,
+            raw,
+            request_id,
+            redaction,
+            &flow.trigger,
+        )),
+        resume: None,
+    }
 }
 
 /// The `request` object templates see. `authorization` and a query token

@@ -9,12 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use flowgate::app::{App, Backends, Settings};
 use flowgate::config::Secret;
-use flowgate::engine::{Engine, HttpClient};
 use flowgate::flow::{LoadOptions, SharedCatalog, load_catalog};
-use flowgate::queue::RedisQueue;
 use flowgate::token::TokenKeys;
-use flowgate::trigger::TriggerState;
 use flowgate::worker::{Worker, WorkerSettings};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -31,8 +29,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: TokenKeys,
     pub redis: RedisServer,
-    pub catalog: SharedCatalog,
-    pub metrics: Arc<flowgate::metrics::Metrics>,
+    /// The assembled app the gateway serves; workers come from it too.
+    pub app: App,
     /// Holds the flows folder as long as the gateway lives.
     pub dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
@@ -58,14 +56,7 @@ impl TestApp {
     pub fn start_worker_with(&self, concurrency: usize, reclaim_after: Duration) {
         let worker = self.worker(concurrency, reclaim_after);
         let mut stop = self.shutdown.subscribe();
-        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
-        let queue = RedisQueue::with_pool(
-            pool.clone(),
-            flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600)),
-        );
         tokio::spawn(async move {
-            // Redis may be down right now; the worker creates the group once it is back.
-            let _ = queue.ensure_group().await;
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -75,26 +66,11 @@ impl TestApp {
 
     /// A worker on this app's Redis and flows, not started.
     pub fn worker(&self, concurrency: usize, reclaim_after: Duration) -> Arc<Worker> {
-        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
-        let records =
-            flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
-        let queue = Arc::new(
-            RedisQueue::with_pool(pool, records.clone()).with_metrics(self.metrics.clone()),
-        );
-        let settings = WorkerSettings {
+        self.app.worker_with(WorkerSettings {
             concurrency,
             reclaim_after,
             poll_wait: Duration::from_millis(200),
-        };
-        Arc::new(Worker::new(
-            queue,
-            Arc::new(records),
-            Engine::new(HttpClient::new(true)),
-            self.catalog.clone(),
-            Worker::unique_consumer_name(),
-            settings,
-            self.metrics.clone(),
-        ))
+        })
     }
 
     /// Starts the `flowgate` binary with `args`, configured for this app's
@@ -261,35 +237,22 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     );
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
     let redis = RedisServer::start(options.redis_aof);
-    let pool = flowgate::queue::redis::connect(&redis.url()).unwrap();
-    let records = flowgate::store::RedisStore::with_pool(pool.clone(), Duration::from_secs(3600));
-    let queue = Arc::new(RedisQueue::with_pool(pool.clone(), records));
-    queue.ensure_group().await.unwrap();
-    let catalog = SharedCatalog::new(report.catalog);
     let metrics = Arc::new(flowgate::metrics::Metrics::default());
-    let state = Arc::new(TriggerState {
-        metrics: metrics.clone(),
-        record_slots: Arc::new(tokio::sync::Semaphore::new(
-            flowgate::trigger::MAX_PENDING_RECORDS,
-        )),
-        keys: keys.clone(),
-        engine: Engine::new(HttpClient::new(options.allow_private_networks)),
-        catalog: catalog.clone(),
-        queue,
-        idempotency: Arc::new(flowgate::store::RedisStore::with_pool(
-            pool.clone(),
-            Duration::from_secs(3600),
-        )),
-        runs: Arc::new(flowgate::store::RedisStore::with_pool(
-            pool,
-            Duration::from_secs(3600),
-        )),
-        idempotency_headers: flowgate::config::Config::default()
-            .idempotency_headers()
-            .unwrap(),
-        limits: flowgate::trigger::TriggerLimits::new(options.limits),
-        redaction: Default::default(),
-    });
+    let backends = Backends::redis(&redis.url(), Duration::from_secs(3600), &metrics).unwrap();
+    backends.queue.prepare().await.unwrap();
+    let settings = Settings {
+        limits: options.limits,
+        allow_private_networks: options.allow_private_networks,
+        ..Settings::default()
+    };
+    let app = App::new(
+        settings,
+        keys.clone(),
+        SharedCatalog::new(report.catalog),
+        backends,
+        metrics,
+    );
+    let state = app.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, mut rx) = watch::channel(false);
@@ -306,8 +269,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         client: reqwest::Client::new(),
         keys,
         redis,
-        catalog,
-        metrics,
+        app,
         dir,
         shutdown: tx,
     };

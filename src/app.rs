@@ -1,0 +1,164 @@
+//! Assembling flowgate: the one place that builds the gateway's state and
+//! its workers from typed settings, the loaded flows and the storage
+//! backends. `flowgate serve`, `flowgate worker` and the integration tests
+//! all go through [`App`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, ServerLimits};
+use crate::engine::{Engine, HttpClient};
+use crate::flow::SharedCatalog;
+use crate::metrics::Metrics;
+use crate::queue::{QueueError, RedisQueue, RunQueue};
+use crate::store::{IdempotencyStore, RedisStore, RunStore};
+use crate::token::TokenKeys;
+use crate::trigger::redact::Redaction;
+use crate::trigger::{MAX_PENDING_RECORDS, TriggerLimits, TriggerState};
+use crate::worker::{Worker, WorkerSettings};
+
+/// The shared state behind the gateway and its workers.
+#[derive(Clone)]
+pub struct Backends {
+    /// Where async runs wait.
+    pub queue: Arc<dyn RunQueue>,
+    /// Run records.
+    pub runs: Arc<dyn RunStore>,
+    /// Idempotency keys.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl Backends {
+    /// Redis at `url`, one connection pool shared by the queue and the
+    /// stores; records are kept for `retention`. Runs dead-lettered by the
+    /// queue itself are counted in `metrics`.
+    pub fn redis(
+        url: &str,
+        retention: Duration,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, QueueError> {
+        let pool = crate::queue::redis::connect(url)?;
+        let store = Arc::new(RedisStore::with_pool(pool.clone(), retention));
+        let queue = RedisQueue::with_pool(pool, (*store).clone()).with_metrics(metrics.clone());
+        Ok(Self {
+            queue: Arc::new(queue),
+            runs: store.clone(),
+            idempotency: store,
+        })
+    }
+}
+
+/// Everything [`App`] needs besides flows and backends, parsed and typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `[server]` limits and timeouts.
+    pub limits: ServerLimits,
+    /// Headers carrying an idempotency key, first match wins.
+    pub idempotency_headers: Vec<http::HeaderName>,
+    /// Credentials redacted from trigger requests.
+    pub redaction: Redaction,
+    /// How workers behave.
+    pub worker: WorkerSettings,
+    /// Let `http` steps reach loopback and private addresses.
+    pub allow_private_networks: bool,
+}
+
+impl Settings {
+    /// The settings `config` describes.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            limits: config.server_limits()?,
+            idempotency_headers: config.idempotency_headers()?,
+            redaction: Redaction::new(&config.server.redact_headers, &config.server.redact_query),
+            worker: config.worker_settings()?,
+            allow_private_networks: config.http.allow_private_networks,
+        })
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_config(&Config::default()).expect("the defaults are valid")
+    }
+}
+
+/// A built flowgate: hands out the gateway's state and workers, all sharing
+/// the same flows, engine, backends and metrics.
+pub struct App {
+    settings: Settings,
+    keys: TokenKeys,
+    catalog: SharedCatalog,
+    engine: Engine,
+    backends: Backends,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Assembles an app; `keys` verify flow tokens.
+    pub fn new(
+        settings: Settings,
+        keys: TokenKeys,
+        catalog: SharedCatalog,
+        backends: Backends,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            engine: Engine::new(HttpClient::new(settings.allow_private_networks)),
+            settings,
+            keys,
+            catalog,
+            backends,
+            metrics,
+        }
+    }
+
+    /// The state the gateway serves requests with.
+    pub fn gateway(&self) -> Arc<TriggerState> {
+        Arc::new(TriggerState {
+            keys: self.keys.clone(),
+            engine: self.engine.clone(),
+            catalog: self.catalog.clone(),
+            queue: self.backends.queue.clone(),
+            idempotency: self.backends.idempotency.clone(),
+            runs: self.backends.runs.clone(),
+            metrics: self.metrics.clone(),
+            record_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
+            idempotency_headers: self.settings.idempotency_headers.clone(),
+            limits: TriggerLimits::new(self.settings.limits.clone()),
+            redaction: self.settings.redaction.clone(),
+        })
+    }
+
+    /// A worker with a consumer name unique to it, using `settings`.
+    pub fn worker_with(&self, settings: WorkerSettings) -> Arc<Worker> {
+        Arc::new(Worker::new(
+            self.backends.queue.clone(),
+            self.backends.runs.clone(),
+            self.engine.clone(),
+            self.catalog.clone(),
+            Worker::unique_consumer_name(),
+            settings,
+            self.metrics.clone(),
+        ))
+    }
+
+    /// A worker with the configured settings.
+    pub fn worker(&self) -> Arc<Worker> {
+        self.worker_with(self.settings.worker.clone())
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The metrics every part counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The flows.
+    pub fn catalog(&self) -> &SharedCatalog {
+        &self.catalog
+    }
+}
