@@ -396,7 +396,7 @@ fn render(
         .block_on(http_body_util::BodyExt::collect(response.into_body()))?
         .to_bytes();
     println!("{}", String::from_utf8_lossy(&body));
-    Ok(if run.status == crate::engine::RunStatus::Succeeded {
+    Ok(if run.status == crate::engine::RunState::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

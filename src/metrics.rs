@@ -74,8 +74,8 @@ impl Metrics {
     }
 
     /// Counts an ended run.
-    pub fn run(&self, flow: &str, status: &'static str) {
-        self.runs.add(flow, status);
+    pub fn run(&self, flow: &str, state: crate::engine::RunState) {
+        self.runs.add(flow, state.as_str());
     }
 
     /// Observes the time an async run waited in the queue.
@@ -166,7 +166,7 @@ mod tests {
         let m = Metrics::default();
         m.request("signup", 200);
         m.request("signup", 200);
-        m.run("signup", "failed");
+        m.run("signup", crate::engine::RunState::Failed);
         m.queue_lag(Duration::from_millis(30));
         m.queue_lag(Duration::from_secs(3));
         let text = m.render(Some(4));

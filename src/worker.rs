@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::engine::{Engine, RunOptions, RunStatus};
+use crate::engine::{Engine, RunOptions, RunState};
 use crate::flow::SharedCatalog;
 use crate::metrics::Metrics;
 use crate::queue::redis::now_ms;
@@ -63,7 +63,7 @@ pub enum Outcome {
         /// The run.
         run_id: String,
         /// How it ended.
-        status: RunStatus,
+        status: RunState,
     },
     /// A run stopped to wait for a step's retry and was scheduled again.
     Deferred {
@@ -165,7 +165,7 @@ impl Worker {
             None => {
                 let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
                 tracing::error!(run_id = %run_id, %reason, "run abandoned");
-                self.metrics.run(&delivery.input.flow_id, "aborted");
+                self.metrics.run(&delivery.input.flow_id, RunState::Aborted);
                 let record = self
                     .runs
                     .get(&run_id)
@@ -184,7 +184,8 @@ impl Worker {
                 let first = !delivery.reclaimed && delivery.input.resume.is_none();
                 let mut record = match (&delivery.answer, first) {
                     (Some(answer), true) => {
-                        let mut record = RunRecord::accepted(flow, &delivery.input, "queued");
+                        let mut record =
+                            RunRecord::accepted(flow, &delivery.input, RunState::Queued);
                         record.response = Some(answer.clone());
                         record
                     }
@@ -235,7 +236,7 @@ impl Worker {
                 if let Some(retry) = report.retry {
                     return self.defer(delivery, record, retry).await;
                 }
-                self.metrics.run(&flow.id, report.status.as_str());
+                self.metrics.run(&flow.id, report.status);
                 let outcome = Outcome::Executed {
                     run_id,
                     status: report.status,
@@ -375,7 +376,7 @@ impl Worker {
             record.interrupted
         );
         tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
-        self.metrics.run(&record.flow, "aborted");
+        self.metrics.run(&record.flow, RunState::Aborted);
         record.abort(&reason);
         // Moved first, so a record saying `aborted` means the run is gone
         // from the queue.
@@ -395,8 +396,8 @@ impl Worker {
     async fn stored_record(&self, flow: &crate::flow::Flow, delivery: &Delivery) -> RunRecord {
         let stored = self.runs.get(&delivery.input.run_id).await.ok().flatten();
         let mut record =
-            stored.unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, "queued"));
-        if delivery.reclaimed && record.status == "queued" {
+            stored.unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, RunState::Queued));
+        if delivery.reclaimed && record.status == RunState::Queued {
             record.attempt += 1;
             record.interrupted += 1;
         }

@@ -65,29 +65,79 @@ pub struct RunOptions {
     pub defer_retries: bool,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
+/// Where a run stands: the one vocabulary of run states, shared by the
+/// engine's reports, run records, metrics, the CLI and logs. Written as
+/// `queued`, `running`, `succeeded`, `failed`, `timed_out` and `aborted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunState {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// Executing.
+    Running,
+    /// Stopped to wait for a step's retry (see [`RunReport::retry`]);
+    /// written as `queued`, with the record's `next_attempt_at`.
+    Waiting,
     /// Every step ran or was skipped, or failed with `on_error = "continue"`.
     Succeeded,
     /// A step failed with `on_error = "stop"`, or a `fail` step ran.
     Failed,
     /// The flow's `timeout` passed.
     TimedOut,
-    /// Stopped to wait for a step's retry; see [`RunReport::retry`].
-    Waiting,
+    /// Given up on: dead-lettered, or its flow is no longer loaded.
+    Aborted,
 }
 
-impl RunStatus {
-    /// The status as shown to users.
+impl RunState {
+    /// The state as users see it.
     pub fn as_str(self) -> &'static str {
         match self {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::TimedOut => "timed_out",
-            RunStatus::Waiting => "queued",
+            RunState::Queued | RunState::Waiting => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::TimedOut => "timed_out",
+            RunState::Aborted => "aborted",
         }
+    }
+
+    /// The state written as `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => RunState::Queued,
+            "running" => RunState::Running,
+            "succeeded" => RunState::Succeeded,
+            "failed" => RunState::Failed,
+            "timed_out" => RunState::TimedOut,
+            "aborted" => RunState::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so table columns (`{:<9}`) line up.
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for RunState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        RunState::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown run state `{text}`")))
     }
 }
 
@@ -127,7 +177,7 @@ pub struct RunError {
 #[derive(Debug)]
 pub struct RunReport {
     /// How the run ended.
-    pub status: RunStatus,
+    pub status: RunState,
     /// The error, for failed and timed-out runs.
     pub error: Option<RunError>,
     /// One trace per step execution, in order.
@@ -138,7 +188,7 @@ pub struct RunReport {
     pub scope: Scope,
     /// Wall time of the run.
     pub duration: Duration,
-    /// For [`RunStatus::Waiting`]: when and where to pick the run up.
+    /// For [`RunState::Waiting`]: when and where to pick the run up.
     pub retry: Option<ScheduledRetry>,
 }
 
@@ -185,7 +235,8 @@ impl Halt {
     }
 }
 
-struct RunState<'a> {
+/// What one execution of a run carries while its steps run.
+struct Execution<'a> {
     env: &'a template::Env,
     options: RunOptions,
     traces: Vec<StepTrace>,
@@ -201,7 +252,7 @@ impl Engine {
     }
 
     /// Builds the template scope a run starts with; `run.status` is `status`.
-    pub fn initial_scope(flow: &Flow, input: &RunInput, status: &str) -> Scope {
+    pub fn initial_scope(flow: &Flow, input: &RunInput, status: RunState) -> Scope {
         let mut scope = Scope::default();
         scope.set_shared_json(&flow.trigger.ref_id, input.body.clone());
         scope.set_shared_json("request", input.request.clone());
@@ -218,8 +269,8 @@ impl Engine {
         options: RunOptions,
     ) -> RunReport {
         let started = Instant::now();
-        let mut scope = Self::initial_scope(flow, input, "running");
-        let mut state = RunState {
+        let mut scope = Self::initial_scope(flow, input, RunState::Running);
+        let mut state = Execution {
             env: &catalog.env,
             options,
             traces: Vec::new(),
@@ -247,8 +298,8 @@ impl Engine {
         .await;
         let mut retry = None;
         let (status, error) = match outcome {
-            Ok(Ok(())) => (RunStatus::Succeeded, None),
-            Ok(Err(Halt::Failed(error))) => (RunStatus::Failed, Some(error)),
+            Ok(Ok(())) => (RunState::Succeeded, None),
+            Ok(Err(Halt::Failed(error))) => (RunState::Failed, Some(error)),
             Ok(Err(Halt::Defer {
                 step,
                 attempts,
@@ -266,10 +317,10 @@ impl Engine {
                     },
                     delay,
                 });
-                (RunStatus::Waiting, None)
+                (RunState::Waiting, None)
             }
             Err(_) => (
-                RunStatus::TimedOut,
+                RunState::TimedOut,
                 Some(RunError {
                     step: None,
                     message: format!(
@@ -279,7 +330,7 @@ impl Engine {
                 }),
             ),
         };
-        scope.set_json("run", run_object(flow, input, status.as_str()));
+        scope.set_json("run", run_object(flow, input, status));
         RunReport {
             status,
             error,
@@ -298,7 +349,7 @@ impl Engine {
         start: usize,
         attempts: u32,
         scope: &mut Scope,
-        state: &mut RunState<'_>,
+        state: &mut Execution<'_>,
     ) -> Result<(), Halt> {
         for (index, step) in steps.iter().enumerate().skip(start) {
             let before = if index == start { attempts } else { 0 };
@@ -313,7 +364,7 @@ impl Engine {
         steps: &'a [Step],
         prefix: String,
         scope: &'a mut Scope,
-        state: &'a mut RunState<'_>,
+        state: &'a mut Execution<'_>,
     ) -> StepsFuture<'a>
     where
         Self: Sync,
@@ -334,7 +385,7 @@ impl Engine {
         step: &Step,
         prefix: &str,
         scope: &mut Scope,
-        state: &mut RunState<'_>,
+        state: &mut Execution<'_>,
         attempts_before: u32,
         top_level: Option<usize>,
     ) -> Result<(), Halt> {
@@ -441,7 +492,7 @@ impl Engine {
         failure: StepFailure,
         clock: Instant,
         scope: &mut Scope,
-        state: &mut RunState<'_>,
+        state: &mut Execution<'_>,
     ) -> Result<(), Halt> {
         trace.status = "failed".into();
         trace.error = Some(failure.message.clone());
@@ -466,7 +517,7 @@ impl Engine {
         step: &Step,
         path: &str,
         scope: &mut Scope,
-        state: &mut RunState<'_>,
+        state: &mut Execution<'_>,
         input: &mut serde_json::Value,
     ) -> Result<serde_json::Value, StepFailure> {
         let render_err = |e: minijinja::Error| StepFailure::fatal(template::describe_at(&e));
@@ -580,7 +631,7 @@ impl Engine {
         &self,
         action: &HttpAction,
         scope: &Scope,
-        state: &RunState<'_>,
+        state: &Execution<'_>,
         input: &mut serde_json::Value,
     ) -> Result<serde_json::Value, StepFailure> {
         let ctx = scope.context();
@@ -650,13 +701,13 @@ impl Engine {
     }
 }
 
-fn run_object(flow: &Flow, input: &RunInput, status: &str) -> serde_json::Value {
+fn run_object(flow: &Flow, input: &RunInput, status: RunState) -> serde_json::Value {
     json!({
         "id": input.run_id,
         "flow": flow.id,
         "mode": input.mode,
         "live": input.live,
-        "status": status,
+        "status": status.as_str(),
     })
 }
 
@@ -679,5 +730,33 @@ fn string_pairs(value: serde_json::Value) -> Vec<(String, serde_json::Value)> {
     match value {
         serde_json::Value::Object(map) => map.into_iter().collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunState;
+
+    #[test]
+    fn run_states_are_written_as_before() {
+        for (state, text) in [
+            (RunState::Queued, "queued"),
+            (RunState::Running, "running"),
+            (RunState::Succeeded, "succeeded"),
+            (RunState::Failed, "failed"),
+            (RunState::TimedOut, "timed_out"),
+            (RunState::Aborted, "aborted"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{text}\"")
+            );
+            let back: RunState = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(back, state);
+            assert_eq!(format!("{state:<10}|"), format!("{text:<10}|"));
+        }
+        // A run waiting for its retry reads as queued.
+        assert_eq!(RunState::Waiting.as_str(), "queued");
+        assert!(serde_json::from_str::<RunState>("\"paused\"").is_err());
     }
 }

@@ -222,7 +222,7 @@ impl RedisQueue {
         match self.records.abort(&run_id, &reason).await {
             Ok(Some(flow)) => {
                 if let Some(metrics) = &self.metrics {
-                    metrics.run(&flow, "aborted");
+                    metrics.run(&flow, crate::engine::RunState::Aborted);
                 }
             }
             Ok(None) => {}

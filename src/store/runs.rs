@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::{RunError, RunInput, RunReport, StepTrace};
+use crate::engine::{RunError, RunInput, RunReport, RunState, StepTrace};
 use crate::flow::Flow;
 
 /// Largest stored size of one value (body, step input or output), in bytes of JSON.
@@ -31,7 +31,7 @@ pub struct RunRecord {
     /// False for draft flows.
     pub live: bool,
     /// `queued`, `running`, `succeeded`, `failed`, `timed_out` or `aborted`.
-    pub status: String,
+    pub status: RunState,
     /// When the request arrived, RFC 3339.
     pub created_at: String,
     /// When execution started.
@@ -123,7 +123,7 @@ fn now_rfc3339() -> String {
 
 impl RunRecord {
     /// A record for a run that has not started.
-    pub fn accepted(flow: &Flow, input: &RunInput, status: &str) -> Self {
+    pub fn accepted(flow: &Flow, input: &RunInput, status: RunState) -> Self {
         let created_at = input
             .request
             .get("received_at")
@@ -136,7 +136,7 @@ impl RunRecord {
             flow_version: flow.version.clone(),
             mode: input.mode.clone(),
             live: input.live,
-            status: status.to_owned(),
+            status,
             created_at,
             started_at: None,
             ended_at: None,
@@ -158,7 +158,7 @@ impl RunRecord {
 
     /// Marks the run as given up on, for `reason`.
     pub fn abort(&mut self, reason: &str) {
-        self.status = "aborted".into();
+        self.status = RunState::Aborted;
         self.ended_at = Some(now_rfc3339());
         self.error = Some(RunError {
             step: None,
@@ -168,7 +168,7 @@ impl RunRecord {
 
     /// Marks the record as started now.
     pub fn start(&mut self) {
-        self.status = "running".into();
+        self.status = RunState::Running;
         self.attempt += 1;
         self.interrupted += 1;
         self.next_attempt_at = None;
@@ -177,7 +177,11 @@ impl RunRecord {
 
     /// Fills in how the run ended.
     pub fn finish(&mut self, report: &RunReport) {
-        self.status = report.status.as_str().to_owned();
+        // A run waiting for a retry is queued again.
+        self.status = match report.status {
+            RunState::Waiting => RunState::Queued,
+            state => state,
+        };
         self.interrupted = 0;
         if self.started_at.is_none() {
             self.started_at = Some(now_rfc3339());

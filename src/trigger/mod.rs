@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 pub use self::read::TriggerLimits;
 use self::read::{BodyState, declared_length, read_unauthenticated, too_large};
-use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunStatus};
+use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunState};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
 use crate::metrics::Metrics;
@@ -260,7 +260,7 @@ async fn run_sync(
         .run(catalog, flow, input, RunOptions::default())
         .await;
     tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
-    state.metrics.run(&flow.id, report.status.as_str());
+    state.metrics.run(&flow.id, report.status);
     let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
         if e.status.is_server_error() {
             tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
@@ -268,7 +268,7 @@ async fn run_sync(
         e.into_response()
     });
     set_run_id_header(&mut response, run_id);
-    let mut record = RunRecord::accepted(flow, input, "running");
+    let mut record = RunRecord::accepted(flow, input, RunState::Running);
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
     save_in_background(state, recorded).await;
@@ -435,14 +435,14 @@ async fn accept_async(
 ) -> Result<Response<Body>, ApiError> {
     // The answer sees no step output, so it is rendered first and stored with
     // the run; nothing is sent before the queue holds the run.
-    let scope = Engine::initial_scope(flow, input, "queued");
+    let scope = Engine::initial_scope(flow, input, RunState::Queued);
     let mut response = response::render(&flow.response, &catalog.env, &scope.context(), || {
         json!({ "run_id": input.run_id, "status": "queued" }).to_string()
     })
     .map_err(|e| e.with_run_id(&input.run_id))?;
     set_run_id_header(&mut response, &input.run_id);
     let (response, record) =
-        record_response(RunRecord::accepted(flow, input, "queued"), response).await;
+        record_response(RunRecord::accepted(flow, input, RunState::Queued), response).await;
     if let Err(e) = state.queue.enqueue(input, Some(&record)).await {
         tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
         return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
@@ -461,15 +461,19 @@ pub fn answer(
     let env = &catalog.env;
     match report.status {
         // Sync runs retry in place and never wait outside the request.
-        RunStatus::Waiting => Err(ApiError::internal().with_run_id(run_id)),
-        RunStatus::Succeeded => {
+        // Sync runs retry in place and never wait outside the request, nor
+        // end in the states only queued runs have.
+        RunState::Waiting | RunState::Queued | RunState::Running | RunState::Aborted => {
+            Err(ApiError::internal().with_run_id(run_id))
+        }
+        RunState::Succeeded => {
             let ctx = report.scope.context();
             response::render(&flow.response, env, &ctx, || {
                 json!({ "run_id": run_id, "status": "succeeded" }).to_string()
             })
             .map_err(|e| e.with_run_id(run_id))
         }
-        RunStatus::Failed => {
+        RunState::Failed => {
             let error = report
                 .error
                 .clone()
@@ -499,7 +503,7 @@ pub fn answer(
                 None => Err(failure),
             }
         }
-        RunStatus::TimedOut => Err(ApiError::new(
+        RunState::TimedOut => Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "run_timed_out",
             report

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flowgate::engine::RunStatus;
+use flowgate::engine::RunState;
 use flowgate::queue::{RedisQueue, RunQueue as _};
 use flowgate::worker::Outcome;
 
@@ -254,7 +254,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     // As if five workers had died running it, the last one holding it now.
     let mut record = app.record_when(&run_id, |r| r.status == "queued").await;
     record.interrupted = flowgate::worker::MAX_ATTEMPTS;
-    record.status = "running".into();
+    record.status = RunState::Running;
     app.store().save(&record).await.unwrap();
     let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
     let queue = RedisQueue::with_pool(
@@ -541,7 +541,7 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
             outcome,
             Outcome::Executed {
                 run_id: run_id.clone(),
-                status: RunStatus::Succeeded
+                status: RunState::Succeeded
             }
         );
     }
