@@ -10,7 +10,7 @@ use crate::config::{Config, ConfigError, ServerLimits};
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
 use crate::metrics::Metrics;
-use crate::queue::{QueueError, RedisQueue, RunQueue};
+use crate::queue::{RedisQueue, RunQueue, StorageError};
 use crate::store::{IdempotencyStore, RedisStore, RunStore};
 use crate::token::TokenKeys;
 use crate::trigger::redact::Redaction;
@@ -36,8 +36,8 @@ impl Backends {
         url: &str,
         retention: Duration,
         metrics: &Arc<Metrics>,
-    ) -> Result<Self, QueueError> {
-        let pool = crate::queue::redis::connect(url)?;
+    ) -> Result<Self, StorageError> {
+        let pool = crate::backend::redis::connect(url)?;
         let store = Arc::new(RedisStore::with_pool(pool.clone(), retention));
         let queue = RedisQueue::with_pool(pool, (*store).clone()).with_metrics(metrics.clone());
         Ok(Self {
@@ -70,7 +70,11 @@ impl Settings {
             limits: config.server_limits()?,
             idempotency_headers: config.idempotency_headers()?,
             redaction: Redaction::new(&config.server.redact_headers, &config.server.redact_query),
-            worker: config.worker_settings()?,
+            worker: WorkerSettings {
+                concurrency: config.worker.concurrency,
+                reclaim_after: config.worker_reclaim_after()?,
+                ..WorkerSettings::default()
+            },
             allow_private_networks: config.http.allow_private_networks,
         })
     }

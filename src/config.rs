@@ -32,26 +32,7 @@ impl ConfigError {
     }
 }
 
-/// A secret value that never prints.
-#[derive(Clone)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    /// Wraps a secret value.
-    pub fn new(value: T) -> Self {
-        Self(value)
-    }
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+pub use crate::secret::Secret;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -359,7 +340,7 @@ impl Config {
         self.listen_addr()?;
         self.server_limits()?;
         self.shutdown_grace()?;
-        self.worker_settings()?;
+        self.worker_reclaim_after()?;
         self.idempotency_headers()?;
         self.runs_retention()?;
         Ok(())
@@ -457,21 +438,16 @@ impl Config {
             .collect()
     }
 
-    /// `[worker]` as settings.
-    pub fn worker_settings(&self) -> Result<crate::worker::WorkerSettings, ConfigError> {
-        let reclaim_after = humantime::parse_duration(&self.worker.reclaim_after).map_err(|e| {
+    /// `worker.reclaim_after` as a duration, with `worker.concurrency` checked.
+    pub fn worker_reclaim_after(&self) -> Result<Duration, ConfigError> {
+        if self.worker.concurrency == 0 {
+            return Err(ConfigError::new("worker.concurrency must be above 0"));
+        }
+        humantime::parse_duration(&self.worker.reclaim_after).map_err(|e| {
             ConfigError::new(format!(
                 "worker.reclaim_after `{}`: {e}",
                 self.worker.reclaim_after
             ))
-        })?;
-        if self.worker.concurrency == 0 {
-            return Err(ConfigError::new("worker.concurrency must be above 0"));
-        }
-        Ok(crate::worker::WorkerSettings {
-            concurrency: self.worker.concurrency,
-            reclaim_after,
-            ..Default::default()
         })
     }
 

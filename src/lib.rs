@@ -14,6 +14,7 @@
 //! # Layout
 //!
 //! - [`config`]: configuration layering (defaults, `config.toml`, environment) and secrets.
+//! - [`secret`]: values that never print.
 //! - [`telemetry`]: `tracing` subscriber set-up.
 //! - [`error`]: the error envelope every flowgate-made error answer uses.
 //! - [`codec`]: depth-bounded JSON for everything stored (queue entries, records).
@@ -28,10 +29,12 @@
 //! - [`store`]: stores beside the queue: run records and idempotency keys.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
+//! - [`backend`]: what every storage backend shares (futures, the storage error, Redis plumbing).
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backend;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -40,6 +43,7 @@ pub mod error;
 pub mod flow;
 pub mod metrics;
 pub mod queue;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::backend::now_ms;
 use crate::engine::{Engine, RunOptions, RunState};
 use crate::flow::SharedCatalog;
 use crate::metrics::Metrics;
-use crate::queue::redis::now_ms;
-use crate::queue::{Delivery, QueueError, RunQueue};
+use crate::queue::{Delivery, RunQueue, StorageError};
 use crate::store::{RunRecord, RunStore};
 
 /// Back-off after the queue failed, before asking again.
@@ -127,7 +127,7 @@ impl Worker {
     }
 
     /// Takes one run (a reclaimed one first) and executes it.
-    pub async fn try_execute_next(&self) -> Result<Outcome, QueueError> {
+    pub async fn try_execute_next(&self) -> Result<Outcome, StorageError> {
         self.queue.promote_due(PROMOTE_BATCH).await?;
         let mut deliveries = self
             .queue

@@ -20,7 +20,7 @@ use crate::template::json;
 
 use super::spec::{FlowFile, Node, ResponseFile, SignatureFile, StepFile, TriggerFile};
 use super::*;
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::template::{
     self, Env, RESERVED_NAMES, TemplateValue, describe, has_template_syntax, single_expression,
 };

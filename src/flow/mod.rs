@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::template::{Env, TemplateValue};
 
 pub mod load;

@@ -5,31 +5,15 @@
 //! acknowledged only after it ended, and a run whose worker stopped
 //! heartbeating is handed to another worker.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
+pub use crate::backend::{BoxFuture, StorageError};
 use crate::engine::RunInput;
 use crate::store::{RecordedResponse, RunRecord};
 
-pub mod batch;
 pub mod redis;
 
 pub use self::redis::RedisQueue;
-
-/// A boxed future, so the trait can be used as `dyn RunQueue`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why the queue could not do what was asked.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum QueueError {
-    /// The backend is unreachable or refused the command.
-    #[error("the run queue is unavailable: {0}")]
-    Unavailable(String),
-    /// A stored entry could not be decoded.
-    #[error("a queued run is corrupt: {0}")]
-    Corrupt(String),
-}
 
 /// One run handed to a worker.
 #[derive(Debug, Clone)]
@@ -51,7 +35,7 @@ pub struct Delivery {
 pub trait RunQueue: Send + Sync {
     /// Creates what the backend needs before runs can be handed out; safe
     /// to call again. Workers call it when they start.
-    fn prepare(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// Stores a run durably, with its first record when given (in the same
     /// round trip where the backend can); only after `Ok` may the sender be
@@ -60,7 +44,7 @@ pub trait RunQueue: Send + Sync {
         &'a self,
         input: &'a RunInput,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Hands at most `max` new runs to `consumer`, waiting up to `wait` for one.
     fn fetch<'a>(
@@ -68,7 +52,7 @@ pub trait RunQueue: Send + Sync {
         consumer: &'a str,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>>;
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
 
     /// Takes over at most `max` runs that no worker heartbeated for `idle`.
     fn reclaim<'a>(
@@ -76,14 +60,14 @@ pub trait RunQueue: Send + Sync {
         consumer: &'a str,
         idle: Duration,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>>;
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
 
     /// Tells the queue `consumer` is still working on these deliveries.
     fn heartbeat<'a>(
         &'a self,
         consumer: &'a str,
         ids: &'a [String],
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Removes a finished run, writing its final record in the same round
     /// trip where the backend can.
@@ -91,7 +75,7 @@ pub trait RunQueue: Send + Sync {
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Acknowledges delivery `id` and queues `input` again (with its resume
     /// point) to be delivered at `due_ms`, writing `record` in the same step.
@@ -101,18 +85,18 @@ pub trait RunQueue: Send + Sync {
         input: &'a RunInput,
         due_ms: u64,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Moves at most `max` scheduled runs that are due into the queue; returns how many.
-    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>>;
+    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>>;
 
     /// Moves a run that cannot be executed to the dead-letter list, saying why.
     fn dead_letter<'a>(
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Runs waiting (for a worker or a retry) or in progress.
-    fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+    fn depth(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
 }

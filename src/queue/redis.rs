@@ -27,16 +27,16 @@
 //! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
 //! a Redis restart.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_redis::Pool;
 use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 
-use std::sync::Arc;
-
-use super::batch::Batcher;
-use super::{BoxFuture, Delivery, QueueError, RunQueue};
+use super::{Delivery, RunQueue};
+use crate::backend::redis::{Batcher, query, query_pipeline, to_json};
+use crate::backend::{BoxFuture, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::metrics::Metrics;
 use crate::store::{RedisStore, RunRecord};
@@ -61,12 +61,6 @@ pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
 const DEAD_LETTER_MAX: i64 = 10_000;
 /// The consumer group all workers share.
 pub const GROUP: &str = "workers";
-/// Longest wait for a pooled connection or a new one: an unreachable Redis
-/// must turn into a quick 503, not a hung request.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections kept by one process.
-const POOL_SIZE: usize = 64;
-
 /// [`RunQueue`] on Redis Streams.
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -75,47 +69,6 @@ pub struct RedisQueue {
     batcher: Batcher,
     /// Counts runs dead-lettered for an undecodable entry, when set.
     metrics: Option<Arc<Metrics>>,
-}
-
-/// A Redis (or pool) failure, as the queue and stores report it.
-pub(crate) fn unavailable(err: impl std::fmt::Display) -> QueueError {
-    QueueError::Unavailable(err.to_string())
-}
-
-/// Runs one command on a pooled connection.
-pub(crate) async fn query<T: redis::FromRedisValue>(
-    pool: &Pool,
-    cmd: &redis::Cmd,
-) -> Result<T, QueueError> {
-    let mut conn = pool.get().await.map_err(unavailable)?;
-    cmd.query_async(&mut conn).await.map_err(unavailable)
-}
-
-/// Runs a pipeline on a pooled connection, in one round trip.
-pub(crate) async fn query_pipeline<T: redis::FromRedisValue>(
-    pool: &Pool,
-    pipe: &redis::Pipeline,
-) -> Result<T, QueueError> {
-    let mut conn = pool.get().await.map_err(unavailable)?;
-    pipe.query_async(&mut conn).await.map_err(unavailable)
-}
-
-/// A value as the JSON text Redis stores.
-pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, QueueError> {
-    crate::codec::encode(value).map_err(|e| QueueError::Corrupt(e.to_string()))
-}
-
-/// A connection pool to the Redis at `url`; connects lazily.
-pub fn connect(url: &str) -> Result<Pool, QueueError> {
-    let mut settings = PoolSettings::from_url(url);
-    let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
-    pool.timeouts.wait = Some(CONNECTION_TIMEOUT);
-    pool.timeouts.create = Some(CONNECTION_TIMEOUT);
-    pool.timeouts.recycle = Some(CONNECTION_TIMEOUT);
-    settings.pool = Some(pool);
-    settings
-        .create_pool(Some(Runtime::Tokio1))
-        .map_err(unavailable)
 }
 
 impl RedisQueue {
@@ -138,7 +91,7 @@ impl RedisQueue {
     }
 
     /// Creates the consumer group if it does not exist yet.
-    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+    pub async fn ensure_group(&self) -> Result<(), StorageError> {
         let created = query::<()>(
             &self.pool,
             redis::cmd("XGROUP")
@@ -150,7 +103,7 @@ impl RedisQueue {
         )
         .await;
         match created {
-            Err(QueueError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
+            Err(StorageError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
             other => other,
         }
     }
@@ -160,7 +113,7 @@ impl RedisQueue {
         consumer: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Vec<Delivery>, StorageError> {
         let reply = query::<Option<StreamReadReply>>(
             &self.pool,
             redis::cmd("XREADGROUP")
@@ -178,7 +131,7 @@ impl RedisQueue {
         .await;
         let reply = match reply {
             // The stream or group vanished (a Redis without persistence restarted).
-            Err(QueueError::Unavailable(e)) if e.contains("NOGROUP") => {
+            Err(StorageError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
@@ -207,7 +160,7 @@ impl RedisQueue {
 
     /// Dead-letters an entry no worker can decode, and records its run (when
     /// the entry names it) as aborted with the reason.
-    async fn bury(&self, entry: StreamId, error: QueueError) {
+    async fn bury(&self, entry: StreamId, error: StorageError) {
         let run_id: Option<String> = entry.get("run").filter(|id: &String| !id.is_empty());
         let reason = format!("dead-lettered: the queued run cannot be decoded ({error})");
         tracing::error!(entry = %entry.id, run_id, %reason, "queue entry dead-lettered");
@@ -269,12 +222,12 @@ fn acknowledge(pipe: &mut redis::Pipeline, id: &str) {
     pipe.cmd("XDEL").arg(STREAM_KEY).arg(id).ignore();
 }
 
-fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
+fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, StorageError> {
     let corrupt =
-        |e: crate::codec::CodecError| QueueError::Corrupt(format!("entry {}: {e}", entry.id));
+        |e: crate::codec::CodecError| StorageError::Corrupt(format!("entry {}: {e}", entry.id));
     let input: String = entry
         .get("input")
-        .ok_or_else(|| QueueError::Corrupt(format!("entry {} has no input", entry.id)))?;
+        .ok_or_else(|| StorageError::Corrupt(format!("entry {} has no input", entry.id)))?;
     let input: RunInput = crate::codec::decode(&input).map_err(corrupt)?;
     let answer = match entry.get::<String>("answer") {
         Some(json) => crate::codec::decode(&json).map_err(corrupt)?,
@@ -289,16 +242,8 @@ fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, QueueError> {
     })
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl RunQueue for RedisQueue {
-    fn prepare(&self) -> BoxFuture<'_, Result<(), QueueError>> {
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(self.ensure_group())
     }
 
@@ -306,7 +251,7 @@ impl RunQueue for RedisQueue {
         &'a self,
         input: &'a RunInput,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let json = to_json(input)?;
             let mut pipe = redis::pipe();
@@ -334,7 +279,7 @@ impl RunQueue for RedisQueue {
         consumer: &'a str,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         Box::pin(self.read_group(consumer, max, wait))
     }
 
@@ -343,7 +288,7 @@ impl RunQueue for RedisQueue {
         consumer: &'a str,
         idle: Duration,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         Box::pin(async move {
             let reply: StreamAutoClaimReply = query(
                 &self.pool,
@@ -365,7 +310,7 @@ impl RunQueue for RedisQueue {
         &'a self,
         consumer: &'a str,
         ids: &'a [String],
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             if ids.is_empty() {
                 return Ok(());
@@ -389,7 +334,7 @@ impl RunQueue for RedisQueue {
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             if let Some(record) = record {
@@ -404,7 +349,7 @@ impl RunQueue for RedisQueue {
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let input = to_json(&delivery.input)?;
             let letter = dead_letter_json(
@@ -417,7 +362,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn depth(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+    fn depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async move {
             let (queued, waiting): (u64, u64) = query_pipeline(
                 &self.pool,
@@ -438,7 +383,7 @@ impl RunQueue for RedisQueue {
         input: &'a RunInput,
         due_ms: u64,
         record: Option<&'a RunRecord>,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let json = to_json(input)?;
             let mut pipe = redis::pipe();
@@ -457,7 +402,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, QueueError>> {
+    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>> {
         Box::pin(async move {
             query(
                 &self.pool,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{BoxFuture, QueueError};
+use crate::backend::{BoxFuture, StorageError};
 
 pub mod redis;
 pub mod runs;
@@ -52,14 +52,14 @@ pub trait IdempotencyStore: Send + Sync {
         flow_id: &'a str,
         key: &'a str,
         run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Reservation, QueueError>>;
+    ) -> BoxFuture<'a, Result<Reservation, StorageError>>;
 
     /// Looks a key up without reserving it.
     fn lookup<'a>(
         &'a self,
         flow_id: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Reservation>, QueueError>>;
+    ) -> BoxFuture<'a, Result<Option<Reservation>, StorageError>>;
 
     /// Records the answer for a reserved key.
     fn complete<'a>(
@@ -67,14 +67,14 @@ pub trait IdempotencyStore: Send + Sync {
         flow_id: &'a str,
         key: &'a str,
         answer: &'a StoredAnswer,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Forgets a reserved key, so a retry can run again.
     fn release<'a>(
         &'a self,
         flow_id: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
 /// Keeps run records for the configured retention.
@@ -82,15 +82,16 @@ pub trait RunStore: Send + Sync {
     /// Writes a record, replacing any earlier version. The record is encoded
     /// at once; the future only writes it, so it can be spawned while the
     /// caller keeps (or drops) the record.
-    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), QueueError>>;
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>>;
 
     /// The record of `run_id`.
-    fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>>;
+    fn get<'a>(&'a self, run_id: &'a str)
+    -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>>;
 
     /// The newest `limit` records of a flow, newest first.
     fn list<'a>(
         &'a self,
         flow_id: &'a str,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<RunRecord>, QueueError>>;
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StorageError>>;
 }

@@ -8,8 +8,8 @@ use deadpool_redis::redis;
 use sha2::{Digest, Sha256};
 
 use super::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
-use crate::queue::redis::{now_ms, query, to_json};
-use crate::queue::{BoxFuture, QueueError};
+use crate::backend::redis::{Batcher, query, to_json};
+use crate::backend::{BoxFuture, StorageError, now_ms};
 
 const PENDING_PREFIX: &str = "pending:";
 
@@ -21,7 +21,7 @@ const TRIM_EVERY: u64 = 64;
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
-    batcher: crate::queue::batch::Batcher,
+    batcher: Batcher,
     retention: Duration,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -30,7 +30,7 @@ impl RedisStore {
     /// A store on an existing pool, keeping run records for `retention`.
     pub fn with_pool(pool: Pool, retention: Duration) -> Self {
         Self {
-            batcher: crate::queue::batch::Batcher::new(pool.clone()),
+            batcher: Batcher::new(pool.clone()),
             pool,
             retention,
             writes: Default::default(),
@@ -51,14 +51,14 @@ fn flow_runs_key(flow_id: &str) -> String {
     format!("flowgate:{{flowgate}}:runs:{flow_id}")
 }
 
-fn parse(value: &str) -> Result<Reservation, QueueError> {
+fn parse(value: &str) -> Result<Reservation, StorageError> {
     match value.strip_prefix(PENDING_PREFIX) {
         Some(run_id) => Ok(Reservation::InProgress {
             run_id: run_id.to_owned(),
         }),
         None => crate::codec::decode(value)
             .map(Reservation::Answered)
-            .map_err(|e| QueueError::Corrupt(format!("stored answer: {e}"))),
+            .map_err(|e| StorageError::Corrupt(format!("stored answer: {e}"))),
     }
 }
 
@@ -68,7 +68,7 @@ impl IdempotencyStore for RedisStore {
         flow_id: &'a str,
         key: &'a str,
         run_id: &'a str,
-    ) -> BoxFuture<'a, Result<Reservation, QueueError>> {
+    ) -> BoxFuture<'a, Result<Reservation, StorageError>> {
         Box::pin(async move {
             // SET NX ... GET: reserve, or return what is there, in one step.
             let existing: Option<String> = query(
@@ -93,7 +93,7 @@ impl IdempotencyStore for RedisStore {
         &'a self,
         flow_id: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Reservation>, QueueError>> {
+    ) -> BoxFuture<'a, Result<Option<Reservation>, StorageError>> {
         Box::pin(async move {
             let value: Option<String> = query(
                 &self.pool,
@@ -109,7 +109,7 @@ impl IdempotencyStore for RedisStore {
         flow_id: &'a str,
         key: &'a str,
         answer: &'a StoredAnswer,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             query::<Option<String>>(
                 &self.pool,
@@ -129,7 +129,7 @@ impl IdempotencyStore for RedisStore {
         &'a self,
         flow_id: &'a str,
         key: &'a str,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             query::<i64>(
                 &self.pool,
@@ -150,7 +150,7 @@ impl RedisStore {
         pipe: &mut redis::Pipeline,
         record: &RunRecord,
         only_if_new: bool,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), StorageError> {
         let json = to_json(record)?;
         pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
         if only_if_new {
@@ -188,14 +188,14 @@ impl RedisStore {
     }
 }
 
-fn decode(json: &str) -> Result<RunRecord, QueueError> {
-    crate::codec::decode(json).map_err(|e| QueueError::Corrupt(format!("run record: {e}")))
+fn decode(json: &str) -> Result<RunRecord, StorageError> {
+    crate::codec::decode(json).map_err(|e| StorageError::Corrupt(format!("run record: {e}")))
 }
 
 impl RedisStore {
     /// Records a run as aborted for `reason`, when its record exists;
     /// the run's flow then.
-    pub async fn abort(&self, run_id: &str, reason: &str) -> Result<Option<String>, QueueError> {
+    pub async fn abort(&self, run_id: &str, reason: &str) -> Result<Option<String>, StorageError> {
         let Some(mut record) = self.get(run_id).await? else {
             return Ok(None);
         };
@@ -206,7 +206,7 @@ impl RedisStore {
 }
 
 impl RunStore for RedisStore {
-    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), QueueError>> {
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
         let mut pipe = redis::pipe();
         let encoded = self.write_record(&mut pipe, record, false);
         let batcher = self.batcher.clone();
@@ -217,7 +217,10 @@ impl RunStore for RedisStore {
         })
     }
 
-    fn get<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, QueueError>> {
+    fn get<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
         Box::pin(async move {
             let json: Option<String> =
                 query(&self.pool, redis::cmd("GET").arg(run_key(run_id))).await?;
@@ -229,7 +232,7 @@ impl RunStore for RedisStore {
         &'a self,
         flow_id: &'a str,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<RunRecord>, QueueError>> {
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StorageError>> {
         Box::pin(async move {
             let ids: Vec<String> = query(
                 &self.pool,

@@ -162,7 +162,7 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     fn config(scheme: SignatureScheme, secret: &[u8]) -> SignatureConfig {
         SignatureConfig {

@@ -127,7 +127,7 @@ impl TestApp {
 
     /// The run store of this app's Redis.
     pub fn store(&self) -> flowgate::store::RedisStore {
-        let pool = flowgate::queue::redis::connect(&self.redis.url()).unwrap();
+        let pool = flowgate::backend::redis::connect(&self.redis.url()).unwrap();
         flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600))
     }
 

@@ -256,7 +256,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     record.interrupted = flowgate::worker::MAX_ATTEMPTS;
     record.status = RunState::Running;
     app.store().save(&record).await.unwrap();
-    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let queue = RedisQueue::with_pool(
         pool.clone(),
         flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600)),
@@ -283,7 +283,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
 
 /// The dead-letter list (as JSON) and the stream's length.
 async fn dead_letters_and_depth(app: &TestApp) -> (Vec<serde_json::Value>, u64) {
-    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
         .arg(flowgate::queue::redis::DEAD_LETTER_KEY)
@@ -566,7 +566,7 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
         .await;
     poisoned.id = "poisoned-run".into();
     app.store().save(&poisoned).await.unwrap();
-    let pool = flowgate::queue::redis::connect(&app.redis.url()).unwrap();
+    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let _: String = deadpool_redis::redis::cmd("XADD")
         .arg(flowgate::queue::redis::STREAM_KEY)

@@ -7,7 +7,7 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis;
 use tokio::sync::{mpsc, oneshot};
 
-use super::QueueError;
+use crate::backend::StorageError;
 
 /// Most callers served by one pipeline.
 const MAX_BATCH: usize = 256;
@@ -16,7 +16,7 @@ const BACKLOG: usize = 4096;
 
 struct Pending {
     commands: Vec<redis::Cmd>,
-    done: oneshot::Sender<Result<(), QueueError>>,
+    done: oneshot::Sender<Result<(), StorageError>>,
 }
 
 /// A batching writer on a pool. Clones share one batcher task, started on
@@ -37,7 +37,7 @@ impl Batcher {
     }
 
     /// Runs `pipe`'s commands (their replies ignored) in the next batch.
-    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<(), QueueError> {
+    pub async fn run(&self, pipe: &redis::Pipeline) -> Result<(), StorageError> {
         let (done, result) = oneshot::channel();
         let pending = Pending {
             commands: pipe.cmd_iter().cloned().collect(),
@@ -48,7 +48,7 @@ impl Batcher {
             tokio::spawn(run_batches(self.pool.clone(), rx));
             tx
         });
-        let stopped = || QueueError::Unavailable("the Redis batcher stopped".into());
+        let stopped = || StorageError::Unavailable("the Redis batcher stopped".into());
         inbox.send(pending).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
@@ -69,7 +69,7 @@ async fn run_batches(pool: Pool, mut inbox: mpsc::Receiver<Pending>) {
                 pipe.add_command(command).ignore();
             }
         }
-        let result = super::redis::query_pipeline::<()>(&pool, &pipe).await;
+        let result = super::query_pipeline::<()>(&pool, &pipe).await;
         for pending in batch {
             let _ = pending.done.send(result.clone());
         }

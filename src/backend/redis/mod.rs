@@ -1,0 +1,62 @@
+//! Redis plumbing every Redis-backed piece shares: the connection pool,
+//! one way to run a command or a pipeline, the JSON written into keys, and
+//! the [`Batcher`] that folds concurrent writes into shared pipelines. The
+//! key layout is documented in [`crate::queue::redis`].
+
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
+
+use super::StorageError;
+
+mod batch;
+
+pub use self::batch::Batcher;
+
+/// Longest wait for a pooled connection or a new one: an unreachable Redis
+/// must turn into a quick 503, not a hung request.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections kept by one process.
+const POOL_SIZE: usize = 64;
+
+/// A Redis (or pool) failure, as the queue and stores report it.
+pub fn unavailable(err: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(err.to_string())
+}
+
+/// Runs one command on a pooled connection.
+pub async fn query<T: redis::FromRedisValue>(
+    pool: &Pool,
+    cmd: &redis::Cmd,
+) -> Result<T, StorageError> {
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    cmd.query_async(&mut conn).await.map_err(unavailable)
+}
+
+/// Runs a pipeline on a pooled connection, in one round trip.
+pub async fn query_pipeline<T: redis::FromRedisValue>(
+    pool: &Pool,
+    pipe: &redis::Pipeline,
+) -> Result<T, StorageError> {
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    pipe.query_async(&mut conn).await.map_err(unavailable)
+}
+
+/// A value as the JSON text Redis stores.
+pub fn to_json(value: &impl serde::Serialize) -> Result<String, StorageError> {
+    crate::codec::encode(value).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+/// A connection pool to the Redis at `url`; connects lazily.
+pub fn connect(url: &str) -> Result<Pool, StorageError> {
+    let mut settings = PoolSettings::from_url(url);
+    let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
+    pool.timeouts.wait = Some(CONNECTION_TIMEOUT);
+    pool.timeouts.create = Some(CONNECTION_TIMEOUT);
+    pool.timeouts.recycle = Some(CONNECTION_TIMEOUT);
+    settings.pool = Some(pool);
+    settings
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(unavailable)
+}
