@@ -1,0 +1,383 @@
+//! The storage contract every backend must keep, written against the
+//! traits alone ([`Backends`]) and instantiated once per backend at the end
+//! of this file. A new backend adds one line there and must pass unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate::app::Backends;
+use flowgate::backend::now_ms;
+use flowgate::engine::{Resume, RunInput, RunState};
+use flowgate::store::{Reservation, RunRecord, StoredAnswer};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// How long a stored record lives in these tests.
+const RETENTION: Duration = Duration::from_secs(2);
+
+/// A backend under test and whatever keeps it alive.
+pub struct Subject {
+    pub backends: Backends,
+    _redis: Option<RedisServer>,
+}
+
+/// Redis: a server of the test's own.
+pub async fn redis() -> Subject {
+    let redis = RedisServer::start(false);
+    let metrics = Arc::new(flowgate::metrics::Metrics::default());
+    let backends = Backends::redis(&redis.url(), RETENTION, &metrics).unwrap();
+    backends.queue.prepare().await.unwrap();
+    Subject {
+        backends,
+        _redis: Some(redis),
+    }
+}
+
+fn input(run_id: &str) -> RunInput {
+    RunInput {
+        run_id: run_id.to_owned(),
+        flow_id: "f".into(),
+        mode: "async".into(),
+        live: true,
+        body: Arc::new(json!({"n": 1})),
+        request: Arc::new(json!({"headers": {"content-type": "text/plain"}, "raw": "n"})),
+        resume: None,
+    }
+}
+
+fn record(run_id: &str, state: RunState) -> RunRecord {
+    serde_json::from_value(json!({
+        "id": run_id, "flow": "f", "flow_version": "v1", "mode": "async", "live": true,
+        "status": state, "created_at": "2026-01-01T00:00:00.000Z", "started_at": null,
+        "ended_at": null, "attempt": 0, "duration_ms": null,
+        "request": {"method": "POST"}, "body": {"n": 1}, "steps": [], "logs": [],
+        "response": null, "error": null,
+    }))
+    .unwrap()
+}
+
+async fn depth(b: &Backends) -> u64 {
+    b.queue.depth().await.unwrap()
+}
+
+pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
+    b.queue.enqueue(&input("r1"), None).await.unwrap();
+    assert_eq!(depth(b).await, 1);
+    let first = b
+        .queue
+        .fetch("a", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].input.run_id, "r1");
+    assert!(!first[0].reclaimed);
+    // Fetched is not done: another consumer sees nothing new...
+    let none = b
+        .queue
+        .fetch("b", 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // ...but takes it over once its holder stopped heartbeating.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let taken = b
+        .queue
+        .reclaim("b", Duration::from_millis(50), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0].reclaimed);
+    assert_eq!(taken[0].input.run_id, "r1");
+    b.queue.ack(&taken[0].id, None).await.unwrap();
+    assert_eq!(depth(b).await, 0);
+    assert!(
+        b.queue
+            .reclaim("c", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.queue
+            .fetch("c", 10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn a_heartbeat_keeps_a_run_from_being_taken_over(b: &Backends) {
+    b.queue.enqueue(&input("r1"), None).await.unwrap();
+    let held = b
+        .queue
+        .fetch("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.queue.heartbeat("a", &[held[0].id.clone()]).await.unwrap();
+        let taken = b
+            .queue
+            .reclaim("b", Duration::from_millis(250), 10)
+            .await
+            .unwrap();
+        assert!(taken.is_empty(), "a heartbeated run was taken over");
+    }
+}
+
+pub async fn fetch_hands_out_no_more_than_asked(b: &Backends) {
+    for n in 0..5 {
+        b.queue
+            .enqueue(&input(&format!("r{n}")), None)
+            .await
+            .unwrap();
+    }
+    let two = b
+        .queue
+        .fetch("a", 2, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(two.len(), 2);
+    let rest = b
+        .queue
+        .fetch("b", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3);
+    let mut ids: Vec<String> = two
+        .iter()
+        .chain(&rest)
+        .map(|d| d.input.run_id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
+}
+
+pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
+    b.queue.enqueue(&input("r1"), None).await.unwrap();
+    let delivery = b
+        .queue
+        .fetch("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut next = delivery.input.clone();
+    next.resume = Some(Resume {
+        step: 1,
+        attempts: 1,
+        outputs: Default::default(),
+        traces: Vec::new(),
+        logs: vec!["first try".into()],
+        elapsed_ms: 10,
+    });
+    let waiting = record("r1", RunState::Queued);
+    b.queue
+        .schedule(&delivery.id, &next, now_ms() + 400, Some(&waiting))
+        .await
+        .unwrap();
+    assert_eq!(
+        depth(b).await,
+        1,
+        "a run waiting for its retry counts as queued"
+    );
+    assert_eq!(b.queue.promote_due(10).await.unwrap(), 0);
+    assert!(
+        b.queue
+            .fetch("a", 1, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(b.queue.promote_due(10).await.unwrap(), 1);
+    let again = b
+        .queue
+        .fetch("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    let resume = again[0]
+        .input
+        .resume
+        .as_ref()
+        .expect("resumes where it stopped");
+    assert_eq!((resume.step, resume.attempts), (1, 1));
+    assert_eq!(resume.logs, ["first try"]);
+    assert_eq!(
+        b.runs.get("r1").await.unwrap().unwrap().status,
+        RunState::Queued
+    );
+}
+
+pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
+    b.queue.enqueue(&input("r1"), None).await.unwrap();
+    let delivery = b
+        .queue
+        .fetch("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .remove(0);
+    b.queue.dead_letter(&delivery, "given up").await.unwrap();
+    assert_eq!(depth(b).await, 0);
+    assert!(
+        b.queue
+            .reclaim("b", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.queue
+            .fetch("b", 10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn queue_transitions_write_the_run_record(b: &Backends) {
+    b.queue
+        .enqueue(&input("r1"), Some(&record("r1", RunState::Queued)))
+        .await
+        .unwrap();
+    let stored = b
+        .runs
+        .get("r1")
+        .await
+        .unwrap()
+        .expect("written with the enqueue");
+    assert_eq!(stored.status, RunState::Queued);
+    let delivery = b
+        .queue
+        .fetch("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .remove(0);
+    b.queue
+        .ack(&delivery.id, Some(&record("r1", RunState::Succeeded)))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.runs.get("r1").await.unwrap().unwrap().status,
+        RunState::Succeeded
+    );
+}
+
+pub async fn an_idempotency_key_is_reserved_once_under_concurrency(b: &Backends) {
+    let mut tries = Vec::new();
+    for n in 0..16 {
+        let store = b.idempotency.clone();
+        tries.push(tokio::spawn(async move {
+            let run = format!("run-{n}");
+            (
+                run.clone(),
+                store.reserve("f", "key-1", &run).await.unwrap(),
+            )
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut seen = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            (run, Reservation::Reserved) => winners.push(run),
+            (_, Reservation::InProgress { run_id }) => seen.push(run_id),
+            (_, other) => panic!("nothing was answered yet: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one request reserves the key");
+    assert!(
+        seen.iter().all(|run| *run == winners[0]),
+        "the others see the winner"
+    );
+    // Another flow's key of the same name is its own.
+    assert_eq!(
+        b.idempotency.reserve("g", "key-1", "other").await.unwrap(),
+        Reservation::Reserved
+    );
+    let answer = StoredAnswer {
+        run_id: winners[0].clone(),
+        status: 202,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: "{}".into(),
+    };
+    b.idempotency.complete("f", "key-1", &answer).await.unwrap();
+    assert_eq!(
+        b.idempotency.reserve("f", "key-1", "late").await.unwrap(),
+        Reservation::Answered(answer.clone())
+    );
+    assert_eq!(
+        b.idempotency.lookup("f", "key-1").await.unwrap(),
+        Some(Reservation::Answered(answer))
+    );
+}
+
+pub async fn a_released_key_can_be_reserved_again(b: &Backends) {
+    assert_eq!(
+        b.idempotency.reserve("f", "k", "first").await.unwrap(),
+        Reservation::Reserved
+    );
+    b.idempotency.release("f", "k").await.unwrap();
+    assert_eq!(b.idempotency.lookup("f", "k").await.unwrap(), None);
+    assert_eq!(
+        b.idempotency.reserve("f", "k", "retry").await.unwrap(),
+        Reservation::Reserved
+    );
+}
+
+pub async fn records_list_newest_first_and_expire(b: &Backends) {
+    for n in 0..4 {
+        b.runs
+            .save(&record(&format!("r{n}"), RunState::Succeeded))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ids = |records: Vec<RunRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(b.runs.list("f", 10).await.unwrap()),
+        ["r3", "r2", "r1", "r0"]
+    );
+    assert_eq!(ids(b.runs.list("f", 2).await.unwrap()), ["r3", "r2"]);
+    assert!(b.runs.list("g", 10).await.unwrap().is_empty());
+    // A rewrite updates the record, not the list.
+    b.runs.save(&record("r1", RunState::Failed)).await.unwrap();
+    assert_eq!(
+        b.runs.get("r1").await.unwrap().unwrap().status,
+        RunState::Failed
+    );
+    assert_eq!(b.runs.list("f", 10).await.unwrap().len(), 4);
+    tokio::time::sleep(RETENTION + Duration::from_millis(300)).await;
+    assert!(
+        b.runs.get("r0").await.unwrap().is_none(),
+        "kept past retention"
+    );
+    assert!(b.runs.list("f", 10).await.unwrap().is_empty());
+}
+
+/// Runs every contract test above against one backend.
+macro_rules! conformance {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let subject = super::$backend().await;
+                    super::$test(&subject.backends).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(redis:
+    a_run_is_delivered_until_it_is_acknowledged,
+    a_heartbeat_keeps_a_run_from_being_taken_over,
+    fetch_hands_out_no_more_than_asked,
+    a_retry_waits_until_due_then_resumes,
+    a_dead_lettered_run_leaves_the_queue,
+    queue_transitions_write_the_run_record,
+    an_idempotency_key_is_reserved_once_under_concurrency,
+    a_released_key_can_be_reserved_again,
+    records_list_newest_first_and_expire,
+);
