@@ -362,7 +362,7 @@ fn render(
     let skipped: Vec<&str> = run
         .steps
         .iter()
-        .filter(|s| s.kind == "http" && s.status != "skipped")
+        .filter(|s| s.kind == "http" && s.status != crate::engine::StepState::Skipped)
         .map(|s| s.path.as_str())
         .collect();
     if !skipped.is_empty() {

@@ -141,6 +141,41 @@ impl<'de> Deserialize<'de> for RunState {
     }
 }
 
+/// How one step ended; written as `succeeded`, `failed` or `skipped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// It ran and produced its output.
+    Succeeded,
+    /// It failed (its run may go on, with `on_error = "continue"`).
+    Failed,
+    /// Its `if` was false.
+    Skipped,
+}
+
+impl StepState {
+    /// The state as users see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for StepState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for StepState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What happened to one step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepTrace {
@@ -148,8 +183,8 @@ pub struct StepTrace {
     pub path: String,
     /// The step's kind.
     pub kind: String,
-    /// `succeeded`, `failed` or `skipped`.
-    pub status: String,
+    /// How the step ended.
+    pub status: StepState,
     /// The rendered config the step acted on.
     pub input: serde_json::Value,
     /// The step's output.
@@ -395,7 +430,7 @@ impl Engine {
         let mut trace = StepTrace {
             path: path.clone(),
             kind: step.action.kind().to_owned(),
-            status: "succeeded".into(),
+            status: StepState::Succeeded,
             input: serde_json::Value::Null,
             output: serde_json::Value::Null,
             error: None,
@@ -408,7 +443,7 @@ impl Engine {
             match template::eval(state.env, condition, &ctx) {
                 Ok(value) if value.is_true() => {}
                 Ok(_) => {
-                    trace.status = "skipped".into();
+                    trace.status = StepState::Skipped;
                     state.traces.push(trace);
                     return Ok(());
                 }
@@ -447,7 +482,7 @@ impl Engine {
                         .backoff
                         .saturating_mul(1 << (attempt - 1).min(16));
                     if let Some(index) = top_level.filter(|_| state.options.defer_retries) {
-                        trace.status = "failed".into();
+                        trace.status = StepState::Failed;
                         trace.attempts = attempt;
                         trace.error = Some(format!(
                             "{} (attempt {attempt} of {}; retrying in {})",
@@ -494,7 +529,7 @@ impl Engine {
         scope: &mut Scope,
         state: &mut Execution<'_>,
     ) -> Result<(), Halt> {
-        trace.status = "failed".into();
+        trace.status = StepState::Failed;
         trace.error = Some(failure.message.clone());
         trace.output = failure.output;
         trace.duration_ms = clock.elapsed().as_millis() as u64;
@@ -754,6 +789,16 @@ mod tests {
             let back: RunState = serde_json::from_str(&format!("\"{text}\"")).unwrap();
             assert_eq!(back, state);
             assert_eq!(format!("{state:<10}|"), format!("{text:<10}|"));
+        }
+        for (state, text) in [
+            (super::StepState::Succeeded, "succeeded"),
+            (super::StepState::Failed, "failed"),
+            (super::StepState::Skipped, "skipped"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{text}\"")
+            );
         }
         // A run waiting for its retry reads as queued.
         assert_eq!(RunState::Waiting.as_str(), "queued");
