@@ -22,6 +22,7 @@
 //! - [`flow`]: the flow model, and loading plus validation of `flows/*.toml`.
 //! - [`template`]: the minijinja environment, template values and the template context.
 //! - [`engine`]: the run engine and its steps, independent of where a run comes from.
+//! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`queue`]: the run queue interface and its Redis Streams implementation.
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod metrics;
+pub mod outbound;
 pub mod queue;
 pub mod secret;
 pub mod server;

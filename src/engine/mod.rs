@@ -18,10 +18,9 @@ use serde_json::json;
 use crate::flow::{Action, Catalog, Flow, HttpAction, OnError, Step};
 use crate::template::{self, Scope, to_json};
 
-pub mod http;
 mod input;
 
-pub use http::HttpClient;
+pub use crate::outbound::HttpClient;
 pub use input::{RunInput, is_json_request};
 
 /// Most items a `for_each` step iterates over.

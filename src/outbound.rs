@@ -1,4 +1,5 @@
-//! Outbound HTTP for `http` steps, with the private-network guard.
+//! Outbound HTTP, with the private-network guard: what `http` steps (and
+//! any other request flowgate makes on a flow's behalf) go through.
 //!
 //! Unless `http.allow_private_networks` is set, requests to loopback,
 //! private, link-local (which holds cloud metadata endpoints), shared,
