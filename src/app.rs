@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::redis::RedisQueue;
+use crate::backend::redis::RedisStore;
+use crate::backend::{IdempotencyStore, RunStore};
+use crate::backend::{RunQueue, StorageError};
 use crate::config::{Config, ConfigError, ServerLimits};
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
 use crate::metrics::Metrics;
-use crate::queue::{RedisQueue, RunQueue, StorageError};
-use crate::store::{IdempotencyStore, RedisStore, RunStore};
 use crate::token::TokenKeys;
 use crate::trigger::redact::Redaction;
 use crate::trigger::{MAX_PENDING_RECORDS, TriggerLimits, TriggerState};

@@ -25,12 +25,11 @@
 //! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
-//! - [`queue`]: the run queue interface and its Redis Streams implementation.
 //! - [`worker`]: workers that execute queued async runs.
-//! - [`store`]: stores beside the queue: run records and idempotency keys.
+//! - [`record`]: run records, what the flow debugger shows of each run.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
-//! - [`backend`]: what every storage backend shares (futures, the storage error, Redis plumbing).
+//! - [`backend`]: the storage traits (run queue, run records, idempotency keys) and their Redis implementation.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 
@@ -44,10 +43,9 @@ pub mod error;
 pub mod flow;
 pub mod metrics;
 pub mod outbound;
-pub mod queue;
+pub mod record;
 pub mod secret;
 pub mod server;
-pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod token;

@@ -277,7 +277,7 @@ fn request_id<B>(req: &Request<B>) -> String {
 /// The Prometheus text of `metrics`, with the queue's depth when it answers.
 async fn metrics_response(
     metrics: &crate::metrics::Metrics,
-    queue: &dyn crate::queue::RunQueue,
+    queue: &dyn crate::backend::RunQueue,
 ) -> Response<Body> {
     let depth = queue.depth().await.ok();
     let mut response = Response::new(Full::new(Bytes::from(metrics.render(depth))));
@@ -292,7 +292,7 @@ async fn metrics_response(
 pub async fn serve_worker_metrics(
     listener: TcpListener,
     metrics: Arc<crate::metrics::Metrics>,
-    queue: Arc<dyn crate::queue::RunQueue>,
+    queue: Arc<dyn crate::backend::RunQueue>,
     shutdown: impl Future<Output = ()>,
 ) {
     let router = move |req: Request<Incoming>| -> Answer {

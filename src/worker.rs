@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::backend::RunStore;
 use crate::backend::now_ms;
+use crate::backend::{Delivery, RunQueue, StorageError};
 use crate::engine::{Engine, RunOptions, RunState};
 use crate::flow::SharedCatalog;
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, RunQueue, StorageError};
-use crate::store::{RunRecord, RunStore};
+use crate::record::RunRecord;
 
 /// Back-off after the queue failed, before asking again.
 const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);

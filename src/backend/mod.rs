@@ -1,14 +1,18 @@
-//! What every storage backend shares: the boxed futures its traits
-//! return, the one storage error type, and the clock it stamps entries with.
-//! The traits themselves are [`crate::queue::RunQueue`],
-//! [`crate::store::RunStore`] and [`crate::store::IdempotencyStore`];
-//! [`redis`] holds the Redis plumbing their Redis implementations share.
+//! Storage backends: the traits for every piece of shared state — the run
+//! queue ([`RunQueue`]), run records ([`RunStore`]) and idempotency keys
+//! ([`IdempotencyStore`]) — with the one storage error type and the boxed
+//! futures they return. [`redis`] implements them on Redis.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod queue;
 pub mod redis;
+mod store;
+
+pub use self::queue::{Delivery, RunQueue};
+pub use self::store::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunStore, StoredAnswer};
 
 /// A boxed future, so the storage traits can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

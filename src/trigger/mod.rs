@@ -17,12 +17,13 @@ use serde_json::{Map, Value, json};
 
 pub use self::read::TriggerLimits;
 use self::read::{BodyState, declared_length, read_unauthenticated, too_large};
+use crate::backend::RunQueue;
+use crate::backend::{IdempotencyStore, Reservation, RunStore, StoredAnswer};
 use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunState};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
 use crate::metrics::Metrics;
-use crate::queue::RunQueue;
-use crate::store::{IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
+use crate::record::RunRecord;
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
 
 pub mod body;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use flowgate::app::Backends;
 use flowgate::backend::now_ms;
+use flowgate::backend::{Reservation, StoredAnswer};
 use flowgate::engine::{Resume, RunInput, RunState};
-use flowgate::store::{Reservation, RunRecord, StoredAnswer};
+use flowgate::record::RunRecord;
 use serde_json::json;
 
 use crate::helpers::*;

@@ -126,18 +126,18 @@ impl TestApp {
     }
 
     /// The run store of this app's Redis.
-    pub fn store(&self) -> flowgate::store::RedisStore {
+    pub fn store(&self) -> flowgate::backend::redis::RedisStore {
         let pool = flowgate::backend::redis::connect(&self.redis.url()).unwrap();
-        flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600))
+        flowgate::backend::redis::RedisStore::with_pool(pool, Duration::from_secs(3600))
     }
 
     /// Polls the run record until `done` holds for it.
     pub async fn record_when(
         &self,
         run_id: &str,
-        done: impl Fn(&flowgate::store::RunRecord) -> bool,
-    ) -> flowgate::store::RunRecord {
-        use flowgate::store::RunStore as _;
+        done: impl Fn(&flowgate::record::RunRecord) -> bool,
+    ) -> flowgate::record::RunRecord {
+        use flowgate::backend::RunStore as _;
         let store = self.store();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {

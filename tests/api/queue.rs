@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use flowgate::backend::{RunQueue as _, redis::RedisQueue};
 use flowgate::engine::RunState;
-use flowgate::queue::{RedisQueue, RunQueue as _};
 use flowgate::worker::Outcome;
 
 use crate::helpers::*;
@@ -243,7 +243,7 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
 
 #[tokio::test]
 async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
-    use flowgate::store::RunStore as _;
+    use flowgate::backend::RunStore as _;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = async_app_without_worker(&receiver).await;
     let response = app.post_json("a", r#"{"n": 1}"#).await;
@@ -259,7 +259,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let queue = RedisQueue::with_pool(
         pool.clone(),
-        flowgate::store::RedisStore::with_pool(pool, Duration::from_secs(3600)),
+        flowgate::backend::redis::RedisStore::with_pool(pool, Duration::from_secs(3600)),
     );
     queue.ensure_group().await.unwrap();
     let held = queue
@@ -286,14 +286,14 @@ async fn dead_letters_and_depth(app: &TestApp) -> (Vec<serde_json::Value>, u64) 
     let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
-        .arg(flowgate::queue::redis::DEAD_LETTER_KEY)
+        .arg(flowgate::backend::redis::keys::DEAD_LETTER_KEY)
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
         .await
         .unwrap();
     let depth: u64 = deadpool_redis::redis::cmd("XLEN")
-        .arg(flowgate::queue::redis::STREAM_KEY)
+        .arg(flowgate::backend::redis::keys::STREAM_KEY)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -551,7 +551,7 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
 
 #[tokio::test]
 async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_others() {
-    use flowgate::store::RunStore as _;
+    use flowgate::backend::RunStore as _;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = async_app_without_worker(&receiver).await;
     let first = app.post_json("a", r#"{"n": 1}"#).await;
@@ -569,7 +569,7 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
     let mut conn = pool.get().await.unwrap();
     let _: String = deadpool_redis::redis::cmd("XADD")
-        .arg(flowgate::queue::redis::STREAM_KEY)
+        .arg(flowgate::backend::redis::keys::STREAM_KEY)
         .arg("*")
         .arg("input")
         .arg(format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)))

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use flowgate::store::RunStore as _;
+use flowgate::backend::RunStore as _;
 
 use crate::helpers::*;
 

@@ -1,7 +1,8 @@
-//! Redis plumbing every Redis-backed piece shares: the connection pool,
-//! one way to run a command or a pipeline, the JSON written into keys, and
-//! the [`Batcher`] that folds concurrent writes into shared pipelines. The
-//! key layout is documented in [`crate::queue::redis`].
+//! The Redis backend: [`RedisQueue`] (the run queue on Redis Streams) and
+//! [`RedisStore`] (run records and idempotency keys), over one connection
+//! pool. The key layout lives in [`keys`]. Shared plumbing: one way to run a
+//! command or a pipeline, the JSON written into keys, and the [`Batcher`]
+//! that folds concurrent writes into shared pipelines.
 
 use std::time::Duration;
 
@@ -11,8 +12,13 @@ use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 use super::StorageError;
 
 mod batch;
+pub mod keys;
+mod queue;
+mod store;
 
 pub use self::batch::Batcher;
+pub use self::queue::RedisQueue;
+pub use self::store::RedisStore;
 
 /// Longest wait for a pooled connection or a new one: an unreachable Redis
 /// must turn into a quick 503, not a hung request.

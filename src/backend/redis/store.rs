@@ -1,15 +1,18 @@
-//! [`IdempotencyStore`] and [`RunStore`] on Redis; keys are listed in
-//! [`crate::queue::redis`].
+//! [`IdempotencyStore`] and [`RunStore`] on Redis; their keys are in
+//! [`super::keys`].
 
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
-use sha2::{Digest, Sha256};
 
-use super::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunRecord, RunStore, StoredAnswer};
-use crate::backend::redis::{Batcher, query, to_json};
-use crate::backend::{BoxFuture, StorageError, now_ms};
+use super::keys::{flow_runs_key, idempotency_key, run_key};
+use super::{Batcher, query, to_json};
+use crate::backend::{
+    BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunStore, StorageError,
+    StoredAnswer, now_ms,
+};
+use crate::record::RunRecord;
 
 const PENDING_PREFIX: &str = "pending:";
 
@@ -36,19 +39,6 @@ impl RedisStore {
             writes: Default::default(),
         }
     }
-}
-
-fn idempotency_key(flow_id: &str, key: &str) -> String {
-    let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    format!("flowgate:{{flowgate}}:idem:{flow_id}:{digest}")
-}
-
-fn run_key(run_id: &str) -> String {
-    format!("flowgate:{{flowgate}}:run:{run_id}")
-}
-
-fn flow_runs_key(flow_id: &str) -> String {
-    format!("flowgate:{{flowgate}}:runs:{flow_id}")
 }
 
 fn parse(value: &str) -> Result<Reservation, StorageError> {

@@ -1,31 +1,4 @@
-//! The run queue on Redis Streams.
-//!
-//! # Key layout
-//!
-//! Every key carries the hash tag `{flowgate}`, so every multi-key command
-//! stays in one slot and Redis Cluster can serve the queue.
-//!
-//! | key | type | holds |
-//! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`RunInput`] as JSON; a JSON body travels once, as the request's raw text), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
-//! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
-//! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
-//! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::store::RunRecord`]); expires after the runs retention |
-//! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
-//! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::store`]) |
-//!
-//! Workers read through the consumer group `workers` (created at start-up,
-//! from the stream's beginning, so nothing accepted before any worker ran is
-//! missed). A worker reads only as many entries as it has free slots
-//! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
-//! entry stays in the group's pending list until the run ends (`XACK`, then
-//! `XDEL` to keep the stream short). Concurrent enqueues are batched: one
-//! task sends every waiting `XADD` (with the run's first record) in a single
-//! pipeline, so a busy gateway makes one round trip for many runs. A running worker heartbeats its entries
-//! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
-//! the reclaim threshold belong to a worker that died and are taken over
-//! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
-//! a Redis restart.
+//! [`RunQueue`] on Redis Streams; its keys are in [`super::keys`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,17 +7,13 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
-use super::{Delivery, RunQueue};
-use crate::backend::redis::{Batcher, query, query_pipeline, to_json};
-use crate::backend::{BoxFuture, StorageError, now_ms};
+use super::keys::{DEAD_LETTER_KEY, DELAYED_KEY, GROUP, STREAM_KEY};
+use super::{Batcher, RedisStore, query, query_pipeline, to_json};
+use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::metrics::Metrics;
-use crate::store::{RedisStore, RunRecord};
+use crate::record::RunRecord;
 
-/// The stream of accepted runs.
-pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
-/// Runs waiting for a retry: run inputs (JSON) scored by due time (ms).
-pub const DELAYED_KEY: &str = "flowgate:{flowgate}:delayed";
 /// Moves due entries from the delayed set into the stream, atomically.
 const PROMOTE_SCRIPT: &str = r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -55,12 +24,8 @@ for _, input in ipairs(due) do
 end
 return #due
 "#;
-/// Runs given up on, newest first.
-pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
 /// Entries kept in the dead-letter list.
 const DEAD_LETTER_MAX: i64 = 10_000;
-/// The consumer group all workers share.
-pub const GROUP: &str = "workers";
 /// [`RunQueue`] on Redis Streams.
 #[derive(Clone)]
 pub struct RedisQueue {

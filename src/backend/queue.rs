@@ -7,13 +7,9 @@
 
 use std::time::Duration;
 
-pub use crate::backend::{BoxFuture, StorageError};
+use super::{BoxFuture, StorageError};
 use crate::engine::RunInput;
-use crate::store::{RecordedResponse, RunRecord};
-
-pub mod redis;
-
-pub use self::redis::RedisQueue;
+use crate::record::{RecordedResponse, RunRecord};
 
 /// One run handed to a worker.
 #[derive(Debug, Clone)]

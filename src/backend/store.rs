@@ -6,13 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BoxFuture, StorageError};
+use super::{BoxFuture, StorageError};
 
-pub mod redis;
-pub mod runs;
-
-pub use self::redis::RedisStore;
-pub use self::runs::{RecordedRequest, RecordedResponse, RunRecord};
+use crate::record::RunRecord;
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -1,0 +1,56 @@
+//! The Redis key layout: every key flowgate writes is named here and
+//! nowhere else.
+//!
+//! # Key layout
+//!
+//! Every key carries the hash tag `{flowgate}`, so every multi-key command
+//! stays in one slot and Redis Cluster can serve the queue.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`crate::engine::RunInput`] as JSON; a JSON body travels once, as the request's raw text), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
+//! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
+//! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
+//! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::record::RunRecord`]); expires after the runs retention |
+//! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
+//! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::backend::IdempotencyStore`]) |
+//!
+//! Workers read through the consumer group `workers` (created at start-up,
+//! from the stream's beginning, so nothing accepted before any worker ran is
+//! missed). A worker reads only as many entries as it has free slots
+//! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
+//! entry stays in the group's pending list until the run ends (`XACK`, then
+//! `XDEL` to keep the stream short). Concurrent enqueues are batched: one
+//! task sends every waiting `XADD` (with the run's first record) in a single
+//! pipeline, so a busy gateway makes one round trip for many runs. A running worker heartbeats its entries
+//! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
+//! the reclaim threshold belong to a worker that died and are taken over
+//! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
+//! a Redis restart.
+
+use sha2::{Digest, Sha256};
+
+/// The stream of accepted runs.
+pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
+/// Runs waiting for a retry: run inputs (JSON) scored by due time (ms).
+pub const DELAYED_KEY: &str = "flowgate:{flowgate}:delayed";
+/// Runs given up on, newest first.
+pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
+/// The consumer group all workers share.
+pub const GROUP: &str = "workers";
+
+/// The record of run `run_id`.
+pub fn run_key(run_id: &str) -> String {
+    format!("flowgate:{{flowgate}}:run:{run_id}")
+}
+
+/// The index of flow `flow_id`'s runs.
+pub fn flow_runs_key(flow_id: &str) -> String {
+    format!("flowgate:{{flowgate}}:runs:{flow_id}")
+}
+
+/// Idempotency key `key` of flow `flow_id` (hashed, so any sender's key is safe in a key name).
+pub fn idempotency_key(flow_id: &str, key: &str) -> String {
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    format!("flowgate:{{flowgate}}:idem:{flow_id}:{digest}")
+}
