@@ -356,7 +356,7 @@ fn render(
         &input,
         RunOptions {
             dry_run: true,
-            defer_retries: false,
+            retry_later: false,
         },
     ));
     let skipped: Vec<&str> = run

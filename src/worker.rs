@@ -1,10 +1,10 @@
 //! Workers: execute queued async runs.
 //!
-//! A worker is a loop around [`Worker::try_execute_next`]-style steps: take
+//! A worker is a loop around [`Worker::try_execute_next`]-style steps: claim
 //! as many runs as it has free slots (runs taken over from dead workers
 //! first, when it is time to look for them), execute each in its own task,
-//! acknowledge it when it ended. While runs execute, a heartbeat tells the
-//! queue they are alive, so only runs of a dead worker are ever taken over.
+//! complete it when it ended. While runs execute, the worker extends its
+//! leases on them, so only runs of a dead worker are ever taken over.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -67,7 +67,7 @@ pub enum Outcome {
         status: RunState,
     },
     /// A run stopped to wait for a step's retry and was scheduled again.
-    Deferred {
+    RetryLater {
         /// The run.
         run_id: String,
         /// When it runs again.
@@ -127,17 +127,17 @@ impl Worker {
         )
     }
 
-    /// Takes one run (a reclaimed one first) and executes it.
+    /// Takes one run (a taken_over one first) and executes it.
     pub async fn try_execute_next(&self) -> Result<Outcome, StorageError> {
-        self.queue.promote_due(PROMOTE_BATCH).await?;
+        self.queue.requeue_due_retries(PROMOTE_BATCH).await?;
         let mut deliveries = self
             .queue
-            .reclaim(&self.consumer, self.settings.reclaim_after, 1)
+            .take_over(&self.consumer, self.settings.reclaim_after, 1)
             .await?;
         if deliveries.is_empty() {
             deliveries = self
                 .queue
-                .fetch(&self.consumer, 1, self.settings.poll_wait)
+                .claim(&self.consumer, 1, self.settings.poll_wait)
                 .await?;
         }
         match deliveries.pop() {
@@ -182,7 +182,7 @@ impl Worker {
             Some(flow) => {
                 // A first delivery that came with its answer has nothing in
                 // its queued record the worker does not know already.
-                let first = !delivery.reclaimed && delivery.input.resume.is_none();
+                let first = !delivery.taken_over && delivery.input.resume.is_none();
                 let mut record = match (&delivery.answer, first) {
                     (Some(answer), true) => {
                         let mut record =
@@ -202,7 +202,7 @@ impl Worker {
                     self.save(&record).await;
                 }
                 self.metrics.queue_lag(Duration::from_millis(lag_ms));
-                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, reclaimed = delivery.reclaimed, "run started");
+                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, taken_over = delivery.taken_over, "run started");
                 let report = {
                     let run = self.engine.run(
                         &catalog,
@@ -210,7 +210,7 @@ impl Worker {
                         &delivery.input,
                         RunOptions {
                             dry_run: false,
-                            defer_retries: true,
+                            retry_later: true,
                         },
                     );
                     tokio::pin!(run);
@@ -235,7 +235,7 @@ impl Worker {
                 );
                 record.finish(&report);
                 if let Some(retry) = report.retry {
-                    return self.defer(delivery, record, retry).await;
+                    return self.retry_later(delivery, record, retry).await;
                 }
                 self.metrics.run(&flow.id, report.status);
                 let outcome = Outcome::Executed {
@@ -246,7 +246,11 @@ impl Worker {
             }
         };
         // Not acknowledged means delivered again: at least once.
-        if let Err(e) = self.queue.ack(&delivery.id, last_record.as_ref()).await {
+        if let Err(e) = self
+            .queue
+            .complete(&delivery.id, last_record.as_ref())
+            .await
+        {
             if last_record.is_some() {
                 self.metrics.record_lost();
             }
@@ -282,24 +286,24 @@ impl Worker {
             }
             if last_promote.is_none_or(|at| at.elapsed() >= PROMOTE_EVERY) {
                 last_promote = Some(Instant::now());
-                if let Err(e) = self.queue.promote_due(PROMOTE_BATCH).await {
+                if let Err(e) = self.queue.requeue_due_retries(PROMOTE_BATCH).await {
                     tracing::warn!(error = %e, "cannot move due retries into the queue");
                 }
             }
             let reclaim_due = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
             let next = async {
                 if reclaim_due {
-                    let reclaimed = self
+                    let taken_over = self
                         .queue
-                        .reclaim(&self.consumer, self.settings.reclaim_after, free)
+                        .take_over(&self.consumer, self.settings.reclaim_after, free)
                         .await?;
-                    if !reclaimed.is_empty() {
-                        return Ok(reclaimed);
+                    if !taken_over.is_empty() {
+                        return Ok(taken_over);
                     }
                 }
                 // Wake up in time to move due retries.
                 let wait = self.settings.poll_wait.min(PROMOTE_EVERY);
-                self.queue.fetch(&self.consumer, free, wait).await
+                self.queue.claim(&self.consumer, free, wait).await
             };
             let deliveries = tokio::select! {
                 result = next => result,
@@ -344,12 +348,12 @@ impl Worker {
         heartbeat.abort();
     }
 
-    /// Schedules a run waiting for a step's retry; its slot is free meanwhile.
-    async fn defer(
+    /// Queues a run again to retry a step later; its slot is free meanwhile.
+    async fn retry_later(
         &self,
         delivery: Delivery,
         record: RunRecord,
-        retry: crate::engine::ScheduledRetry,
+        retry: crate::engine::RetryLater,
     ) -> Outcome {
         let mut next = delivery.input.clone();
         next.resume = Some(retry.resume);
@@ -357,13 +361,13 @@ impl Worker {
         tracing::info!(run_id = %record.id, retry_in_ms = retry.delay.as_millis() as u64, "run waits for a step retry");
         if let Err(e) = self
             .queue
-            .schedule(&delivery.id, &next, due, Some(&record))
+            .retry_later(&delivery.id, &next, due, Some(&record))
             .await
         {
             // Not acknowledged: the run is delivered again and retries then.
             tracing::warn!(error = %e, run_id = %record.id, "could not schedule a retry");
         }
-        Outcome::Deferred {
+        Outcome::RetryLater {
             run_id: record.id,
             retry_in: retry.delay,
         }
@@ -398,7 +402,7 @@ impl Worker {
         let stored = self.runs.get(&delivery.input.run_id).await.ok().flatten();
         let mut record =
             stored.unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, RunState::Queued));
-        if delivery.reclaimed && record.status == RunState::Queued {
+        if delivery.taken_over && record.status == RunState::Queued {
             record.attempt += 1;
             record.interrupted += 1;
         }
@@ -423,7 +427,7 @@ impl Worker {
                 .iter()
                 .cloned()
                 .collect();
-            if let Err(e) = self.queue.heartbeat(&self.consumer, &ids).await {
+            if let Err(e) = self.queue.extend_leases(&self.consumer, &ids).await {
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }

@@ -1,9 +1,13 @@
 //! The run queue: where accepted async runs wait for a worker.
 //!
-//! [`RunQueue`] is the interface the trigger and the workers use; [`redis`]
-//! implements it on Redis Streams. Delivery is at least once: a run is
-//! acknowledged only after it ended, and a run whose worker stopped
-//! heartbeating is handed to another worker.
+//! [`RunQueue`] is the interface the trigger and the workers use, in the
+//! vocabulary of runs: a worker *claims* runs and holds a *lease* on each
+//! while it executes them, *extending* it as it goes; it *completes* a run
+//! that ended, or asks for it to *retry later* (a step's backoff, without
+//! holding a worker slot); a run whose lease lapsed (its worker died) is
+//! *taken over* by another worker; a run that cannot be executed is
+//! *dead-lettered*. Delivery is at least once: a run leaves the queue only
+//! when completed, retried later or dead-lettered.
 
 use std::time::Duration;
 
@@ -14,14 +18,14 @@ use crate::record::{RecordedResponse, RunRecord};
 /// One run handed to a worker.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Queue-specific id used to acknowledge or heartbeat the delivery.
+    /// Backend-specific id naming this delivery to the queue (its lease).
     pub id: String,
     /// The run.
     pub input: RunInput,
     /// When the run was accepted, milliseconds since the epoch.
     pub accepted_at_ms: u64,
     /// True when this delivery was taken over from a worker that stopped.
-    pub reclaimed: bool,
+    pub taken_over: bool,
     /// The answer the sender got, when the queue kept it with the run: a
     /// worker can then write the run's record without reading it first.
     pub answer: Option<RecordedResponse>,
@@ -42,40 +46,41 @@ pub trait RunQueue: Send + Sync {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Hands at most `max` new runs to `consumer`, waiting up to `wait` for one.
-    fn fetch<'a>(
+    /// Claims at most `max` new runs for `consumer`, waiting up to `wait`
+    /// for one; each is leased to `consumer` until completed.
+    fn claim<'a>(
         &'a self,
         consumer: &'a str,
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
 
-    /// Takes over at most `max` runs that no worker heartbeated for `idle`.
-    fn reclaim<'a>(
+    /// Takes over at most `max` runs whose lease nobody extended for `idle`.
+    fn take_over<'a>(
         &'a self,
         consumer: &'a str,
         idle: Duration,
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
 
-    /// Tells the queue `consumer` is still working on these deliveries.
-    fn heartbeat<'a>(
+    /// Extends `consumer`'s leases on these deliveries: it is still working on them.
+    fn extend_leases<'a>(
         &'a self,
         consumer: &'a str,
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Removes a finished run, writing its final record in the same round
-    /// trip where the backend can.
-    fn ack<'a>(
+    /// Completes a run that ended: it leaves the queue, and its final
+    /// record is written in the same step where the backend can.
+    fn complete<'a>(
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Acknowledges delivery `id` and queues `input` again (with its resume
-    /// point) to be delivered at `due_ms`, writing `record` in the same step.
-    fn schedule<'a>(
+    /// Ends delivery `id` and queues `input` again (with its resume point)
+    /// to be claimed from `due_ms` on, writing `record` in the same step.
+    fn retry_later<'a>(
         &'a self,
         id: &'a str,
         input: &'a RunInput,
@@ -83,8 +88,9 @@ pub trait RunQueue: Send + Sync {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
-    /// Moves at most `max` scheduled runs that are due into the queue; returns how many.
-    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>>;
+    /// Makes at most `max` runs waiting to retry later that are due
+    /// claimable again; returns how many.
+    fn requeue_due_retries(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>>;
 
     /// Moves a run that cannot be executed to the dead-letter list, saying why.
     fn dead_letter<'a>(

@@ -46,7 +46,7 @@ pub struct Resume {
 
 /// A retry the caller should schedule: run `resume` again after `delay`.
 #[derive(Debug, Clone)]
-pub struct ScheduledRetry {
+pub struct RetryLater {
     /// Where to pick up.
     pub resume: Resume,
     /// How long to wait.
@@ -59,9 +59,9 @@ pub struct RunOptions {
     /// Skip side effects: `http` steps are not called and `delay` does not wait.
     pub dry_run: bool,
     /// When a top-level step fails with a retryable error and has attempts
-    /// left, end the execution with a [`ScheduledRetry`] instead of waiting
+    /// left, end the execution with a [`RetryLater`] instead of waiting
     /// (queue workers set this, so a backoff does not hold a worker slot).
-    pub defer_retries: bool,
+    pub retry_later: bool,
 }
 
 /// Where a run stands: the one vocabulary of run states, shared by the
@@ -223,7 +223,7 @@ pub struct RunReport {
     /// Wall time of the run.
     pub duration: Duration,
     /// For [`RunState::Waiting`]: when and where to pick the run up.
-    pub retry: Option<ScheduledRetry>,
+    pub retry: Option<RetryLater>,
 }
 
 /// Runs flows.
@@ -251,8 +251,8 @@ impl StepFailure {
 enum Halt {
     /// The run failed.
     Failed(RunError),
-    /// A top-level step waits for a retry.
-    Defer {
+    /// A top-level step retries later.
+    RetryLater {
         step: usize,
         attempts: u32,
         delay: Duration,
@@ -264,7 +264,7 @@ impl Halt {
     fn into_failure(self) -> StepFailure {
         match self {
             Halt::Failed(e) => StepFailure::fatal(e.message),
-            Halt::Defer { .. } => StepFailure::fatal("a nested step cannot defer its retry"),
+            Halt::RetryLater { .. } => StepFailure::fatal("a nested step cannot retry later"),
         }
     }
 }
@@ -334,13 +334,13 @@ impl Engine {
         let (status, error) = match outcome {
             Ok(Ok(())) => (RunState::Succeeded, None),
             Ok(Err(Halt::Failed(error))) => (RunState::Failed, Some(error)),
-            Ok(Err(Halt::Defer {
+            Ok(Err(Halt::RetryLater {
                 step,
                 attempts,
                 delay,
             })) => {
                 let reserved = [flow.trigger.ref_id.as_str(), "request", "run"];
-                retry = Some(ScheduledRetry {
+                retry = Some(RetryLater {
                     resume: Resume {
                         step,
                         attempts,
@@ -480,7 +480,7 @@ impl Engine {
                         .retry
                         .backoff
                         .saturating_mul(1 << (attempt - 1).min(16));
-                    if let Some(index) = top_level.filter(|_| state.options.defer_retries) {
+                    if let Some(index) = top_level.filter(|_| state.options.retry_later) {
                         trace.status = StepState::Failed;
                         trace.attempts = attempt;
                         trace.error = Some(format!(
@@ -492,7 +492,7 @@ impl Engine {
                         trace.output = failure.output;
                         trace.duration_ms = clock.elapsed().as_millis() as u64;
                         state.traces.push(trace);
-                        return Err(Halt::Defer {
+                        return Err(Halt::RetryLater {
                             step: index,
                             attempts: attempt,
                             delay: backoff,

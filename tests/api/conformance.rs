@@ -67,16 +67,16 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
     assert_eq!(depth(b).await, 1);
     let first = b
         .queue
-        .fetch("a", 10, Duration::from_millis(100))
+        .claim("a", 10, Duration::from_millis(100))
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].input.run_id, "r1");
-    assert!(!first[0].reclaimed);
+    assert!(!first[0].taken_over);
     // Fetched is not done: another consumer sees nothing new...
     let none = b
         .queue
-        .fetch("b", 10, Duration::from_millis(50))
+        .claim("b", 10, Duration::from_millis(50))
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -84,24 +84,24 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
     tokio::time::sleep(Duration::from_millis(60)).await;
     let taken = b
         .queue
-        .reclaim("b", Duration::from_millis(50), 10)
+        .take_over("b", Duration::from_millis(50), 10)
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
-    assert!(taken[0].reclaimed);
+    assert!(taken[0].taken_over);
     assert_eq!(taken[0].input.run_id, "r1");
-    b.queue.ack(&taken[0].id, None).await.unwrap();
+    b.queue.complete(&taken[0].id, None).await.unwrap();
     assert_eq!(depth(b).await, 0);
     assert!(
         b.queue
-            .reclaim("c", Duration::ZERO, 10)
+            .take_over("c", Duration::ZERO, 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         b.queue
-            .fetch("c", 10, Duration::from_millis(50))
+            .claim("c", 10, Duration::from_millis(50))
             .await
             .unwrap()
             .is_empty()
@@ -112,15 +112,18 @@ pub async fn a_heartbeat_keeps_a_run_from_being_taken_over(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
     let held = b
         .queue
-        .fetch("a", 1, Duration::from_millis(100))
+        .claim("a", 1, Duration::from_millis(100))
         .await
         .unwrap();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        b.queue.heartbeat("a", &[held[0].id.clone()]).await.unwrap();
+        b.queue
+            .extend_leases("a", &[held[0].id.clone()])
+            .await
+            .unwrap();
         let taken = b
             .queue
-            .reclaim("b", Duration::from_millis(250), 10)
+            .take_over("b", Duration::from_millis(250), 10)
             .await
             .unwrap();
         assert!(taken.is_empty(), "a heartbeated run was taken over");
@@ -136,13 +139,13 @@ pub async fn fetch_hands_out_no_more_than_asked(b: &Backends) {
     }
     let two = b
         .queue
-        .fetch("a", 2, Duration::from_millis(100))
+        .claim("a", 2, Duration::from_millis(100))
         .await
         .unwrap();
     assert_eq!(two.len(), 2);
     let rest = b
         .queue
-        .fetch("b", 10, Duration::from_millis(100))
+        .claim("b", 10, Duration::from_millis(100))
         .await
         .unwrap();
     assert_eq!(rest.len(), 3);
@@ -159,7 +162,7 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
     let delivery = b
         .queue
-        .fetch("a", 1, Duration::from_millis(100))
+        .claim("a", 1, Duration::from_millis(100))
         .await
         .unwrap()
         .remove(0);
@@ -174,7 +177,7 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
     });
     let waiting = record("r1", RunState::Queued);
     b.queue
-        .schedule(&delivery.id, &next, now_ms() + 400, Some(&waiting))
+        .retry_later(&delivery.id, &next, now_ms() + 400, Some(&waiting))
         .await
         .unwrap();
     assert_eq!(
@@ -182,19 +185,19 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
         1,
         "a run waiting for its retry counts as queued"
     );
-    assert_eq!(b.queue.promote_due(10).await.unwrap(), 0);
+    assert_eq!(b.queue.requeue_due_retries(10).await.unwrap(), 0);
     assert!(
         b.queue
-            .fetch("a", 1, Duration::from_millis(50))
+            .claim("a", 1, Duration::from_millis(50))
             .await
             .unwrap()
             .is_empty()
     );
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(b.queue.promote_due(10).await.unwrap(), 1);
+    assert_eq!(b.queue.requeue_due_retries(10).await.unwrap(), 1);
     let again = b
         .queue
-        .fetch("a", 1, Duration::from_millis(100))
+        .claim("a", 1, Duration::from_millis(100))
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -215,7 +218,7 @@ pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
     let delivery = b
         .queue
-        .fetch("a", 1, Duration::from_millis(100))
+        .claim("a", 1, Duration::from_millis(100))
         .await
         .unwrap()
         .remove(0);
@@ -223,14 +226,14 @@ pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
     assert_eq!(depth(b).await, 0);
     assert!(
         b.queue
-            .reclaim("b", Duration::ZERO, 10)
+            .take_over("b", Duration::ZERO, 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         b.queue
-            .fetch("b", 10, Duration::from_millis(50))
+            .claim("b", 10, Duration::from_millis(50))
             .await
             .unwrap()
             .is_empty()
@@ -251,12 +254,12 @@ pub async fn queue_transitions_write_the_run_record(b: &Backends) {
     assert_eq!(stored.status, RunState::Queued);
     let delivery = b
         .queue
-        .fetch("a", 1, Duration::from_millis(100))
+        .claim("a", 1, Duration::from_millis(100))
         .await
         .unwrap()
         .remove(0);
     b.queue
-        .ack(&delivery.id, Some(&record("r1", RunState::Succeeded)))
+        .complete(&delivery.id, Some(&record("r1", RunState::Succeeded)))
         .await
         .unwrap();
     assert_eq!(

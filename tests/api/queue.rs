@@ -263,7 +263,7 @@ async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
     );
     queue.ensure_group().await.unwrap();
     let held = queue
-        .fetch("dead-worker", 1, Duration::from_millis(100))
+        .claim("dead-worker", 1, Duration::from_millis(100))
         .await
         .unwrap();
     assert_eq!(held.len(), 1);

@@ -111,11 +111,11 @@ impl RedisQueue {
     async fn decode_all(
         &self,
         entries: impl IntoIterator<Item = StreamId>,
-        reclaimed: bool,
+        taken_over: bool,
     ) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
         for entry in entries {
-            match decode(&entry, reclaimed) {
+            match decode(&entry, taken_over) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(e) => self.bury(entry, e).await,
             }
@@ -187,7 +187,7 @@ fn acknowledge(pipe: &mut redis::Pipeline, id: &str) {
     pipe.cmd("XDEL").arg(STREAM_KEY).arg(id).ignore();
 }
 
-fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, StorageError> {
+fn decode(entry: &StreamId, taken_over: bool) -> Result<Delivery, StorageError> {
     let corrupt =
         |e: crate::codec::CodecError| StorageError::Corrupt(format!("entry {}: {e}", entry.id));
     let input: String = entry
@@ -203,7 +203,7 @@ fn decode(entry: &StreamId, reclaimed: bool) -> Result<Delivery, StorageError> {
         accepted_at_ms: entry.get("accepted_at").unwrap_or(0),
         id: entry.id.clone(),
         input,
-        reclaimed,
+        taken_over,
     })
 }
 
@@ -239,7 +239,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn fetch<'a>(
+    fn claim<'a>(
         &'a self,
         consumer: &'a str,
         max: usize,
@@ -248,7 +248,7 @@ impl RunQueue for RedisQueue {
         Box::pin(self.read_group(consumer, max, wait))
     }
 
-    fn reclaim<'a>(
+    fn take_over<'a>(
         &'a self,
         consumer: &'a str,
         idle: Duration,
@@ -271,7 +271,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn heartbeat<'a>(
+    fn extend_leases<'a>(
         &'a self,
         consumer: &'a str,
         ids: &'a [String],
@@ -295,7 +295,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn ack<'a>(
+    fn complete<'a>(
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
@@ -342,7 +342,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn schedule<'a>(
+    fn retry_later<'a>(
         &'a self,
         id: &'a str,
         input: &'a RunInput,
@@ -367,7 +367,7 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn promote_due(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>> {
+    fn requeue_due_retries(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>> {
         Box::pin(async move {
             query(
                 &self.pool,
