@@ -125,10 +125,9 @@ impl TestApp {
         self.text_when(&readyz, "\"queue_depth\":0}").await;
     }
 
-    /// The run store of this app's Redis.
-    pub fn store(&self) -> flowgate::backend::redis::RedisStore {
-        let pool = flowgate::backend::redis::connect(&self.redis.url()).unwrap();
-        flowgate::backend::redis::RedisStore::with_pool(pool, Duration::from_secs(3600))
+    /// The run store of this app's backends.
+    pub fn store(&self) -> Arc<dyn flowgate::backend::RunStore> {
+        self.app.backends().runs.clone()
     }
 
     /// Polls the run record until `done` holds for it.
@@ -137,7 +136,6 @@ impl TestApp {
         run_id: &str,
         done: impl Fn(&flowgate::record::RunRecord) -> bool,
     ) -> flowgate::record::RunRecord {
-        use flowgate::backend::RunStore as _;
         let store = self.store();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {

@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod queue;
+mod redis_backend;
 mod runs;
 mod steps;
 mod trigger;

@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flowgate::backend::{RunQueue as _, redis::RedisQueue};
 use flowgate::engine::RunState;
 use flowgate::worker::Outcome;
 
 use crate::helpers::*;
 
 /// An async flow that posts `{run, n}` to the receiver.
-fn async_flow(url: &str, response: &str) -> String {
+pub fn async_flow(url: &str, response: &str) -> String {
     format!(
         r#"
 status = "live"
@@ -30,7 +29,7 @@ timeout = "30s"
 }
 
 /// A gateway without workers serving flow `a`, an async flow calling `receiver`.
-async fn async_app_without_worker(receiver: &Receiver) -> TestApp {
+pub async fn async_app_without_worker(receiver: &Receiver) -> TestApp {
     let options = AppOptions {
         worker: false,
         ..Default::default()
@@ -43,7 +42,7 @@ fn sync_flow() -> String {
 }
 
 /// Run ids the receiver was sent, with how many times each arrived.
-fn runs_received(receiver: &Receiver) -> HashMap<String, usize> {
+pub fn runs_received(receiver: &Receiver) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for request in receiver.requests() {
         *counts
@@ -239,69 +238,6 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
     .await;
     assert!(accepted_at.elapsed() < promise);
     assert_eq!(receiver.requests()[1].json()["run"], run_id.as_str());
-}
-
-#[tokio::test]
-async fn a_run_that_keeps_killing_its_workers_is_dead_lettered() {
-    use flowgate::backend::RunStore as _;
-    let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let app = async_app_without_worker(&receiver).await;
-    let response = app.post_json("a", r#"{"n": 1}"#).await;
-    let run_id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    // As if five workers had died running it, the last one holding it now.
-    let mut record = app.record_when(&run_id, |r| r.status == "queued").await;
-    record.interrupted = flowgate::worker::MAX_ATTEMPTS;
-    record.status = RunState::Running;
-    app.store().save(&record).await.unwrap();
-    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
-    let queue = RedisQueue::with_pool(
-        pool.clone(),
-        flowgate::backend::redis::RedisStore::with_pool(pool, Duration::from_secs(3600)),
-    );
-    queue.ensure_group().await.unwrap();
-    let held = queue
-        .claim("dead-worker", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(held.len(), 1);
-    app.start_worker(Duration::from_secs(1));
-    let record = app.record_when(&run_id, |r| r.status == "aborted").await;
-    assert!(record.error.unwrap().message.starts_with("dead-lettered"));
-    assert!(receiver.requests().is_empty());
-    let metrics = format!("http://{}/metrics", app.addr);
-    let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
-    let text = app.text_when(&metrics, aborted).await;
-    assert!(text.contains(aborted), "{text}");
-    let (dead, depth) = dead_letters_and_depth(&app).await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0]["run_id"], run_id.as_str());
-    assert_eq!(depth, 0);
-}
-
-/// The dead-letter list (as JSON) and the stream's length.
-async fn dead_letters_and_depth(app: &TestApp) -> (Vec<serde_json::Value>, u64) {
-    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
-    let mut conn = pool.get().await.unwrap();
-    let dead: Vec<String> = deadpool_redis::redis::cmd("LRANGE")
-        .arg(flowgate::backend::redis::keys::DEAD_LETTER_KEY)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let depth: u64 = deadpool_redis::redis::cmd("XLEN")
-        .arg(flowgate::backend::redis::keys::STREAM_KEY)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let dead = dead
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    (dead, depth)
 }
 
 #[tokio::test]
@@ -547,67 +483,4 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
     }
     assert_eq!(worker.try_execute_next().await.unwrap(), Outcome::Idle);
     assert_eq!(receiver.requests().len(), 2);
-}
-
-#[tokio::test]
-async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_others() {
-    use flowgate::backend::RunStore as _;
-    let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let app = async_app_without_worker(&receiver).await;
-    let first = app.post_json("a", r#"{"n": 1}"#).await;
-    assert_eq!(first.status(), 202);
-    // A run whose queued input is unreadable (as a corrupted or foreign
-    // entry would be), with its record, between two good runs.
-    let mut poisoned = app
-        .record_when(
-            first.headers()["x-flowgate-run-id"].to_str().unwrap(),
-            |r| r.status == "queued",
-        )
-        .await;
-    poisoned.id = "poisoned-run".into();
-    app.store().save(&poisoned).await.unwrap();
-    let pool = flowgate::backend::redis::connect(&app.redis.url()).unwrap();
-    let mut conn = pool.get().await.unwrap();
-    let _: String = deadpool_redis::redis::cmd("XADD")
-        .arg(flowgate::backend::redis::keys::STREAM_KEY)
-        .arg("*")
-        .arg("input")
-        .arg(format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)))
-        .arg("run")
-        .arg("poisoned-run")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let second = app.post_json("a", r#"{"n": 2}"#).await;
-    assert_eq!(second.status(), 202);
-
-    app.start_worker(Duration::from_secs(15));
-    assert_eventually(Duration::from_secs(10), "both good runs ran", || {
-        receiver.requests().len() == 2
-    })
-    .await;
-    let record = app
-        .record_when("poisoned-run", |r| r.status == "aborted")
-        .await;
-    let reason = record.error.unwrap().message;
-    assert!(reason.contains("cannot be decoded"), "{reason}");
-    for response in [first, second] {
-        let run_id = response.headers()["x-flowgate-run-id"].to_str().unwrap();
-        app.record_when(run_id, |r| r.status == "succeeded").await;
-    }
-    let (dead, depth) = dead_letters_and_depth(&app).await;
-    assert_eq!(dead.len(), 1);
-    let letter = &dead[0];
-    assert_eq!(letter["run_id"], "poisoned-run");
-    assert!(
-        letter["reason"].as_str().unwrap().contains("nested"),
-        "{letter}"
-    );
-    // Delivered once: every good run reached the receiver exactly once.
-    assert!(runs_received(&receiver).values().all(|&n| n == 1));
-    assert_eq!(depth, 0);
-    let metrics = format!("http://{}/metrics", app.addr);
-    let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
-    let text = app.text_when(&metrics, aborted).await;
-    assert!(text.contains(aborted), "{text}");
 }

@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use flowgate::backend::RunStore as _;
-
 use crate::helpers::*;
 
 const FLOW: &str = r#"
