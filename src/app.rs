@@ -13,6 +13,7 @@ use crate::backend::{RunQueue, StorageError};
 use crate::config::{Config, ConfigError, ServerLimits};
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::token::TokenKeys;
 use crate::trigger::redact::Redaction;
@@ -97,6 +98,7 @@ pub struct App {
     engine: Engine,
     backends: Backends,
     metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl App {
@@ -114,6 +116,7 @@ impl App {
             keys,
             catalog,
             backends,
+            lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
             metrics,
         }
     }
@@ -128,6 +131,7 @@ impl App {
             idempotency: self.backends.idempotency.clone(),
             runs: self.backends.runs.clone(),
             metrics: self.metrics.clone(),
+            lifecycle: self.lifecycle.clone(),
             record_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
             idempotency_headers: self.settings.idempotency_headers.clone(),
             limits: TriggerLimits::new(self.settings.limits.clone()),
@@ -144,7 +148,7 @@ impl App {
             self.catalog.clone(),
             Worker::unique_consumer_name(),
             settings,
-            self.metrics.clone(),
+            self.lifecycle.clone(),
         ))
     }
 
@@ -161,6 +165,11 @@ impl App {
     /// The metrics every part counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Where run transitions are announced; subscribe to its events.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
     }
 
     /// The flows.

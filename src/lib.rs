@@ -24,6 +24,7 @@
 //! - [`engine`]: the run engine and its steps, independent of where a run comes from.
 //! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
+//! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`record`]: run records, what the flow debugger shows of each run.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod lifecycle;
 pub mod metrics;
 pub mod outbound;
 pub mod record;

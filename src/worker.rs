@@ -18,7 +18,7 @@ use crate::backend::now_ms;
 use crate::backend::{Delivery, RunQueue, StorageError};
 use crate::engine::{Engine, RunOptions, RunState};
 use crate::flow::SharedCatalog;
-use crate::metrics::Metrics;
+use crate::lifecycle::Lifecycle;
 use crate::record::RunRecord;
 
 /// Back-off after the queue failed, before asking again.
@@ -90,7 +90,7 @@ pub struct Worker {
     catalog: SharedCatalog,
     consumer: String,
     settings: WorkerSettings,
-    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -103,7 +103,7 @@ impl Worker {
         catalog: SharedCatalog,
         consumer: String,
         settings: WorkerSettings,
-        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             queue,
@@ -112,7 +112,7 @@ impl Worker {
             catalog,
             consumer,
             settings,
-            metrics,
+            lifecycle,
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -165,8 +165,14 @@ impl Worker {
         let (outcome, last_record) = match catalog.get(&delivery.input.flow_id) {
             None => {
                 let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
-                tracing::error!(run_id = %run_id, %reason, "run abandoned");
-                self.metrics.run(&delivery.input.flow_id, RunState::Aborted);
+                let flow_id = &delivery.input.flow_id;
+                self.lifecycle.ended(
+                    &run_id,
+                    flow_id,
+                    RunState::Aborted,
+                    Duration::ZERO,
+                    Some(&reason),
+                );
                 let record = self
                     .runs
                     .get(&run_id)
@@ -201,8 +207,13 @@ impl Worker {
                     // its workers is counted, and dead-lettered in the end.
                     self.save(&record).await;
                 }
-                self.metrics.queue_lag(Duration::from_millis(lag_ms));
-                tracing::info!(run_id = %run_id, flow = %flow.id, lag_ms, attempt = record.attempt, taken_over = delivery.taken_over, "run started");
+                self.lifecycle.started(
+                    &run_id,
+                    &flow.id,
+                    record.attempt,
+                    Duration::from_millis(lag_ms),
+                    delivery.taken_over,
+                );
                 let report = {
                     let run = self.engine.run(
                         &catalog,
@@ -225,19 +236,17 @@ impl Worker {
                         }
                     }
                 };
-                tracing::info!(
-                    run_id = %run_id,
-                    flow = %flow.id,
-                    status = report.status.as_str(),
-                    duration_ms = report.duration.as_millis() as u64,
-                    error = report.error.as_ref().map(|e| e.message.as_str()),
-                    "run ended"
-                );
                 record.finish(&report);
                 if let Some(retry) = report.retry {
                     return self.retry_later(delivery, record, retry).await;
                 }
-                self.metrics.run(&flow.id, report.status);
+                self.lifecycle.ended(
+                    &run_id,
+                    &flow.id,
+                    report.status,
+                    report.duration,
+                    report.error.as_ref().map(|e| e.message.as_str()),
+                );
                 let outcome = Outcome::Executed {
                     run_id,
                     status: report.status,
@@ -252,7 +261,7 @@ impl Worker {
             .await
         {
             if last_record.is_some() {
-                self.metrics.record_lost();
+                self.lifecycle.metrics().record_lost();
             }
             tracing::warn!(error = %e, entry = %delivery.id, "could not acknowledge a run; it will run again");
         }
@@ -358,7 +367,8 @@ impl Worker {
         let mut next = delivery.input.clone();
         next.resume = Some(retry.resume);
         let due = now_ms() + retry.delay.as_millis() as u64;
-        tracing::info!(run_id = %record.id, retry_in_ms = retry.delay.as_millis() as u64, "run waits for a step retry");
+        self.lifecycle
+            .retry_later(&record.id, &record.flow, retry.delay);
         if let Err(e) = self
             .queue
             .retry_later(&delivery.id, &next, due, Some(&record))
@@ -380,8 +390,13 @@ impl Worker {
             "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
             record.interrupted
         );
-        tracing::error!(run_id = %record.id, %reason, "run dead-lettered");
-        self.metrics.run(&record.flow, RunState::Aborted);
+        self.lifecycle.ended(
+            &record.id,
+            &record.flow,
+            RunState::Aborted,
+            Duration::ZERO,
+            Some(&reason),
+        );
         record.abort(&reason);
         // Moved first, so a record saying `aborted` means the run is gone
         // from the queue.
@@ -411,7 +426,7 @@ impl Worker {
 
     async fn save(&self, record: &RunRecord) {
         if let Err(e) = self.runs.save(record).await {
-            self.metrics.record_lost();
+            self.lifecycle.metrics().record_lost();
             tracing::warn!(run_id = %record.id, error = %e, "run record not saved");
         }
     }

@@ -74,6 +74,8 @@ pub struct TriggerState {
     pub runs: Arc<dyn RunStore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Announces run transitions.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Slots for background record writes ([`MAX_PENDING_RECORDS`]).
     pub record_slots: Arc<tokio::sync::Semaphore>,
     /// Headers carrying an idempotency key, first match wins
@@ -260,8 +262,13 @@ async fn run_sync(
         .engine
         .run(catalog, flow, input, RunOptions::default())
         .await;
-    tracing::info!(run_id = %run_id, status = report.status.as_str(), duration_ms = report.duration.as_millis() as u64, "run ended");
-    state.metrics.run(&flow.id, report.status);
+    state.lifecycle.ended(
+        run_id,
+        &flow.id,
+        report.status,
+        report.duration,
+        report.error.as_ref().map(|e| e.message.as_str()),
+    );
     let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
         if e.status.is_server_error() {
             tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
@@ -448,7 +455,7 @@ async fn accept_async(
         tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
         return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
     }
-    tracing::info!(run_id = %input.run_id, "run queued");
+    state.lifecycle.queued(&input.run_id, &flow.id);
     Ok(response)
 }
 

@@ -7,6 +7,7 @@ mod conformance;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod lifecycle;
 mod queue;
 mod redis_backend;
 mod runs;

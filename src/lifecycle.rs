@@ -1,0 +1,246 @@
+//! The run lifecycle: every transition of a run — queued, started, waiting
+//! to retry later, ended — is announced here once. Announcing a transition
+//! logs it, counts it in the metrics and publishes a typed [`Event`] on an
+//! in-process bus, so a new consumer (outbound event webhooks, say)
+//! subscribes instead of touching the trigger, the workers or the engine.
+//!
+//! An event is only built when someone listens: with no subscriber the bus
+//! costs one atomic load per transition. A subscriber that falls more than
+//! [`BUS_CAPACITY`] events behind loses the oldest ones (and is told so by
+//! its receiver), so a slow consumer never slows runs down.
+//!
+//! Flow events (created, updated, deleted, status changed) have their types
+//! here too; hot reload and pause will publish them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::engine::RunState;
+use crate::flow::FlowStatus;
+use crate::metrics::Metrics;
+
+/// Events a subscriber may lag behind by before it loses the oldest.
+pub const BUS_CAPACITY: usize = 4096;
+
+/// Something that happened to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// An async run was stored in the queue and its sender answered.
+    Queued {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+    },
+    /// A worker started executing an async run.
+    Started {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+        /// Executions so far, this one included.
+        attempt: u32,
+        /// Time from acceptance to this start.
+        lag: Duration,
+    },
+    /// A run stopped to retry a step later; its worker slot is free meanwhile.
+    RetryLater {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+        /// How long until it is claimable again.
+        delay: Duration,
+    },
+    /// A run ended: succeeded, failed, timed out, or aborted.
+    Ended {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+        /// How it ended.
+        state: RunState,
+        /// Wall time of its last execution.
+        duration: Duration,
+        /// Why it failed or was aborted.
+        error: Option<String>,
+    },
+}
+
+/// Something that happened to a flow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowEvent {
+    /// A flow file appeared.
+    Created {
+        /// The flow.
+        flow: String,
+    },
+    /// A flow file changed and its new version loaded.
+    Updated {
+        /// The flow.
+        flow: String,
+    },
+    /// A flow file disappeared.
+    Deleted {
+        /// The flow.
+        flow: String,
+    },
+    /// A flow was paused, unpaused or otherwise changed status.
+    StatusChanged {
+        /// The flow.
+        flow: String,
+        /// Its status now.
+        status: FlowStatus,
+    },
+}
+
+/// What the bus carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A run transition.
+    Run(RunEvent),
+    /// A flow change.
+    Flow(FlowEvent),
+}
+
+/// Announces transitions: logs, metrics, and the event bus.
+pub struct Lifecycle {
+    metrics: Arc<Metrics>,
+    bus: broadcast::Sender<Arc<Event>>,
+}
+
+impl Lifecycle {
+    /// A lifecycle counting into `metrics`, with no subscriber yet.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            bus: broadcast::channel(BUS_CAPACITY).0,
+        }
+    }
+
+    /// The metrics transitions are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.bus.subscribe()
+    }
+
+    /// Publishes the event `build` makes, building it only when someone listens.
+    pub fn publish(&self, build: impl FnOnce() -> Event) {
+        if self.bus.receiver_count() > 0 {
+            // Sending fails only when the last subscriber just left.
+            let _ = self.bus.send(Arc::new(build()));
+        }
+    }
+
+    /// An async run was queued.
+    pub fn queued(&self, run_id: &str, flow: &str) {
+        tracing::info!(run_id = %run_id, "run queued");
+        self.publish(|| {
+            Event::Run(RunEvent::Queued {
+                run_id: run_id.to_owned(),
+                flow: flow.to_owned(),
+            })
+        });
+    }
+
+    /// A worker started an async run `lag` after its acceptance.
+    pub fn started(&self, run_id: &str, flow: &str, attempt: u32, lag: Duration, taken_over: bool) {
+        self.metrics.queue_lag(lag);
+        tracing::info!(run_id = %run_id, flow = %flow, lag_ms = lag.as_millis() as u64, attempt, taken_over, "run started");
+        self.publish(|| {
+            Event::Run(RunEvent::Started {
+                run_id: run_id.to_owned(),
+                flow: flow.to_owned(),
+                attempt,
+                lag,
+            })
+        });
+    }
+
+    /// A run will retry a step after `delay`.
+    pub fn retry_later(&self, run_id: &str, flow: &str, delay: Duration) {
+        tracing::info!(run_id = %run_id, retry_in_ms = delay.as_millis() as u64, "run waits for a step retry");
+        self.publish(|| {
+            Event::Run(RunEvent::RetryLater {
+                run_id: run_id.to_owned(),
+                flow: flow.to_owned(),
+                delay,
+            })
+        });
+    }
+
+    /// A run ended in `state`.
+    pub fn ended(
+        &self,
+        run_id: &str,
+        flow: &str,
+        state: RunState,
+        duration: Duration,
+        error: Option<&str>,
+    ) {
+        self.metrics.run(flow, state);
+        match state {
+            RunState::Aborted => {
+                tracing::error!(run_id = %run_id, flow = %flow, reason = error, "run aborted")
+            }
+            _ => tracing::info!(
+                run_id = %run_id,
+                flow = %flow,
+                status = state.as_str(),
+                duration_ms = duration.as_millis() as u64,
+                error,
+                "run ended"
+            ),
+        }
+        self.publish(|| {
+            Event::Run(RunEvent::Ended {
+                run_id: run_id.to_owned(),
+                flow: flow.to_owned(),
+                state,
+                duration,
+                error: error.map(str::to_owned),
+            })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_built_only_when_someone_listens() {
+        let lifecycle = Lifecycle::new(Arc::new(Metrics::default()));
+        lifecycle.publish(|| panic!("built with nobody listening"));
+        let mut events = lifecycle.subscribe();
+        lifecycle.ended(
+            "r1",
+            "f",
+            RunState::Failed,
+            Duration::from_millis(3),
+            Some("boom"),
+        );
+        let event = events.try_recv().unwrap();
+        assert_eq!(
+            *event,
+            Event::Run(RunEvent::Ended {
+                run_id: "r1".into(),
+                flow: "f".into(),
+                state: RunState::Failed,
+                duration: Duration::from_millis(3),
+                error: Some("boom".into()),
+            })
+        );
+        let metrics = lifecycle.metrics().render(None);
+        assert!(
+            metrics.contains("flowgate_runs_total{flow=\"f\",status=\"failed\"} 1"),
+            "{metrics}"
+        );
+    }
+}
