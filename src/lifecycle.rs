@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-use crate::engine::RunState;
+use crate::engine::{RunState, StepObserver, StepState, StepTrace};
 use crate::flow::FlowStatus;
 use crate::metrics::Metrics;
 
@@ -45,6 +45,32 @@ pub enum RunEvent {
         /// Time from acceptance to this start.
         lag: Duration,
     },
+    /// A step of a run started.
+    StepStarted {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+        /// Where the step sits, e.g. `notify` or `each[2].post`.
+        step: String,
+        /// The step's kind.
+        kind: String,
+    },
+    /// A step of a run ended.
+    StepEnded {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        flow: String,
+        /// Where the step sits.
+        step: String,
+        /// The step's kind.
+        kind: String,
+        /// How it ended.
+        state: StepState,
+        /// How long it took, in milliseconds.
+        duration_ms: u64,
+    },
     /// A run stopped to retry a step later; its worker slot is free meanwhile.
     RetryLater {
         /// The run.
@@ -67,6 +93,20 @@ pub enum RunEvent {
         /// Why it failed or was aborted.
         error: Option<String>,
     },
+}
+
+impl RunEvent {
+    /// The run the event is about.
+    pub fn run_id(&self) -> &str {
+        match self {
+            RunEvent::Queued { run_id, .. }
+            | RunEvent::Started { run_id, .. }
+            | RunEvent::StepStarted { run_id, .. }
+            | RunEvent::StepEnded { run_id, .. }
+            | RunEvent::RetryLater { run_id, .. }
+            | RunEvent::Ended { run_id, .. } => run_id,
+        }
+    }
 }
 
 /// Something that happened to a flow.
@@ -138,6 +178,15 @@ impl Lifecycle {
         }
     }
 
+    /// The observer that announces the steps of run `run_id` of `flow`.
+    pub fn steps<'a>(&'a self, run_id: &'a str, flow: &'a str) -> RunSteps<'a> {
+        RunSteps {
+            lifecycle: self,
+            run_id,
+            flow,
+        }
+    }
+
     /// An async run was queued.
     pub fn queued(&self, run_id: &str, flow: &str) {
         tracing::info!(run_id = %run_id, "run queued");
@@ -205,6 +254,39 @@ impl Lifecycle {
                 state,
                 duration,
                 error: error.map(str::to_owned),
+            })
+        });
+    }
+}
+
+/// Announces the steps of one run as the engine executes them.
+pub struct RunSteps<'a> {
+    lifecycle: &'a Lifecycle,
+    run_id: &'a str,
+    flow: &'a str,
+}
+
+impl StepObserver for RunSteps<'_> {
+    fn step_started(&self, path: &str, kind: &str) {
+        self.lifecycle.publish(|| {
+            Event::Run(RunEvent::StepStarted {
+                run_id: self.run_id.to_owned(),
+                flow: self.flow.to_owned(),
+                step: path.to_owned(),
+                kind: kind.to_owned(),
+            })
+        });
+    }
+
+    fn step_ended(&self, trace: &StepTrace) {
+        self.lifecycle.publish(|| {
+            Event::Run(RunEvent::StepEnded {
+                run_id: self.run_id.to_owned(),
+                flow: self.flow.to_owned(),
+                step: trace.path.clone(),
+                kind: trace.kind.clone(),
+                state: trace.status,
+                duration_ms: trace.duration_ms,
             })
         });
     }

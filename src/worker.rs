@@ -215,7 +215,8 @@ impl Worker {
                     delivery.taken_over,
                 );
                 let report = {
-                    let run = self.engine.run(
+                    let steps = self.lifecycle.steps(&run_id, &flow.id);
+                    let run = self.engine.run_observed(
                         &catalog,
                         flow,
                         &delivery.input,
@@ -223,6 +224,7 @@ impl Worker {
                             dry_run: false,
                             retry_later: true,
                         },
+                        &steps,
                     );
                     tokio::pin!(run);
                     // Most runs end within milliseconds: their record goes

@@ -166,6 +166,31 @@ struct Execution<'a> {
     options: RunOptions,
     traces: Vec<StepTrace>,
     logs: Vec<String>,
+    observer: &'a dyn StepObserver,
+}
+
+impl Execution<'_> {
+    /// Keeps a step's trace and tells the observer it ended.
+    fn step_ended(&mut self, trace: StepTrace) {
+        self.observer.step_ended(&trace);
+        self.traces.push(trace);
+    }
+}
+
+/// Told when each step starts and ends, while a run executes.
+pub trait StepObserver: Send + Sync {
+    /// Step `path` of `kind` starts (its `if`, if any, held).
+    fn step_started(&self, path: &str, kind: &str);
+    /// A step ended: succeeded, failed (perhaps to retry later) or skipped.
+    fn step_ended(&self, trace: &StepTrace);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl StepObserver for NoObserver {
+    fn step_started(&self, _: &str, _: &str) {}
+    fn step_ended(&self, _: &StepTrace) {}
 }
 
 type StepsFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
@@ -193,6 +218,19 @@ impl Engine {
         input: &RunInput,
         options: RunOptions,
     ) -> RunReport {
+        self.run_observed(catalog, flow, input, options, &NoObserver)
+            .await
+    }
+
+    /// [`Engine::run`], telling `observer` as each step starts and ends.
+    pub async fn run_observed(
+        &self,
+        catalog: &Catalog,
+        flow: &Flow,
+        input: &RunInput,
+        options: RunOptions,
+        observer: &dyn StepObserver,
+    ) -> RunReport {
         let started = Instant::now();
         let mut scope = Self::initial_scope(flow, input, RunState::Running);
         let mut state = Execution {
@@ -200,6 +238,7 @@ impl Engine {
             options,
             traces: Vec::new(),
             logs: Vec::new(),
+            observer,
         };
         let (start, attempts, used) = match &input.resume {
             Some(resume) => {
@@ -334,7 +373,7 @@ impl Engine {
                 Ok(value) if value.is_true() => {}
                 Ok(_) => {
                     trace.status = StepState::Skipped;
-                    state.traces.push(trace);
+                    state.step_ended(trace);
                     return Ok(());
                 }
                 Err(e) => {
@@ -344,6 +383,7 @@ impl Engine {
                 }
             }
         }
+        state.observer.step_started(&path, &trace.kind);
         let mut attempt = attempts_before;
         let result = loop {
             attempt += 1;
@@ -382,7 +422,7 @@ impl Engine {
                         ));
                         trace.output = failure.output;
                         trace.duration_ms = clock.elapsed().as_millis() as u64;
-                        state.traces.push(trace);
+                        state.step_ended(trace);
                         return Err(Halt::RetryLater {
                             step: index,
                             attempts: attempt,
@@ -401,7 +441,7 @@ impl Engine {
                 scope.set_json(&step.ref_id, output.clone());
                 trace.output = output;
                 trace.duration_ms = clock.elapsed().as_millis() as u64;
-                state.traces.push(trace);
+                state.step_ended(trace);
                 Ok(())
             }
             Err(failure) => self.finish_failed(step, path, trace, failure, clock, scope, state),
@@ -423,7 +463,7 @@ impl Engine {
         trace.error = Some(failure.message.clone());
         trace.output = failure.output;
         trace.duration_ms = clock.elapsed().as_millis() as u64;
-        state.traces.push(trace);
+        state.step_ended(trace);
         match step.on_error {
             OnError::Continue => {
                 scope.set_json(&step.ref_id, json!({ "error": failure.message }));

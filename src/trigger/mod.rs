@@ -260,7 +260,13 @@ async fn run_sync(
     let run_id = &input.run_id;
     let report = state
         .engine
-        .run(catalog, flow, input, RunOptions::default())
+        .run_observed(
+            catalog,
+            flow,
+            input,
+            RunOptions::default(),
+            &state.lifecycle.steps(run_id, &flow.id),
+        )
         .await;
     state.lifecycle.ended(
         run_id,

@@ -19,13 +19,7 @@ async fn events_of(events: &mut broadcast::Receiver<Arc<Event>>, run_id: &str) -
             .unwrap_or_else(|_| panic!("run {run_id} did not end; saw {seen:?}"))
             .unwrap();
         let Event::Run(event) = &*event else { continue };
-        let id = match event {
-            RunEvent::Queued { run_id, .. }
-            | RunEvent::Started { run_id, .. }
-            | RunEvent::RetryLater { run_id, .. }
-            | RunEvent::Ended { run_id, .. } => run_id,
-        };
-        if id == run_id {
+        if event.run_id() == run_id {
             seen.push(event.clone());
             if matches!(event, RunEvent::Ended { .. }) {
                 return seen;
@@ -41,6 +35,8 @@ fn shape(events: &[RunEvent]) -> Vec<String> {
         .map(|e| match e {
             RunEvent::Queued { .. } => "queued".to_owned(),
             RunEvent::Started { attempt, .. } => format!("started#{attempt}"),
+            RunEvent::StepStarted { step, .. } => format!("step:{step}"),
+            RunEvent::StepEnded { step, state, .. } => format!("step:{step}:{}", state.as_str()),
             RunEvent::RetryLater { .. } => "retry_later".to_owned(),
             RunEvent::Ended { state, .. } => format!("ended:{state}"),
         })
@@ -69,8 +65,11 @@ async fn every_run_transition_is_published() {
     let failed = app.post_json("s", "{}").await;
     assert_eq!(failed.status(), 500);
     let sync_events = events_of(&mut events, &run_id(&failed)).await;
-    assert_eq!(shape(&sync_events), ["ended:failed"]);
-    let RunEvent::Ended { flow, error, .. } = &sync_events[0] else {
+    assert_eq!(
+        shape(&sync_events),
+        ["step:no", "step:no:failed", "ended:failed"]
+    );
+    let RunEvent::Ended { flow, error, .. } = &sync_events[2] else {
         unreachable!()
     };
     assert_eq!((flow.as_str(), error.as_deref()), ("s", Some("nope")));
@@ -83,8 +82,12 @@ async fn every_run_transition_is_published() {
         [
             "queued",
             "started#1",
+            "step:call",
+            "step:call:failed",
             "retry_later",
             "started#2",
+            "step:call",
+            "step:call:succeeded",
             "ended:succeeded"
         ]
     );
