@@ -34,15 +34,15 @@ pub struct Backends {
 impl Backends {
     /// Redis at `url`, one connection pool shared by the queue and the
     /// stores; records are kept for `retention`. Runs dead-lettered by the
-    /// queue itself are counted in `metrics`.
+    /// queue itself are announced through `lifecycle`.
     pub fn redis(
         url: &str,
         retention: Duration,
-        metrics: &Arc<Metrics>,
+        lifecycle: &Arc<Lifecycle>,
     ) -> Result<Self, StorageError> {
         let pool = crate::backend::redis::connect(url)?;
         let store = Arc::new(RedisStore::with_pool(pool.clone(), retention));
-        let queue = RedisQueue::with_pool(pool, (*store).clone()).with_metrics(metrics.clone());
+        let queue = RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
         Ok(Self {
             queue: Arc::new(queue),
             runs: store.clone(),
@@ -97,7 +97,6 @@ pub struct App {
     catalog: SharedCatalog,
     engine: Engine,
     backends: Backends,
-    metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
 }
 
@@ -108,7 +107,7 @@ impl App {
         keys: TokenKeys,
         catalog: SharedCatalog,
         backends: Backends,
-        metrics: Arc<Metrics>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Self {
         Self {
             engine: Engine::new(HttpClient::new(settings.allow_private_networks)),
@@ -116,8 +115,7 @@ impl App {
             keys,
             catalog,
             backends,
-            lifecycle: Arc::new(Lifecycle::new(metrics.clone())),
-            metrics,
+            lifecycle,
         }
     }
 
@@ -130,7 +128,7 @@ impl App {
             queue: self.backends.queue.clone(),
             idempotency: self.backends.idempotency.clone(),
             runs: self.backends.runs.clone(),
-            metrics: self.metrics.clone(),
+            metrics: self.metrics().clone(),
             lifecycle: self.lifecycle.clone(),
             record_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
             idempotency_headers: self.settings.idempotency_headers.clone(),
@@ -164,7 +162,7 @@ impl App {
 
     /// The metrics every part counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.lifecycle.metrics()
     }
 
     /// Where run transitions are announced; subscribe to its events.

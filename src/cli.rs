@@ -15,6 +15,7 @@ use crate::app::{App, Backends, Settings};
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, HttpClient, RunOptions};
 use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::token::TokenKeys;
 
@@ -191,20 +192,20 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
 fn build_app(config: &Config) -> anyhow::Result<App> {
     let settings = Settings::from_config(config)?;
     let keys = TokenKeys::new(&config.signing_key()?);
-    let metrics = Arc::new(Metrics::default());
-    let backends = backends(config, &metrics)?;
+    let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
+    let backends = backends(config, &lifecycle)?;
     Ok(App::new(
         settings,
         keys,
         load_for_serving(config),
         backends,
-        metrics,
+        lifecycle,
     ))
 }
 
 /// The configured storage backends.
-fn backends(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Backends> {
-    Backends::redis(&config.redis.url, config.runs_retention()?, metrics)
+fn backends(config: &Config, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<Backends> {
+    Backends::redis(&config.redis.url, config.runs_retention()?, lifecycle)
         .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
 }
 
@@ -432,7 +433,11 @@ fn preview_text(text: &str) -> String {
 }
 
 fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
-    let store = backends(config, &Arc::new(Metrics::default()))?.runs;
+    let store = backends(
+        config,
+        &Arc::new(Lifecycle::new(Arc::new(Metrics::default()))),
+    )?
+    .runs;
     let rt = runtime()?;
     match command {
         RunsCommand::List { flow, limit, json } => {

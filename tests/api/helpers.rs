@@ -12,6 +12,7 @@ use bytes::Bytes;
 use flowgate::app::{App, Backends, Settings};
 use flowgate::config::Secret;
 use flowgate::flow::{LoadOptions, SharedCatalog, load_catalog};
+use flowgate::lifecycle::Lifecycle;
 use flowgate::token::TokenKeys;
 use flowgate::worker::{Worker, WorkerSettings};
 use http_body_util::{BodyExt, Full};
@@ -235,8 +236,8 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     );
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
     let redis = RedisServer::start(options.redis_aof);
-    let metrics = Arc::new(flowgate::metrics::Metrics::default());
-    let backends = Backends::redis(&redis.url(), Duration::from_secs(3600), &metrics).unwrap();
+    let lifecycle = Arc::new(Lifecycle::new(Arc::default()));
+    let backends = Backends::redis(&redis.url(), Duration::from_secs(3600), &lifecycle).unwrap();
     backends.queue.prepare().await.unwrap();
     let settings = Settings {
         limits: options.limits,
@@ -248,7 +249,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         keys.clone(),
         SharedCatalog::new(report.catalog),
         backends,
-        metrics,
+        lifecycle,
     );
     let state = app.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -11,7 +11,7 @@ use super::keys::{DEAD_LETTER_KEY, DELAYED_KEY, GROUP, STREAM_KEY};
 use super::{Batcher, RedisStore, query, query_pipeline, to_json};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
-use crate::metrics::Metrics;
+use crate::lifecycle::Lifecycle;
 use crate::record::RunRecord;
 
 /// Moves due entries from the delayed set into the stream, atomically.
@@ -32,8 +32,8 @@ pub struct RedisQueue {
     pool: Pool,
     records: RedisStore,
     batcher: Batcher,
-    /// Counts runs dead-lettered for an undecodable entry, when set.
-    metrics: Option<Arc<Metrics>>,
+    /// Announces runs dead-lettered for an undecodable entry, when set.
+    lifecycle: Option<Arc<Lifecycle>>,
 }
 
 impl RedisQueue {
@@ -45,13 +45,14 @@ impl RedisQueue {
             batcher: Batcher::new(pool.clone()),
             pool,
             records,
-            metrics: None,
+            lifecycle: None,
         }
     }
 
-    /// Counts runs whose entry could not be decoded as `aborted` in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Announces runs whose entry could not be decoded as ended `aborted`
+    /// through `lifecycle`, like every other run.
+    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
         self
     }
 
@@ -139,8 +140,9 @@ impl RedisQueue {
         let Some(run_id) = run_id else { return };
         match self.records.abort(&run_id, &reason).await {
             Ok(Some(flow)) => {
-                if let Some(metrics) = &self.metrics {
-                    metrics.run(&flow, crate::engine::RunState::Aborted);
+                if let Some(lifecycle) = &self.lifecycle {
+                    let aborted = crate::engine::RunState::Aborted;
+                    lifecycle.ended(&run_id, &flow, aborted, Duration::ZERO, Some(&reason));
                 }
             }
             Ok(None) => {}
