@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flowgate::app::Backends;
 use flowgate::backend::now_ms;
-use flowgate::backend::{Reservation, StoredAnswer};
+use flowgate::backend::{Delivery, Reservation, StoredAnswer};
 use flowgate::engine::{Resume, RunInput, RunState};
 use flowgate::record::RunRecord;
 use serde_json::json;
@@ -26,8 +26,8 @@ pub struct Subject {
 /// Redis: a server of the test's own.
 pub async fn redis() -> Subject {
     let redis = RedisServer::start(false);
-    let metrics = Arc::new(flowgate::metrics::Metrics::default());
-    let backends = Backends::redis(&redis.url(), RETENTION, &metrics).unwrap();
+    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
+    let backends = Backends::redis(&redis.url(), RETENTION, &lifecycle).unwrap();
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
@@ -62,6 +62,33 @@ async fn depth(b: &Backends) -> u64 {
     b.queue.depth().await.unwrap()
 }
 
+/// Claims the one run waiting, for consumer `a`.
+async fn claim_one(b: &Backends) -> Delivery {
+    let mut claimed = b
+        .queue
+        .claim("a", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "one run was waiting");
+    claimed.remove(0)
+}
+
+/// Nothing is left to claim or take over, for consumer `consumer`.
+async fn assert_nothing_left(b: &Backends, consumer: &str) {
+    let taken = b
+        .queue
+        .take_over(consumer, Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert!(taken.is_empty(), "taken over: {taken:?}");
+    let claimed = b
+        .queue
+        .claim(consumer, 10, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "claimed: {claimed:?}");
+}
+
 pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
     assert_eq!(depth(b).await, 1);
@@ -92,33 +119,16 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
     assert_eq!(taken[0].input.run_id, "r1");
     b.queue.complete(&taken[0].id, None).await.unwrap();
     assert_eq!(depth(b).await, 0);
-    assert!(
-        b.queue
-            .take_over("c", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        b.queue
-            .claim("c", 10, Duration::from_millis(50))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_left(b, "c").await;
 }
 
-pub async fn a_heartbeat_keeps_a_run_from_being_taken_over(b: &Backends) {
+pub async fn an_extended_lease_keeps_a_run_from_being_taken_over(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
-    let held = b
-        .queue
-        .claim("a", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
+    let held = claim_one(b).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         b.queue
-            .extend_leases("a", &[held[0].id.clone()])
+            .extend_leases("a", std::slice::from_ref(&held.id))
             .await
             .unwrap();
         let taken = b
@@ -126,11 +136,14 @@ pub async fn a_heartbeat_keeps_a_run_from_being_taken_over(b: &Backends) {
             .take_over("b", Duration::from_millis(250), 10)
             .await
             .unwrap();
-        assert!(taken.is_empty(), "a heartbeated run was taken over");
+        assert!(
+            taken.is_empty(),
+            "a run whose lease was extended was taken over"
+        );
     }
 }
 
-pub async fn fetch_hands_out_no_more_than_asked(b: &Backends) {
+pub async fn claim_hands_out_no_more_than_asked(b: &Backends) {
     for n in 0..5 {
         b.queue
             .enqueue(&input(&format!("r{n}")), None)
@@ -160,12 +173,7 @@ pub async fn fetch_hands_out_no_more_than_asked(b: &Backends) {
 
 pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
-    let delivery = b
-        .queue
-        .claim("a", 1, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = claim_one(b).await;
     let mut next = delivery.input.clone();
     next.resume = Some(Resume {
         step: 1,
@@ -216,28 +224,10 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
 
 pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
     b.queue.enqueue(&input("r1"), None).await.unwrap();
-    let delivery = b
-        .queue
-        .claim("a", 1, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = claim_one(b).await;
     b.queue.dead_letter(&delivery, "given up").await.unwrap();
     assert_eq!(depth(b).await, 0);
-    assert!(
-        b.queue
-            .take_over("b", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        b.queue
-            .claim("b", 10, Duration::from_millis(50))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_left(b, "b").await;
 }
 
 pub async fn queue_transitions_write_the_run_record(b: &Backends) {
@@ -252,12 +242,7 @@ pub async fn queue_transitions_write_the_run_record(b: &Backends) {
         .unwrap()
         .expect("written with the enqueue");
     assert_eq!(stored.status, RunState::Queued);
-    let delivery = b
-        .queue
-        .claim("a", 1, Duration::from_millis(100))
-        .await
-        .unwrap()
-        .remove(0);
+    let delivery = claim_one(b).await;
     b.queue
         .complete(&delivery.id, Some(&record("r1", RunState::Succeeded)))
         .await
@@ -376,8 +361,8 @@ macro_rules! conformance {
 
 conformance!(redis:
     a_run_is_delivered_until_it_is_acknowledged,
-    a_heartbeat_keeps_a_run_from_being_taken_over,
-    fetch_hands_out_no_more_than_asked,
+    an_extended_lease_keeps_a_run_from_being_taken_over,
+    claim_hands_out_no_more_than_asked,
     a_retry_waits_until_due_then_resumes,
     a_dead_lettered_run_leaves_the_queue,
     queue_transitions_write_the_run_record,
