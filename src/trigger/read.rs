@@ -66,6 +66,10 @@ impl TriggerLimits {
     /// A slot for an authenticated request, held while it lives; 503 when
     /// none frees up in time.
     pub(super) async fn request_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        // A free slot needs no timer.
+        if let Ok(permit) = self.requests.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         tokio::time::timeout(SLOT_WAIT, self.requests.clone().acquire_owned())
             .await
             .map(|permit| permit.expect("never closed"))
