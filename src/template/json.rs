@@ -111,9 +111,10 @@ pub fn rewrite(source: &str) -> Result<String, JsonTemplateError> {
     // Open blocks: their tag name, the place they started at, their line.
     let mut blocks: Vec<(&str, Place, usize)> = Vec::new();
     let mut rest = source;
+    // The 1-based line where `rest` starts in `source`.
     let line_of = |rest: &str| {
-        source[..source.len() - rest.len()].lines().count().max(1)
-            + usize::from(source[..source.len() - rest.len()].ends_with('\n'))
+        let before = &source.as_bytes()[..source.len() - rest.len()];
+        memchr::memchr_iter(b'\n', before).count() + 1
     };
     while let Some(start) = next_tag(rest) {
         let (text, tag) = rest.split_at(start);
