@@ -19,9 +19,9 @@
 //! - [`error`]: the error envelope every flowgate-made error answer uses.
 //! - [`codec`]: depth-bounded JSON for everything stored (queue entries, records).
 //! - [`token`]: minting and verifying flow tokens (JWTs).
-//! - [`flow`]: the flow model, and loading plus validation of `flows/*.toml`.
+//! - [`flow`]: the flow model, loading plus validation of `flows/*.toml`, and the step kinds (one file each).
 //! - [`template`]: the minijinja environment, template values and the template context.
-//! - [`engine`]: the run engine and its steps, independent of where a run comes from.
+//! - [`engine`]: the run engine (step order, retries, timeouts, traces), independent of where a run comes from.
 //! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
 //! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.

@@ -10,13 +10,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use minijinja::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::flow::{Action, Catalog, Flow, HttpAction, OnError, Step};
-use crate::template::{self, Scope, to_json};
+use crate::flow::step::{Call, Runner, StepFailure};
+use crate::flow::{Catalog, Flow, OnError, Step};
+use crate::template::{self, Scope};
 
 mod input;
 mod state;
@@ -24,9 +23,6 @@ mod state;
 pub use crate::outbound::HttpClient;
 pub use input::{RunInput, is_json_request};
 pub use state::{RunState, StepState};
-
-/// Most items a `for_each` step iterates over.
-const MAX_FOR_EACH_ITEMS: usize = 10_000;
 
 /// The state of a run that stopped to wait for a step's retry: it starts
 /// again at `step` with the outputs of the steps before it.
@@ -121,22 +117,6 @@ pub struct RunReport {
 #[derive(Clone)]
 pub struct Engine {
     http: HttpClient,
-}
-
-struct StepFailure {
-    message: String,
-    retryable: bool,
-    output: serde_json::Value,
-}
-
-impl StepFailure {
-    fn fatal(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-            output: serde_json::Value::Null,
-        }
-    }
 }
 
 enum Halt {
@@ -485,184 +465,47 @@ impl Engine {
         state: &mut Execution<'_>,
         input: &mut serde_json::Value,
     ) -> Result<serde_json::Value, StepFailure> {
-        let render_err = |e: minijinja::Error| StepFailure::fatal(template::describe_at(&e));
-        match &step.action {
-            Action::Transform { set } => {
-                set.render(state.env, &scope.context()).map_err(render_err)
-            }
-            Action::Log { message } => {
-                let message = message_text(
-                    message
-                        .render(state.env, &scope.context())
-                        .map_err(render_err)?,
-                );
-                state.logs.push(message.clone());
-                tracing::info!(step = %path, %message, "flow log");
-                Ok(json!({ "message": message }))
-            }
-            Action::Fail { message } => {
-                let message = message_text(
-                    message
-                        .render(state.env, &scope.context())
-                        .map_err(render_err)?,
-                );
-                Err(StepFailure::fatal(message))
-            }
-            Action::Delay { duration } => {
-                *input = json!({ "duration_ms": duration.as_millis() as u64 });
-                if !state.options.dry_run {
-                    tokio::time::sleep(*duration).await;
-                }
-                Ok(json!({}))
-            }
-            Action::Http(action) => self.http_step(action, scope, state, input).await,
-            Action::Branch {
-                when,
-                then,
-                otherwise,
-            } => {
-                let taken = template::eval(state.env, when, &scope.context())
-                    .map_err(render_err)?
-                    .is_true();
-                let (branch, label) = if taken {
-                    (then, "then")
-                } else {
-                    (otherwise, "else")
-                };
-                *input = json!({ "when": taken });
-                let prefix = format!("{path}.{label}.");
-                self.run_steps(branch, prefix, scope, state)
-                    .await
-                    .map_err(Halt::into_failure)?;
-                Ok(json!({ "taken": label }))
-            }
-            Action::ForEach { items, steps } => {
-                let list =
-                    template::eval(state.env, items, &scope.context()).map_err(render_err)?;
-                let items: Vec<Value> = if list.is_undefined() || list.is_none() {
-                    Vec::new()
-                } else {
-                    list.try_iter()
-                        .map_err(|_| {
-                            StepFailure::fatal(format!(
-                                "`items` is not a list (got {})",
-                                list.kind()
-                            ))
-                        })?
-                        .take(MAX_FOR_EACH_ITEMS + 1)
-                        .collect()
-                };
-                if items.len() > MAX_FOR_EACH_ITEMS {
-                    return Err(StepFailure::fatal(format!(
-                        "`items` has more than {MAX_FOR_EACH_ITEMS} entries"
-                    )));
-                }
-                *input = json!({ "items": items.len() });
-                let length = items.len();
-                let mut results = Vec::with_capacity(length);
-                for (index0, item) in items.into_iter().enumerate() {
-                    let mut inner = scope.clone();
-                    inner.set("item", item);
-                    inner.set_json(
-                        "loop",
-                        json!({
-                            "index": index0 + 1,
-                            "index0": index0,
-                            "first": index0 == 0,
-                            "last": index0 + 1 == length,
-                            "length": length,
-                        }),
-                    );
-                    let prefix = format!("{path}[{index0}].");
-                    self.run_steps(steps, prefix, &mut inner, state)
-                        .await
-                        .map_err(Halt::into_failure)?;
-                    let outputs: serde_json::Map<String, serde_json::Value> = steps
-                        .iter()
-                        .filter_map(|s| {
-                            inner
-                                .get(&s.ref_id)
-                                .map(|v| (s.ref_id.clone(), to_json(&v)))
-                        })
-                        .collect();
-                    results.push(serde_json::Value::Object(outputs));
-                }
-                Ok(json!({ "results": results }))
-            }
-        }
+        let mut runner = StepRunner {
+            engine: self,
+            state,
+        };
+        let call = Call { path, scope, input };
+        step.action.run(&mut runner, call).await
+    }
+}
+
+/// The engine's side of a running step.
+struct StepRunner<'r, 'x> {
+    engine: &'r Engine,
+    state: &'r mut Execution<'x>,
+}
+
+impl Runner for StepRunner<'_, '_> {
+    fn env(&self) -> &template::Env {
+        self.state.env
     }
 
-    async fn http_step(
-        &self,
-        action: &HttpAction,
-        scope: &Scope,
-        state: &Execution<'_>,
-        input: &mut serde_json::Value,
-    ) -> Result<serde_json::Value, StepFailure> {
-        let ctx = scope.context();
-        let render = |v: &template::TemplateValue| {
-            v.render(state.env, &ctx)
-                .map_err(|e| StepFailure::fatal(template::describe_at(&e)))
-        };
-        let url = match render(&action.url)? {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        };
-        let headers = string_pairs(render(&action.headers)?);
-        let query = string_pairs(render(&action.query)?);
-        let body = action.body.as_ref().map(render).transpose()?;
-        *input = json!({
-            "method": action.method.as_str(),
-            "url": url,
-            "headers": headers.iter().cloned().collect::<serde_json::Map<_, _>>(),
-            "query": query.iter().cloned().collect::<serde_json::Map<_, _>>(),
-            "body": body,
-        });
-        if state.options.dry_run {
-            return Ok(json!({ "status": null, "headers": {}, "body": null, "dry_run": true }));
-        }
-        let header_pairs: Vec<(String, String)> = headers
-            .into_iter()
-            .map(|(k, v)| (k, json_text(v)))
-            .collect();
-        let query_pairs: Vec<(String, String)> =
-            query.into_iter().map(|(k, v)| (k, json_text(v))).collect();
-        let payload = body.map(|b| match b {
-            serde_json::Value::String(text) => (Bytes::from(text), "text/plain; charset=utf-8"),
-            other => (Bytes::from(other.to_string()), "application/json"),
-        });
-        let response = self
-            .http
-            .send(
-                action.method.clone(),
-                &url,
-                &header_pairs,
-                &query_pairs,
-                payload,
-                action.timeout,
-            )
-            .await
-            .map_err(|e| StepFailure {
-                retryable: e.is_retryable(),
-                message: format!("{} {url}: {e}", action.method),
-                output: serde_json::Value::Null,
-            })?;
-        let output = json!({
-            "status": response.status,
-            "headers": response.headers,
-            "body": response.body,
-        });
-        if !action.expect.iter().any(|m| m.matches(response.status)) {
-            return Err(StepFailure {
-                message: format!(
-                    "{} {url} answered {}, which `expect` does not accept",
-                    action.method, response.status
-                ),
-                retryable: response.status >= 500 || response.status == 429,
-                output,
-            });
-        }
-        Ok(output)
+    fn dry_run(&self) -> bool {
+        self.state.options.dry_run
+    }
+
+    fn http(&self) -> &HttpClient {
+        &self.engine.http
+    }
+
+    fn log(&mut self, path: &str, message: String) {
+        tracing::info!(step = %path, %message, "flow log");
+        self.state.logs.push(message);
+    }
+
+    fn run_steps<'a>(
+        &'a mut self,
+        steps: &'a [Step],
+        prefix: String,
+        scope: &'a mut Scope,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StepFailure>> + Send + 'a>> {
+        let nested = self.engine.run_steps(steps, prefix, scope, self.state);
+        Box::pin(async move { nested.await.map_err(Halt::into_failure) })
     }
 }
 
@@ -674,26 +517,4 @@ fn run_object(flow: &Flow, input: &RunInput, status: RunState) -> serde_json::Va
         "live": input.live,
         "status": status.as_str(),
     })
-}
-
-fn message_text(value: serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    }
-}
-
-fn json_text(value: serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn string_pairs(value: serde_json::Value) -> Vec<(String, serde_json::Value)> {
-    match value {
-        serde_json::Value::Object(map) => map.into_iter().collect(),
-        _ => Vec::new(),
-    }
 }

@@ -1,5 +1,6 @@
-//! Flows: the model the engine and the trigger run, and loading it from
-//! `flows/*.toml` (see [`load`]).
+//! Flows: the model the engine and the trigger run, loading it from
+//! `flows/*.toml` (see [`load`]), and the step kinds (see [`step`], one file
+//! per kind).
 //!
 //! A [`Catalog`] is one consistent load: every valid flow plus the template
 //! environment they were validated against. The server swaps whole catalogs,
@@ -13,12 +14,14 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::secret::Secret;
-use crate::template::{Env, TemplateValue};
+use crate::template::Env;
 
 pub mod load;
 mod spec;
+pub mod step;
 
 pub use load::{LoadOptions, LoadReport, load_catalog};
+pub use step::{Action, OnError, Retry, Step};
 
 /// One load of all flows and templates.
 #[derive(Debug)]
@@ -238,144 +241,4 @@ pub enum StatusSource {
     Fixed(StatusCode),
     /// A template that must render to an integer 100..=599.
     Template(String),
-}
-
-/// One step.
-#[derive(Debug)]
-pub struct Step {
-    /// The step's ref: its output appears as `{{ <ref>.… }}`.
-    pub ref_id: String,
-    /// Expression template name; the step is skipped unless it is true.
-    pub condition: Option<String>,
-    /// What a failure of this step does to the run.
-    pub on_error: OnError,
-    /// Attempts and backoff.
-    pub retry: Retry,
-    /// Limit of one attempt.
-    pub timeout: Option<Duration>,
-    /// What the step does.
-    pub action: Action,
-}
-
-/// `on_error`
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Fail the run.
-    Stop,
-    /// Record the error as the step's output and go on.
-    Continue,
-}
-
-/// `retry = { attempts, backoff }`
-#[derive(Debug, Clone, Copy)]
-pub struct Retry {
-    /// Total attempts, at least 1.
-    pub attempts: u32,
-    /// Wait before the second attempt; doubles each time.
-    pub backoff: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Self {
-            attempts: 1,
-            backoff: Duration::from_secs(1),
-        }
-    }
-}
-
-/// A step kind with its config.
-#[derive(Debug)]
-pub enum Action {
-    /// `set = { key = template, ... }`
-    Transform {
-        /// The values to render.
-        set: TemplateValue,
-    },
-    /// Outbound request.
-    Http(Box<HttpAction>),
-    /// `when`, `then`, `else`
-    Branch {
-        /// Condition expression template name.
-        when: String,
-        /// Steps when true.
-        then: Vec<Step>,
-        /// Steps when false.
-        otherwise: Vec<Step>,
-    },
-    /// `items`, `steps`
-    ForEach {
-        /// Expression template name yielding a list.
-        items: String,
-        /// Steps run per item with `item` and `loop` in scope.
-        steps: Vec<Step>,
-    },
-    /// `duration`
-    Delay {
-        /// How long to wait.
-        duration: Duration,
-    },
-    /// `message` into the run log.
-    Log {
-        /// The message template.
-        message: TemplateValue,
-    },
-    /// `message`; ends the run as failed.
-    Fail {
-        /// The message template.
-        message: TemplateValue,
-    },
-}
-
-impl Action {
-    /// The kind name as written in flow files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::Transform { .. } => "transform",
-            Action::Http(_) => "http",
-            Action::Branch { .. } => "branch",
-            Action::ForEach { .. } => "for_each",
-            Action::Delay { .. } => "delay",
-            Action::Log { .. } => "log",
-            Action::Fail { .. } => "fail",
-        }
-    }
-}
-
-/// An `http` step's config.
-#[derive(Debug)]
-pub struct HttpAction {
-    /// Request method.
-    pub method: Method,
-    /// URL template.
-    pub url: TemplateValue,
-    /// Header templates (an object).
-    pub headers: TemplateValue,
-    /// Query templates (an object).
-    pub query: TemplateValue,
-    /// Body: an object or list is sent as JSON, a string as text.
-    pub body: Option<TemplateValue>,
-    /// Statuses that count as success.
-    pub expect: Vec<StatusMatch>,
-    /// Limit of one attempt.
-    pub timeout: Duration,
-}
-
-/// One entry of `expect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusMatch {
-    /// Exactly this status.
-    Exact(u16),
-    /// A class: `2` for `2xx`.
-    Class(u16),
-}
-
-impl StatusMatch {
-    /// Does `status` match?
-    pub fn matches(self, status: u16) -> bool {
-        match self {
-            StatusMatch::Exact(s) => s == status,
-            StatusMatch::Class(c) => status / 100 == c,
-        }
-    }
 }

@@ -19,8 +19,9 @@ pub(super) struct FlowFile {
     pub timeout: Option<Spanned<String>>,
     pub trigger: Spanned<TriggerFile>,
     pub response: Option<ResponseFile>,
+    /// `[[steps]]`, each a table read by [`super::step`].
     #[serde(default)]
-    pub steps: Vec<StepFile>,
+    pub steps: Vec<Spanned<Node>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,75 +62,9 @@ pub(super) struct ResponseFile {
     pub on_error: Option<Box<ResponseFile>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RetryFile {
-    pub attempts: Spanned<i64>,
-    pub backoff: Option<Spanned<String>>,
-}
-
-/// Every key any step kind takes; validation checks which belong to `kind`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct StepFile {
-    #[serde(rename = "ref")]
-    pub ref_id: Spanned<String>,
-    pub kind: Spanned<String>,
-    #[serde(rename = "if")]
-    pub condition: Option<Spanned<String>>,
-    pub on_error: Option<Spanned<String>>,
-    pub retry: Option<Spanned<RetryFile>>,
-    pub timeout: Option<Spanned<String>>,
-    pub set: Option<Spanned<Node>>,
-    pub method: Option<Spanned<String>>,
-    pub url: Option<Spanned<Node>>,
-    pub headers: Option<Spanned<Node>>,
-    pub query: Option<Spanned<Node>>,
-    pub body: Option<Spanned<Node>>,
-    pub expect: Option<Spanned<Node>>,
-    pub when: Option<Spanned<String>>,
-    pub then: Option<Vec<StepFile>>,
-    #[serde(rename = "else")]
-    pub otherwise: Option<Vec<StepFile>>,
-    pub items: Option<Spanned<String>>,
-    pub steps: Option<Vec<StepFile>>,
-    pub duration: Option<Spanned<String>>,
-    pub message: Option<Spanned<Node>>,
-}
-
-impl StepFile {
-    /// The kind-specific keys that are set, with a span for each.
-    pub fn present_keys(&self) -> Vec<(&'static str, usize)> {
-        let mut keys = Vec::new();
-        let mut add = |name: &'static str, start: Option<usize>| {
-            if let Some(start) = start {
-                keys.push((name, start));
-            }
-        };
-        add("set", self.set.as_ref().map(|s| s.span().start));
-        add("method", self.method.as_ref().map(|s| s.span().start));
-        add("url", self.url.as_ref().map(|s| s.span().start));
-        add("headers", self.headers.as_ref().map(|s| s.span().start));
-        add("query", self.query.as_ref().map(|s| s.span().start));
-        add("body", self.body.as_ref().map(|s| s.span().start));
-        add("expect", self.expect.as_ref().map(|s| s.span().start));
-        add("when", self.when.as_ref().map(|s| s.span().start));
-        add("then", self.then.as_ref().map(|_| self.kind.span().start));
-        add(
-            "else",
-            self.otherwise.as_ref().map(|_| self.kind.span().start),
-        );
-        add("items", self.items.as_ref().map(|s| s.span().start));
-        add("steps", self.steps.as_ref().map(|_| self.kind.span().start));
-        add("duration", self.duration.as_ref().map(|s| s.span().start));
-        add("message", self.message.as_ref().map(|s| s.span().start));
-        keys
-    }
-}
-
 /// A TOML value that remembers where each part of it was written.
 #[derive(Debug)]
-pub(super) enum Node {
+pub(in crate::flow) enum Node {
     Str(String),
     Int(i64),
     Float(f64),

@@ -7,7 +7,8 @@
 //! problem is left out of the catalog; the others load.
 //!
 //! This file loads the catalog and the templates and builds each flow;
-//! `trigger`, `response` and `steps` load their sections of a flow file.
+//! `trigger` and `response` load their sections of a flow file, and
+//! [`crate::flow::step`] its steps.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,11 +22,10 @@ use toml::Spanned;
 
 use crate::template::json;
 
-use super::spec::{FlowFile, Node, ResponseFile, SignatureFile, StepFile, TriggerFile};
+use super::spec::{FlowFile, Node, ResponseFile, SignatureFile, TriggerFile};
 use super::*;
 
 mod response;
-mod steps;
 mod trigger;
 
 use self::response::default_response;
@@ -36,8 +36,6 @@ use crate::template::{
 
 /// Default whole-run limit.
 const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default limit of one `http` step attempt.
-const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default signature timestamp tolerance.
 const DEFAULT_SIGNATURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// Header the generic `hmac-sha256` scheme reads by default.
@@ -219,7 +217,7 @@ fn is_valid_flow_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
-fn is_identifier(name: &str) -> bool {
+pub(in crate::flow) fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -227,7 +225,8 @@ fn is_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-struct FlowBuilder<'a> {
+/// Builds one flow from its file, collecting every problem as `path:line`.
+pub(in crate::flow) struct FlowBuilder<'a> {
     path: &'a Path,
     shown: String,
     source: &'a str,
@@ -236,7 +235,8 @@ struct FlowBuilder<'a> {
     secrets: &'a HashMap<String, String>,
     problems: Vec<String>,
     warnings: Vec<String>,
-    refs: HashSet<String>,
+    /// Every step ref defined so far in the flow.
+    pub(in crate::flow) refs: HashSet<String>,
 }
 
 impl FlowBuilder<'_> {
@@ -249,7 +249,7 @@ impl FlowBuilder<'_> {
             + 1
     }
 
-    fn problem(&mut self, offset: usize, message: impl std::fmt::Display) {
+    pub(in crate::flow) fn problem(&mut self, offset: usize, message: impl std::fmt::Display) {
         let line = self.line(offset);
         self.problems
             .push(format!("{}:{line}: {message}", self.shown));
@@ -272,7 +272,11 @@ impl FlowBuilder<'_> {
             .push(format!("{}:{line}: {message}", self.shown));
     }
 
-    fn duration(&mut self, value: &Spanned<String>, key: &str) -> Option<Duration> {
+    pub(in crate::flow) fn duration(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+    ) -> Option<Duration> {
         match humantime::parse_duration(value.get_ref()) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
@@ -335,7 +339,7 @@ impl FlowBuilder<'_> {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let steps = self.steps(&file.steps, "steps", &mut allowed, &trigger_ref);
+        let steps = super::step::load_steps(self, file.steps, "steps", &mut allowed, &trigger_ref);
         let mut response_allowed = allowed;
         response_allowed.extend(self.refs.iter().cloned());
         // An async answer is rendered before any step runs.
@@ -416,7 +420,7 @@ impl FlowBuilder<'_> {
 
     /// Checks an expression (bare, or one `{{ ... }}`) and registers it as an
     /// expression template named after `pointer`; returns that name.
-    fn expression(
+    pub(in crate::flow) fn expression(
         &mut self,
         value: &Spanned<String>,
         pointer: &str,
@@ -443,7 +447,7 @@ impl FlowBuilder<'_> {
         name
     }
 
-    fn template_value(
+    pub(in crate::flow) fn template_value(
         &mut self,
         node: &Spanned<Node>,
         pointer: &str,
@@ -489,7 +493,7 @@ impl FlowBuilder<'_> {
         }
     }
 
-    fn object_value(
+    pub(in crate::flow) fn object_value(
         &mut self,
         node: &Option<Spanned<Node>>,
         key: &str,
