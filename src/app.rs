@@ -10,7 +10,7 @@ use crate::backend::redis::RedisQueue;
 use crate::backend::redis::RedisStore;
 use crate::backend::{IdempotencyStore, RunStore};
 use crate::backend::{RunQueue, StorageError};
-use crate::config::{Config, ConfigError, ServerLimits};
+use crate::config::{Config, ServerLimits};
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
 use crate::lifecycle::Lifecycle;
@@ -68,24 +68,24 @@ pub struct Settings {
 
 impl Settings {
     /// The settings `config` describes.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Ok(Self {
-            limits: config.server_limits()?,
-            idempotency_headers: config.idempotency_headers()?,
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            limits: config.server_limits(),
+            idempotency_headers: config.server.idempotency_headers.clone(),
             redaction: Redaction::new(&config.server.redact_headers, &config.server.redact_query),
             worker: WorkerSettings {
                 concurrency: config.worker.concurrency,
-                reclaim_after: config.worker_reclaim_after()?,
+                reclaim_after: config.worker.reclaim_after,
                 ..WorkerSettings::default()
             },
             allow_private_networks: config.http.allow_private_networks,
-        })
+        }
     }
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self::from_config(&Config::default()).expect("the defaults are valid")
+        Self::from_config(&Config::default())
     }
 }
 

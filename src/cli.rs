@@ -190,7 +190,7 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
 
 /// The app on the configured backends, with the flows loaded for serving.
 fn build_app(config: &Config) -> anyhow::Result<App> {
-    let settings = Settings::from_config(config)?;
+    let settings = Settings::from_config(config);
     let keys = TokenKeys::new(&config.signing_key()?);
     let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
     let backends = backends(config, &lifecycle)?;
@@ -205,7 +205,7 @@ fn build_app(config: &Config) -> anyhow::Result<App> {
 
 /// The configured storage backends.
 fn backends(config: &Config, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<Backends> {
-    Backends::redis(&config.redis.url, config.runs_retention()?, lifecycle)
+    Backends::redis(&config.redis.url, config.runs.retention, lifecycle)
         .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
 }
 
@@ -235,8 +235,8 @@ fn spawn_worker(
 }
 
 fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
-    let addr = config.listen_addr()?;
-    let grace = config.shutdown_grace()?;
+    let addr = config.server.listen;
+    let grace = config.server.shutdown_grace;
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
@@ -257,7 +257,7 @@ fn worker_only(
     config: Config,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
-    let grace = config.shutdown_grace()?;
+    let grace = config.server.shutdown_grace;
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
@@ -347,7 +347,7 @@ fn render(
         body,
         run_id.clone(),
         "render",
-        &Settings::from_config(config)?.redaction,
+        &Settings::from_config(config).redaction,
     );
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));
@@ -479,7 +479,7 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
             let Some(r) = rt.block_on(store.get(&run_id))? else {
                 anyhow::bail!(
                     "no run `{run_id}` (runs are kept for {})",
-                    config.runs.retention
+                    humantime::format_duration(config.runs.retention)
                 );
             };
             if json {

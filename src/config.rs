@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
 
 /// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
@@ -77,23 +78,29 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
-    pub listen: String,
+    #[serde(deserialize_with = "parse::socket_addr")]
+    pub listen: SocketAddr,
     /// Default request body limit in bytes; a flow may set its own `[trigger] max_body_bytes`.
     pub max_body_bytes: usize,
     /// How long `serve` waits for in-flight requests after SIGTERM/SIGINT, e.g. `"30s"`.
-    pub shutdown_grace: String,
+    #[serde(deserialize_with = "parse::duration")]
+    pub shutdown_grace: Duration,
     /// Request headers carrying an idempotency key, first match wins: a
     /// repeat within 24 h for the same flow starts no run and gets the first answer.
-    pub idempotency_headers: Vec<String>,
+    #[serde(deserialize_with = "parse::header_names")]
+    pub idempotency_headers: Vec<HeaderName>,
     /// A request's head must arrive within this, e.g. `"10s"`; an idle HTTP/1
     /// keep-alive connection waiting for its next request is closed after it too.
-    pub header_read_timeout: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub header_read_timeout: Duration,
     /// A request's whole body must arrive within this, e.g. `"30s"`; a slower
     /// sender gets 408.
-    pub body_read_timeout: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub body_read_timeout: Duration,
     /// A connection with no request in progress for this long is closed
     /// (HTTP/2 connections included), e.g. `"60s"`.
-    pub idle_timeout: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub idle_timeout: Duration,
     /// Open connections at most; at the limit the gateway stops accepting
     /// until one closes (and logs it). Keep it under the process's file limit.
     pub max_connections: usize,
@@ -110,7 +117,8 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// How often an HTTP/2 connection is pinged; a peer that does not answer
     /// within the same time is disconnected, e.g. `"20s"`.
-    pub http2_keep_alive_interval: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub http2_keep_alive_interval: Duration,
     /// Request headers whose values are replaced by `[redacted]` in what
     /// templates see, run records and logs, on top of the built-in list
     /// (`authorization`, `cookie`, `proxy-authorization`, `x-api-key`, ...).
@@ -123,26 +131,26 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
-            shutdown_grace: "30s".into(),
+            shutdown_grace: Duration::from_secs(30),
             idempotency_headers: [
                 "idempotency-key",
                 "webhook-id",
                 "x-github-delivery",
                 "x-shopify-webhook-id",
             ]
-            .map(String::from)
+            .map(HeaderName::from_static)
             .to_vec(),
-            header_read_timeout: "10s".into(),
-            body_read_timeout: "30s".into(),
-            idle_timeout: "60s".into(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_requests: 4096,
             max_unauthenticated_reads: 256,
             unauthenticated_body_budget: 64 * 1024 * 1024,
             http2_max_concurrent_streams: 100,
-            http2_keep_alive_interval: "20s".into(),
+            http2_keep_alive_interval: Duration::from_secs(20),
             redact_headers: Vec::new(),
             redact_query: Vec::new(),
         }
@@ -176,9 +184,7 @@ pub struct ServerLimits {
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        Config::default()
-            .server_limits()
-            .expect("the defaults are valid")
+        Config::default().server_limits()
     }
 }
 
@@ -258,14 +264,15 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// A run whose worker has not heartbeated for this long is taken over
     /// by another worker, e.g. `"15s"`; keep it well under 45 s.
-    pub reclaim_after: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub reclaim_after: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: 16,
-            reclaim_after: "15s".into(),
+            reclaim_after: Duration::from_secs(15),
         }
     }
 }
@@ -275,13 +282,14 @@ impl Default for WorkerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RunsConfig {
     /// How long run records are kept, e.g. `"7d"`.
-    pub retention: String,
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub retention: Duration,
 }
 
 impl Default for RunsConfig {
     fn default() -> Self {
         Self {
-            retention: "7d".into(),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -321,12 +329,14 @@ impl Config {
         let mut table: toml::Table = toml::from_str(&source)
             .map_err(|e| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
         apply_env_overrides(&mut table, env)?;
-        let mut config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    ConfigError::new(format!("{shown}: {}", e.message().trim_end()))
-                })?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let message = e.inner().message().trim_end().replace('\n', "; ");
+                match e.path().to_string().as_str() {
+                    "." => ConfigError::new(format!("{shown}: {message}")),
+                    path => ConfigError::new(format!("{shown}: {path}: {message}")),
+                }
+            })?;
         config.base_dir = file
             .as_deref()
             .and_then(Path::parent)
@@ -336,47 +346,29 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks what one key's type cannot: limits above zero, and keys that depend on each other.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
-        self.server_limits()?;
-        self.shutdown_grace()?;
-        self.worker_reclaim_after()?;
-        self.idempotency_headers()?;
-        self.runs_retention()?;
-        Ok(())
-    }
-
-    /// `server.listen` as a socket address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::new(format!(
-                "server.listen `{}` is not a host:port address",
-                self.server.listen
-            ))
-        })
-    }
-
-    /// The `[server]` limits and timeouts.
-    pub fn server_limits(&self) -> Result<ServerLimits, ConfigError> {
         let s = &self.server;
-        let duration = |key: &str, text: &str| match humantime::parse_duration(text) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(ConfigError::new(format!("server.{key} must be above zero"))),
-            Err(e) => Err(ConfigError::new(format!("server.{key} `{text}`: {e}"))),
-        };
         for (key, value) in [
-            ("max_body_bytes", s.max_body_bytes),
-            ("max_connections", s.max_connections),
-            ("max_requests", s.max_requests),
-            ("max_unauthenticated_reads", s.max_unauthenticated_reads),
-            ("unauthenticated_body_budget", s.unauthenticated_body_budget),
+            ("server.max_body_bytes", s.max_body_bytes),
+            ("server.max_connections", s.max_connections),
+            ("server.max_requests", s.max_requests),
             (
-                "http2_max_concurrent_streams",
+                "server.max_unauthenticated_reads",
+                s.max_unauthenticated_reads,
+            ),
+            (
+                "server.unauthenticated_body_budget",
+                s.unauthenticated_body_budget,
+            ),
+            (
+                "server.http2_max_concurrent_streams",
                 s.http2_max_concurrent_streams as usize,
             ),
+            ("worker.concurrency", self.worker.concurrency),
         ] {
             if value == 0 {
-                return Err(ConfigError::new(format!("server.{key} must be above 0")));
+                return Err(ConfigError::new(format!("{key} must be above 0")));
             }
         }
         if s.unauthenticated_body_budget < s.max_body_bytes {
@@ -384,71 +376,24 @@ impl Config {
                 "server.unauthenticated_body_budget must be at least server.max_body_bytes",
             ));
         }
-        Ok(ServerLimits {
+        Ok(())
+    }
+
+    /// The `[server]` limits and timeouts the listener and the trigger enforce.
+    pub fn server_limits(&self) -> ServerLimits {
+        let s = &self.server;
+        ServerLimits {
             max_body_bytes: s.max_body_bytes,
-            header_read_timeout: duration("header_read_timeout", &s.header_read_timeout)?,
-            body_read_timeout: duration("body_read_timeout", &s.body_read_timeout)?,
-            idle_timeout: duration("idle_timeout", &s.idle_timeout)?,
+            header_read_timeout: s.header_read_timeout,
+            body_read_timeout: s.body_read_timeout,
+            idle_timeout: s.idle_timeout,
             max_connections: s.max_connections,
             max_requests: s.max_requests,
             max_unauthenticated_reads: s.max_unauthenticated_reads,
             unauthenticated_body_budget: s.unauthenticated_body_budget,
             http2_max_concurrent_streams: s.http2_max_concurrent_streams,
-            http2_keep_alive_interval: duration(
-                "http2_keep_alive_interval",
-                &s.http2_keep_alive_interval,
-            )?,
-        })
-    }
-
-    /// `server.shutdown_grace` as a duration.
-    pub fn shutdown_grace(&self) -> Result<std::time::Duration, ConfigError> {
-        humantime::parse_duration(&self.server.shutdown_grace).map_err(|e| {
-            ConfigError::new(format!(
-                "server.shutdown_grace `{}`: {e}",
-                self.server.shutdown_grace
-            ))
-        })
-    }
-
-    /// `runs.retention` as a duration.
-    pub fn runs_retention(&self) -> Result<std::time::Duration, ConfigError> {
-        match humantime::parse_duration(&self.runs.retention) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(ConfigError::new("runs.retention must be above zero")),
-            Err(e) => Err(ConfigError::new(format!(
-                "runs.retention `{}`: {e}",
-                self.runs.retention
-            ))),
+            http2_keep_alive_interval: s.http2_keep_alive_interval,
         }
-    }
-
-    /// `server.idempotency_headers` as header names.
-    pub fn idempotency_headers(&self) -> Result<Vec<http::HeaderName>, ConfigError> {
-        self.server
-            .idempotency_headers
-            .iter()
-            .map(|h| {
-                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                    ConfigError::new(format!(
-                        "server.idempotency_headers: `{h}` is not a header name"
-                    ))
-                })
-            })
-            .collect()
-    }
-
-    /// `worker.reclaim_after` as a duration, with `worker.concurrency` checked.
-    pub fn worker_reclaim_after(&self) -> Result<Duration, ConfigError> {
-        if self.worker.concurrency == 0 {
-            return Err(ConfigError::new("worker.concurrency must be above 0"));
-        }
-        humantime::parse_duration(&self.worker.reclaim_after).map_err(|e| {
-            ConfigError::new(format!(
-                "worker.reclaim_after `{}`: {e}",
-                self.worker.reclaim_after
-            ))
-        })
     }
 
     /// Resolves a configured path against the config file's folder.
@@ -572,6 +517,49 @@ fn apply_env_overrides(
     Ok(())
 }
 
+/// Deserializers for config values written as text: each value is parsed
+/// once, at load, and a bad one names its key (through the path the loader adds).
+mod parse {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use http::HeaderName;
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    /// `"30s"`, `"5m"`, `"7d"`, `"1h 30m"`.
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}")))
+    }
+
+    /// A [`duration`] above zero.
+    pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match duration(d)? {
+            zero if zero.is_zero() => Err(D::Error::custom("must be above zero")),
+            duration => Ok(duration),
+        }
+    }
+
+    /// `"127.0.0.1:8080"`, `"[::]:8080"`.
+    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|_| D::Error::custom(format!("`{text}` is not a host:port address")))
+    }
+
+    /// A list of header names, kept lower case.
+    pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|name| {
+                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| D::Error::custom(format!("`{name}` is not a header name")))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,7 +574,8 @@ mod tests {
     #[test]
     fn defaults_apply_without_a_file() {
         let config = Config::load_with_env(None, &[]).unwrap();
-        assert_eq!(config.server.listen, "127.0.0.1:8080");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.runs.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
         assert!(!config.http.allow_private_networks);
     }
@@ -600,7 +589,7 @@ mod tests {
             ("UNRELATED", "x"),
         ]);
         let config = Config::load_with_env(None, &vars).unwrap();
-        assert_eq!(config.server.listen, "0.0.0.0:9000");
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
         assert!(config.http.allow_private_networks);
         assert_eq!(config.server.max_body_bytes, 2048);
     }
@@ -628,6 +617,37 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         let vars = env(&[("FLOWGATE_SERVER__LISTEN", "nowhere")]);
         let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
-        assert_eq!(err, "server.listen `nowhere` is not a host:port address");
+        assert!(
+            err.ends_with(": server.listen: `nowhere` is not a host:port address"),
+            "{err}"
+        );
+        for (key, value, expected) in [
+            (
+                "FLOWGATE_WORKER__RECLAIM_AFTER",
+                "soon",
+                "worker.reclaim_after: `soon` is not a duration like \"30s\"",
+            ),
+            (
+                "FLOWGATE_RUNS__RETENTION",
+                "0s",
+                "runs.retention: must be above zero",
+            ),
+            (
+                "FLOWGATE_SERVER__IDEMPOTENCY_HEADERS",
+                "[\"ok\", \"not a header\"]",
+                "server.idempotency_headers: `not a header` is not a header name",
+            ),
+            (
+                "FLOWGATE_SERVER__MAX_REQUESTS",
+                "0",
+                "server.max_requests must be above 0",
+            ),
+        ] {
+            let err = Config::load_with_env(None, &env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{key}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }
