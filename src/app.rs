@@ -4,52 +4,18 @@
 //! all go through [`App`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::backend::redis::RedisQueue;
-use crate::backend::redis::RedisStore;
-use crate::backend::{IdempotencyStore, RunStore};
-use crate::backend::{RunQueue, StorageError};
+use crate::backend::Backends;
 use crate::config::{Config, ServerLimits};
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::token::TokenKeys;
+use crate::transition::Transitions;
 use crate::trigger::redact::Redaction;
-use crate::trigger::{MAX_PENDING_RECORDS, TriggerLimits, TriggerState};
+use crate::trigger::{TriggerLimits, TriggerState};
 use crate::worker::{Worker, WorkerSettings};
-
-/// The shared state behind the gateway and its workers.
-#[derive(Clone)]
-pub struct Backends {
-    /// Where async runs wait.
-    pub queue: Arc<dyn RunQueue>,
-    /// Run records.
-    pub runs: Arc<dyn RunStore>,
-    /// Idempotency keys.
-    pub idempotency: Arc<dyn IdempotencyStore>,
-}
-
-impl Backends {
-    /// Redis at `url`, one connection pool shared by the queue and the
-    /// stores; records are kept for `retention`. Runs dead-lettered by the
-    /// queue itself are announced through `lifecycle`.
-    pub fn redis(
-        url: &str,
-        retention: Duration,
-        lifecycle: &Arc<Lifecycle>,
-    ) -> Result<Self, StorageError> {
-        let pool = crate::backend::redis::connect(url)?;
-        let store = Arc::new(RedisStore::with_pool(pool.clone(), retention));
-        let queue = RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
-        Ok(Self {
-            queue: Arc::new(queue),
-            runs: store.clone(),
-            idempotency: store,
-        })
-    }
-}
 
 /// Everything [`App`] needs besides flows and backends, parsed and typed.
 #[derive(Debug, Clone)]
@@ -97,7 +63,7 @@ pub struct App {
     catalog: SharedCatalog,
     engine: Engine,
     backends: Backends,
-    lifecycle: Arc<Lifecycle>,
+    transitions: Arc<Transitions>,
 }
 
 impl App {
@@ -114,8 +80,8 @@ impl App {
             settings,
             keys,
             catalog,
+            transitions: Arc::new(Transitions::new(lifecycle, &backends)),
             backends,
-            lifecycle,
         }
     }
 
@@ -127,10 +93,8 @@ impl App {
             catalog: self.catalog.clone(),
             queue: self.backends.queue.clone(),
             idempotency: self.backends.idempotency.clone(),
-            runs: self.backends.runs.clone(),
             metrics: self.metrics().clone(),
-            lifecycle: self.lifecycle.clone(),
-            record_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
+            transitions: self.transitions.clone(),
             idempotency_headers: self.settings.idempotency_headers.clone(),
             limits: TriggerLimits::new(self.settings.limits.clone()),
             redaction: self.settings.redaction.clone(),
@@ -146,7 +110,7 @@ impl App {
             self.catalog.clone(),
             Worker::unique_consumer_name(),
             settings,
-            self.lifecycle.clone(),
+            self.transitions.clone(),
         ))
     }
 
@@ -162,12 +126,12 @@ impl App {
 
     /// The metrics every part counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        self.lifecycle.metrics()
+        self.transitions.lifecycle().metrics()
     }
 
     /// Where run transitions are announced; subscribe to its events.
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
-        &self.lifecycle
+        self.transitions.lifecycle()
     }
 
     /// The flows.

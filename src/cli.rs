@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::app::{App, Backends, Settings};
+use crate::app::{App, Settings};
+use crate::backend::Backends;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, HttpClient, RunOptions};
 use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};

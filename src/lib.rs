@@ -24,6 +24,7 @@
 //! - [`engine`]: the run engine (step order, retries, timeouts, traces), independent of where a run comes from.
 //! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
+//! - [`transition`]: every run transition made in one place: the record written with the queue change, then announced.
 //! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`worker`]: workers that execute queued async runs.
@@ -51,5 +52,6 @@ pub mod server;
 pub mod telemetry;
 pub mod template;
 pub mod token;
+pub mod transition;
 pub mod trigger;
 pub mod worker;

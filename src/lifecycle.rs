@@ -34,7 +34,7 @@ pub enum RunEvent {
         /// Its flow.
         flow: String,
     },
-    /// A worker started executing an async run.
+    /// A run started executing: a queued run in a worker, a sync run in its request.
     Started {
         /// The run.
         run_id: String,
@@ -42,7 +42,7 @@ pub enum RunEvent {
         flow: String,
         /// Executions so far, this one included.
         attempt: u32,
-        /// Time from acceptance to this start.
+        /// Time from acceptance to this start (zero for sync runs).
         lag: Duration,
     },
     /// A step of a run started.
@@ -198,16 +198,30 @@ impl Lifecycle {
         });
     }
 
-    /// A worker started an async run `lag` after its acceptance.
-    pub fn started(&self, run_id: &str, flow: &str, attempt: u32, lag: Duration, taken_over: bool) {
-        self.metrics.queue_lag(lag);
-        tracing::info!(run_id = %run_id, flow = %flow, lag_ms = lag.as_millis() as u64, attempt, taken_over, "run started");
+    /// A run started executing: a queued run in a worker `lag` after its
+    /// acceptance, or a sync run (no lag) inside its request.
+    pub fn started(
+        &self,
+        run_id: &str,
+        flow: &str,
+        attempt: u32,
+        lag: Option<Duration>,
+        taken_over: bool,
+    ) {
+        match lag {
+            Some(lag) => {
+                self.metrics.queue_lag(lag);
+                tracing::info!(run_id = %run_id, flow = %flow, lag_ms = lag.as_millis() as u64, attempt, taken_over, "run started");
+            }
+            // A sync run's start and end are one request: its end is logged.
+            None => tracing::debug!(run_id = %run_id, flow = %flow, "run started"),
+        }
         self.publish(|| {
             Event::Run(RunEvent::Started {
                 run_id: run_id.to_owned(),
                 flow: flow.to_owned(),
                 attempt,
-                lag,
+                lag: lag.unwrap_or_default(),
             })
         });
     }

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::backend::RunStore;
-use crate::backend::now_ms;
 use crate::backend::{Delivery, RunQueue, StorageError};
 use crate::engine::{Engine, RunOptions, RunState};
 use crate::flow::SharedCatalog;
-use crate::lifecycle::Lifecycle;
 use crate::record::RunRecord;
+use crate::transition::Transitions;
 
 /// Back-off after the queue failed, before asking again.
 const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
@@ -90,7 +89,7 @@ pub struct Worker {
     catalog: SharedCatalog,
     consumer: String,
     settings: WorkerSettings,
-    lifecycle: Arc<Lifecycle>,
+    transitions: Arc<Transitions>,
     in_flight: Mutex<HashSet<String>>,
 }
 
@@ -103,7 +102,7 @@ impl Worker {
         catalog: SharedCatalog,
         consumer: String,
         settings: WorkerSettings,
-        lifecycle: Arc<Lifecycle>,
+        transitions: Arc<Transitions>,
     ) -> Self {
         Self {
             queue,
@@ -112,7 +111,7 @@ impl Worker {
             catalog,
             consumer,
             settings,
-            lifecycle,
+            transitions,
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -160,114 +159,77 @@ impl Worker {
 
     async fn execute_tracked(&self, delivery: Delivery) -> Outcome {
         let run_id = delivery.input.run_id.clone();
-        let lag_ms = now_ms().saturating_sub(delivery.accepted_at_ms);
         let catalog = self.catalog.get();
-        let (outcome, last_record) = match catalog.get(&delivery.input.flow_id) {
-            None => {
-                let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
-                let flow_id = &delivery.input.flow_id;
-                self.lifecycle.ended(
-                    &run_id,
-                    flow_id,
-                    RunState::Aborted,
-                    Duration::ZERO,
-                    Some(&reason),
-                );
-                let record = self
-                    .runs
-                    .get(&run_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|mut record| {
-                        record.abort(&reason);
-                        record
-                    });
-                (Outcome::Abandoned { run_id, reason }, record)
+        let Some(flow) = catalog.get(&delivery.input.flow_id) else {
+            let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
+            let record = self.runs.get(&run_id).await.ok().flatten();
+            self.transitions.abandoned(&delivery, record, &reason).await;
+            return Outcome::Abandoned { run_id, reason };
+        };
+        // A first delivery that came with its answer has nothing in its
+        // queued record the worker does not know already.
+        let first = !delivery.taken_over && delivery.input.resume.is_none();
+        let mut record = match (&delivery.answer, first) {
+            (Some(answer), true) => {
+                let mut record = RunRecord::accepted(flow, &delivery.input, RunState::Queued);
+                record.response = Some(answer.clone());
+                record
             }
-            Some(flow) => {
-                // A first delivery that came with its answer has nothing in
-                // its queued record the worker does not know already.
-                let first = !delivery.taken_over && delivery.input.resume.is_none();
-                let mut record = match (&delivery.answer, first) {
-                    (Some(answer), true) => {
-                        let mut record =
-                            RunRecord::accepted(flow, &delivery.input, RunState::Queued);
-                        record.response = Some(answer.clone());
-                        record
-                    }
-                    _ => self.stored_record(flow, &delivery).await,
-                };
-                if record.interrupted >= MAX_ATTEMPTS {
-                    return self.dead_letter(delivery, record).await;
+            _ => self.stored_record(flow, &delivery).await,
+        };
+        if record.interrupted >= MAX_ATTEMPTS {
+            let reason = format!(
+                "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
+                record.interrupted
+            );
+            self.transitions
+                .dead_lettered(&delivery, record, &reason)
+                .await;
+            return Outcome::Abandoned { run_id, reason };
+        }
+        record.start();
+        self.transitions.started(&delivery, &record, !first).await;
+        let report = {
+            let steps = self.transitions.steps(&run_id, &flow.id);
+            let run = self.engine.run_observed(
+                &catalog,
+                flow,
+                &delivery.input,
+                RunOptions {
+                    dry_run: false,
+                    retry_later: true,
+                },
+                &steps,
+            );
+            tokio::pin!(run);
+            // Most runs end within milliseconds: their record goes from
+            // `queued` straight to the end. Longer ones show `running`
+            // meanwhile.
+            tokio::select! {
+                report = &mut run => report,
+                _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if first => {
+                    self.transitions.still_running(&record).await;
+                    run.await
                 }
-                record.start();
-                if !first {
-                    // Written before running, so a run that keeps killing
-                    // its workers is counted, and dead-lettered in the end.
-                    self.save(&record).await;
-                }
-                self.lifecycle.started(
-                    &run_id,
-                    &flow.id,
-                    record.attempt,
-                    Duration::from_millis(lag_ms),
-                    delivery.taken_over,
-                );
-                let report = {
-                    let steps = self.lifecycle.steps(&run_id, &flow.id);
-                    let run = self.engine.run_observed(
-                        &catalog,
-                        flow,
-                        &delivery.input,
-                        RunOptions {
-                            dry_run: false,
-                            retry_later: true,
-                        },
-                        &steps,
-                    );
-                    tokio::pin!(run);
-                    // Most runs end within milliseconds: their record goes
-                    // from `queued` straight to the end. Longer ones show
-                    // `running` meanwhile.
-                    tokio::select! {
-                        report = &mut run => report,
-                        _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if first => {
-                            self.save(&record).await;
-                            run.await
-                        }
-                    }
-                };
-                record.finish(&report);
-                if let Some(retry) = report.retry {
-                    return self.retry_later(delivery, record, retry).await;
-                }
-                self.lifecycle.ended(
-                    &run_id,
-                    &flow.id,
-                    report.status,
-                    report.duration,
-                    report.error.as_ref().map(|e| e.message.as_str()),
-                );
-                let outcome = Outcome::Executed {
-                    run_id,
-                    status: report.status,
-                };
-                (outcome, Some(record))
             }
         };
-        // Not acknowledged means delivered again: at least once.
-        if let Err(e) = self
-            .queue
-            .complete(&delivery.id, last_record.as_ref())
-            .await
-        {
-            if last_record.is_some() {
-                self.lifecycle.metrics().record_lost();
-            }
-            tracing::warn!(error = %e, entry = %delivery.id, "could not acknowledge a run; it will run again");
+        record.finish(&report);
+        if let Some(retry) = &report.retry {
+            let mut next = delivery.input.clone();
+            next.resume = Some(retry.resume.clone());
+            self.transitions
+                .retry_later(&delivery, &record, &next, retry.delay)
+                .await;
+            return Outcome::RetryLater {
+                run_id,
+                retry_in: retry.delay,
+            };
         }
-        outcome
+        self.transitions.ended(&delivery, &record, &report).await;
+        Outcome::Executed {
+            run_id,
+            status: report.status,
+        }
     }
 
     /// Executes runs until `shutdown` completes, then waits up to `grace` for
@@ -359,59 +321,6 @@ impl Worker {
         heartbeat.abort();
     }
 
-    /// Queues a run again to retry a step later; its slot is free meanwhile.
-    async fn retry_later(
-        &self,
-        delivery: Delivery,
-        record: RunRecord,
-        retry: crate::engine::RetryLater,
-    ) -> Outcome {
-        let mut next = delivery.input.clone();
-        next.resume = Some(retry.resume);
-        let due = now_ms() + retry.delay.as_millis() as u64;
-        self.lifecycle
-            .retry_later(&record.id, &record.flow, retry.delay);
-        if let Err(e) = self
-            .queue
-            .retry_later(&delivery.id, &next, due, Some(&record))
-            .await
-        {
-            // Not acknowledged: the run is delivered again and retries then.
-            tracing::warn!(error = %e, run_id = %record.id, "could not schedule a retry");
-        }
-        Outcome::RetryLater {
-            run_id: record.id,
-            retry_in: retry.delay,
-        }
-    }
-
-    /// Gives up on a run that keeps killing its workers: recorded as aborted,
-    /// moved to the dead-letter list, removed from the queue.
-    async fn dead_letter(&self, delivery: Delivery, mut record: RunRecord) -> Outcome {
-        let reason = format!(
-            "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
-            record.interrupted
-        );
-        self.lifecycle.ended(
-            &record.id,
-            &record.flow,
-            RunState::Aborted,
-            Duration::ZERO,
-            Some(&reason),
-        );
-        record.abort(&reason);
-        // Moved first, so a record saying `aborted` means the run is gone
-        // from the queue.
-        if let Err(e) = self.queue.dead_letter(&delivery, &reason).await {
-            tracing::warn!(error = %e, "could not dead-letter a run");
-        }
-        self.save(&record).await;
-        Outcome::Abandoned {
-            run_id: record.id,
-            reason,
-        }
-    }
-
     /// The run's record as stored, or a new one when it is missing. A
     /// taken-over run whose record still says `queued` was started by a
     /// worker that died before writing `running`: that start is counted.
@@ -424,13 +333,6 @@ impl Worker {
             record.interrupted += 1;
         }
         record
-    }
-
-    async fn save(&self, record: &RunRecord) {
-        if let Err(e) = self.runs.save(record).await {
-            self.lifecycle.metrics().record_lost();
-            tracing::warn!(run_id = %record.id, error = %e, "run record not saved");
-        }
     }
 
     async fn heartbeat_loop(self: Arc<Self>, every: Duration) {

@@ -5,7 +5,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::lifecycle::Lifecycle;
 
 mod queue;
 pub mod redis;
@@ -34,4 +37,36 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The shared state behind the gateway and its workers.
+#[derive(Clone)]
+pub struct Backends {
+    /// Where async runs wait.
+    pub queue: Arc<dyn RunQueue>,
+    /// Run records.
+    pub runs: Arc<dyn RunStore>,
+    /// Idempotency keys.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl Backends {
+    /// Redis at `url`, one connection pool shared by the queue and the
+    /// stores; records are kept for `retention`. Runs dead-lettered by the
+    /// queue itself are announced through `lifecycle`.
+    pub fn redis(
+        url: &str,
+        retention: Duration,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Result<Self, StorageError> {
+        let pool = redis::connect(url)?;
+        let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention));
+        let queue =
+            redis::RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
+        Ok(Self {
+            queue: Arc::new(queue),
+            runs: store.clone(),
+            idempotency: store,
+        })
+    }
 }

@@ -8,6 +8,13 @@
 //! *taken over* by another worker; a run that cannot be executed is
 //! *dead-lettered*. Delivery is at least once: a run leaves the queue only
 //! when completed, retried later or dead-lettered.
+//!
+//! Records travel with the transitions: `enqueue`, `complete`, `retry_later`
+//! and `dead_letter` take the run's record and write it in the same step as
+//! the queue change — one transaction where the backend has them, one
+//! ordered round trip at least — so a reader never sees a record that
+//! contradicts the queue for longer than that step takes, and a backend with
+//! transactions commits both or neither.
 
 use std::time::Duration;
 
@@ -92,11 +99,14 @@ pub trait RunQueue: Send + Sync {
     /// claimable again; returns how many.
     fn requeue_due_retries(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>>;
 
-    /// Moves a run that cannot be executed to the dead-letter list, saying why.
+    /// Moves a run that cannot be executed to the dead-letter list, saying
+    /// why, and writes its (aborted) `record` in the same step: a record
+    /// saying `aborted` means the run is no longer queued.
     fn dead_letter<'a>(
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
+        record: &'a RunRecord,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Runs waiting (for a worker or a retry) or in progress.

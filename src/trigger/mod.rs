@@ -18,13 +18,14 @@ use serde_json::{Map, Value, json};
 pub use self::read::TriggerLimits;
 use self::read::{BodyState, declared_length, read_unauthenticated, too_large};
 use crate::backend::RunQueue;
-use crate::backend::{IdempotencyStore, Reservation, RunStore, StoredAnswer};
+use crate::backend::{IdempotencyStore, Reservation, StoredAnswer};
 use crate::engine::{Engine, RunInput, RunOptions, RunReport, RunState};
 use crate::error::{self, ApiError, Body};
 use crate::flow::{Catalog, Flow, FlowStatus, Mode, SharedCatalog};
 use crate::metrics::Metrics;
 use crate::record::RunRecord;
 use crate::token::{FlowPrincipal, TokenError, TokenKeys};
+use crate::transition::Transitions;
 
 pub mod body;
 mod read;
@@ -44,11 +45,6 @@ const UNAUTHORIZED_MESSAGE: &str =
     "missing or invalid credentials: send Authorization: Bearer <token>";
 /// How long browsers may cache a CORS preflight answer, in seconds.
 const CORS_MAX_AGE_SECS: &str = "600";
-
-/// Run records being written in the background at most; beyond it, sync
-/// answers wait for a slot, so a slow store slows senders instead of piling
-/// up memory.
-pub const MAX_PENDING_RECORDS: usize = 1024;
 
 /// Seconds a sender is asked to wait when the queue cannot take a run.
 const QUEUE_RETRY_AFTER_SECS: u64 = 5;
@@ -70,14 +66,10 @@ pub struct TriggerState {
     pub queue: Arc<dyn RunQueue>,
     /// Remembers idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
-    /// Keeps run records.
-    pub runs: Arc<dyn RunStore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Announces run transitions.
-    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
-    /// Slots for background record writes ([`MAX_PENDING_RECORDS`]).
-    pub record_slots: Arc<tokio::sync::Semaphore>,
+    /// Moves runs along: records, queue, announcements.
+    pub transitions: Arc<Transitions>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,
@@ -258,6 +250,7 @@ async fn run_sync(
     input: &RunInput,
 ) -> Result<Response<Body>, ApiError> {
     let run_id = &input.run_id;
+    state.transitions.started_in_request(run_id, &flow.id);
     let report = state
         .engine
         .run_observed(
@@ -265,16 +258,9 @@ async fn run_sync(
             flow,
             input,
             RunOptions::default(),
-            &state.lifecycle.steps(run_id, &flow.id),
+            &state.transitions.steps(run_id, &flow.id),
         )
         .await;
-    state.lifecycle.ended(
-        run_id,
-        &flow.id,
-        report.status,
-        report.duration,
-        report.error.as_ref().map(|e| e.message.as_str()),
-    );
     let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
         if e.status.is_server_error() {
             tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
@@ -285,7 +271,7 @@ async fn run_sync(
     let mut record = RunRecord::accepted(flow, input, RunState::Running);
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
-    save_in_background(state, recorded).await;
+    state.transitions.ended_in_request(recorded, &report).await;
     Ok(response)
 }
 
@@ -327,29 +313,6 @@ async fn record_response(
     let (parts, bytes) = buffered(response).await;
     record.set_response(parts.status.as_u16(), header_pairs(&parts.headers), &bytes);
     (Response::from_parts(parts, Full::new(bytes)), record)
-}
-
-/// Writes a record without delaying the answer. When Redis is down the
-/// record is lost: the loss is logged, and the sender still gets its answer.
-async fn save_in_background(state: &TriggerState, record: RunRecord) {
-    let metrics = state.metrics.clone();
-    let slot = state
-        .record_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed");
-    // Encoded here, on the request's thread, where the run's data is hot.
-    let write = state.runs.save(&record);
-    let run_id = record.id;
-    tokio::spawn(async move {
-        let saved = write.await;
-        drop(slot);
-        if let Err(e) = saved {
-            metrics.record_lost();
-            tracing::warn!(run_id = %run_id, error = %e, "run record lost: the run store is unavailable");
-        }
-    });
 }
 
 /// Reserves the key for this run, or returns the answer to replay. A store
@@ -457,11 +420,10 @@ async fn accept_async(
     set_run_id_header(&mut response, &input.run_id);
     let (response, record) =
         record_response(RunRecord::accepted(flow, input, RunState::Queued), response).await;
-    if let Err(e) = state.queue.enqueue(input, Some(&record)).await {
+    if let Err(e) = state.transitions.queued(input, &record).await {
         tracing::error!(error = %e, run_id = %input.run_id, "async run refused: queue unavailable");
         return Err(ApiError::queue_unavailable(QUEUE_RETRY_AFTER_SECS));
     }
-    state.lifecycle.queued(&input.run_id, &flow.id);
     Ok(response)
 }
 

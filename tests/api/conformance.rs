@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate::app::Backends;
+use flowgate::backend::Backends;
 use flowgate::backend::now_ms;
 use flowgate::backend::{Delivery, Reservation, StoredAnswer};
 use flowgate::engine::{Resume, RunInput, RunState};
@@ -223,10 +223,21 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
 }
 
 pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
-    b.queue.enqueue(&input("r1"), None).await.unwrap();
+    b.queue
+        .enqueue(&input("r1"), Some(&record("r1", RunState::Queued)))
+        .await
+        .unwrap();
     let delivery = claim_one(b).await;
-    b.queue.dead_letter(&delivery, "given up").await.unwrap();
+    b.queue
+        .dead_letter(&delivery, "given up", &record("r1", RunState::Aborted))
+        .await
+        .unwrap();
     assert_eq!(depth(b).await, 0);
+    assert_eq!(
+        b.runs.get("r1").await.unwrap().unwrap().status,
+        RunState::Aborted,
+        "the aborted record is written with the move"
+    );
     assert_nothing_left(b, "b").await;
 }
 

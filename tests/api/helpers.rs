@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate::app::{App, Backends, Settings};
+use flowgate::app::{App, Settings};
+use flowgate::backend::Backends;
 use flowgate::config::Secret;
 use flowgate::flow::{LoadOptions, SharedCatalog, load_catalog};
 use flowgate::lifecycle::Lifecycle;

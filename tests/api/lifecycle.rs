@@ -67,9 +67,9 @@ async fn every_run_transition_is_published() {
     let sync_events = events_of(&mut events, &run_id(&failed)).await;
     assert_eq!(
         shape(&sync_events),
-        ["step:no", "step:no:failed", "ended:failed"]
+        ["started#1", "step:no", "step:no:failed", "ended:failed"]
     );
-    let RunEvent::Ended { flow, error, .. } = &sync_events[2] else {
+    let RunEvent::Ended { flow, error, .. } = &sync_events[3] else {
         unreachable!()
     };
     assert_eq!((flow.as_str(), error.as_deref()), ("s", Some("nope")));

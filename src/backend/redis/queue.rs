@@ -316,6 +316,7 @@ impl RunQueue for RedisQueue {
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
+        record: &'a RunRecord,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let input = to_json(&delivery.input)?;
@@ -325,7 +326,9 @@ impl RunQueue for RedisQueue {
                 reason,
                 Some(&input),
             );
-            query_pipeline(&self.pool, &move_to_dead(&letter, &delivery.id)).await
+            let mut pipe = move_to_dead(&letter, &delivery.id);
+            self.records.write_record(&mut pipe, record, false)?;
+            query_pipeline(&self.pool, &pipe).await
         })
     }
 
