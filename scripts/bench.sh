@@ -36,8 +36,6 @@ items=$(printf '{"sku":"SKU-%04d","qty":%d,"price":19.99},' $(seq 1 22 | awk '{p
 body="{\"email\":\"Ada.Lovelace@Example.com\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"company_id\":4242,\"plan\":\"enterprise\",\"source\":\"benchmark\",\"items\":[${items}]}"
 export FLOWGATE_SIGNING_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export FLOWGATE_REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0"
-token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
-async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
 
 lua() { # $1 = authorization header value or empty
   cat > "$work/post.lua" <<LUA
@@ -72,6 +70,10 @@ run_wrk() { # $1 url, $2 script, $3 server pid
 
 mkdir -p "$work/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & redis=$!; pids+=($redis)
+wait_port "127.0.0.1:$REDIS_PORT"
+# Tokens are minted for each flow's current generation, read from Redis.
+token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
+async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & bare=$!; pids+=($bare)
 start_gateway() { # extra serve flags
   RUST_LOG=warn target/release/flowgate --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::Backends;
 use crate::config::{Config, ServerLimits};
+use crate::control::Control;
 use crate::engine::{Engine, HttpClient};
 use crate::flow::SharedCatalog;
 use crate::lifecycle::Lifecycle;
@@ -64,6 +65,7 @@ pub struct App {
     engine: Engine,
     backends: Backends,
     transitions: Arc<Transitions>,
+    control: Arc<Control>,
 }
 
 impl App {
@@ -81,6 +83,7 @@ impl App {
             keys,
             catalog,
             transitions: Arc::new(Transitions::new(lifecycle, &backends)),
+            control: Arc::new(Control::new(backends.control.clone())),
             backends,
         }
     }
@@ -95,6 +98,8 @@ impl App {
             idempotency: self.backends.idempotency.clone(),
             metrics: self.metrics().clone(),
             transitions: self.transitions.clone(),
+            control: self.control.clone(),
+            runs: self.backends.runs.clone(),
             idempotency_headers: self.settings.idempotency_headers.clone(),
             limits: TriggerLimits::new(self.settings.limits.clone()),
             redaction: self.settings.redaction.clone(),
@@ -104,13 +109,13 @@ impl App {
     /// A worker with a consumer name unique to it, using `settings`.
     pub fn worker_with(&self, settings: WorkerSettings) -> Arc<Worker> {
         Arc::new(Worker::new(
-            self.backends.queue.clone(),
-            self.backends.runs.clone(),
+            &self.backends,
             self.engine.clone(),
             self.catalog.clone(),
             Worker::unique_consumer_name(),
             settings,
             self.transitions.clone(),
+            self.control.clone(),
         ))
     }
 
@@ -132,6 +137,12 @@ impl App {
     /// Where run transitions are announced; subscribe to its events.
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         self.transitions.lifecycle()
+    }
+
+    /// This process's copy of the control state (pauses, token generations).
+    /// Start [`Control::keep_current`] in a task wherever the app serves.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// The flows.

@@ -29,17 +29,21 @@
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`record`]: run records, what the flow debugger shows of each run.
+//! - [`admin`]: the admin API under `/v1/admin/`: flows, pause, rotation, runs, audit, by role.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
+//! - [`control`]: the control plane as one replica sees it: pauses, token generations, revocations and aborts, kept current from the store.
 //! - [`backend`]: the storage traits (run queue, run records, idempotency keys) and their Redis implementation.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod flow;

@@ -222,6 +222,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
             "/healthz" => json_ok(r#"{"status":"ok"}"#),
             "/readyz" => readiness(state).await,
             "/metrics" => metrics_response(&state.metrics, state.queue.as_ref()).await,
+            _ if path.starts_with(crate::admin::PATH_PREFIX) => {
+                crate::admin::handle(state, req).await
+            }
             _ => match path.strip_prefix(trigger::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
                     trigger::handle(state, req, flow_id, &request_id).await

@@ -3,6 +3,11 @@
 //! A token is HS256-signed with the gateway's signing key and carries `sub`
 //! (the flow id), `iat`, `jti`, an optional `exp` and `ver`, the flow's token
 //! generation: bumping the generation makes every older token fail.
+//!
+//! Admin tokens, for `/v1/admin/`, are signed with the same key and carry a
+//! `role` (`ops`, `author` or `viewer`) and the admin's name as `sub`. A
+//! token with a role is never accepted on a trigger, and one without is
+//! never accepted on the admin API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -52,7 +57,8 @@ pub enum TokenError {
     /// `exp` is in the past.
     #[error("the bearer token has expired")]
     Expired,
-    /// `sub` names another flow, or the token is an admin token.
+    /// `sub` names another flow, the token is an admin token on a trigger,
+    /// or a flow token on the admin API.
     #[error("the bearer token is not valid for this flow")]
     WrongFlow,
     /// `ver` is older than the flow's current token generation.
@@ -61,6 +67,52 @@ pub enum TokenError {
     /// Minting failed.
     #[error("cannot sign the token: {0}")]
     Signing(String),
+}
+
+/// What an admin token allows; each role can do everything the ones
+/// before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads flows, runs and the audit log.
+    Viewer,
+    /// Also reloads flows and replays runs.
+    Author,
+    /// Also pauses, unpauses, rotates and revokes tokens, and aborts runs.
+    Ops,
+}
+
+impl Role {
+    /// Parses `ops`, `author` or `viewer`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "viewer" => Role::Viewer,
+            "author" => Role::Author,
+            "ops" => Role::Ops,
+            _ => return None,
+        })
+    }
+
+    /// The role as written in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Author => "author",
+            Role::Ops => "ops",
+        }
+    }
+}
+
+/// The identity a verified admin token proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPrincipal {
+    /// Who: the token's `sub`.
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+    /// The token's `jti`, by which it can be revoked.
+    pub token_id: String,
+    /// When the token expires (seconds since the epoch), if it does.
+    pub expires: Option<u64>,
 }
 
 /// The identity a verified flow token proves.
@@ -113,17 +165,55 @@ impl TokenKeys {
         ttl: Option<Duration>,
         ver: u64,
     ) -> Result<String, TokenError> {
+        self.mint(flow_id, ttl, ver, None)
+    }
+
+    /// Mints an admin token for `name` with `role`, expiring after `ttl` when given.
+    pub fn issue_admin(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Option<Duration>,
+    ) -> Result<String, TokenError> {
+        self.mint(name, ttl, 0, Some(role))
+    }
+
+    fn mint(
+        &self,
+        sub: &str,
+        ttl: Option<Duration>,
+        ver: u64,
+        role: Option<Role>,
+    ) -> Result<String, TokenError> {
         let now = unix_now();
         let claims = FlowClaims {
-            sub: flow_id.to_owned(),
+            sub: sub.to_owned(),
             iat: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             exp: ttl.map(|ttl| now + ttl.as_secs()),
             ver,
-            role: None,
+            role: role.map(|r| r.as_str().to_owned()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| TokenError::Signing(e.to_string()))
+    }
+
+    /// Verifies an admin token: signed with this key, not expired, and
+    /// carrying a known role (a flow token carries none). Revocation is the
+    /// caller's check.
+    pub fn verify_admin(&self, token: &str) -> Result<AdminPrincipal, TokenError> {
+        let claims = self.decode(token)?;
+        let role = claims
+            .role
+            .as_deref()
+            .and_then(Role::parse)
+            .ok_or(TokenError::WrongFlow)?;
+        Ok(AdminPrincipal {
+            name: claims.sub,
+            role,
+            token_id: claims.jti,
+            expires: claims.exp,
+        })
     }
 
     /// Verifies `token` for `flow_id` whose current token generation is `current_ver`.

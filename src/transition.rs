@@ -143,6 +143,26 @@ impl Transitions {
         }
     }
 
+    /// A run of a paused flow goes back to wait for `recheck`, its record
+    /// untouched (still `queued`): paused flows keep their runs, and run
+    /// them after unpause.
+    pub async fn held_while_paused(&self, delivery: &Delivery, recheck: Duration) {
+        let due = crate::backend::now_ms() + recheck.as_millis() as u64;
+        let held = self
+            .queue
+            .retry_later(&delivery.id, &delivery.input, due, None)
+            .await;
+        match held {
+            Ok(()) => {
+                tracing::debug!(run_id = %delivery.input.run_id, "run held: its flow is paused")
+            }
+            // Not acknowledged: delivered again, and held then.
+            Err(e) => {
+                tracing::warn!(error = %e, run_id = %delivery.input.run_id, "could not hold a run of a paused flow")
+            }
+        }
+    }
+
     /// A queued run ended as `report` says: the delivery completes with its
     /// final record.
     pub async fn ended(&self, delivery: &Delivery, record: &RunRecord, report: &RunReport) {

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::backend::RunStore;
+use crate::backend::{Backends, RunStore};
 use crate::backend::{Delivery, RunQueue, StorageError};
+use crate::control::Control;
 use crate::engine::{Engine, RunOptions, RunState};
-use crate::flow::SharedCatalog;
+use crate::flow::{FlowStatus, SharedCatalog};
 use crate::record::RunRecord;
 use crate::transition::Transitions;
 
@@ -29,6 +30,8 @@ pub const MAX_ATTEMPTS: u32 = 5;
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// A run still going after this long has its record updated to `running`.
 const SHOW_RUNNING_AFTER: Duration = Duration::from_millis(500);
+/// How long a run of a paused flow waits before its worker looks again.
+const PAUSED_RECHECK: Duration = Duration::from_secs(1);
 /// Most due retries moved at once.
 const PROMOTE_BATCH: usize = 100;
 
@@ -72,6 +75,11 @@ pub enum Outcome {
         /// When it runs again.
         retry_in: Duration,
     },
+    /// A run of a paused flow was put back to wait until the flow is unpaused.
+    Held {
+        /// The run.
+        run_id: String,
+    },
     /// A run could not be executed (its flow is gone) and was dropped.
     Abandoned {
         /// The run.
@@ -90,28 +98,31 @@ pub struct Worker {
     consumer: String,
     settings: WorkerSettings,
     transitions: Arc<Transitions>,
+    control: Arc<Control>,
     in_flight: Mutex<HashSet<String>>,
 }
 
 impl Worker {
-    /// A worker named `consumer` (unique per worker process).
+    /// A worker named `consumer` (unique per worker process) on `backends`'
+    /// queue and run records.
     pub fn new(
-        queue: Arc<dyn RunQueue>,
-        runs: Arc<dyn RunStore>,
+        backends: &Backends,
         engine: Engine,
         catalog: SharedCatalog,
         consumer: String,
         settings: WorkerSettings,
         transitions: Arc<Transitions>,
+        control: Arc<Control>,
     ) -> Self {
         Self {
-            queue,
-            runs,
+            queue: backends.queue.clone(),
+            runs: backends.runs.clone(),
             engine,
             catalog,
             consumer,
             settings,
             transitions,
+            control,
             in_flight: Mutex::new(HashSet::new()),
         }
     }
@@ -166,6 +177,12 @@ impl Worker {
             self.transitions.abandoned(&delivery, record, &reason).await;
             return Outcome::Abandoned { run_id, reason };
         };
+        if self.control.status(flow) == FlowStatus::Paused {
+            self.transitions
+                .held_while_paused(&delivery, PAUSED_RECHECK)
+                .await;
+            return Outcome::Held { run_id };
+        }
         // A first delivery that came with its answer has nothing in its
         // queued record the worker does not know already.
         let first = !delivery.taken_over && delivery.input.resume.is_none();

@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::lifecycle::Lifecycle;
 
+pub mod control;
 mod queue;
 pub mod redis;
 mod store;
 
+pub use self::control::ControlStore;
 pub use self::queue::{Delivery, RunQueue};
 pub use self::store::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunStore, StoredAnswer};
 
@@ -48,6 +50,8 @@ pub struct Backends {
     pub runs: Arc<dyn RunStore>,
     /// Idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Control state: pauses, token generations, revocations, aborts, audit.
+    pub control: Arc<dyn ControlStore>,
 }
 
 impl Backends {
@@ -60,6 +64,7 @@ impl Backends {
         lifecycle: &Arc<Lifecycle>,
     ) -> Result<Self, StorageError> {
         let pool = redis::connect(url)?;
+        let control = redis::RedisControl::new(pool.clone(), url)?;
         let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention));
         let queue =
             redis::RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
@@ -67,6 +72,7 @@ impl Backends {
             queue: Arc::new(queue),
             runs: store.clone(),
             idempotency: store,
+            control: Arc::new(control),
         })
     }
 }

@@ -103,6 +103,16 @@ pub enum FlowStatus {
 }
 
 impl FlowStatus {
+    /// Parses a status as written in flow files.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "draft" => FlowStatus::Draft,
+            "live" => FlowStatus::Live,
+            "paused" => FlowStatus::Paused,
+            _ => return None,
+        })
+    }
+
     /// The status as written in flow files.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -70,6 +70,10 @@ pub struct TriggerState {
     pub metrics: Arc<Metrics>,
     /// Moves runs along: records, queue, announcements.
     pub transitions: Arc<Transitions>,
+    /// Run records, for the admin API.
+    pub runs: Arc<dyn crate::backend::RunStore>,
+    /// Pauses and token generations, as this replica knows them.
+    pub control: Arc<crate::control::Control>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,
@@ -188,7 +192,8 @@ async fn handle_inner(
         );
         return Ok(response);
     }
-    if flow.status == FlowStatus::Paused {
+    let status = state.control.status(&flow);
+    if status == FlowStatus::Paused {
         return Ok(error::paused_response());
     }
     if declared_length(&parts.headers).is_some_and(|length| length > limit as u64) {
@@ -210,7 +215,7 @@ async fn handle_inner(
         .and_then(|v| v.to_str().ok());
     let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let input = run_input(
+    let mut input = run_input(
         &flow,
         &parts,
         &raw,
@@ -219,6 +224,8 @@ async fn handle_inner(
         request_id,
         &state.redaction,
     );
+    // An unpaused flow whose file says `paused` runs as live.
+    input.live = status == FlowStatus::Live;
     let idempotency_key = parts
         .headers
         .iter()
@@ -499,8 +506,12 @@ async fn authenticate(
     body: &mut BodyState,
     flow_id: &str,
 ) -> Result<Principal, ApiError> {
-    // Flow tokens have no stored generations yet, so every flow is at generation 0.
-    let generation = 0;
+    // The oldest token generation still accepted: the current one, or the
+    // one before it during a rotation's grace period.
+    let generation = state
+        .control
+        .generation(flow_id)
+        .oldest_accepted(crate::backend::now_ms());
     let bearer_allowed = flow.is_none_or(|f| f.trigger.bearer);
     let mut token_error: Option<TokenError> = None;
     if let Some(value) = parts

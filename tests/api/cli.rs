@@ -175,8 +175,20 @@ fn render_shows_the_answer_without_calling_http_steps() {
 #[test]
 fn token_issue_prints_only_the_token() {
     let dir = project(&[("good.toml", GOOD)], &[("ok.json.j2", "{}")]);
+    // Tokens are minted for the flow's current generation, kept in Redis.
+    let redis = RedisServer::start(false);
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("[redis]\nurl = \"{}\"\n", redis.url()),
+    )
+    .unwrap();
     let out = flowgate(&dir, &["token", "issue", "good", "--ttl", "90d"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let token = stdout.trim_end_matches('\n');
     assert!(

@@ -252,6 +252,8 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         backends,
         lifecycle,
     );
+    app.control().refresh().await.unwrap();
+    tokio::spawn(app.control().clone().keep_current());
     let state = app.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -306,6 +308,10 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts the server again on the same port and folder (after [`RedisServer::stop`]).

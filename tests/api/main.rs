@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod conformance;
+mod control;
 mod helpers;
 mod hostile;
 mod idempotency;

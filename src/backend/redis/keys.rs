@@ -13,6 +13,13 @@
 //! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::record::RunRecord`]); expires after the runs retention |
 //! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
+//! | `flowgate:{flowgate}:control:version` | string | the control state's version, bumped (`INCR`) by every change; replicas compare it with theirs every 250 ms |
+//! | `flowgate:{flowgate}:control:status` | hash | flow id → its status override as JSON `{"status", "by", "at"}` (pause and unpause) |
+//! | `flowgate:{flowgate}:control:generations` | hash | flow id → its token generation (`HINCRBY` on rotation) |
+//! | `flowgate:{flowgate}:control:grace` | hash | flow id → until when (ms) tokens of the generation before the current one still work |
+//! | `flowgate:{flowgate}:control:revoked` | hash | revoked admin token `jti` → when the revocation may be forgotten (ms) |
+//! | `flowgate:{flowgate}:control:aborted` | hash | aborted run id → when it was aborted (ms); forgotten after a day |
+//! | `flowgate:{flowgate}:audit` | stream | the audit log, one entry per change: field `entry`, the [`crate::backend::control::AuditEntry`] as JSON; trimmed to 365 days by entry id (`XADD ... MINID`) |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::backend::IdempotencyStore`]) |
 //!
 //! Workers read through the consumer group `workers` (created at start-up,
@@ -27,6 +34,11 @@
 //! the reclaim threshold belong to a worker that died and are taken over
 //! with `XAUTOCLAIM`. With Redis persistence on (AOF), accepted runs survive
 //! a Redis restart.
+//!
+//! A control change (pause, rotation, revocation, abort) is one `MULTI` that
+//! writes the state, appends the audit entry and bumps the version, then a
+//! `PUBLISH` of the new version on the channel `flowgate:{flowgate}:control`,
+//! which every replica subscribes to.
 
 use sha2::{Digest, Sha256};
 
@@ -36,6 +48,22 @@ pub const STREAM_KEY: &str = "flowgate:{flowgate}:runs";
 pub const DELAYED_KEY: &str = "flowgate:{flowgate}:delayed";
 /// Runs given up on, newest first.
 pub const DEAD_LETTER_KEY: &str = "flowgate:{flowgate}:dead";
+/// The control state's version.
+pub const CONTROL_VERSION_KEY: &str = "flowgate:{flowgate}:control:version";
+/// Flow status overrides.
+pub const STATUS_KEY: &str = "flowgate:{flowgate}:control:status";
+/// Flow token generations.
+pub const GENERATIONS_KEY: &str = "flowgate:{flowgate}:control:generations";
+/// Grace periods of the generation before the current one.
+pub const GRACE_KEY: &str = "flowgate:{flowgate}:control:grace";
+/// Revoked admin tokens.
+pub const REVOKED_KEY: &str = "flowgate:{flowgate}:control:revoked";
+/// Recently aborted runs.
+pub const ABORTED_KEY: &str = "flowgate:{flowgate}:control:aborted";
+/// The audit log.
+pub const AUDIT_KEY: &str = "flowgate:{flowgate}:audit";
+/// The pub/sub channel announcing control changes.
+pub const CONTROL_CHANNEL: &str = "flowgate:{flowgate}:control";
 /// The consumer group all workers share.
 pub const GROUP: &str = "workers";
 

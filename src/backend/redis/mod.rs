@@ -12,11 +12,13 @@ use deadpool_redis::{Config as PoolSettings, Pool, Runtime};
 use super::StorageError;
 
 mod batch;
+mod control;
 pub mod keys;
 mod queue;
 mod store;
 
 pub use self::batch::Batcher;
+pub use self::control::RedisControl;
 pub use self::queue::RedisQueue;
 pub use self::store::RedisStore;
 

@@ -20,6 +20,10 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::token::TokenKeys;
 
+mod control;
+
+use self::control::{AuditArgs, FlowsCommand};
+
 /// Exit code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
 
@@ -72,12 +76,20 @@ pub enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
-    /// Mint tokens.
+    /// Mint, rotate and revoke tokens.
     Token {
         /// Which token.
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// See flows' status and token generation; pause and unpause them on every replica.
+    Flows {
+        /// What to do.
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
+    /// Read the audit log of admin changes, newest first.
+    Audit(AuditArgs),
 }
 
 /// `flowgate runs ...`
@@ -115,6 +127,31 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<humantime::Duration>,
     },
+    /// Move a flow to its next token generation: older tokens are refused on every replica.
+    Rotate {
+        /// The flow id.
+        flow: String,
+        /// Keep the previous generation working this long, e.g. 24h.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<humantime::Duration>,
+    },
+    /// Print an admin token for /v1/admin/.
+    Admin {
+        /// ops, author or viewer.
+        #[arg(long)]
+        role: String,
+        /// Who the token is for, as the audit log names them; defaults to cli:<user>.
+        #[arg(long, value_name = "NAME")]
+        sub: Option<String>,
+        /// Lifetime, e.g. 30d; tokens without one do not expire.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<humantime::Duration>,
+    },
+    /// Refuse an admin token on every replica (give the token, or its jti).
+    Revoke {
+        /// The admin token, or its `jti`.
+        token: String,
+    },
 }
 
 /// Runs the command; returns the process exit code.
@@ -133,10 +170,21 @@ pub fn run(cli: Cli) -> ExitCode {
             body,
             content_type,
         } => render(&config, &flow, &body, content_type.as_deref()),
-        Command::Token {
-            command: TokenCommand::Issue { flow, ttl },
-        } => issue(&config, &flow, ttl.map(Into::into)),
+        Command::Token { command } => match command {
+            TokenCommand::Issue { flow, ttl } => {
+                control::issue(&config, &flow, ttl.map(Into::into))
+            }
+            TokenCommand::Rotate { flow, grace } => {
+                control::rotate(&config, &flow, grace.map(Into::into))
+            }
+            TokenCommand::Admin { role, sub, ttl } => {
+                control::admin(&config, &role, sub.as_deref(), ttl.map(Into::into))
+            }
+            TokenCommand::Revoke { token } => control::revoke(&config, &token),
+        },
         Command::Runs { command } => runs(&config, command),
+        Command::Flows { command } => control::flows(&config, command),
+        Command::Audit(args) => control::audit(&config, args),
     };
     match result {
         Ok(code) => code,
@@ -241,6 +289,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
+        tokio::spawn(app.control().clone().keep_current());
         let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -262,6 +311,7 @@ fn worker_only(
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
+        tokio::spawn(app.control().clone().keep_current());
         if let Some(addr) = metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -403,16 +453,6 @@ fn render(
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Result<ExitCode> {
-    let file = config.flows_dir().join(format!("{flow_id}.toml"));
-    if !file.exists() {
-        anyhow::bail!("no flow `{flow_id}`: {} does not exist", file.display());
-    }
-    let keys = TokenKeys::new(&config.signing_key()?);
-    println!("{}", keys.issue(flow_id, ttl, 0)?);
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Longest preview of a JSON value in `runs show`.

@@ -1,0 +1,227 @@
+//! `/v1/admin/flows...` and `/v1/admin/tokens/revoke`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Caller, ListPage, Query, json, unavailable};
+use crate::backend::now_ms;
+use crate::engine::RunState;
+use crate::error::{ApiError, Body};
+use crate::flow::Flow;
+use crate::trigger::{PATH_PREFIX, TriggerState};
+
+/// Runs read per flow for its last run and its counts of the last hour.
+const RECENT_RUNS: usize = 250;
+
+/// A flow as the admin API shows it.
+#[derive(Debug, Serialize)]
+struct FlowView {
+    id: String,
+    name: String,
+    /// The status in force.
+    status: &'static str,
+    /// `file` or `override` (a pause or unpause stored by ops).
+    status_source: &'static str,
+    /// The status the flow file gives.
+    file_status: &'static str,
+    mode: &'static str,
+    /// The trigger's path.
+    url: String,
+    token_generation: u64,
+    /// Until when (RFC 3339) tokens of the generation before still work.
+    token_grace_until: Option<String>,
+    last_run: Option<LastRun>,
+    /// Runs accepted in the last hour (at most 250 are counted).
+    runs_last_hour: usize,
+    /// Of those, how many failed, timed out or were aborted.
+    failures_last_hour: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct LastRun {
+    id: String,
+    at: String,
+    status: RunState,
+}
+
+async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
+    let control = state.control.state();
+    let (status, source) = match control.statuses.get(&flow.id) {
+        Some(o) => (o.status, "override"),
+        None => (flow.status, "file"),
+    };
+    let generation = control
+        .generations
+        .get(&flow.id)
+        .copied()
+        .unwrap_or_default();
+    let recent = state
+        .runs
+        .list(&flow.id, RECENT_RUNS)
+        .await
+        .map_err(unavailable)?;
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let in_last_hour: Vec<_> = recent
+        .iter()
+        .filter(|r| humantime::parse_rfc3339_weak(&r.created_at).is_ok_and(|at| at >= hour_ago))
+        .collect();
+    let failures = in_last_hour
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.status,
+                RunState::Failed | RunState::TimedOut | RunState::Aborted
+            )
+        })
+        .count();
+    Ok(FlowView {
+        id: flow.id.clone(),
+        name: flow.name.clone(),
+        status: status.as_str(),
+        status_source: source,
+        file_status: flow.status.as_str(),
+        mode: flow.trigger.mode.as_str(),
+        url: format!("{PATH_PREFIX}{}", flow.id),
+        token_generation: generation.current,
+        token_grace_until: generation
+            .grace_until_ms
+            .filter(|until| *until > now_ms())
+            .map(|until| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(until),
+                )
+                .to_string()
+            }),
+        last_run: recent.first().map(|r| LastRun {
+            id: r.id.clone(),
+            at: r.created_at.clone(),
+            status: r.status,
+        }),
+        runs_last_hour: in_last_hour.len(),
+        failures_last_hour: failures,
+    })
+}
+
+fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
+    state
+        .catalog()
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no flow `{id}`")))
+}
+
+/// `GET /flows`: by id.
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+    let limit = query.limit()?;
+    let after = query.cursor()?;
+    let catalog = state.catalog();
+    let mut flows: Vec<&Arc<Flow>> = catalog
+        .flows
+        .values()
+        .filter(|f| after.as_ref().is_none_or(|a| f.id.as_str() > a.as_str()))
+        .collect();
+    flows.sort_by(|a, b| a.id.cmp(&b.id));
+    let has_more = flows.len() > limit;
+    flows.truncate(limit);
+    let mut data = Vec::with_capacity(flows.len());
+    for flow in &flows {
+        data.push(view(state, flow).await?);
+    }
+    let next = has_more
+        .then(|| flows.last().map(|f| f.id.clone()))
+        .flatten();
+    json(&ListPage::new(data, next))
+}
+
+/// `GET /flows/{id}`.
+pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
+    let flow = flow(state, id)?;
+    json(&view(state, &flow).await?)
+}
+
+/// `POST /flows/{id}/pause` and `.../unpause`.
+pub(super) async fn set_paused(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+    paused: bool,
+) -> Result<Response<Body>, ApiError> {
+    let flow = flow(state, id)?;
+    state
+        .control
+        .set_paused(&flow, paused, &caller.actor())
+        .await
+        .map_err(unavailable)?;
+    json(&view(state, &flow).await?)
+}
+
+/// `POST /flows/{id}/tokens/rotate` with an optional `{"grace": "24h"}`.
+pub(super) async fn rotate(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+    body: &serde_json::Value,
+) -> Result<Response<Body>, ApiError> {
+    let flow = flow(state, id)?;
+    let grace = match body.get("grace") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => match humantime::parse_duration(text) {
+            Ok(grace) if !grace.is_zero() => Some(grace),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "grace `{text}` is not a duration like \"24h\""
+                )));
+            }
+        },
+        Some(_) => return Err(ApiError::bad_request("grace must be a string like \"24h\"")),
+    };
+    let generation = state
+        .control
+        .rotate(&flow.id, grace, &caller.actor())
+        .await
+        .map_err(unavailable)?;
+    json(&json!({
+        "flow": flow.id,
+        "token_generation": generation.current,
+        "previous_generation_works_for": grace.map(|g| humantime::format_duration(g).to_string()),
+    }))
+}
+
+/// `POST /tokens/revoke` with `{"jti": "..."}` or `{"token": "..."}`.
+pub(super) async fn revoke(
+    state: &TriggerState,
+    caller: &Caller,
+    body: &serde_json::Value,
+) -> Result<Response<Body>, ApiError> {
+    let (jti, until_ms) = match (body.get("token"), body.get("jti")) {
+        (Some(serde_json::Value::String(token)), _) => {
+            let admin = state.keys.verify_admin(token).map_err(|_| {
+                ApiError::bad_request("token is not an admin token of this gateway")
+            })?;
+            let until = admin
+                .expires
+                .map_or(u64::MAX, |exp| exp.saturating_mul(1000));
+            (admin.token_id, until)
+        }
+        (_, Some(serde_json::Value::String(jti))) if !jti.is_empty() && jti.len() <= 128 => {
+            (jti.clone(), u64::MAX)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "send {\"jti\": \"...\"} or {\"token\": \"...\"}",
+            ));
+        }
+    };
+    state
+        .control
+        .revoke(&jti, until_ms, &caller.actor())
+        .await
+        .map_err(unavailable)?;
+    let mut response = json(&json!({ "revoked": jti }))?;
+    *response.status_mut() = StatusCode::OK;
+    Ok(response)
+}

@@ -1,0 +1,419 @@
+//! The admin API under `/v1/admin/`: flows (status, pause, unpause, token
+//! rotation), runs and the audit log, for ops and authors.
+//!
+//! Every request carries `Authorization: Bearer <admin token>` (see
+//! [`crate::token`]): no valid token is 401, a role too low for the route
+//! is 403, both in the error envelope. Roles nest: `viewer` reads, `author`
+//! also reloads and replays, `ops` also pauses, unpauses, rotates and
+//! revokes. Lists answer `{"data": [...], "next_cursor", "has_more"}` and
+//! take `limit` (default 50, at most 250) and the opaque `cursor` of the
+//! page before.
+//!
+//! [`ROUTES`] lists every route with the role it needs; the router matches
+//! against it, so a route cannot exist without its role.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::backend::control::Actor;
+use crate::error::{ApiError, Body};
+use crate::token::{AdminPrincipal, Role};
+use crate::trigger::TriggerState;
+
+mod audit;
+mod flows;
+mod runs;
+
+/// Where the admin API lives.
+pub const PATH_PREFIX: &str = "/v1/admin/";
+/// Largest admin request body.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest wait for an admin request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default page size.
+const DEFAULT_LIMIT: usize = 50;
+/// Largest page size.
+const MAX_LIMIT: usize = 250;
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `GET /flows`
+    ListFlows,
+    /// `GET /flows/{id}`
+    GetFlow,
+    /// `POST /flows/{id}/pause`
+    PauseFlow,
+    /// `POST /flows/{id}/unpause`
+    UnpauseFlow,
+    /// `POST /flows/{id}/tokens/rotate`
+    RotateToken,
+    /// `POST /tokens/revoke`
+    RevokeToken,
+    /// `GET /runs/{id}`
+    GetRun,
+    /// `GET /audit`
+    ListAudit,
+}
+
+/// One route: method, path pattern under [`PATH_PREFIX`] (`{id}` matches
+/// one segment), the role it needs, and what it does.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The method.
+    pub method: Method,
+    /// The path under `/v1/admin/`, e.g. `flows/{id}/pause`.
+    pub pattern: &'static str,
+    /// The lowest role allowed.
+    pub role: Role,
+    /// The handler.
+    pub handler: Handler,
+}
+
+/// Every admin route.
+pub const ROUTES: &[Route] = &[
+    route(Method::GET, "flows", Role::Viewer, Handler::ListFlows),
+    route(Method::GET, "flows/{id}", Role::Viewer, Handler::GetFlow),
+    route(
+        Method::POST,
+        "flows/{id}/pause",
+        Role::Ops,
+        Handler::PauseFlow,
+    ),
+    route(
+        Method::POST,
+        "flows/{id}/unpause",
+        Role::Ops,
+        Handler::UnpauseFlow,
+    ),
+    route(
+        Method::POST,
+        "flows/{id}/tokens/rotate",
+        Role::Ops,
+        Handler::RotateToken,
+    ),
+    route(
+        Method::POST,
+        "tokens/revoke",
+        Role::Ops,
+        Handler::RevokeToken,
+    ),
+    route(Method::GET, "runs/{id}", Role::Viewer, Handler::GetRun),
+    route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
+];
+
+const fn route(method: Method, pattern: &'static str, role: Role, handler: Handler) -> Route {
+    Route {
+        method,
+        pattern,
+        role,
+        handler,
+    }
+}
+
+/// Finds the route for `method` and `path` (under the prefix), with the
+/// `{id}` segment it matched. A path that exists under another method is
+/// `Err(true)`.
+fn find(method: &Method, path: &str) -> Result<(&'static Route, Option<String>), bool> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut path_exists = false;
+    for route in ROUTES {
+        let pattern: Vec<&str> = route.pattern.split('/').collect();
+        if pattern.len() != segments.len() {
+            continue;
+        }
+        let mut id = None;
+        let matched = pattern.iter().zip(&segments).all(|(p, s)| match *p {
+            "{id}" if !s.is_empty() => {
+                id = Some((*s).to_owned());
+                true
+            }
+            p => p == *s,
+        });
+        if !matched {
+            continue;
+        }
+        if route.method == *method {
+            return Ok((route, id));
+        }
+        path_exists = true;
+    }
+    Err(path_exists)
+}
+
+/// Who is asking, once authenticated.
+pub(crate) struct Caller {
+    /// The verified token.
+    pub principal: AdminPrincipal,
+}
+
+impl Caller {
+    /// The caller as the audit log names them.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.principal.name.clone(),
+            role: self.principal.role.as_str().to_owned(),
+        }
+    }
+}
+
+/// Answers an admin request.
+pub async fn handle(state: &TriggerState, req: Request<Incoming>) -> Response<Body> {
+    match handle_inner(state, req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(
+    state: &TriggerState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix(PATH_PREFIX)
+        .unwrap_or_default()
+        .to_owned();
+    let caller = authenticate(state, &req)?;
+    let (route, id) = match find(req.method(), &path) {
+        Ok(found) => found,
+        Err(true) => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {PATH_PREFIX}{path}", req.method()),
+            ));
+        }
+        Err(false) => {
+            return Err(ApiError::not_found(format!(
+                "no admin route {PATH_PREFIX}{path}"
+            )));
+        }
+    };
+    if caller.principal.role < route.role {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the {} role; the token has {}",
+                route.role.as_str(),
+                caller.principal.role.as_str()
+            ),
+        ));
+    }
+    let id = id.unwrap_or_default();
+    let query = Query::parse(req.uri().query());
+    match route.handler {
+        Handler::ListFlows => flows::list(state, &query).await,
+        Handler::GetFlow => flows::get(state, &id).await,
+        Handler::PauseFlow => flows::set_paused(state, &caller, &id, true).await,
+        Handler::UnpauseFlow => flows::set_paused(state, &caller, &id, false).await,
+        Handler::RotateToken => {
+            let body = read_json(req).await?;
+            flows::rotate(state, &caller, &id, &body).await
+        }
+        Handler::RevokeToken => {
+            let body = read_json(req).await?;
+            flows::revoke(state, &caller, &body).await
+        }
+        Handler::GetRun => runs::get(state, &id).await,
+        Handler::ListAudit => audit::list(state, &query).await,
+    }
+}
+
+fn authenticate(state: &TriggerState, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+    const MESSAGE: &str = "missing or invalid admin token: send Authorization: Bearer <admin token> (flowgate token admin --role ROLE)";
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 4096)
+        .ok_or_else(|| ApiError::unauthorized(MESSAGE))?;
+    let principal = state
+        .keys
+        .verify_admin(token)
+        .map_err(|_| ApiError::unauthorized(MESSAGE))?;
+    if state.control.is_revoked(&principal.token_id) {
+        return Err(ApiError::unauthorized("this admin token has been revoked"));
+    }
+    Ok(Caller { principal })
+}
+
+/// A request's query parameters.
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The value of `name`, if given and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `limit`: default 50, 1..=250.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad_request(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}"
+                ))),
+            },
+        }
+    }
+
+    /// `cursor`, decoded.
+    pub fn cursor(&self) -> Result<Option<String>, ApiError> {
+        self.get("cursor").map(decode_cursor).transpose()
+    }
+
+    /// A time parameter (`after`, `before`): RFC 3339, as ms since the epoch.
+    pub fn time_ms(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|text| {
+                humantime::parse_rfc3339_weak(text)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+}
+
+/// A cursor as handed out: opaque to clients.
+pub(crate) fn encode_cursor(position: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| ApiError::bad_request("cursor is not one this API handed out"))
+}
+
+/// A page of a list, as every list answers.
+#[derive(Debug, Serialize)]
+pub(crate) struct ListPage<T: Serialize> {
+    /// The entries.
+    pub data: Vec<T>,
+    /// The cursor of the next page, `null` on the last.
+    pub next_cursor: Option<String>,
+    /// Whether there is a next page.
+    pub has_more: bool,
+}
+
+impl<T: Serialize> ListPage<T> {
+    /// A page whose next one starts after `next` (a position, not yet encoded).
+    pub fn new(data: Vec<T>, next: Option<String>) -> Self {
+        Self {
+            data,
+            has_more: next.is_some(),
+            next_cursor: next.as_deref().map(encode_cursor),
+        }
+    }
+}
+
+/// A 200 JSON answer.
+pub(crate) fn json(value: &impl Serialize) -> Result<Response<Body>, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|_| ApiError::internal())?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The request's JSON body; an empty body is `{}`.
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
+    let collected = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the body took too long",
+        )
+    })?
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("admin request bodies are at most {MAX_BODY_BYTES} bytes"),
+        )
+    })?
+    .to_bytes();
+    if collected.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&collected) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
+    }
+}
+
+/// A storage failure, as an admin answer.
+pub(crate) fn unavailable(e: crate::backend::StorageError) -> ApiError {
+    tracing::warn!(error = %e, "admin request failed: storage unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the store is unavailable; try again",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_their_patterns_only() {
+        let (route, id) = find(&Method::POST, "flows/signup/pause").unwrap();
+        assert_eq!(route.handler, Handler::PauseFlow);
+        assert_eq!(id.as_deref(), Some("signup"));
+        assert_eq!(
+            find(&Method::GET, "flows/").unwrap().0.handler,
+            Handler::ListFlows
+        );
+        assert!(matches!(
+            find(&Method::GET, "flows/signup/pause"),
+            Err(true)
+        ));
+        assert!(matches!(find(&Method::GET, "flows/a/b/c/d"), Err(false)));
+        assert!(matches!(find(&Method::GET, "flows//pause"), Err(false)));
+    }
+}

@@ -1,0 +1,255 @@
+//! Control-plane state shared by every replica: flow status overrides
+//! (pause and unpause), token generations (rotation, with a grace period),
+//! revoked admin tokens, aborted runs, and the audit log of every change.
+//!
+//! Every change goes through [`ControlStore::apply`], which stores the
+//! change and its audit entry in one step and bumps a version number. A
+//! replica keeps the whole state in memory (see [`crate::control`]) and
+//! reloads it when the version moves: it is told at once through
+//! [`ControlStore::watch`] and checks the version now and then in case a
+//! notification was missed. Requests read only the in-memory copy.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{BoxFuture, StorageError};
+use crate::flow::FlowStatus;
+
+/// How long the audit log keeps entries.
+pub const AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long an abort is remembered, for a worker that has not seen it yet.
+pub const ABORT_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
+/// The whole control state, as one replica caches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlState {
+    /// Bumped by every change.
+    pub version: u64,
+    /// Status overrides by flow; a flow not here follows its file.
+    pub statuses: HashMap<String, StatusOverride>,
+    /// Token generations by flow; a flow not here is at generation 0.
+    pub generations: HashMap<String, Generation>,
+    /// Revoked admin token ids, with when their revocation may be forgotten
+    /// (the token's own expiry, or never: `u64::MAX`), ms since the epoch.
+    pub revoked: HashMap<String, u64>,
+    /// Runs aborted in the last day, with when they were aborted (ms).
+    pub aborted: HashMap<String, u64>,
+}
+
+/// A flow's stored status, which wins over the file's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusOverride {
+    /// The status in force.
+    #[serde(with = "flow_status")]
+    pub status: FlowStatus,
+    /// Who set it.
+    pub by: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A flow's token generation: tokens minted for an older one are refused,
+/// except the one just before it during a grace period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The generation new tokens are minted for.
+    pub current: u64,
+    /// Until when (ms since the epoch) tokens of `current - 1` still work.
+    pub grace_until_ms: Option<u64>,
+}
+
+impl Generation {
+    /// The oldest generation accepted at `now_ms`.
+    pub fn oldest_accepted(&self, now_ms: u64) -> u64 {
+        match self.grace_until_ms {
+            Some(until) if now_ms < until => self.current.saturating_sub(1),
+            _ => self.current,
+        }
+    }
+}
+
+/// Who made a change: an admin token's subject and role, or `cli:<user>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The token's `sub`, or `cli:<os user>`.
+    pub name: String,
+    /// `ops`, `author`, `viewer`, or `cli`.
+    pub role: String,
+}
+
+/// A change to the control state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Sets (or, with `None`, removes) a flow's status override.
+    Status {
+        /// The flow.
+        flow: String,
+        /// The status to hold; `None` follows the file again.
+        status: Option<FlowStatus>,
+    },
+    /// Moves a flow to its next token generation.
+    Rotate {
+        /// The flow.
+        flow: String,
+        /// How long tokens of the generation before keep working.
+        grace: Option<Duration>,
+    },
+    /// Refuses an admin token from now on.
+    Revoke {
+        /// The token's `jti`.
+        jti: String,
+        /// When the token expires anyway (ms), so the revocation can be forgotten then.
+        until_ms: u64,
+    },
+    /// Marks a run aborted, for whichever worker holds or will claim it.
+    Abort {
+        /// The run.
+        run_id: String,
+    },
+    /// Nothing to store: the audit entry alone (a reload, a replay).
+    Nothing,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The entry's id, in the order entries were written.
+    pub id: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// With which role.
+    pub role: String,
+    /// What: `flow.pause`, `flow.unpause`, `token.rotate`, `token.revoke`,
+    /// `flows.reload`, `run.replay`, `run.abort`.
+    pub action: String,
+    /// The flow it concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// The run it concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The state before, where it applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    /// The state after, where it applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+}
+
+/// An audit entry before the store gives it an id and a time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditDraft {
+    /// Who.
+    pub actor: Actor,
+    /// What (see [`AuditEntry::action`]).
+    pub action: &'static str,
+    /// The flow it concerns.
+    pub flow: Option<String>,
+    /// The run it concerns.
+    pub run: Option<String>,
+    /// The state before.
+    pub before: Option<serde_json::Value>,
+    /// The state after.
+    pub after: Option<serde_json::Value>,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only this actor's.
+    pub actor: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only about this flow.
+    pub flow: Option<String>,
+    /// Only written at or after this time (ms since the epoch).
+    pub after_ms: Option<u64>,
+    /// Only written before this time (ms since the epoch).
+    pub before_ms: Option<u64>,
+}
+
+impl AuditFilter {
+    /// Does `entry`, written at `at_ms`, pass?
+    pub fn matches(&self, entry: &AuditEntry, at_ms: u64) -> bool {
+        self.actor.as_ref().is_none_or(|a| *a == entry.actor)
+            && self.action.as_ref().is_none_or(|a| *a == entry.action)
+            && self
+                .flow
+                .as_ref()
+                .is_none_or(|f| entry.flow.as_ref() == Some(f))
+            && self.after_ms.is_none_or(|t| at_ms >= t)
+            && self.before_ms.is_none_or(|t| at_ms < t)
+    }
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The entries.
+    pub data: Vec<T>,
+    /// Where the next page starts, when there is one.
+    pub next_cursor: Option<String>,
+}
+
+/// Where control state lives.
+pub trait ControlStore: Send + Sync {
+    /// The current version; cheap, for the periodic check.
+    fn version(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
+
+    /// The whole state.
+    fn load(&self) -> BoxFuture<'_, Result<ControlState, StorageError>>;
+
+    /// Stores `change` and its audit entry in one step, bumps the version
+    /// and tells every watcher. Returns the flow's generation after a
+    /// [`Change::Rotate`], and the new version.
+    fn apply<'a>(
+        &'a self,
+        change: &'a Change,
+        audit: &'a AuditDraft,
+    ) -> BoxFuture<'a, Result<Applied, StorageError>>;
+
+    /// Audit entries passing `filter`, newest first, at most `limit`,
+    /// starting after `cursor` (from an earlier page).
+    fn audit<'a>(
+        &'a self,
+        filter: &'a AuditFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<AuditEntry>, StorageError>>;
+
+    /// Subscribes to change notifications: the receiver gets `()` after
+    /// each change anywhere, and ends when the subscription broke (call
+    /// again to resubscribe). Notifications are best effort: callers check
+    /// [`ControlStore::version`] now and then too.
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<()>, StorageError>>;
+}
+
+/// What [`ControlStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The version after the change.
+    pub version: u64,
+    /// The flow's generation, after a rotation.
+    pub generation: Option<Generation>,
+}
+
+/// `FlowStatus` as written in flow files.
+mod flow_status {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::flow::FlowStatus;
+
+    pub fn serialize<S: Serializer>(status: &FlowStatus, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(status.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FlowStatus, D::Error> {
+        let text = String::deserialize(d)?;
+        FlowStatus::parse(&text).ok_or_else(|| D::Error::custom(format!("unknown status `{text}`")))
+    }
+}

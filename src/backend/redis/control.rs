@@ -1,0 +1,312 @@
+//! [`ControlStore`] on Redis: a few hashes for the state, a stream for the
+//! audit log, a version counter, and a pub/sub channel that tells replicas
+//! the version moved. Keys are in [`super::keys`].
+
+use std::collections::HashMap;
+
+use deadpool_redis::Pool;
+use deadpool_redis::redis;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::keys::{
+    ABORTED_KEY, AUDIT_KEY, CONTROL_CHANNEL, CONTROL_VERSION_KEY, GENERATIONS_KEY, GRACE_KEY,
+    REVOKED_KEY, STATUS_KEY,
+};
+use super::{query, query_pipeline, to_json, unavailable};
+use crate::backend::control::{
+    ABORT_MEMORY, AUDIT_RETENTION, Applied, AuditDraft, AuditEntry, AuditFilter, Change,
+    ControlState, ControlStore, Generation, Page, StatusOverride,
+};
+use crate::backend::{BoxFuture, StorageError, now_ms};
+
+/// Most audit entries read to fill one filtered page.
+const AUDIT_SCAN_MAX: usize = 10_000;
+/// Entries read per round trip while filling a page.
+const AUDIT_SCAN_BATCH: usize = 500;
+
+/// Control state on Redis.
+#[derive(Clone)]
+pub struct RedisControl {
+    pool: Pool,
+    client: redis::Client,
+}
+
+impl RedisControl {
+    /// Control state on `pool`; `url` opens the notification connection.
+    pub fn new(pool: Pool, url: &str) -> Result<Self, StorageError> {
+        Ok(Self {
+            pool,
+            client: redis::Client::open(url).map_err(unavailable)?,
+        })
+    }
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {err}"))
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl ControlStore for RedisControl {
+    fn version(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async move {
+            let version: Option<u64> =
+                query(&self.pool, redis::cmd("GET").arg(CONTROL_VERSION_KEY)).await?;
+            Ok(version.unwrap_or(0))
+        })
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<ControlState, StorageError>> {
+        Box::pin(async move {
+            type Texts = HashMap<String, String>;
+            type Numbers = HashMap<String, u64>;
+            type Loaded = (Option<u64>, Texts, Numbers, Numbers, Numbers, Numbers);
+            let (version, statuses, generations, grace, revoked, aborted): Loaded = query_pipeline(
+                &self.pool,
+                redis::pipe()
+                    .atomic()
+                    .get(CONTROL_VERSION_KEY)
+                    .hgetall(STATUS_KEY)
+                    .hgetall(GENERATIONS_KEY)
+                    .hgetall(GRACE_KEY)
+                    .hgetall(REVOKED_KEY)
+                    .hgetall(ABORTED_KEY),
+            )
+            .await?;
+            let statuses = statuses
+                .into_iter()
+                .map(|(flow, json)| {
+                    let parsed: StatusOverride =
+                        crate::codec::decode(&json).map_err(|e| corrupt("status override", e))?;
+                    Ok((flow, parsed))
+                })
+                .collect::<Result<_, StorageError>>()?;
+            let generations = generations
+                .into_iter()
+                .map(|(flow, current)| {
+                    let grace_until_ms = grace.get(&flow).copied();
+                    (
+                        flow,
+                        Generation {
+                            current,
+                            grace_until_ms,
+                        },
+                    )
+                })
+                .collect();
+            let now = now_ms();
+            let forget_before = now.saturating_sub(ABORT_MEMORY.as_millis() as u64);
+            Ok(ControlState {
+                version: version.unwrap_or(0),
+                statuses,
+                generations,
+                revoked: revoked
+                    .into_iter()
+                    .filter(|(_, until)| *until > now)
+                    .collect(),
+                aborted: aborted
+                    .into_iter()
+                    .filter(|(_, at)| *at > forget_before)
+                    .collect(),
+            })
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        change: &'a Change,
+        audit: &'a AuditDraft,
+    ) -> BoxFuture<'a, Result<Applied, StorageError>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let entry = AuditEntry {
+                id: String::new(),
+                at: now_rfc3339(),
+                actor: audit.actor.name.clone(),
+                role: audit.actor.role.clone(),
+                action: audit.action.to_owned(),
+                flow: audit.flow.clone(),
+                run: audit.run.clone(),
+                before: audit.before.clone(),
+                after: audit.after.clone(),
+            };
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut rotated = false;
+            match change {
+                Change::Status { flow, status } => match status {
+                    Some(status) => {
+                        let stored = StatusOverride {
+                            status: *status,
+                            by: audit.actor.name.clone(),
+                            at: entry.at.clone(),
+                        };
+                        pipe.hset(STATUS_KEY, flow, to_json(&stored)?).ignore();
+                    }
+                    None => {
+                        pipe.hdel(STATUS_KEY, flow).ignore();
+                    }
+                },
+                Change::Rotate { flow, grace } => {
+                    rotated = true;
+                    pipe.hincr(GENERATIONS_KEY, flow, 1);
+                    match grace {
+                        Some(grace) => pipe
+                            .hset(GRACE_KEY, flow, now + grace.as_millis() as u64)
+                            .ignore(),
+                        None => pipe.hdel(GRACE_KEY, flow).ignore(),
+                    };
+                }
+                Change::Revoke { jti, until_ms } => {
+                    pipe.hset(REVOKED_KEY, jti, *until_ms).ignore();
+                }
+                Change::Abort { run_id } => {
+                    pipe.hset(ABORTED_KEY, run_id, now).ignore();
+                }
+                Change::Nothing => {}
+            }
+            let oldest = now.saturating_sub(AUDIT_RETENTION.as_millis() as u64);
+            pipe.cmd("XADD")
+                .arg(AUDIT_KEY)
+                .arg("MINID")
+                .arg("~")
+                .arg(oldest)
+                .arg("*")
+                .arg("entry")
+                .arg(to_json(&entry)?)
+                .ignore();
+            pipe.incr(CONTROL_VERSION_KEY, 1);
+            let (generation, version) = if rotated {
+                let (current, version): (u64, u64) = query_pipeline(&self.pool, &pipe).await?;
+                let flow_grace = match change {
+                    Change::Rotate {
+                        grace: Some(grace), ..
+                    } => Some(now + grace.as_millis() as u64),
+                    _ => None,
+                };
+                (
+                    Some(Generation {
+                        current,
+                        grace_until_ms: flow_grace,
+                    }),
+                    version,
+                )
+            } else {
+                let (version,): (u64,) = query_pipeline(&self.pool, &pipe).await?;
+                (None, version)
+            };
+            // Replicas also check the version now and then, so a lost
+            // notification delays the change by at most that period.
+            let _: Result<i64, _> = query(
+                &self.pool,
+                redis::cmd("PUBLISH").arg(CONTROL_CHANNEL).arg(version),
+            )
+            .await;
+            Ok(Applied {
+                version,
+                generation,
+            })
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
+        filter: &'a AuditFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<AuditEntry>, StorageError>> {
+        Box::pin(async move {
+            let mut data = Vec::new();
+            let mut end = match cursor {
+                Some(id) => format!("({id}"),
+                None => "+".to_owned(),
+            };
+            let mut scanned = 0;
+            loop {
+                let batch: Vec<(String, HashMap<String, String>)> = query(
+                    &self.pool,
+                    redis::cmd("XREVRANGE")
+                        .arg(AUDIT_KEY)
+                        .arg(&end)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(AUDIT_SCAN_BATCH),
+                )
+                .await?;
+                let exhausted = batch.len() < AUDIT_SCAN_BATCH;
+                for (id, fields) in batch {
+                    scanned += 1;
+                    end = format!("({id}");
+                    let Some(json) = fields.get("entry") else {
+                        continue;
+                    };
+                    let mut entry: AuditEntry =
+                        crate::codec::decode(json).map_err(|e| corrupt("audit entry", e))?;
+                    let at_ms = id
+                        .split_once('-')
+                        .and_then(|(ms, _)| ms.parse().ok())
+                        .unwrap_or(0);
+                    if filter.before_ms.is_some_and(|t| at_ms >= t) {
+                        continue;
+                    }
+                    if filter.after_ms.is_some_and(|t| at_ms < t) {
+                        // Newest first: everything further is older still.
+                        return Ok(Page {
+                            data,
+                            next_cursor: None,
+                        });
+                    }
+                    if filter.matches(&entry, at_ms) {
+                        entry.id = id.clone();
+                        data.push(entry);
+                        if data.len() == limit {
+                            return Ok(Page {
+                                data,
+                                next_cursor: Some(id),
+                            });
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(Page {
+                        data,
+                        next_cursor: None,
+                    });
+                }
+                if scanned >= AUDIT_SCAN_MAX {
+                    // A sparse filter over a long log: hand back what was
+                    // found and where to go on.
+                    let next = end.trim_start_matches('(').to_owned();
+                    return Ok(Page {
+                        data,
+                        next_cursor: Some(next),
+                    });
+                }
+            }
+        })
+    }
+
+    fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<()>, StorageError>> {
+        Box::pin(async move {
+            let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+            pubsub
+                .subscribe(CONTROL_CHANNEL)
+                .await
+                .map_err(unavailable)?;
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                let mut messages = pubsub.on_message();
+                while messages.next().await.is_some() {
+                    // A full channel already holds a wake-up: nothing is lost.
+                    if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                        return;
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+}

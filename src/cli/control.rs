@@ -1,0 +1,268 @@
+//! The control-plane commands: `flows list|status|pause|unpause`,
+//! `token rotate|admin|revoke` and `audit`. They work on the configured
+//! backend directly, no server needed; running servers see their effect
+//! within a second. Changes are audited as `cli:<os user>`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::{backends, load, runtime};
+use crate::backend::control::{Actor, AuditFilter};
+use crate::config::Config;
+use crate::control::Control;
+use crate::flow::Flow;
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::token::{Role, TokenKeys};
+
+/// `flowgate flows ...`
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Every flow: status (and whether it comes from the file or an override), mode, token generation.
+    List,
+    /// One flow's status, where it comes from, and its token generation.
+    Status {
+        /// The flow id.
+        flow: String,
+    },
+    /// Pause a flow on every replica: it answers the fixed paused body, its queued runs wait.
+    Pause {
+        /// The flow id.
+        flow: String,
+    },
+    /// Unpause a flow: the file's status holds again (`live` if the file says `paused`).
+    Unpause {
+        /// The flow id.
+        flow: String,
+    },
+}
+
+/// `flowgate audit`
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Only changes to this flow.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only this action, e.g. flow.pause.
+    #[arg(long)]
+    action: Option<String>,
+    /// How many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Print entries as JSON, one per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The person at the shell, as the audit log names them.
+fn cli_actor() -> Actor {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    Actor {
+        name: format!("cli:{user}"),
+        role: "cli".into(),
+    }
+}
+
+/// The control state, loaded from the configured backend.
+fn control(config: &Config) -> anyhow::Result<Arc<Control>> {
+    let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
+    let backends = backends(config, &lifecycle)?;
+    Ok(Arc::new(Control::new(backends.control)))
+}
+
+/// The flow `flow_id` as its file defines it.
+fn flow(config: &Config, flow_id: &str) -> anyhow::Result<Arc<Flow>> {
+    let report = load(config);
+    match report.catalog.get(flow_id) {
+        Some(flow) => Ok(flow.clone()),
+        None if report.skipped.iter().any(|s| s == flow_id) => {
+            anyhow::bail!("flow `{flow_id}` has problems; run `flowgate check`")
+        }
+        None => anyhow::bail!("no flow `{flow_id}` in {}", config.flows_dir().display()),
+    }
+}
+
+/// `flowgate flows ...`
+pub fn flows(config: &Config, command: FlowsCommand) -> anyhow::Result<ExitCode> {
+    let control = control(config)?;
+    let rt = runtime()?;
+    rt.block_on(control.refresh())?;
+    match command {
+        FlowsCommand::List => {
+            let report = load(config);
+            let mut flows: Vec<&Arc<Flow>> = report.catalog.flows.values().collect();
+            flows.sort_by(|a, b| a.id.cmp(&b.id));
+            println!(
+                "{:<24} {:<8} {:<9} {:<6} {:>10}",
+                "FLOW", "STATUS", "FROM", "MODE", "GENERATION"
+            );
+            for flow in flows {
+                let (status, from) = status_of(&control, flow);
+                println!(
+                    "{:<24} {:<8} {:<9} {:<6} {:>10}",
+                    flow.id,
+                    status,
+                    from,
+                    flow.trigger.mode.as_str(),
+                    control.generation(&flow.id).current
+                );
+            }
+            for skipped in &report.skipped {
+                println!("{skipped:<24} (invalid: run `flowgate check`)");
+            }
+        }
+        FlowsCommand::Status { flow: flow_id } => {
+            let flow = flow(config, &flow_id)?;
+            let (status, from) = status_of(&control, &flow);
+            let generation = control.generation(&flow.id);
+            println!("flow        {}", flow.id);
+            println!("status      {status} (from the {from})");
+            println!("mode        {}", flow.trigger.mode.as_str());
+            println!("generation  {}", generation.current);
+            if let Some(until) = generation
+                .grace_until_ms
+                .filter(|u| *u > crate::backend::now_ms())
+            {
+                let until = std::time::UNIX_EPOCH + Duration::from_millis(until);
+                println!(
+                    "grace       generation {} works until {}",
+                    generation.current.saturating_sub(1),
+                    humantime::format_rfc3339_seconds(until)
+                );
+            }
+        }
+        FlowsCommand::Pause { flow: ref flow_id } | FlowsCommand::Unpause { flow: ref flow_id } => {
+            let paused = matches!(command, FlowsCommand::Pause { .. });
+            let flow = flow(config, flow_id)?;
+            let change = rt.block_on(control.set_paused(&flow, paused, &cli_actor()))?;
+            println!(
+                "{}: {} -> {}",
+                flow.id,
+                change.before.as_str(),
+                change.after.as_str()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_of(control: &Control, flow: &Flow) -> (&'static str, &'static str) {
+    match control.state().statuses.get(&flow.id) {
+        Some(o) => (o.status.as_str(), "override"),
+        None => (flow.status.as_str(), "file"),
+    }
+}
+
+/// `flowgate token issue`: a token for the flow's current generation.
+pub fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let file = config.flows_dir().join(format!("{flow_id}.toml"));
+    if !file.exists() {
+        anyhow::bail!("no flow `{flow_id}`: {} does not exist", file.display());
+    }
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let control = control(config)?;
+    runtime()?
+        .block_on(control.refresh())
+        .map_err(|e| anyhow::anyhow!("cannot read the flow's token generation: {e}"))?;
+    let generation = control.generation(flow_id).current;
+    println!("{}", keys.issue(flow_id, ttl, generation)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate token rotate`.
+pub fn rotate(config: &Config, flow_id: &str, grace: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let flow = flow(config, flow_id)?;
+    let control = control(config)?;
+    let generation = runtime()?.block_on(control.rotate(&flow.id, grace, &cli_actor()))?;
+    match grace {
+        Some(grace) => eprintln!(
+            "{}: generation {}; tokens of generation {} keep working for {}",
+            flow.id,
+            generation.current,
+            generation.current.saturating_sub(1),
+            humantime::format_duration(grace)
+        ),
+        None => eprintln!(
+            "{}: generation {}; older tokens are refused",
+            flow.id, generation.current
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate token admin`: prints an admin token.
+pub fn admin(
+    config: &Config,
+    role: &str,
+    name: Option<&str>,
+    ttl: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let Some(role) = Role::parse(role) else {
+        anyhow::bail!("--role must be ops, author or viewer, not `{role}`");
+    };
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let name = name.map(str::to_owned).unwrap_or_else(|| cli_actor().name);
+    println!("{}", keys.issue_admin(&name, role, ttl)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate token revoke`: refuses an admin token on every replica.
+pub fn revoke(config: &Config, token: &str) -> anyhow::Result<ExitCode> {
+    let keys = TokenKeys::new(&config.signing_key()?);
+    // A whole token names its expiry, so the revocation can be forgotten then.
+    let (jti, until_ms) = match keys.verify_admin(token) {
+        Ok(admin) => (
+            admin.token_id,
+            admin
+                .expires
+                .map_or(u64::MAX, |exp| exp.saturating_mul(1000)),
+        ),
+        Err(_) if !token.contains('.') => (token.to_owned(), u64::MAX),
+        Err(e) => anyhow::bail!("not an admin token of this gateway: {e}"),
+    };
+    let control = control(config)?;
+    runtime()?.block_on(control.revoke(&jti, until_ms, &cli_actor()))?;
+    eprintln!("admin token {jti} revoked");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate audit`.
+pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let control = control(config)?;
+    let filter = AuditFilter {
+        flow: args.flow,
+        action: args.action,
+        ..AuditFilter::default()
+    };
+    let page = runtime()?.block_on(control.store().audit(
+        &filter,
+        None,
+        args.limit.clamp(1, 1000),
+    ))?;
+    for entry in page.data {
+        if args.json {
+            println!("{}", serde_json::to_string(&entry)?);
+            continue;
+        }
+        let subject = entry
+            .flow
+            .as_deref()
+            .or(entry.run.as_deref())
+            .unwrap_or("-");
+        let change = match (&entry.before, &entry.after) {
+            (Some(b), Some(a)) => format!("{b} -> {a}"),
+            (None, Some(a)) => a.to_string(),
+            _ => String::new(),
+        };
+        println!(
+            "{}  {:<16} {:<20} {:<20} {change}",
+            entry.at, entry.action, entry.actor, subject
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

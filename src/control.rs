@@ -1,0 +1,264 @@
+//! The control plane as one replica sees it: an in-memory copy of the
+//! shared control state (pauses, token generations, revoked admin tokens,
+//! aborted runs), kept current, and the changes ops and authors make.
+//!
+//! Requests read only the copy, so a pause or a rotation adds no store round
+//! trip to a trigger request. The copy is reloaded when the store says the
+//! version moved: at once on a change notification, and in any case within
+//! [`CHECK_EVERY`], which bounds how long a missed notification delays a
+//! change. A change made here (through the admin API or the CLI) is applied
+//! to the copy at once too.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::backend::StorageError;
+use crate::backend::control::{
+    Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation,
+};
+use crate::flow::{Flow, FlowStatus};
+
+/// How often the version is checked, in case a notification was missed.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Wait before subscribing again after the notification channel broke.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
+
+/// One replica's copy of the control state.
+pub struct Control {
+    store: Arc<dyn ControlStore>,
+    state: RwLock<Arc<ControlState>>,
+    loaded: watch::Sender<Option<u64>>,
+}
+
+impl Control {
+    /// A copy of `store`'s state, empty until [`Control::refresh`] or
+    /// [`Control::keep_current`] loads it.
+    pub fn new(store: Arc<dyn ControlStore>) -> Self {
+        Self {
+            store,
+            state: RwLock::new(Arc::new(ControlState::default())),
+            loaded: watch::channel(None).0,
+        }
+    }
+
+    /// The current copy.
+    pub fn state(&self) -> Arc<ControlState> {
+        self.state.read().expect("control lock poisoned").clone()
+    }
+
+    /// True once the state was loaded from the store.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.borrow().is_some()
+    }
+
+    /// Told the version each time the copy changes.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.loaded.subscribe()
+    }
+
+    /// `flow`'s status: the stored override, or the file's.
+    pub fn status(&self, flow: &Flow) -> FlowStatus {
+        self.state()
+            .statuses
+            .get(&flow.id)
+            .map_or(flow.status, |o| o.status)
+    }
+
+    /// `flow_id`'s token generation.
+    pub fn generation(&self, flow_id: &str) -> Generation {
+        self.state()
+            .generations
+            .get(flow_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Has the admin token `jti` been revoked?
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.state().revoked.contains_key(jti)
+    }
+
+    /// Has run `run_id` been aborted?
+    pub fn is_aborted(&self, run_id: &str) -> bool {
+        self.state().aborted.contains_key(run_id)
+    }
+
+    /// Loads the state from the store now.
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let state = self.store.load().await?;
+        self.install(state);
+        Ok(())
+    }
+
+    fn install(&self, state: ControlState) {
+        let version = state.version;
+        {
+            let mut current = self.state.write().expect("control lock poisoned");
+            // Loads can finish out of order; never go back.
+            if self.is_loaded() && current.version > version {
+                return;
+            }
+            *current = Arc::new(state);
+        }
+        self.loaded.send_replace(Some(version));
+    }
+
+    /// Keeps the copy current until the task is dropped: reloads on every
+    /// change notification, and checks the version every [`CHECK_EVERY`].
+    pub async fn keep_current(self: Arc<Self>) {
+        tokio::join!(self.clone().follow_notifications(), self.check_versions());
+    }
+
+    async fn check_versions(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(CHECK_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            ticker.tick().await;
+            let behind = match self.store.version().await {
+                Ok(version) => !self.is_loaded() || version != self.state().version,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, "cannot read the control state; pauses and rotations made elsewhere wait until it answers");
+                        warned = true;
+                    }
+                    continue;
+                }
+            };
+            warned = false;
+            if behind && let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot load the control state");
+            }
+        }
+    }
+
+    async fn follow_notifications(self: Arc<Self>) {
+        loop {
+            match self.store.watch().await {
+                Ok(mut changes) => {
+                    // Anything changed while unsubscribed is picked up now.
+                    let _ = self.refresh().await;
+                    while changes.recv().await.is_some() {
+                        if let Err(e) = self.refresh().await {
+                            tracing::warn!(error = %e, "cannot load the control state");
+                        }
+                    }
+                    tracing::debug!("control notifications ended; subscribing again");
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot subscribe to control notifications"),
+            }
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+        }
+    }
+
+    /// Makes `change` on behalf of `actor`, with its audit entry, and
+    /// applies it to this copy at once.
+    pub async fn apply(&self, change: Change, audit: AuditDraft) -> Result<Applied, StorageError> {
+        let applied = self.store.apply(&change, &audit).await?;
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot reload the control state after a change");
+        }
+        Ok(applied)
+    }
+
+    /// Pauses `flow` (or unpauses it, with `paused` false) on every replica.
+    /// Unpausing removes the override, so the file's status holds again;
+    /// a flow whose file says `paused` is unpaused to `live`.
+    pub async fn set_paused(
+        &self,
+        flow: &Flow,
+        paused: bool,
+        actor: &Actor,
+    ) -> Result<StatusChange, StorageError> {
+        let before = self.status(flow);
+        let stored = match (paused, flow.status) {
+            (true, _) => Some(FlowStatus::Paused),
+            (false, FlowStatus::Paused) => Some(FlowStatus::Live),
+            (false, _) => None,
+        };
+        let after = stored.unwrap_or(flow.status);
+        let mut audit = draft(actor, if paused { "flow.pause" } else { "flow.unpause" });
+        audit.flow = Some(flow.id.clone());
+        audit.before = Some(json!({ "status": before.as_str() }));
+        audit.after = Some(json!({ "status": after.as_str() }));
+        let change = Change::Status {
+            flow: flow.id.clone(),
+            status: stored,
+        };
+        self.apply(change, audit).await?;
+        Ok(StatusChange { before, after })
+    }
+
+    /// Moves `flow_id` to its next token generation: older tokens fail on
+    /// every replica, except the generation just before during `grace`.
+    pub async fn rotate(
+        &self,
+        flow_id: &str,
+        grace: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<Generation, StorageError> {
+        let before = self.generation(flow_id);
+        let mut audit = draft(actor, "token.rotate");
+        audit.flow = Some(flow_id.to_owned());
+        audit.before = Some(json!({ "generation": before.current }));
+        audit.after = Some(json!({
+            "generation": before.current + 1,
+            "grace": grace.map(|g| humantime::format_duration(g).to_string()),
+        }));
+        let change = Change::Rotate {
+            flow: flow_id.to_owned(),
+            grace,
+        };
+        let applied = self.apply(change, audit).await?;
+        Ok(applied.generation.unwrap_or(Generation {
+            current: before.current + 1,
+            grace_until_ms: None,
+        }))
+    }
+
+    /// Refuses admin token `jti` on every replica from now on; `until_ms`
+    /// is when it expires anyway (`u64::MAX` for never).
+    pub async fn revoke(
+        &self,
+        jti: &str,
+        until_ms: u64,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        let mut audit = draft(actor, "token.revoke");
+        audit.after = Some(json!({ "jti": jti }));
+        let change = Change::Revoke {
+            jti: jti.to_owned(),
+            until_ms,
+        };
+        self.apply(change, audit).await.map(|_| ())
+    }
+
+    /// The store, for reads the copy does not hold (the audit log).
+    pub fn store(&self) -> &Arc<dyn ControlStore> {
+        &self.store
+    }
+}
+
+/// A flow's status before and after a pause or unpause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusChange {
+    /// Before.
+    pub before: FlowStatus,
+    /// After.
+    pub after: FlowStatus,
+}
+
+/// An audit draft for `action` by `actor`.
+pub fn draft(actor: &Actor, action: &'static str) -> AuditDraft {
+    AuditDraft {
+        actor: actor.clone(),
+        action,
+        flow: None,
+        run: None,
+        before: None,
+        after: None,
+    }
+}

@@ -1,0 +1,497 @@
+//! The control plane: pause and unpause, token rotation, admin tokens and
+//! roles, revocation and the audit log, across replicas on one Redis.
+
+use std::time::{Duration, Instant};
+
+use flowgate::error::PAUSED_BODY;
+use flowgate::worker::Outcome;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// How soon a change must reach every replica.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+const SYNC_FLOW: &str =
+    "status = \"live\"\n[trigger]\nref = \"w\"\n[response]\nbody_inline = \"{\\\"ok\\\": true}\"\n";
+
+/// The flowgate CLI against `app`'s Redis and flows; its stdout, stderr and exit status.
+fn cli(app: &TestApp, args: &[&str]) -> (String, String, i32) {
+    let out = app
+        .process("", args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env("USER", "alice")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// A second gateway process on `app`'s Redis and flows; its base URL.
+async fn replica(app: &TestApp) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = app.spawn_process(
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &["serve", "--no-worker"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != StatusCode::OK)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the replica did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+fn admin_token(app: &TestApp, role: &str) -> String {
+    let role = flowgate::token::Role::parse(role).unwrap();
+    app.keys.issue_admin("tester", role, None).unwrap()
+}
+
+async fn admin(
+    app: &TestApp,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> reqwest::Response {
+    let url = format!("{base}/v1/admin/{path}");
+    let request = match method {
+        "GET" => app.client.get(url),
+        _ => app.client.post(url),
+    };
+    let request = match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
+/// POSTs `{}` to `flow` at `base` with `token` until the answer's status is
+/// `status`; how long that took. Fails after [`PROPAGATION`].
+async fn status_within(
+    app: &TestApp,
+    base: &str,
+    flow: &str,
+    token: &str,
+    status: u16,
+) -> (Duration, String) {
+    let started = Instant::now();
+    loop {
+        let response = app
+            .client
+            .post(format!("{base}/v1/flow-webhook/{flow}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        // A paused answer is a 200 too, but not a run.
+        if got == status && (status != 200 || !body.contains("biz_logic")) {
+            return (started.elapsed(), body);
+        }
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "{base}: still {got} {body} after {:?}, expected {status}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn paused_within(app: &TestApp, base: &str, flow: &str) {
+    let token = app.token(flow);
+    let started = Instant::now();
+    loop {
+        let response = app
+            .client
+            .post(format!("{base}/v1/flow-webhook/{flow}"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let body = response.text().await.unwrap();
+        if body == PAUSED_BODY {
+            return;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "{base}: not paused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn running_within(app: &TestApp, base: &str, flow: &str) {
+    let (_, body) = status_within(app, base, flow, &app.token(flow), 200).await;
+    assert_eq!(body, "{\"ok\": true}");
+}
+
+#[tokio::test]
+async fn a_pause_from_the_cli_reaches_every_replica_and_outlives_restarts() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let (b, b_url) = replica(&app).await;
+    let a_url = format!("http://{}", app.addr);
+    running_within(&app, &a_url, "f").await;
+
+    let (stdout, stderr, code) = cli(&app, &["flows", "pause", "f"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "f: live -> paused");
+    paused_within(&app, &a_url, "f").await;
+    paused_within(&app, &b_url, "f").await;
+
+    let (stdout, _, _) = cli(&app, &["flows", "status", "f"]);
+    assert!(
+        stdout.contains("status      paused (from the override)"),
+        "{stdout}"
+    );
+
+    // A replica started now reads the pause from the store.
+    terminate(b).await;
+    let (c, c_url) = replica(&app).await;
+    paused_within(&app, &c_url, "f").await;
+
+    let (stdout, _, code) = cli(&app, &["flows", "unpause", "f"]);
+    assert_eq!((stdout.trim(), code), ("f: paused -> live", 0));
+    running_within(&app, &a_url, "f").await;
+    running_within(&app, &c_url, "f").await;
+    let (stdout, _, _) = cli(&app, &["flows", "list"]);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("f ") && l.contains("live") && l.contains("file")),
+        "{stdout}"
+    );
+
+    let (stdout, _, _) = cli(&app, &["audit", "--flow", "f", "--json"]);
+    let entries: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["flow.unpause", "flow.pause"]);
+    assert_eq!(entries[1]["actor"], "cli:alice");
+    assert_eq!(entries[1]["before"]["status"], "live");
+    assert_eq!(entries[1]["after"]["status"], "paused");
+    terminate(c).await;
+}
+
+#[tokio::test]
+async fn an_api_pause_reaches_another_replica_even_without_notifications() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let (b, b_url) = replica(&app).await;
+    let a_url = format!("http://{}", app.addr);
+    let ops = admin_token(&app, "ops");
+
+    let paused = admin(&app, &a_url, "POST", "flows/f/pause", Some(&ops)).await;
+    assert_eq!(paused.status(), 200);
+    let view: Value = paused.json().await.unwrap();
+    assert_eq!(
+        (view["status"].as_str(), view["status_source"].as_str()),
+        (Some("paused"), Some("override"))
+    );
+    paused_within(&app, &b_url, "f").await;
+
+    // Without the notification connections, replicas notice by checking the version.
+    let killed = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &app.redis.port().to_string(),
+            "CLIENT",
+            "KILL",
+            "TYPE",
+            "pubsub",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&killed.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+    let unpaused = admin(&app, &a_url, "POST", "flows/f/unpause", Some(&ops)).await;
+    assert_eq!(unpaused.status(), 200);
+    running_within(&app, &b_url, "f").await;
+
+    let audit: Value = admin(&app, &b_url, "GET", "audit?flow=f", Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["flow.unpause", "flow.pause"]);
+    assert_eq!(audit["data"][0]["actor"], "tester");
+    assert_eq!(audit["data"][0]["role"], "ops");
+    assert_eq!(audit["has_more"], false);
+    terminate(b).await;
+}
+
+#[tokio::test]
+async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let (b, b_url) = replica(&app).await;
+    let a_url = format!("http://{}", app.addr);
+    let ops = admin_token(&app, "ops");
+    let first = app.token("f");
+    status_within(&app, &b_url, "f", &first, 200).await;
+
+    let (_, stderr, code) = cli(&app, &["token", "rotate", "f"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("generation 1"), "{stderr}");
+    status_within(&app, &a_url, "f", &first, 401).await;
+    status_within(&app, &b_url, "f", &first, 401).await;
+    let (second, _, _) = cli(&app, &["token", "issue", "f"]);
+    let second = second.trim().to_owned();
+    status_within(&app, &b_url, "f", &second, 200).await;
+
+    let rotated = app
+        .client
+        .post(format!("{a_url}/v1/admin/flows/f/tokens/rotate"))
+        .bearer_auth(&ops)
+        .body(r#"{"grace": "1h"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    assert_eq!(rotated["token_generation"], 2);
+    // Generation 1 keeps working during the grace; generation 0 does not.
+    let (third, _, _) = cli(&app, &["token", "issue", "f"]);
+    status_within(&app, &b_url, "f", third.trim(), 200).await;
+    status_within(&app, &b_url, "f", &second, 200).await;
+    status_within(&app, &b_url, "f", &first, 401).await;
+    let view: Value = admin(&app, &b_url, "GET", "flows/f", Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["token_generation"], 2);
+    assert!(view["token_grace_until"].is_string(), "{view}");
+    terminate(b).await;
+}
+
+#[tokio::test]
+async fn every_role_gets_what_it_may_and_nothing_else() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let base = format!("http://{}", app.addr);
+    app.post_json("f", "{}").await;
+    let run_id = app.post_json("f", "{}").await.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let routes: &[(&str, String, &str)] = &[
+        ("GET", "flows".into(), "viewer"),
+        ("GET", "flows/f".into(), "viewer"),
+        ("GET", format!("runs/{run_id}"), "viewer"),
+        ("GET", "audit".into(), "viewer"),
+        ("POST", "flows/f/pause".into(), "ops"),
+        ("POST", "flows/f/unpause".into(), "ops"),
+        ("POST", "flows/f/tokens/rotate".into(), "ops"),
+    ];
+    let rank = |role: &str| {
+        ["viewer", "author", "ops"]
+            .iter()
+            .position(|r| *r == role)
+            .unwrap()
+    };
+    for (method, path, needs) in routes {
+        for role in ["viewer", "author", "ops"] {
+            let token = admin_token(&app, role);
+            let response = admin(&app, &base, method, path, Some(&token)).await;
+            if rank(role) >= rank(needs) {
+                assert_eq!(response.status(), 200, "{role} {method} {path}");
+            } else {
+                let body = envelope(response, 403, "forbidden").await;
+                assert!(body["message"].as_str().unwrap().contains(needs), "{body}");
+            }
+        }
+        envelope(
+            admin(&app, &base, method, path, None).await,
+            401,
+            "unauthorized",
+        )
+        .await;
+        // A flow token is not an admin token.
+        envelope(
+            admin(&app, &base, method, path, Some(&app.token("f"))).await,
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+    // Nor is an admin token a flow token.
+    let refused = app
+        .client
+        .post(app.url("f"))
+        .bearer_auth(admin_token(&app, "ops"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    envelope(refused, 401, "unauthorized").await;
+    let record: Value = admin(
+        &app,
+        &base,
+        "GET",
+        &format!("runs/{run_id}"),
+        Some(&admin_token(&app, "viewer")),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(record["id"], run_id.as_str());
+    assert_eq!(record["status"], "succeeded");
+    let listed: Value = admin(
+        &app,
+        &base,
+        "GET",
+        "flows?limit=1",
+        Some(&admin_token(&app, "viewer")),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(listed["data"][0]["id"], "f");
+    assert_eq!(listed["data"][0]["runs_last_hour"], 2);
+    assert_eq!(listed["data"][0]["url"], "/v1/flow-webhook/f");
+    assert_eq!(listed["has_more"], false);
+    envelope(
+        admin(
+            &app,
+            &base,
+            "GET",
+            "flows?limit=0",
+            Some(&admin_token(&app, "viewer")),
+        )
+        .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    envelope(
+        admin(
+            &app,
+            &base,
+            "GET",
+            "nothing/here",
+            Some(&admin_token(&app, "viewer")),
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_admin_token_is_refused_on_every_replica() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let (b, b_url) = replica(&app).await;
+    let a_url = format!("http://{}", app.addr);
+    let ops = admin_token(&app, "ops");
+    let doomed = admin_token(&app, "viewer");
+    assert_eq!(
+        admin(&app, &b_url, "GET", "flows", Some(&doomed))
+            .await
+            .status(),
+        200
+    );
+    let revoked = app
+        .client
+        .post(format!("{a_url}/v1/admin/tokens/revoke"))
+        .bearer_auth(&ops)
+        .body(serde_json::json!({ "token": doomed }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let started = Instant::now();
+    loop {
+        let status = admin(&app, &b_url, "GET", "flows", Some(&doomed))
+            .await
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert!(started.elapsed() < PROPAGATION, "still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let audit: Value = admin(&app, &a_url, "GET", "audit?action=token.revoke", Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1, "{audit}");
+    terminate(b).await;
+}
+
+#[tokio::test]
+async fn queued_runs_of_a_paused_flow_wait_and_run_after_unpause() {
+    let flow = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n".to_owned();
+    let app = spawn_app_with(
+        &[("a", flow)],
+        AppOptions {
+            worker: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let accepted = app.post_json("a", r#"{"n": 7}"#).await;
+    assert_eq!(accepted.status(), 202);
+    let run_id = accepted.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (_, stderr, code) = cli(&app, &["flows", "pause", "a"]);
+    assert_eq!(code, 0, "{stderr}");
+    let started = Instant::now();
+    while !app.app.control().state().statuses.contains_key("a") {
+        assert!(started.elapsed() < PROPAGATION, "the pause did not arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let worker = app.worker(1, Duration::from_secs(15));
+    assert_eq!(
+        worker.try_execute_next().await.unwrap(),
+        Outcome::Held {
+            run_id: run_id.clone()
+        }
+    );
+    let record = app.store().get(&run_id).await.unwrap().unwrap();
+    assert_eq!(record.status, flowgate::engine::RunState::Queued);
+    assert_eq!(record.attempt, 0);
+    cli(&app, &["flows", "unpause", "a"]);
+    app.start_worker(Duration::from_secs(15));
+    let done = app
+        .record_when(&run_id, |r| r.status.as_str() == "succeeded")
+        .await;
+    assert_eq!(done.steps[0].output["n"], 7);
+}
