@@ -9,9 +9,10 @@ use crate::backend::Backends;
 use crate::config::{Config, ServerLimits};
 use crate::control::Control;
 use crate::engine::{Engine, HttpClient};
-use crate::flow::SharedCatalog;
+use crate::flow::{LoadOptions, SharedCatalog};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::reloader::Reloader;
 use crate::token::TokenKeys;
 use crate::transition::Transitions;
 use crate::trigger::redact::Redaction;
@@ -66,6 +67,7 @@ pub struct App {
     backends: Backends,
     transitions: Arc<Transitions>,
     control: Arc<Control>,
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl App {
@@ -84,8 +86,25 @@ impl App {
             catalog,
             transitions: Arc::new(Transitions::new(lifecycle, &backends)),
             control: Arc::new(Control::new(backends.control.clone())),
+            reloader: None,
             backends,
         }
+    }
+
+    /// Reloads the flows from the folders in `options` on request (SIGHUP,
+    /// `POST /v1/admin/reload`, or [`Reloader::watch`]).
+    pub fn with_reloader(mut self, options: LoadOptions) -> Self {
+        self.reloader = Some(Arc::new(Reloader::new(
+            self.catalog.clone(),
+            options,
+            self.transitions.lifecycle().clone(),
+        )));
+        self
+    }
+
+    /// The reloader, when the app has one.
+    pub fn reloader(&self) -> Option<&Arc<Reloader>> {
+        self.reloader.as_ref()
     }
 
     /// The state the gateway serves requests with.
@@ -100,6 +119,7 @@ impl App {
             transitions: self.transitions.clone(),
             control: self.control.clone(),
             runs: self.backends.runs.clone(),
+            reloader: self.reloader.clone(),
             idempotency_headers: self.settings.idempotency_headers.clone(),
             limits: TriggerLimits::new(self.settings.limits.clone()),
             redaction: self.settings.redaction.clone(),

@@ -28,6 +28,7 @@
 //! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`worker`]: workers that execute queued async runs.
+//! - [`reloader`]: hot reload of flows and templates: file watching, SIGHUP, the admin API.
 //! - [`record`]: run records, what the flow debugger shows of each run.
 //! - [`admin`]: the admin API under `/v1/admin/`: flows, pause, rotation, runs, audit, by role.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
@@ -51,6 +52,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outbound;
 pub mod record;
+pub mod reloader;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

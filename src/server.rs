@@ -312,18 +312,6 @@ pub async fn serve_worker_metrics(
     accept_loop(listener, &limits, router, shutdown, Duration::from_secs(1)).await;
 }
 
-/// Logs SIGHUP instead of dying of it (its default action), for as long as
-/// the process runs.
-pub async fn ignore_hangups() {
-    #[cfg(unix)]
-    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    {
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received: ignored (flows are read at start)");
-        }
-    }
-}
-
 /// Completes on SIGINT or SIGTERM: the one shutdown source of the process.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

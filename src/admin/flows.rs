@@ -225,3 +225,28 @@ pub(super) async fn revoke(
     *response.status_mut() = StatusCode::OK;
     Ok(response)
 }
+
+/// `POST /reload`: loads flows and templates again on this replica.
+pub(super) async fn reload(
+    state: &TriggerState,
+    caller: &Caller,
+) -> Result<Response<Body>, ApiError> {
+    let Some(reloader) = &state.reloader else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "reload_unavailable",
+            "this gateway was not started from flow folders it can reload",
+        ));
+    };
+    let summary = reloader.reload().await;
+    let mut audit = crate::control::draft(&caller.actor(), "flows.reload");
+    audit.after = serde_json::to_value(&summary).ok();
+    if let Err(e) = state
+        .control
+        .apply(crate::backend::control::Change::Nothing, audit)
+        .await
+    {
+        tracing::warn!(error = %e, "reload not written to the audit log");
+    }
+    json(&summary)
+}

@@ -56,6 +56,8 @@ pub enum Handler {
     RotateToken,
     /// `POST /tokens/revoke`
     RevokeToken,
+    /// `POST /reload`
+    Reload,
     /// `GET /runs/{id}`
     GetRun,
     /// `GET /audit`
@@ -104,6 +106,7 @@ pub const ROUTES: &[Route] = &[
         Role::Ops,
         Handler::RevokeToken,
     ),
+    route(Method::POST, "reload", Role::Author, Handler::Reload),
     route(Method::GET, "runs/{id}", Role::Viewer, Handler::GetRun),
     route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
 ];
@@ -223,6 +226,7 @@ async fn handle_inner(
             let body = read_json(req).await?;
             flows::revoke(state, &caller, &body).await
         }
+        Handler::Reload => flows::reload(state, &caller).await,
         Handler::GetRun => runs::get(state, &id).await,
         Handler::ListAudit => audit::list(state, &query).await,
     }
@@ -399,6 +403,34 @@ pub(crate) fn unavailable(e: crate::backend::StorageError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_handler_has_a_route() {
+        use Handler::*;
+        let all = [
+            ListFlows,
+            GetFlow,
+            PauseFlow,
+            UnpauseFlow,
+            RotateToken,
+            RevokeToken,
+            Reload,
+            GetRun,
+            ListAudit,
+        ];
+        for handler in all {
+            // Exhaustive: a new handler must be listed above.
+            match handler {
+                ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
+                | Reload | GetRun | ListAudit => {}
+            }
+            assert_eq!(
+                ROUTES.iter().filter(|r| r.handler == handler).count(),
+                1,
+                "{handler:?}"
+            );
+        }
+    }
 
     #[test]
     fn routes_match_their_patterns_only() {

@@ -203,13 +203,17 @@ fn bad_config(e: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_BAD_CONFIG)
 }
 
-fn load(config: &Config) -> LoadReport {
-    load_catalog(&LoadOptions {
+fn load_options(config: &Config) -> LoadOptions {
+    LoadOptions {
         flows_dir: config.flows_dir(),
         templates_dir: config.templates_dir(),
         default_max_body_bytes: config.server.max_body_bytes,
         secrets: Default::default(),
-    })
+    }
+}
+
+fn load(config: &Config) -> LoadReport {
+    load_catalog(&load_options(config))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -249,7 +253,8 @@ fn build_app(config: &Config) -> anyhow::Result<App> {
         load_for_serving(config),
         backends,
         lifecycle,
-    ))
+    )
+    .with_reloader(load_options(config)))
 }
 
 /// The configured storage backends.
@@ -258,11 +263,9 @@ fn backends(config: &Config, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<Backe
         .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
 }
 
-/// One shutdown source for the whole process: SIGINT or SIGTERM (SIGHUP is
-/// logged and ignored).
+/// One shutdown source for the whole process: SIGINT or SIGTERM.
 fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(crate::server::ignore_hangups());
     tokio::spawn(async move {
         crate::server::shutdown_signal().await;
         let _ = tx.send(true);
@@ -272,6 +275,16 @@ fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
 
 async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// What every serving process runs beside its work: the control state kept
+/// current, and flows reloaded on file changes and SIGHUP.
+fn start_background(app: &App) {
+    tokio::spawn(app.control().clone().keep_current());
+    if let Some(reloader) = app.reloader() {
+        tokio::spawn(reloader.clone().watch());
+        tokio::spawn(reloader.clone().on_hangup());
+    }
 }
 
 fn spawn_worker(
@@ -289,7 +302,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        tokio::spawn(app.control().clone().keep_current());
+        start_background(&app);
         let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -311,7 +324,7 @@ fn worker_only(
     let app = build_app(&config)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        tokio::spawn(app.control().clone().keep_current());
+        start_background(&app);
         if let Some(addr) = metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

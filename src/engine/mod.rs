@@ -214,7 +214,7 @@ impl Engine {
         let started = Instant::now();
         let mut scope = Self::initial_scope(flow, input, RunState::Running);
         let mut state = Execution {
-            env: &catalog.env,
+            env: catalog.env_of(&flow.id),
             options,
             traces: Vec::new(),
             logs: Vec::new(),

@@ -17,6 +17,7 @@ use crate::secret::Secret;
 use crate::template::Env;
 
 pub mod load;
+pub mod reload;
 mod spec;
 pub mod step;
 
@@ -30,6 +31,9 @@ pub struct Catalog {
     pub env: Arc<Env>,
     /// Valid flows by id.
     pub flows: HashMap<String, Arc<Flow>>,
+    /// Flows kept from an earlier load because their new version failed
+    /// validation, with the template environment they were validated against.
+    pub kept: HashMap<String, Arc<Env>>,
 }
 
 impl Catalog {
@@ -38,12 +42,18 @@ impl Catalog {
         Self {
             env: Arc::new(crate::template::new_environment()),
             flows: HashMap::new(),
+            kept: HashMap::new(),
         }
     }
 
     /// The flow with id `id`.
     pub fn get(&self, id: &str) -> Option<&Arc<Flow>> {
         self.flows.get(id)
+    }
+
+    /// The template environment flow `id` renders with.
+    pub fn env_of(&self, id: &str) -> &Arc<Env> {
+        self.kept.get(id).unwrap_or(&self.env)
     }
 }
 

@@ -72,6 +72,8 @@ pub struct TriggerState {
     pub transitions: Arc<Transitions>,
     /// Run records, for the admin API.
     pub runs: Arc<dyn crate::backend::RunStore>,
+    /// Reloads the flows, for the admin API.
+    pub reloader: Option<Arc<crate::reloader::Reloader>>,
     /// Pauses and token generations, as this replica knows them.
     pub control: Arc<crate::control::Control>,
     /// Headers carrying an idempotency key, first match wins
@@ -420,9 +422,12 @@ async fn accept_async(
     // The answer sees no step output, so it is rendered first and stored with
     // the run; nothing is sent before the queue holds the run.
     let scope = Engine::initial_scope(flow, input, RunState::Queued);
-    let mut response = response::render(&flow.response, &catalog.env, &scope.context(), || {
-        json!({ "run_id": input.run_id, "status": "queued" }).to_string()
-    })
+    let mut response = response::render(
+        &flow.response,
+        catalog.env_of(&flow.id),
+        &scope.context(),
+        || json!({ "run_id": input.run_id, "status": "queued" }).to_string(),
+    )
     .map_err(|e| e.with_run_id(&input.run_id))?;
     set_run_id_header(&mut response, &input.run_id);
     let (response, record) =
@@ -441,7 +446,7 @@ pub fn answer(
     run_id: &str,
     report: &RunReport,
 ) -> Result<Response<Body>, ApiError> {
-    let env = &catalog.env;
+    let env = catalog.env_of(&flow.id);
     match report.status {
         // Sync runs retry in place and never wait outside the request.
         // Sync runs retry in place and never wait outside the request, nor

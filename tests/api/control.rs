@@ -314,6 +314,7 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         ("POST", "flows/f/pause".into(), "ops"),
         ("POST", "flows/f/unpause".into(), "ops"),
         ("POST", "flows/f/tokens/rotate".into(), "ops"),
+        ("POST", "reload".into(), "author"),
     ];
     let rank = |role: &str| {
         ["viewer", "author", "ops"]

@@ -251,7 +251,18 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         SharedCatalog::new(report.catalog),
         backends,
         lifecycle,
-    );
+    )
+    .with_reloader(LoadOptions {
+        flows_dir: dir.path().join("flows"),
+        templates_dir: dir.path().join("templates"),
+        default_max_body_bytes: 1024 * 1024,
+        secrets: options
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    });
+    tokio::spawn(app.reloader().unwrap().clone().watch());
     app.control().refresh().await.unwrap();
     tokio::spawn(app.control().clone().keep_current());
     let state = app.gateway();

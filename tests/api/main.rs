@@ -11,6 +11,7 @@ mod idempotency;
 mod lifecycle;
 mod queue;
 mod redis_backend;
+mod reload;
 mod runs;
 mod steps;
 mod trigger;

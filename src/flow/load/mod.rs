@@ -133,6 +133,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
         catalog: Catalog {
             env: Arc::new(env),
             flows,
+            kept: HashMap::new(),
         },
         problems,
         warnings,
