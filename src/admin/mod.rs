@@ -58,6 +58,8 @@ pub enum Handler {
     RevokeToken,
     /// `POST /reload`
     Reload,
+    /// `GET /runs`
+    ListRuns,
     /// `GET /runs/{id}`
     GetRun,
     /// `GET /audit`
@@ -107,6 +109,7 @@ pub const ROUTES: &[Route] = &[
         Handler::RevokeToken,
     ),
     route(Method::POST, "reload", Role::Author, Handler::Reload),
+    route(Method::GET, "runs", Role::Viewer, Handler::ListRuns),
     route(Method::GET, "runs/{id}", Role::Viewer, Handler::GetRun),
     route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
 ];
@@ -227,6 +230,7 @@ async fn handle_inner(
             flows::revoke(state, &caller, &body).await
         }
         Handler::Reload => flows::reload(state, &caller).await,
+        Handler::ListRuns => runs::list(state, &query).await,
         Handler::GetRun => runs::get(state, &id).await,
         Handler::ListAudit => audit::list(state, &query).await,
     }
@@ -422,7 +426,7 @@ mod tests {
             // Exhaustive: a new handler must be listed above.
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
-                | Reload | GetRun | ListAudit => {}
+                | Reload | ListRuns | GetRun | ListAudit => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),

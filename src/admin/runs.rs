@@ -2,7 +2,9 @@
 
 use http::Response;
 
-use super::{json, unavailable};
+use super::{ListPage, Query, json, unavailable};
+use crate::backend::RunFilter;
+use crate::engine::RunState;
 use crate::error::{ApiError, Body};
 use crate::trigger::TriggerState;
 
@@ -14,4 +16,36 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>
             "no run `{id}` (runs are kept for the configured retention)"
         ))),
     }
+}
+
+/// `GET /runs?flow=&status=&after=&before=`: newest first.
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+    let status = query
+        .get("status")
+        .map(|s| {
+            RunState::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "status `{s}` must be one of queued, running, waiting, succeeded, failed, timed_out, aborted"
+                ))
+            })
+        })
+        .transpose()?;
+    let filter = RunFilter {
+        flow: query.get("flow").map(str::to_owned),
+        status,
+        after_ms: query.time_ms("after")?,
+        before_ms: query.time_ms("before")?,
+    };
+    let cursor = query.cursor()?;
+    let page = state
+        .runs
+        .page(&filter, cursor.as_deref(), query.limit()?)
+        .await
+        .map_err(|e| match e {
+            crate::backend::StorageError::Corrupt(_) => {
+                ApiError::bad_request("cursor is not one this API handed out")
+            }
+            other => unavailable(other),
+        })?;
+    json(&ListPage::new(page.data, page.next_cursor))
 }

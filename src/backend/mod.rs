@@ -17,7 +17,9 @@ mod store;
 
 pub use self::control::ControlStore;
 pub use self::queue::{Delivery, RunQueue};
-pub use self::store::{IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunStore, StoredAnswer};
+pub use self::store::{
+    IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StoredAnswer,
+};
 
 /// A boxed future, so the storage traits can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{BoxFuture, StorageError};
 
+use super::control::Page;
+use crate::engine::RunState;
 use crate::record::RunRecord;
 
 /// How long an idempotency key is remembered.
@@ -73,6 +75,19 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
+/// Which run records to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this flow's.
+    pub flow: Option<String>,
+    /// Only runs in this state.
+    pub status: Option<RunState>,
+    /// Only runs accepted at or after this time (ms since the epoch).
+    pub after_ms: Option<u64>,
+    /// Only runs accepted before this time (ms since the epoch).
+    pub before_ms: Option<u64>,
+}
+
 /// Keeps run records for the configured retention.
 pub trait RunStore: Send + Sync {
     /// Writes a record, replacing any earlier version. The record is encoded
@@ -83,6 +98,17 @@ pub trait RunStore: Send + Sync {
     /// The record of `run_id`.
     fn get<'a>(&'a self, run_id: &'a str)
     -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>>;
+
+    /// Records passing `filter`, newest first (by acceptance), at most
+    /// `limit`, starting after `cursor` (the `next_cursor` of a page before).
+    /// A page may hold fewer than `limit` and still have a next cursor when
+    /// a sparse filter made the backend stop scanning.
+    fn page<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>>;
 
     /// The newest `limit` records of a flow, newest first.
     fn list<'a>(

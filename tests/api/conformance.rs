@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate::backend::Backends;
 use flowgate::backend::now_ms;
+use flowgate::backend::{Backends, RunFilter};
 use flowgate::backend::{Delivery, Reservation, StoredAnswer};
 use flowgate::engine::{Resume, RunInput, RunState};
 use flowgate::record::RunRecord;
@@ -355,6 +355,79 @@ pub async fn records_list_newest_first_and_expire(b: &Backends) {
     assert!(b.runs.list("f", 10).await.unwrap().is_empty());
 }
 
+pub async fn pages_walk_every_record_once_newest_first(b: &Backends) {
+    // Saved in bursts, so many share a millisecond: ties must page cleanly too.
+    let mut saved = Vec::new();
+    for n in 0..600 {
+        let id = format!("p{n:04}");
+        let mut r = record(
+            &id,
+            if n.is_multiple_of(3) {
+                RunState::Failed
+            } else {
+                RunState::Succeeded
+            },
+        );
+        r.flow = if n.is_multiple_of(2) { "f".into() } else { "g".into() };
+        b.runs.save(&r).await.unwrap();
+        saved.push(r);
+    }
+    let walk = |filter: RunFilter, limit: usize| async move {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = b
+                .runs
+                .page(&filter, cursor.as_deref(), limit)
+                .await
+                .unwrap();
+            assert!(page.data.len() <= limit);
+            seen.extend(page.data.into_iter().map(|r| (r.id, r.flow, r.status)));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return seen,
+            }
+        }
+    };
+    let all = walk(RunFilter::default(), 250).await;
+    let mut ids: Vec<&str> = all.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 600, "every record once");
+    ids.dedup();
+    assert_eq!(ids.len(), 600, "no duplicates");
+    // Newest first: the ids were saved in increasing order.
+    let mut expected: Vec<String> = (0..600).rev().map(|n| format!("p{n:04}")).collect();
+    // Runs saved within one millisecond come back in reverse id order, which is the same.
+    assert_eq!(
+        all.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    let failed_in_f = walk(
+        RunFilter {
+            flow: Some("f".into()),
+            status: Some(RunState::Failed),
+            ..RunFilter::default()
+        },
+        7,
+    )
+    .await;
+    expected.retain(|id| {
+        let n: usize = id[1..].parse().unwrap();
+        n.is_multiple_of(2) && n.is_multiple_of(3)
+    });
+    assert_eq!(
+        failed_in_f
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        failed_in_f
+            .iter()
+            .all(|(_, flow, status)| flow == "f" && *status == RunState::Failed)
+    );
+}
+
 /// Runs every contract test above against one backend.
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
@@ -380,4 +453,5 @@ conformance!(redis:
     an_idempotency_key_is_reserved_once_under_concurrency,
     a_released_key_can_be_reserved_again,
     records_list_newest_first_and_expire,
+    pages_walk_every_record_once_newest_first,
 );

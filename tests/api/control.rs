@@ -310,6 +310,7 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         ("GET", "flows".into(), "viewer"),
         ("GET", "flows/f".into(), "viewer"),
         ("GET", format!("runs/{run_id}"), "viewer"),
+        ("GET", "runs?flow=f&status=succeeded".into(), "viewer"),
         ("GET", "audit".into(), "viewer"),
         ("POST", "flows/f/pause".into(), "ops"),
         ("POST", "flows/f/unpause".into(), "ops"),
@@ -398,6 +399,41 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         "bad_request",
     )
     .await;
+    let viewer = admin_token(&app, "viewer");
+    let first: Value = admin(&app, &base, "GET", "runs?flow=f&limit=1", Some(&viewer))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["data"][0]["id"], run_id.as_str(), "newest first");
+    assert_eq!(first["has_more"], true);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest: Value = admin(
+        &app,
+        &base,
+        "GET",
+        &format!("runs?flow=f&limit=5&cursor={cursor}"),
+        Some(&viewer),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1, "{rest}");
+    assert_ne!(rest["data"][0]["id"], run_id.as_str());
+    assert_eq!(rest["has_more"], false);
+    for bad in [
+        "runs?status=done",
+        "runs?after=yesterday",
+        "runs?cursor=zzz",
+    ] {
+        envelope(
+            admin(&app, &base, "GET", bad, Some(&viewer)).await,
+            400,
+            "bad_request",
+        )
+        .await;
+    }
     envelope(
         admin(
             &app,

@@ -6,10 +6,11 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
 
-use super::keys::{flow_runs_key, idempotency_key, run_key};
+use super::keys::{ALL_RUNS_KEY, flow_runs_key, idempotency_key, run_key};
 use super::{Batcher, query, to_json};
+use crate::backend::control::Page;
 use crate::backend::{
-    BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunStore, StorageError,
+    BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
     StoredAnswer, now_ms,
 };
 use crate::record::RunRecord;
@@ -156,24 +157,28 @@ impl RedisStore {
 
     /// Indexes a record under its flow and, now and then, drops index entries past retention.
     fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
-        let index = flow_runs_key(&record.flow);
+        let flow_index = flow_runs_key(&record.flow);
         let retention_ms = self.retention.as_millis() as u64;
-        pipe.cmd("ZADD")
-            .arg(&index)
-            .arg("NX")
-            .arg(now_ms())
-            .arg(&record.id)
-            .ignore();
-        let writes = self
+        let now = now_ms();
+        let trim = self
             .writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if writes.is_multiple_of(TRIM_EVERY) {
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&index)
-                .arg("-inf")
-                .arg(now_ms().saturating_sub(retention_ms))
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(TRIM_EVERY);
+        for index in [flow_index.as_str(), ALL_RUNS_KEY] {
+            pipe.cmd("ZADD")
+                .arg(index)
+                .arg("NX")
+                .arg(now)
+                .arg(&record.id)
                 .ignore();
-            pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+            if trim {
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(index)
+                    .arg("-inf")
+                    .arg(now.saturating_sub(retention_ms))
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(index).arg(retention_ms).ignore();
+            }
         }
     }
 }
@@ -195,7 +200,120 @@ impl RedisStore {
     }
 }
 
+/// Most index entries read to fill one filtered page.
+const PAGE_SCAN_MAX: usize = 5_000;
+
+/// A position in a run index: the score (ms) and the run id there.
+fn parse_cursor(cursor: &str) -> Option<(u64, &str)> {
+    let (score, id) = cursor.split_once(':')?;
+    Some((score.parse().ok()?, id))
+}
+
 impl RunStore for RedisStore {
+    fn page<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
+        Box::pin(async move {
+            let index = match &filter.flow {
+                Some(flow) => flow_runs_key(flow),
+                None => ALL_RUNS_KEY.to_owned(),
+            };
+            let mut position: Option<(u64, String)> = match cursor {
+                Some(c) => {
+                    let (score, id) = parse_cursor(c).ok_or_else(|| {
+                        StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
+                    })?;
+                    Some((score, id.to_owned()))
+                }
+                None => None,
+            };
+            let min = filter.after_ms.map_or("-inf".to_owned(), |t| t.to_string());
+            let batch = (limit * 2).clamp(50, 500);
+            let mut data = Vec::new();
+            let mut scanned = 0;
+            // Skips a run of ties longer than a batch, all at or before the cursor.
+            let mut offset = 0;
+            loop {
+                let max = match (&position, filter.before_ms) {
+                    (Some((score, _)), _) => score.to_string(),
+                    (None, Some(before)) => format!("({before}"),
+                    (None, None) => "+inf".to_owned(),
+                };
+                // Entries at the cursor's score come back too (ties are in
+                // reverse id order); the ones at or before the cursor are skipped.
+                let entries: Vec<(String, u64)> = query(
+                    &self.pool,
+                    redis::cmd("ZRANGE")
+                        .arg(&index)
+                        .arg(&max)
+                        .arg(&min)
+                        .arg("BYSCORE")
+                        .arg("REV")
+                        .arg("LIMIT")
+                        .arg(offset)
+                        .arg(batch)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+                let exhausted = entries.len() < batch;
+                let fresh: Vec<(String, u64)> = entries
+                    .into_iter()
+                    .filter(|(id, score)| match &position {
+                        Some((at, after_id)) => score < at || (score == at && id < after_id),
+                        None => filter.before_ms.is_none_or(|b| *score < b),
+                    })
+                    .collect();
+                if fresh.is_empty() {
+                    if exhausted {
+                        return Ok(Page {
+                            data,
+                            next_cursor: None,
+                        });
+                    }
+                    offset += batch;
+                    continue;
+                }
+                offset = 0;
+                let keys: Vec<String> = fresh.iter().map(|(id, _)| run_key(id)).collect();
+                let values: Vec<Option<String>> =
+                    query(&self.pool, redis::cmd("MGET").arg(keys)).await?;
+                for ((id, score), value) in fresh.into_iter().zip(values) {
+                    scanned += 1;
+                    position = Some((score, id));
+                    // An index entry may outlive its record by a little.
+                    let Some(json) = value else { continue };
+                    let record = decode(&json)?;
+                    if filter.status.is_none_or(|s| s == record.status) {
+                        data.push(record);
+                        if data.len() == limit {
+                            let (score, id) = position.as_ref().expect("just set");
+                            return Ok(Page {
+                                data,
+                                next_cursor: Some(format!("{score}:{id}")),
+                            });
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(Page {
+                        data,
+                        next_cursor: None,
+                    });
+                }
+                if scanned >= PAGE_SCAN_MAX {
+                    let (score, id) = position.as_ref().expect("scanned some");
+                    return Ok(Page {
+                        data,
+                        next_cursor: Some(format!("{score}:{id}")),
+                    });
+                }
+            }
+        })
+    }
+
     fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
         let mut pipe = redis::pipe();
         let encoded = self.write_record(&mut pipe, record, false);
