@@ -358,7 +358,7 @@ pub async fn records_list_newest_first_and_expire(b: &Backends) {
 pub async fn pages_walk_every_record_once_newest_first(b: &Backends) {
     // Saved in bursts, so many share a millisecond: ties must page cleanly too.
     let mut saved = Vec::new();
-    for n in 0..600 {
+    for n in 0..600u32 {
         let id = format!("p{n:04}");
         let mut r = record(
             &id,
@@ -368,7 +368,11 @@ pub async fn pages_walk_every_record_once_newest_first(b: &Backends) {
                 RunState::Succeeded
             },
         );
-        r.flow = if n.is_multiple_of(2) { "f".into() } else { "g".into() };
+        r.flow = if n.is_multiple_of(2) {
+            "f".into()
+        } else {
+            "g".into()
+        };
         b.runs.save(&r).await.unwrap();
         saved.push(r);
     }
