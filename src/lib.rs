@@ -26,6 +26,7 @@
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
 //! - [`transition`]: every run transition made in one place: the record written with the queue change, then announced.
 //! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.
+//! - [`operations`]: aborting and replaying runs, for the admin API and the CLI alike.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`reloader`]: hot reload of flows and templates: file watching, SIGHUP, the admin API.
@@ -50,6 +51,7 @@ pub mod error;
 pub mod flow;
 pub mod lifecycle;
 pub mod metrics;
+pub mod operations;
 pub mod outbound;
 pub mod record;
 pub mod reloader;

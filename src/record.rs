@@ -62,6 +62,9 @@ pub struct RunRecord {
     pub response: Option<RecordedResponse>,
     /// Why the run failed.
     pub error: Option<RunError>,
+    /// The run this one replays (`flowgate runs replay`, `POST /v1/admin/runs/{id}/replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<String>,
 }
 
 /// The trigger request of a record. Its `raw` body text is left out of the
@@ -153,6 +156,7 @@ impl RunRecord {
             logs: Vec::new(),
             response: None,
             error: None,
+            replay_of: input.replay_of.clone(),
         }
     }
 

@@ -189,6 +189,33 @@ impl Transitions {
         self.complete(delivery, record.as_ref()).await;
     }
 
+    /// A queued or waiting run that was aborted before it started leaves the
+    /// queue; whoever aborted it recorded it already.
+    pub async fn dropped_aborted(&self, delivery: &Delivery) {
+        let input = &delivery.input;
+        self.lifecycle.ended(
+            &input.run_id,
+            &input.flow_id,
+            RunState::Aborted,
+            Duration::ZERO,
+            Some("aborted on request"),
+        );
+        self.complete(delivery, None).await;
+    }
+
+    /// A running run was stopped on request: the delivery completes with
+    /// its aborted `record`.
+    pub async fn stopped(&self, delivery: &Delivery, record: &RunRecord, duration: Duration) {
+        self.lifecycle.ended(
+            &record.id,
+            &record.flow,
+            RunState::Aborted,
+            duration,
+            record.error.as_ref().map(|e| e.message.as_str()),
+        );
+        self.complete(delivery, Some(record)).await;
+    }
+
     /// A run that keeps killing its workers is given up: announced as
     /// aborted, moved to the dead letters with its aborted record.
     pub async fn dead_lettered(&self, delivery: &Delivery, mut record: RunRecord, reason: &str) {

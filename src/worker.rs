@@ -89,6 +89,19 @@ pub enum Outcome {
     },
 }
 
+/// Completes once run `run_id` is marked aborted in the control state.
+async fn aborted(control: &Control, run_id: &str) {
+    let mut changes = control.subscribe();
+    loop {
+        if control.is_aborted(run_id) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Executes queued runs.
 pub struct Worker {
     queue: Arc<dyn RunQueue>,
@@ -177,6 +190,13 @@ impl Worker {
             self.transitions.abandoned(&delivery, record, &reason).await;
             return Outcome::Abandoned { run_id, reason };
         };
+        if self.control.is_aborted(&run_id) {
+            self.transitions.dropped_aborted(&delivery).await;
+            return Outcome::Abandoned {
+                run_id,
+                reason: "aborted on request".into(),
+            };
+        }
         if self.control.status(flow) == FlowStatus::Paused {
             self.transitions
                 .held_while_paused(&delivery, PAUSED_RECHECK)
@@ -206,6 +226,7 @@ impl Worker {
         }
         record.start();
         self.transitions.started(&delivery, &record, !first).await;
+        let started = Instant::now();
         let report = {
             let steps = self.transitions.steps(&run_id, &flow.id);
             let run = self.engine.run_observed(
@@ -219,16 +240,34 @@ impl Worker {
                 &steps,
             );
             tokio::pin!(run);
+            let abort = aborted(&self.control, &run_id);
+            tokio::pin!(abort);
             // Most runs end within milliseconds: their record goes from
             // `queued` straight to the end. Longer ones show `running`
             // meanwhile.
-            tokio::select! {
-                report = &mut run => report,
-                _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if first => {
-                    self.transitions.still_running(&record).await;
-                    run.await
+            let mut shown = !first;
+            loop {
+                tokio::select! {
+                    report = &mut run => break Some(report),
+                    // Dropping the run stops it where it waits: a delay, an
+                    // http call, or the next step.
+                    () = &mut abort => break None,
+                    _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if !shown => {
+                        shown = true;
+                        self.transitions.still_running(&record).await;
+                    }
                 }
             }
+        };
+        let Some(report) = report else {
+            record.abort("aborted on request while running");
+            self.transitions
+                .stopped(&delivery, &record, started.elapsed())
+                .await;
+            return Outcome::Abandoned {
+                run_id,
+                reason: "aborted on request".into(),
+            };
         };
         record.finish(&report);
         if let Some(retry) = &report.retry {

@@ -62,6 +62,10 @@ pub enum Handler {
     ListRuns,
     /// `GET /runs/{id}`
     GetRun,
+    /// `POST /runs/{id}/replay`
+    ReplayRun,
+    /// `POST /runs/{id}/abort`
+    AbortRun,
     /// `GET /audit`
     ListAudit,
 }
@@ -111,6 +115,18 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "reload", Role::Author, Handler::Reload),
     route(Method::GET, "runs", Role::Viewer, Handler::ListRuns),
     route(Method::GET, "runs/{id}", Role::Viewer, Handler::GetRun),
+    route(
+        Method::POST,
+        "runs/{id}/replay",
+        Role::Author,
+        Handler::ReplayRun,
+    ),
+    route(
+        Method::POST,
+        "runs/{id}/abort",
+        Role::Ops,
+        Handler::AbortRun,
+    ),
     route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
 ];
 
@@ -232,6 +248,8 @@ async fn handle_inner(
         Handler::Reload => flows::reload(state, &caller).await,
         Handler::ListRuns => runs::list(state, &query).await,
         Handler::GetRun => runs::get(state, &id).await,
+        Handler::ReplayRun => runs::replay(state, &caller, &id).await,
+        Handler::AbortRun => runs::abort(state, &caller, &id).await,
         Handler::ListAudit => audit::list(state, &query).await,
     }
 }
@@ -426,7 +444,7 @@ mod tests {
             // Exhaustive: a new handler must be listed above.
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
-                | Reload | ListRuns | GetRun | ListAudit => {}
+                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),

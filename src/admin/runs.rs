@@ -2,10 +2,11 @@
 
 use http::Response;
 
-use super::{ListPage, Query, json, unavailable};
+use super::{Caller, ListPage, Query, json, unavailable};
 use crate::backend::RunFilter;
 use crate::engine::RunState;
 use crate::error::{ApiError, Body};
+use crate::operations::{self, OperationError};
 use crate::trigger::TriggerState;
 
 /// `GET /runs/{id}`: the whole record.
@@ -48,4 +49,38 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response
             other => unavailable(other),
         })?;
     json(&ListPage::new(page.data, page.next_cursor))
+}
+
+fn refused(e: OperationError) -> ApiError {
+    match e {
+        OperationError::NotFound(_) => ApiError::not_found(e.to_string()),
+        OperationError::Conflict(message) => {
+            ApiError::new(http::StatusCode::CONFLICT, "conflict", message)
+        }
+        OperationError::Storage(e) => unavailable(e),
+    }
+}
+
+/// `POST /runs/{id}/replay`: a new run of the recorded request.
+pub(super) async fn replay(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let replayed = operations::replay(state, id, &caller.actor())
+        .await
+        .map_err(refused)?;
+    json(&replayed)
+}
+
+/// `POST /runs/{id}/abort`.
+pub(super) async fn abort(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let before = operations::abort(state, id, &caller.actor())
+        .await
+        .map_err(refused)?;
+    json(&serde_json::json!({ "run_id": id, "was": before, "status": "aborted" }))
 }

@@ -266,3 +266,46 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The gateway's state for an operation run from the shell, with the
+/// control state loaded.
+fn gateway(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Arc<crate::trigger::TriggerState>> {
+    let app = super::build_app(config)?;
+    rt.block_on(app.control().refresh())?;
+    Ok(app.gateway())
+}
+
+/// `flowgate runs replay`.
+pub fn replay(config: &Config, run_id: &str) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let state = gateway(config, &rt)?;
+    let replayed = rt.block_on(crate::operations::replay(&state, run_id, &cli_actor()))?;
+    println!("{}", replayed.run_id);
+    eprintln!(
+        "replayed {} as {}: {}",
+        replayed.replay_of, replayed.run_id, replayed.status
+    );
+    // Let the background write of a sync replay's record land.
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = state.runs.get(&replayed.run_id).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flowgate runs abort`.
+pub fn abort(config: &Config, run_id: &str) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let state = gateway(config, &rt)?;
+    let before = rt.block_on(crate::operations::abort(&state, run_id, &cli_actor()))?;
+    eprintln!("run {run_id}: {before} -> aborted");
+    Ok(ExitCode::SUCCESS)
+}

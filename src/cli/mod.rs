@@ -114,6 +114,16 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a recorded run's request again against the current flow, as a new linked run.
+    Replay {
+        /// The run id.
+        run_id: String,
+    },
+    /// Abort a queued, waiting or running run (on whichever replica runs it).
+    Abort {
+        /// The run id.
+        run_id: String,
+    },
 }
 
 /// `flowgate token ...`
@@ -494,6 +504,8 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
     .runs;
     let rt = runtime()?;
     match command {
+        RunsCommand::Replay { run_id } => control::replay(config, &run_id),
+        RunsCommand::Abort { run_id } => control::abort(config, &run_id),
         RunsCommand::List { flow, limit, json } => {
             let records = rt.block_on(store.list(&flow, limit))?;
             if json {

@@ -29,6 +29,8 @@ pub struct RunInput {
     pub request: Arc<Value>,
     /// Where to pick up a run whose step is waiting for a retry.
     pub resume: Option<Resume>,
+    /// The run this one replays, for a replay.
+    pub replay_of: Option<String>,
 }
 
 /// Whether a `request` object's content type says JSON, so its body is the
@@ -52,6 +54,8 @@ struct Queued<'a> {
     request: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     resume: Option<&'a Resume>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_of: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +69,8 @@ struct Dequeued {
     request: Value,
     #[serde(default)]
     resume: Option<Resume>,
+    #[serde(default)]
+    replay_of: Option<String>,
 }
 
 impl Serialize for RunInput {
@@ -78,6 +84,7 @@ impl Serialize for RunInput {
             body: (!body_in_raw).then_some(&*self.body),
             request: &self.request,
             resume: self.resume.as_ref(),
+            replay_of: self.replay_of.as_deref(),
         }
         .serialize(serializer)
     }
@@ -105,6 +112,7 @@ impl<'de> Deserialize<'de> for RunInput {
             body: Arc::new(body),
             request: Arc::new(queued.request),
             resume: queued.resume,
+            replay_of: queued.replay_of,
         })
     }
 }
@@ -124,6 +132,7 @@ mod tests {
             body: Arc::new(body),
             request: Arc::new(json!({"headers": {"content-type": content_type}, "raw": raw})),
             resume: None,
+            replay_of: None,
         }
     }
 
@@ -250,6 +259,7 @@ mod round_trip {
                 body: Arc::new(parsed.clone()),
                 request: Arc::new(json!({"headers": {"content-type": content_type}, "raw": raw})),
                 resume: None,
+                replay_of: None,
             };
             let text = codec::encode(&input).expect("an accepted body encodes");
             let back: RunInput = codec::decode(&text).expect("and decodes");

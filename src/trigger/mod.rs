@@ -609,6 +609,7 @@ pub fn run_input(
             &flow.trigger,
         )),
         resume: None,
+        replay_of: None,
     }
 }
 

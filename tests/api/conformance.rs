@@ -44,6 +44,7 @@ fn input(run_id: &str) -> RunInput {
         body: Arc::new(json!({"n": 1})),
         request: Arc::new(json!({"headers": {"content-type": "text/plain"}, "raw": "n"})),
         resume: None,
+        replay_of: None,
     }
 }
 

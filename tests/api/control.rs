@@ -532,3 +532,181 @@ async fn queued_runs_of_a_paused_flow_wait_and_run_after_unpause() {
         .await;
     assert_eq!(done.steps[0].output["n"], 7);
 }
+
+async fn post_admin(app: &TestApp, path: &str, role: &str) -> reqwest::Response {
+    let token = admin_token(app, role);
+    admin(
+        app,
+        &format!("http://{}", app.addr),
+        "POST",
+        path,
+        Some(&token),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_replay_runs_the_recorded_request_again_as_a_linked_run() {
+    let sync_flow = "status = \"live\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n * 2 }}\", raw = \"{{ request.raw }}\" }\n".to_owned();
+    let async_flow = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n".to_owned();
+    let app = spawn_app(&[("s", sync_flow), ("a", async_flow)]).await;
+    let first = app.post_json("s", r#"{"n": 21}"#).await;
+    let original = first.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&original, |r| r.status.as_str() == "succeeded")
+        .await;
+
+    envelope(
+        post_admin(&app, &format!("runs/{original}/replay"), "viewer").await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let replayed = post_admin(&app, &format!("runs/{original}/replay"), "author").await;
+    assert_eq!(replayed.status(), 200);
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed["status"], "succeeded");
+    assert_eq!(replayed["replay_of"], original.as_str());
+    let new_id = replayed["run_id"].as_str().unwrap();
+    assert_ne!(new_id, original);
+    let record = app
+        .record_when(new_id, |r| r.status.as_str() == "succeeded")
+        .await;
+    assert_eq!(record.replay_of.as_deref(), Some(original.as_str()));
+    assert_eq!(record.steps[0].output["n"], 42);
+    assert_eq!(record.steps[0].output["raw"], r#"{"n":21}"#);
+    assert_eq!(record.response.as_ref().unwrap().status, 200);
+
+    let accepted = app.post_json("a", r#"{"n": 5}"#).await;
+    let async_original = accepted.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&async_original, |r| r.status.as_str() == "succeeded")
+        .await;
+    let (stdout, stderr, code) = cli(&app, &["runs", "replay", &async_original]);
+    assert_eq!(code, 0, "{stderr}");
+    let again = app
+        .record_when(stdout.trim(), |r| r.status.as_str() == "succeeded")
+        .await;
+    assert_eq!(again.replay_of.as_deref(), Some(async_original.as_str()));
+    assert_eq!(again.steps[0].output["n"], 5);
+
+    cli(&app, &["flows", "pause", "s"]);
+    let refused = post_admin(&app, &format!("runs/{original}/replay"), "author").await;
+    let body = envelope(refused, 409, "conflict").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("paused"),
+        "{body}"
+    );
+    envelope(
+        post_admin(&app, "runs/nope/replay", "author").await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    let ops = admin_token(&app, "ops");
+    let audit: Value = admin(
+        &app,
+        &format!("http://{}", app.addr),
+        "GET",
+        "audit?action=run.replay",
+        Some(&ops),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let actors: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["cli:alice", "tester"]);
+}
+
+#[tokio::test]
+async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let flow = format!(
+        "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"wait\"\nkind = \"delay\"\nduration = \"30s\"\n[[steps]]\nref = \"call\"\nkind = \"http\"\nurl = \"{}\"\n",
+        receiver.url("/after")
+    );
+    let app = spawn_app_with(
+        &[("slow", flow)],
+        AppOptions {
+            worker: false,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+
+    // Queued, then aborted before any worker sees it.
+    let queued = app.post_json("slow", "{}").await;
+    let queued_id = queued.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (_, stderr, code) = cli(&app, &["runs", "abort", &queued_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("queued -> aborted"), "{stderr}");
+    let record = app.store().get(&queued_id).await.unwrap().unwrap();
+    assert_eq!(record.status, flowgate::engine::RunState::Aborted);
+
+    // Running, inside its 30 s delay.
+    app.start_worker(Duration::from_secs(15));
+    let running = app.post_json("slow", "{}").await;
+    let running_id = running.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&running_id, |r| r.status.as_str() == "running")
+        .await;
+    let aborted_at = Instant::now();
+    let answer = post_admin(&app, &format!("runs/{running_id}/abort"), "ops").await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["was"], "running");
+    let record = app
+        .record_when(&running_id, |r| r.status.as_str() == "aborted")
+        .await;
+    assert!(
+        aborted_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        aborted_at.elapsed()
+    );
+    assert!(record.error.unwrap().message.contains("aborted"));
+    // Neither run reached its http step, and the queue is empty.
+    app.drained().await;
+    assert!(receiver.requests().is_empty());
+    let metrics = app
+        .client
+        .get(format!("http://{}/metrics", app.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flowgate_runs_total{flow=\"slow\",status=\"aborted\"} 2"),
+        "{metrics}"
+    );
+
+    envelope(
+        post_admin(&app, &format!("runs/{running_id}/abort"), "ops").await,
+        409,
+        "conflict",
+    )
+    .await;
+    envelope(
+        post_admin(&app, &format!("runs/{running_id}/abort"), "author").await,
+        403,
+        "forbidden",
+    )
+    .await;
+}
