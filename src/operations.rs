@@ -42,13 +42,14 @@ pub enum OperationError {
 }
 
 /// What a replay started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// The new run.
     pub run_id: String,
     /// The run replayed.
     pub replay_of: String,
     /// `queued` for an async flow, else how the run ended.
+    #[schema(value_type = String)]
     pub status: RunState,
 }
 

@@ -8,6 +8,22 @@ use crate::error::{ApiError, Body};
 use crate::trigger::TriggerState;
 
 /// `GET /audit?actor=&action=&flow=&after=&before=`, newest first.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "audit",
+    description = "Who changed what, when, newest first (role: viewer).",
+    params(
+        ("actor" = Option<String>, Query, description = "only this actor's changes"),
+        ("action" = Option<String>, Query, description = "only this action, e.g. flow.pause"),
+        ("flow" = Option<String>, Query, description = "only changes to this flow"),
+        ("after" = Option<String>, Query, description = "written at or after this RFC 3339 time"),
+        ("before" = Option<String>, Query, description = "written before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
+    ),
+    responses(
+        (status = 200, description = "a page of audit entries", body = ListPage<crate::backend::control::AuditEntry>),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
 pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
     let filter = AuditFilter {
         actor: query.get("actor").map(str::to_owned),

@@ -18,8 +18,8 @@ use crate::trigger::{PATH_PREFIX, TriggerState};
 const RECENT_RUNS: usize = 250;
 
 /// A flow as the admin API shows it.
-#[derive(Debug, Serialize)]
-struct FlowView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct FlowView {
     id: String,
     name: String,
     /// The status in force.
@@ -41,10 +41,12 @@ struct FlowView {
     failures_last_hour: usize,
 }
 
-#[derive(Debug, Serialize)]
-struct LastRun {
+/// A flow's newest run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct LastRun {
     id: String,
     at: String,
+    #[schema(value_type = String)]
     status: RunState,
 }
 
@@ -115,6 +117,17 @@ fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
 }
 
 /// `GET /flows`: by id.
+#[utoipa::path(get, path = "/v1/admin/flows", tag = "flows",
+    description = "Every flow, by id (role: viewer).",
+    params(
+        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
+    ),
+    responses(
+        (status = 200, description = "a page of flows", body = ListPage<FlowView>),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
 pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
     let limit = query.limit()?;
     let after = query.cursor()?;
@@ -138,13 +151,57 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response
 }
 
 /// `GET /flows/{id}`.
+#[utoipa::path(get, path = "/v1/admin/flows/{id}", tag = "flows",
+    description = "One flow (role: viewer).",
+    params(("id" = String, Path, description = "the flow id")),
+    responses(
+        (status = 200, description = "the flow", body = FlowView),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such flow", body = serde_json::Value),
+    ))]
 pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
     let flow = flow(state, id)?;
     json(&view(state, &flow).await?)
 }
 
-/// `POST /flows/{id}/pause` and `.../unpause`.
-pub(super) async fn set_paused(
+/// `POST /flows/{id}/pause`.
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/pause", tag = "flows",
+    description = "Pauses the flow on every replica within a second (role: ops).",
+    params(("id" = String, Path, description = "the flow id")),
+    responses(
+        (status = 200, description = "the flow after the change", body = FlowView),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such flow", body = serde_json::Value),
+    ))]
+pub(super) async fn pause(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    set_paused(state, caller, id, true).await
+}
+
+/// `POST /flows/{id}/unpause`.
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/unpause", tag = "flows",
+    description = "Unpauses the flow: the file's status holds again (role: ops).",
+    params(("id" = String, Path, description = "the flow id")),
+    responses(
+        (status = 200, description = "the flow after the change", body = FlowView),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such flow", body = serde_json::Value),
+    ))]
+pub(super) async fn unpause(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    set_paused(state, caller, id, false).await
+}
+
+async fn set_paused(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
@@ -160,6 +217,16 @@ pub(super) async fn set_paused(
 }
 
 /// `POST /flows/{id}/tokens/rotate` with an optional `{"grace": "24h"}`.
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens/rotate", tag = "flows",
+    description = "Moves the flow to its next token generation; with `grace`, tokens of the generation before keep working that long (role: ops).",
+    params(("id" = String, Path, description = "the flow id")),
+    request_body(content = serde_json::Value, description = "optional: {\"grace\": \"24h\"}"),
+    responses(
+        (status = 200, description = "the new generation", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such flow", body = serde_json::Value),
+    ))]
 pub(super) async fn rotate(
     state: &TriggerState,
     caller: &Caller,
@@ -192,6 +259,15 @@ pub(super) async fn rotate(
 }
 
 /// `POST /tokens/revoke` with `{"jti": "..."}` or `{"token": "..."}`.
+#[utoipa::path(post, path = "/v1/admin/tokens/revoke", tag = "tokens",
+    description = "Refuses an admin token on every replica within a second (role: ops).",
+    request_body(content = serde_json::Value, description = "{\"token\": \"...\"} or {\"jti\": \"...\"}"),
+    responses(
+        (status = 200, description = "revoked", body = serde_json::Value),
+        (status = 400, description = "neither a token nor a jti", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
 pub(super) async fn revoke(
     state: &TriggerState,
     caller: &Caller,
@@ -227,6 +303,13 @@ pub(super) async fn revoke(
 }
 
 /// `POST /reload`: loads flows and templates again on this replica.
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "flows",
+    description = "Loads flows and templates again on this replica; a flow whose change fails keeps its last good version (role: author).",
+    responses(
+        (status = 200, description = "what changed", body = crate::flow::reload::ReloadSummary),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
 pub(super) async fn reload(
     state: &TriggerState,
     caller: &Caller,

@@ -28,6 +28,7 @@ use crate::trigger::TriggerState;
 
 mod audit;
 mod flows;
+pub mod openapi;
 mod runs;
 
 /// Where the admin API lives.
@@ -68,6 +69,8 @@ pub enum Handler {
     AbortRun,
     /// `GET /audit`
     ListAudit,
+    /// `GET /openapi.json`
+    OpenApi,
 }
 
 /// One route: method, path pattern under [`PATH_PREFIX`] (`{id}` matches
@@ -128,6 +131,7 @@ pub const ROUTES: &[Route] = &[
         Handler::AbortRun,
     ),
     route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
+    route(Method::GET, "openapi.json", Role::Viewer, Handler::OpenApi),
 ];
 
 const fn route(method: Method, pattern: &'static str, role: Role, handler: Handler) -> Route {
@@ -235,8 +239,8 @@ async fn handle_inner(
     match route.handler {
         Handler::ListFlows => flows::list(state, &query).await,
         Handler::GetFlow => flows::get(state, &id).await,
-        Handler::PauseFlow => flows::set_paused(state, &caller, &id, true).await,
-        Handler::UnpauseFlow => flows::set_paused(state, &caller, &id, false).await,
+        Handler::PauseFlow => flows::pause(state, &caller, &id).await,
+        Handler::UnpauseFlow => flows::unpause(state, &caller, &id).await,
         Handler::RotateToken => {
             let body = read_json(req).await?;
             flows::rotate(state, &caller, &id, &body).await
@@ -251,6 +255,7 @@ async fn handle_inner(
         Handler::ReplayRun => runs::replay(state, &caller, &id).await,
         Handler::AbortRun => runs::abort(state, &caller, &id).await,
         Handler::ListAudit => audit::list(state, &query).await,
+        Handler::OpenApi => openapi::openapi().await,
     }
 }
 
@@ -345,7 +350,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 }
 
 /// A page of a list, as every list answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ListPage<T: Serialize> {
     /// The entries.
     pub data: Vec<T>,
@@ -444,12 +449,54 @@ mod tests {
             // Exhaustive: a new handler must be listed above.
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
-                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit => {}
+                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit | OpenApi => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),
                 1,
                 "{handler:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc = openapi::document();
+        let mut documented = Vec::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, operation) in [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ] {
+                if operation.is_some() {
+                    documented.push(format!("{method} {path}"));
+                }
+            }
+        }
+        let mut routed: Vec<String> = ROUTES
+            .iter()
+            .map(|r| format!("{} {PATH_PREFIX}{}", r.method, r.pattern))
+            .collect();
+        documented.sort();
+        routed.sort();
+        assert_eq!(documented, routed);
+        // Each operation says the role its route needs.
+        for route in ROUTES {
+            let item = &doc.paths.paths[&format!("{PATH_PREFIX}{}", route.pattern)];
+            let operation = match route.method {
+                Method::GET => item.get.as_ref(),
+                _ => item.post.as_ref(),
+            }
+            .unwrap();
+            let description = operation.description.as_deref().unwrap_or_default();
+            let role = format!("(role: {})", route.role.as_str());
+            assert!(
+                description.contains(&role),
+                "{}: {description}",
+                route.pattern
             );
         }
     }

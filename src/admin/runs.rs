@@ -10,6 +10,15 @@ use crate::operations::{self, OperationError};
 use crate::trigger::TriggerState;
 
 /// `GET /runs/{id}`: the whole record.
+#[utoipa::path(get, path = "/v1/admin/runs/{id}", tag = "runs",
+    description = "The whole run record: request, steps, answer (role: viewer).",
+    params(("id" = String, Path, description = "the run id")),
+    responses(
+        (status = 200, description = "the run record", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such run", body = serde_json::Value),
+    ))]
 pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
     match state.runs.get(id).await.map_err(unavailable)? {
         Some(record) => json(&record),
@@ -20,6 +29,22 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>
 }
 
 /// `GET /runs?flow=&status=&after=&before=`: newest first.
+#[utoipa::path(get, path = "/v1/admin/runs", tag = "runs",
+    description = "Run records, newest first (role: viewer).",
+    params(
+        ("flow" = Option<String>, Query, description = "only this flow's runs"),
+        ("status" = Option<String>, Query, description = "queued, running, waiting, succeeded, failed, timed_out or aborted"),
+        ("after" = Option<String>, Query, description = "accepted at or after this RFC 3339 time"),
+        ("before" = Option<String>, Query, description = "accepted before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
+    ),
+    responses(
+        (status = 200, description = "a page of run records", body = ListPage<serde_json::Value>),
+        (status = 400, description = "a bad filter or cursor", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
 pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
     let status = query
         .get("status")
@@ -62,6 +87,16 @@ fn refused(e: OperationError) -> ApiError {
 }
 
 /// `POST /runs/{id}/replay`: a new run of the recorded request.
+#[utoipa::path(post, path = "/v1/admin/runs/{id}/replay", tag = "runs",
+    description = "Runs the recorded request again against the current flow, as a new run linked by `replay_of` (role: author).",
+    params(("id" = String, Path, description = "the run id")),
+    responses(
+        (status = 200, description = "the new run", body = crate::operations::Replayed),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such run", body = serde_json::Value),
+        (status = 409, description = "the flow is paused or gone, or the record was cut", body = serde_json::Value),
+    ))]
 pub(super) async fn replay(
     state: &TriggerState,
     caller: &Caller,
@@ -74,6 +109,16 @@ pub(super) async fn replay(
 }
 
 /// `POST /runs/{id}/abort`.
+#[utoipa::path(post, path = "/v1/admin/runs/{id}/abort", tag = "runs",
+    description = "Aborts a queued, waiting or running run, on whichever replica holds it (role: ops).",
+    params(("id" = String, Path, description = "the run id")),
+    responses(
+        (status = 200, description = "aborted", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such run", body = serde_json::Value),
+        (status = 409, description = "the run already ended", body = serde_json::Value),
+    ))]
 pub(super) async fn abort(
     state: &TriggerState,
     caller: &Caller,

@@ -114,7 +114,7 @@ pub enum Change {
 }
 
 /// One audit log entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// The entry's id, in the order entries were written.
     pub id: String,

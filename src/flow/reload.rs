@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Catalog, LoadOptions, load_catalog};
 
 /// What a reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReloadSummary {
     /// Flows that appeared.
     pub created: Vec<String>,

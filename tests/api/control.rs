@@ -316,6 +316,7 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         ("POST", "flows/f/unpause".into(), "ops"),
         ("POST", "flows/f/tokens/rotate".into(), "ops"),
         ("POST", "reload".into(), "author"),
+        ("GET", "openapi.json".into(), "viewer"),
     ];
     let rank = |role: &str| {
         ["viewer", "author", "ops"]
