@@ -79,13 +79,15 @@ impl App {
         backends: Backends,
         lifecycle: Arc<Lifecycle>,
     ) -> Self {
+        let control =
+            Control::new(backends.control.clone()).with_events(lifecycle.clone(), catalog.clone());
         Self {
             engine: Engine::new(HttpClient::new(settings.allow_private_networks)),
             settings,
             keys,
             catalog,
             transitions: Arc::new(Transitions::new(lifecycle, &backends)),
-            control: Arc::new(Control::new(backends.control.clone())),
+            control: Arc::new(control),
             reloader: None,
             backends,
         }

@@ -19,7 +19,8 @@ use crate::backend::StorageError;
 use crate::backend::control::{
     Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation,
 };
-use crate::flow::{Flow, FlowStatus};
+use crate::flow::{Flow, FlowStatus, SharedCatalog};
+use crate::lifecycle::{Event, FlowEvent, Lifecycle};
 
 /// How often the version is checked, in case a notification was missed.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -31,6 +32,7 @@ pub struct Control {
     store: Arc<dyn ControlStore>,
     state: RwLock<Arc<ControlState>>,
     loaded: watch::Sender<Option<u64>>,
+    events: Option<(Arc<Lifecycle>, SharedCatalog)>,
 }
 
 impl Control {
@@ -41,7 +43,16 @@ impl Control {
             store,
             state: RwLock::new(Arc::new(ControlState::default())),
             loaded: watch::channel(None).0,
+            events: None,
         }
+    }
+
+    /// Publishes `flow.status_changed` on `lifecycle`'s bus whenever this
+    /// copy sees a flow's status change (a pause or unpause made anywhere);
+    /// `catalog` gives the file's status when an override is removed.
+    pub fn with_events(mut self, lifecycle: Arc<Lifecycle>, catalog: SharedCatalog) -> Self {
+        self.events = Some((lifecycle, catalog));
+        self
     }
 
     /// The current copy.
@@ -95,15 +106,49 @@ impl Control {
 
     fn install(&self, state: ControlState) {
         let version = state.version;
-        {
+        let was_loaded = self.is_loaded();
+        let previous = {
             let mut current = self.state.write().expect("control lock poisoned");
             // Loads can finish out of order; never go back.
-            if self.is_loaded() && current.version > version {
+            if was_loaded && current.version >= version {
                 return;
             }
-            *current = Arc::new(state);
-        }
+            std::mem::replace(&mut *current, Arc::new(state))
+        };
         self.loaded.send_replace(Some(version));
+        if was_loaded {
+            self.announce_status_changes(&previous);
+        }
+    }
+
+    fn announce_status_changes(&self, previous: &ControlState) {
+        let Some((lifecycle, catalog)) = &self.events else {
+            return;
+        };
+        let current = self.state();
+        let flows: std::collections::BTreeSet<&String> = previous
+            .statuses
+            .keys()
+            .chain(current.statuses.keys())
+            .collect();
+        let catalog = catalog.get();
+        for flow in flows {
+            let before = previous.statuses.get(flow).map(|o| o.status);
+            let after = current.statuses.get(flow).map(|o| o.status);
+            if before == after {
+                continue;
+            }
+            let Some(status) = after.or_else(|| catalog.get(flow).map(|f| f.status)) else {
+                continue;
+            };
+            tracing::info!(flow = %flow, status = status.as_str(), "flow status changed");
+            lifecycle.publish(|| {
+                Event::Flow(FlowEvent::StatusChanged {
+                    flow: flow.clone(),
+                    status,
+                })
+            });
+        }
     }
 
     /// Keeps the copy current until the task is dropped: reloads on every

@@ -9,8 +9,11 @@
 //! [`BUS_CAPACITY`] events behind loses the oldest ones (and is told so by
 //! its receiver), so a slow consumer never slows runs down.
 //!
-//! Flow events (created, updated, deleted, status changed) have their types
-//! here too; hot reload and pause will publish them.
+//! Flow events are published here too: created, updated and deleted by hot
+//! reload ([`crate::reloader`]), status changed by every replica's control
+//! copy when it sees a pause or unpause ([`crate::control`]). Each process
+//! publishes on its own bus, so with several replicas each one announces a
+//! status change it sees.
 
 use std::sync::Arc;
 use std::time::Duration;

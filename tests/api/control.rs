@@ -202,6 +202,7 @@ async fn an_api_pause_reaches_another_replica_even_without_notifications() {
     let (b, b_url) = replica(&app).await;
     let a_url = format!("http://{}", app.addr);
     let ops = admin_token(&app, "ops");
+    let mut events = app.app.lifecycle().subscribe();
 
     let paused = admin(&app, &a_url, "POST", "flows/f/pause", Some(&ops)).await;
     assert_eq!(paused.status(), 200);
@@ -250,6 +251,27 @@ async fn an_api_pause_reaches_another_replica_even_without_notifications() {
     assert_eq!(audit["data"][0]["actor"], "tester");
     assert_eq!(audit["data"][0]["role"], "ops");
     assert_eq!(audit["has_more"], false);
+    let mut changes = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let flowgate::lifecycle::Event::Flow(change) = &*event {
+            changes.push(change.clone());
+        }
+    }
+    use flowgate::flow::FlowStatus;
+    use flowgate::lifecycle::FlowEvent::StatusChanged;
+    assert_eq!(
+        changes,
+        [
+            StatusChanged {
+                flow: "f".into(),
+                status: FlowStatus::Paused
+            },
+            StatusChanged {
+                flow: "f".into(),
+                status: FlowStatus::Live
+            },
+        ]
+    );
     terminate(b).await;
 }
 
@@ -294,6 +316,21 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
         .unwrap();
     assert_eq!(view["token_generation"], 2);
     assert!(view["token_grace_until"].is_string(), "{view}");
+    let audit: Value = admin(&app, &a_url, "GET", "audit?action=token.rotate", Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rotations: Vec<(&str, &Value)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), &e["after"]["generation"]))
+        .collect();
+    assert_eq!(
+        rotations,
+        [("tester", &Value::from(2)), ("cli:alice", &Value::from(1))]
+    );
     terminate(b).await;
 }
 
@@ -704,6 +741,37 @@ async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
         "conflict",
     )
     .await;
+    let ops = admin_token(&app, "ops");
+    let audit: Value = admin(
+        &app,
+        &format!("http://{}", app.addr),
+        "GET",
+        "audit?action=run.abort",
+        Some(&ops),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let aborted: Vec<(&str, &str, &str)> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap(),
+                e["run"].as_str().unwrap(),
+                e["before"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        aborted,
+        [
+            ("tester", running_id.as_str(), "running"),
+            ("cli:alice", queued_id.as_str(), "queued")
+        ]
+    );
     envelope(
         post_admin(&app, &format!("runs/{running_id}/abort"), "author").await,
         403,
