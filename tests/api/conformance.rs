@@ -406,6 +406,15 @@ pub async fn pages_walk_every_record_once_newest_first(b: &Backends) {
         all.iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>(),
         expected
     );
+    // Small pages read each flow's index in batches, merged across flows.
+    let small = walk(RunFilter::default(), 13).await;
+    assert_eq!(
+        small
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect::<Vec<_>>(),
+        expected
+    );
     let failed_in_f = walk(
         RunFilter {
             flow: Some("f".into()),

@@ -13,7 +13,7 @@
 //! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::record::RunRecord`]); expires after the runs retention |
 //! | `flowgate:{flowgate}:runs:<flow>` | sorted set | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
-//! | `flowgate:{flowgate}:index:runs` | sorted set | every run id, scored by acceptance time (ms), for listing across flows; trimmed like the flow indexes |
+//! | `flowgate:{flowgate}:index:flows` | set | ids of flows with runs, for listing runs across flows (by merging their indexes); a process adds a flow the first time it records one of its runs, and again now and then |
 //! | `flowgate:{flowgate}:control:version` | string | the control state's version, bumped (`INCR`) by every change; replicas compare it with theirs every 250 ms |
 //! | `flowgate:{flowgate}:control:status` | hash | flow id → its status override as JSON `{"status", "by", "at"}` (pause and unpause) |
 //! | `flowgate:{flowgate}:control:generations` | hash | flow id → its token generation (`HINCRBY` on rotation) |
@@ -73,8 +73,8 @@ pub fn run_key(run_id: &str) -> String {
     format!("flowgate:{{flowgate}}:run:{run_id}")
 }
 
-/// The index of every run.
-pub const ALL_RUNS_KEY: &str = "flowgate:{flowgate}:index:runs";
+/// The flows with runs.
+pub const FLOWS_KEY: &str = "flowgate:{flowgate}:index:flows";
 
 /// The index of flow `flow_id`'s runs.
 pub fn flow_runs_key(flow_id: &str) -> String {

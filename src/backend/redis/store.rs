@@ -6,8 +6,8 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
 
-use super::keys::{ALL_RUNS_KEY, flow_runs_key, idempotency_key, run_key};
-use super::{Batcher, query, to_json};
+use super::keys::{FLOWS_KEY, flow_runs_key, idempotency_key, run_key};
+use super::{Batcher, query, query_pipeline, to_json};
 use crate::backend::control::Page;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
@@ -28,6 +28,8 @@ pub struct RedisStore {
     batcher: Batcher,
     retention: Duration,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Flows this process has registered in the set of flows with runs.
+    registered: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl RedisStore {
@@ -38,6 +40,7 @@ impl RedisStore {
             pool,
             retention,
             writes: Default::default(),
+            registered: Default::default(),
         }
     }
 }
@@ -157,28 +160,40 @@ impl RedisStore {
 
     /// Indexes a record under its flow and, now and then, drops index entries past retention.
     fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
-        let flow_index = flow_runs_key(&record.flow);
+        let index = flow_runs_key(&record.flow);
         let retention_ms = self.retention.as_millis() as u64;
         let now = now_ms();
+        pipe.cmd("ZADD")
+            .arg(&index)
+            .arg("NX")
+            .arg(now)
+            .arg(&record.id)
+            .ignore();
         let trim = self
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .is_multiple_of(TRIM_EVERY);
-        for index in [flow_index.as_str(), ALL_RUNS_KEY] {
-            pipe.cmd("ZADD")
-                .arg(index)
-                .arg("NX")
-                .arg(now)
-                .arg(&record.id)
+        if trim {
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&index)
+                .arg("-inf")
+                .arg(now.saturating_sub(retention_ms))
                 .ignore();
-            if trim {
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(index)
-                    .arg("-inf")
-                    .arg(now.saturating_sub(retention_ms))
-                    .ignore();
-                pipe.cmd("PEXPIRE").arg(index).arg(retention_ms).ignore();
-            }
+            pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+        }
+        // The set of flows with runs, for listing across flows: written once
+        // per flow and process, and again now and then in case it was lost.
+        let known = self
+            .registered
+            .read()
+            .expect("registered flows lock")
+            .contains(&record.flow);
+        if !known || trim {
+            pipe.cmd("SADD").arg(FLOWS_KEY).arg(&record.flow).ignore();
+            self.registered
+                .write()
+                .expect("registered flows lock")
+                .insert(record.flow.clone());
         }
     }
 }
@@ -203,10 +218,86 @@ impl RedisStore {
 /// Most index entries read to fill one filtered page.
 const PAGE_SCAN_MAX: usize = 5_000;
 
-/// A position in a run index: the score (ms) and the run id there.
-fn parse_cursor(cursor: &str) -> Option<(u64, &str)> {
+/// A position in the run indexes: acceptance time (ms) and run id; runs
+/// are ordered by both, newest first.
+type Position = (u64, String);
+
+fn parse_cursor(cursor: &str) -> Option<Position> {
     let (score, id) = cursor.split_once(':')?;
-    Some((score.parse().ok()?, id))
+    Some((score.parse().ok()?, id.to_owned()))
+}
+
+impl RedisStore {
+    /// The next index entries below `position` (from the newest when
+    /// `None`), newest first, merged across `indexes`: only as many as are
+    /// certainly in order, and at least one unless every index is
+    /// exhausted. True when nothing is left after them.
+    async fn next_entries(
+        &self,
+        indexes: &[String],
+        position: Option<&Position>,
+        filter: &RunFilter,
+        batch: usize,
+    ) -> Result<(Vec<Position>, bool), StorageError> {
+        let min = filter.after_ms.map_or("-inf".to_owned(), |t| t.to_string());
+        let (ties_at, max) = match position {
+            Some((at, _)) => (at.to_string(), format!("({at}")),
+            // No ties to look at: an empty range.
+            None => (
+                "-inf".to_owned(),
+                filter
+                    .before_ms
+                    .map_or("+inf".to_owned(), |t| format!("({t}")),
+            ),
+        };
+        let mut pipe = redis::pipe();
+        for index in indexes {
+            // Runs at the position's own time, then everything older.
+            pipe.cmd("ZRANGE")
+                .arg(index)
+                .arg(&ties_at)
+                .arg(&ties_at)
+                .arg("BYSCORE")
+                .arg("WITHSCORES");
+            pipe.cmd("ZRANGE")
+                .arg(index)
+                .arg(&max)
+                .arg(&min)
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(batch)
+                .arg("WITHSCORES");
+        }
+        let replies: Vec<Vec<(String, u64)>> = query_pipeline(&self.pool, &pipe).await?;
+        let mut candidates: Vec<Position> = Vec::new();
+        // The highest entry below which some index may hold more, unread.
+        let mut horizon: Option<Position> = None;
+        for pair in replies.chunks(2) {
+            let (ties, older) = (&pair[0], &pair[1]);
+            if let Some((at, after_id)) = position {
+                candidates.extend(
+                    ties.iter()
+                        .filter(|(id, score)| score == at && id < after_id)
+                        .map(|(id, score)| (*score, id.clone())),
+                );
+            }
+            candidates.extend(older.iter().map(|(id, score)| (*score, id.clone())));
+            if older.len() == batch {
+                let (id, score) = older.last().expect("a full batch");
+                let last = (*score, id.clone());
+                if horizon.as_ref().is_none_or(|h| last > *h) {
+                    horizon = Some(last);
+                }
+            }
+        }
+        candidates.sort_by(|a, b| b.cmp(a));
+        if let Some(horizon) = &horizon {
+            candidates.retain(|c| c >= horizon);
+        }
+        Ok((candidates, horizon.is_none()))
+    }
 }
 
 impl RunStore for RedisStore {
@@ -217,82 +308,49 @@ impl RunStore for RedisStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
         Box::pin(async move {
-            let index = match &filter.flow {
-                Some(flow) => flow_runs_key(flow),
-                None => ALL_RUNS_KEY.to_owned(),
-            };
-            let mut position: Option<(u64, String)> = match cursor {
-                Some(c) => {
-                    let (score, id) = parse_cursor(c).ok_or_else(|| {
-                        StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
-                    })?;
-                    Some((score, id.to_owned()))
+            let indexes: Vec<String> = match &filter.flow {
+                Some(flow) => vec![flow_runs_key(flow)],
+                None => {
+                    let flows: Vec<String> =
+                        query(&self.pool, redis::cmd("SMEMBERS").arg(FLOWS_KEY)).await?;
+                    flows.iter().map(|f| flow_runs_key(f)).collect()
                 }
+            };
+            let mut position = match cursor {
+                Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                    StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
+                })?),
                 None => None,
             };
-            let min = filter.after_ms.map_or("-inf".to_owned(), |t| t.to_string());
             let batch = (limit * 2).clamp(50, 500);
             let mut data = Vec::new();
             let mut scanned = 0;
-            // Skips a run of ties longer than a batch, all at or before the cursor.
-            let mut offset = 0;
             loop {
-                let max = match (&position, filter.before_ms) {
-                    (Some((score, _)), _) => score.to_string(),
-                    (None, Some(before)) => format!("({before}"),
-                    (None, None) => "+inf".to_owned(),
-                };
-                // Entries at the cursor's score come back too (ties are in
-                // reverse id order); the ones at or before the cursor are skipped.
-                let entries: Vec<(String, u64)> = query(
-                    &self.pool,
-                    redis::cmd("ZRANGE")
-                        .arg(&index)
-                        .arg(&max)
-                        .arg(&min)
-                        .arg("BYSCORE")
-                        .arg("REV")
-                        .arg("LIMIT")
-                        .arg(offset)
-                        .arg(batch)
-                        .arg("WITHSCORES"),
-                )
-                .await?;
-                let exhausted = entries.len() < batch;
-                let fresh: Vec<(String, u64)> = entries
-                    .into_iter()
-                    .filter(|(id, score)| match &position {
-                        Some((at, after_id)) => score < at || (score == at && id < after_id),
-                        None => filter.before_ms.is_none_or(|b| *score < b),
-                    })
-                    .collect();
-                if fresh.is_empty() {
-                    if exhausted {
-                        return Ok(Page {
-                            data,
-                            next_cursor: None,
-                        });
-                    }
-                    offset += batch;
-                    continue;
+                let (entries, exhausted) = self
+                    .next_entries(&indexes, position.as_ref(), filter, batch)
+                    .await?;
+                if entries.is_empty() {
+                    return Ok(Page {
+                        data,
+                        next_cursor: None,
+                    });
                 }
-                offset = 0;
-                let keys: Vec<String> = fresh.iter().map(|(id, _)| run_key(id)).collect();
+                let keys: Vec<String> = entries.iter().map(|(_, id)| run_key(id)).collect();
                 let values: Vec<Option<String>> =
                     query(&self.pool, redis::cmd("MGET").arg(keys)).await?;
-                for ((id, score), value) in fresh.into_iter().zip(values) {
+                for (entry, value) in entries.into_iter().zip(values) {
                     scanned += 1;
-                    position = Some((score, id));
+                    let here = format!("{}:{}", entry.0, entry.1);
+                    position = Some(entry);
                     // An index entry may outlive its record by a little.
                     let Some(json) = value else { continue };
                     let record = decode(&json)?;
                     if filter.status.is_none_or(|s| s == record.status) {
                         data.push(record);
                         if data.len() == limit {
-                            let (score, id) = position.as_ref().expect("just set");
                             return Ok(Page {
                                 data,
-                                next_cursor: Some(format!("{score}:{id}")),
+                                next_cursor: Some(here),
                             });
                         }
                     }
@@ -304,10 +362,10 @@ impl RunStore for RedisStore {
                     });
                 }
                 if scanned >= PAGE_SCAN_MAX {
-                    let (score, id) = position.as_ref().expect("scanned some");
+                    let (at, id) = position.as_ref().expect("scanned some");
                     return Ok(Page {
                         data,
-                        next_cursor: Some(format!("{score}:{id}")),
+                        next_cursor: Some(format!("{at}:{id}")),
                     });
                 }
             }
