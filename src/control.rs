@@ -72,7 +72,10 @@ impl Control {
 
     /// `flow`'s status: the stored override, or the file's.
     pub fn status(&self, flow: &Flow) -> FlowStatus {
-        self.state()
+        // Read in place: a trigger request asks this, so no clone.
+        self.state
+            .read()
+            .expect("control lock poisoned")
             .statuses
             .get(&flow.id)
             .map_or(flow.status, |o| o.status)
@@ -80,7 +83,9 @@ impl Control {
 
     /// `flow_id`'s token generation.
     pub fn generation(&self, flow_id: &str) -> Generation {
-        self.state()
+        self.state
+            .read()
+            .expect("control lock poisoned")
             .generations
             .get(flow_id)
             .copied()
