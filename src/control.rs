@@ -22,6 +22,9 @@ use crate::backend::control::{
 use crate::flow::{Flow, FlowStatus, SharedCatalog};
 use crate::lifecycle::{Event, FlowEvent, Lifecycle};
 
+/// Longest grace period a rotation may give the generation before.
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How often the version is checked, in case a notification was missed.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Wait before subscribing again after the notification channel broke.
@@ -243,7 +246,8 @@ impl Control {
     }
 
     /// Moves `flow_id` to its next token generation: older tokens fail on
-    /// every replica, except the generation just before during `grace`.
+    /// every replica, except the generation just before during `grace`
+    /// (at most [`MAX_GRACE`]; longer is cut to it).
     pub async fn rotate(
         &self,
         flow_id: &str,
@@ -260,7 +264,7 @@ impl Control {
         }));
         let change = Change::Rotate {
             flow: flow_id.to_owned(),
-            grace,
+            grace: grace.map(|g| g.min(MAX_GRACE)),
         };
         let applied = self.apply(change, audit).await?;
         Ok(applied.generation.unwrap_or(Generation {

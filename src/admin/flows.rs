@@ -237,10 +237,10 @@ pub(super) async fn rotate(
     let grace = match body.get("grace") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(text)) => match humantime::parse_duration(text) {
-            Ok(grace) if !grace.is_zero() => Some(grace),
+            Ok(grace) if !grace.is_zero() && grace <= crate::control::MAX_GRACE => Some(grace),
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "grace `{text}` is not a duration like \"24h\""
+                    "grace `{text}` is not a duration like \"24h\" of at most 365 days"
                 )));
             }
         },

@@ -176,6 +176,9 @@ pub fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::R
 
 /// `flowgate token rotate`.
 pub fn rotate(config: &Config, flow_id: &str, grace: Option<Duration>) -> anyhow::Result<ExitCode> {
+    if grace.is_some_and(|g| g.is_zero() || g > crate::control::MAX_GRACE) {
+        anyhow::bail!("--grace must be above zero and at most 365 days");
+    }
     let flow = flow(config, flow_id)?;
     let control = control(config)?;
     let generation = runtime()?.block_on(control.rotate(&flow.id, grace, &cli_actor()))?;
@@ -259,10 +262,12 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
             (None, Some(a)) => a.to_string(),
             _ => String::new(),
         };
-        println!(
+        let line = format!(
             "{}  {:<16} {:<20} {:<20} {change}",
             entry.at, entry.action, entry.actor, subject
         );
+        // Names come from tokens and requests: no control characters reach the terminal.
+        println!("{}", line.replace(|c: char| c.is_control(), "?"));
     }
     Ok(ExitCode::SUCCESS)
 }

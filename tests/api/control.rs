@@ -304,6 +304,15 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
     assert_eq!(rotated.status(), 200);
     let rotated: Value = rotated.json().await.unwrap();
     assert_eq!(rotated["token_generation"], 2);
+    let absurd = app
+        .client
+        .post(format!("{a_url}/v1/admin/flows/f/tokens/rotate"))
+        .bearer_auth(&ops)
+        .body(r#"{"grace": "100000000y"}"#)
+        .send()
+        .await
+        .unwrap();
+    envelope(absurd, 400, "bad_request").await;
     // Generation 1 keeps working during the grace; generation 0 does not.
     let (third, _, _) = cli(&app, &["token", "issue", "f"]);
     status_within(&app, &b_url, "f", third.trim(), 200).await;

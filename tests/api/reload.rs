@@ -123,6 +123,18 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
         .await
         .unwrap();
     assert_eq!(audit["data"][0]["actor"], "ann");
+    // A symlinked folder looping back is not followed.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(app.dir.path(), templates.join("loop")).unwrap();
+    let reloaded = app
+        .client
+        .post(format!("http://{}/v1/admin/reload", app.addr))
+        .bearer_auth(&author)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status(), 200);
+    answers_within(&app, "b", 200, "b2").await;
     // A viewer may not reload.
     let viewer = app
         .keys

@@ -50,6 +50,11 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// When a grace period starting at `now_ms` ends, in ms.
+fn grace_until(now_ms: u64, grace: std::time::Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl ControlStore for RedisControl {
     fn version(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async move {
@@ -155,7 +160,7 @@ impl ControlStore for RedisControl {
                     pipe.hincr(GENERATIONS_KEY, flow, 1);
                     match grace {
                         Some(grace) => pipe
-                            .hset(GRACE_KEY, flow, now + grace.as_millis() as u64)
+                            .hset(GRACE_KEY, flow, grace_until(now, *grace))
                             .ignore(),
                         None => pipe.hdel(GRACE_KEY, flow).ignore(),
                     };
@@ -184,7 +189,7 @@ impl ControlStore for RedisControl {
                 let flow_grace = match change {
                     Change::Rotate {
                         grace: Some(grace), ..
-                    } => Some(now + grace.as_millis() as u64),
+                    } => Some(grace_until(now, *grace)),
                     _ => None,
                 };
                 (

@@ -168,7 +168,9 @@ fn load_templates(env: &mut Env, dir: &Path, problems: &mut Vec<String>) {
             if hidden {
                 continue;
             }
-            if path.is_dir() {
+            // Symlinked folders are not followed: a link to a parent would loop.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
                 stack.push(path);
             } else {
                 found.push(path);
