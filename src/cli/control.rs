@@ -61,11 +61,33 @@ pub struct AuditArgs {
 fn cli_actor() -> Actor {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(os_user)
+        .unwrap_or_else(|| "unknown".into());
     Actor {
         name: format!("cli:{user}"),
         role: "cli".into(),
     }
+}
+
+/// The name of the user running this process, from `/etc/passwd`, or its uid.
+#[cfg(unix)]
+fn os_user() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or_else(|| format!("uid:{uid}")))
+}
+
+#[cfg(not(unix))]
+fn os_user() -> Option<String> {
+    None
 }
 
 /// The control state, loaded from the configured backend.
