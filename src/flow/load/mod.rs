@@ -157,6 +157,8 @@ fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn load_templates(env: &mut Env, dir: &Path, problems: &mut Vec<String>) {
     let mut stack = vec![dir.to_path_buf()];
+    let mut visited: HashSet<PathBuf> =
+        HashSet::from([std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())]);
     let mut found = Vec::new();
     while let Some(folder) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&folder) else {
@@ -168,9 +170,11 @@ fn load_templates(env: &mut Env, dir: &Path, problems: &mut Vec<String>) {
             if hidden {
                 continue;
             }
-            // Symlinked folders are not followed: a link to a parent would loop.
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir {
+            if path.is_dir() {
+                // A folder is read once, so a link back to a parent cannot loop.
+                if !visited.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+                    continue;
+                }
                 stack.push(path);
             } else {
                 found.push(path);
