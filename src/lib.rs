@@ -36,6 +36,7 @@
 //! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
 //! - [`control`]: the control plane as one replica sees it: pauses, token generations, revocations and aborts, kept current from the store.
 //! - [`backend`]: the storage traits (run queue, run records, idempotency keys) and their Redis implementation.
+//! - [`webhooks`]: outbound event webhooks; for now their Standard Webhooks signing.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 
@@ -62,4 +63,5 @@ pub mod template;
 pub mod token;
 pub mod transition;
 pub mod trigger;
+pub mod webhooks;
 pub mod worker;
