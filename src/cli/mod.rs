@@ -150,7 +150,7 @@ pub enum TokenCommand {
         /// ops, author or viewer.
         #[arg(long)]
         role: String,
-        /// Who the token is for, as the audit log names them; defaults to cli:<user>.
+        /// Who the token is for, as the audit log names them; defaults to cli:USER (the OS user).
         #[arg(long, value_name = "NAME")]
         sub: Option<String>,
         /// Lifetime, e.g. 30d; tokens without one do not expire.
