@@ -15,14 +15,13 @@
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::backend::StorageError;
 use crate::backend::control::{Actor, Change};
 use crate::control::draft;
-use crate::engine::{RunInput, RunOptions, RunState, is_json_request};
+use crate::engine::{RunInput, RunState, is_json_request};
 use crate::flow::{FlowStatus, Mode};
 use crate::record::RunRecord;
 use crate::trigger::TriggerState;
@@ -164,38 +163,9 @@ pub async fn replay(
             RunState::Queued
         }
         Mode::Sync => {
-            state
-                .transitions
-                .started_in_request(&input.run_id, &flow.id);
-            let report = state
-                .engine
-                .run_observed(
-                    &catalog,
-                    &flow,
-                    &input,
-                    RunOptions::default(),
-                    &state.transitions.steps(&input.run_id, &flow.id),
-                )
-                .await;
-            let mut record = RunRecord::accepted(&flow, &input, RunState::Running);
-            record.finish(&report);
-            let answer = crate::trigger::answer(&catalog, &flow, &input.run_id, &report)
-                .unwrap_or_else(|e| e.into_response());
-            let (parts, body) = answer.into_parts();
-            let bytes = body
-                .collect()
+            crate::trigger::run_sync(state, &catalog, &flow, &input)
                 .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let headers = parts
-                .headers
-                .iter()
-                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                .collect();
-            record.set_response(parts.status.as_u16(), headers, &bytes);
-            let status = report.status;
-            state.transitions.ended_in_request(record, &report).await;
-            status
+                .1
         }
     };
     Ok(Replayed {

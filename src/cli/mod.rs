@@ -416,6 +416,7 @@ fn render(
         .into_parts();
     let input = crate::trigger::run_input(
         &flow,
+        flow.status,
         &parts,
         &raw,
         body,

@@ -217,8 +217,10 @@ async fn handle_inner(
         .and_then(|v| v.to_str().ok());
     let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
     let run_id = uuid::Uuid::now_v7().to_string();
-    let mut input = run_input(
+    // An unpaused flow whose file says `paused` runs as live.
+    let input = run_input(
         &flow,
+        status,
         &parts,
         &raw,
         parsed,
@@ -226,8 +228,6 @@ async fn handle_inner(
         request_id,
         &state.redaction,
     );
-    // An unpaused flow whose file says `paused` runs as live.
-    input.live = status == FlowStatus::Live;
     let idempotency_key = parts
         .headers
         .iter()
@@ -244,7 +244,7 @@ async fn handle_inner(
     }
     let result = match flow.trigger.mode {
         Mode::Async => accept_async(state, catalog, &flow, &input).await,
-        Mode::Sync => run_sync(state, catalog, &flow, &input).await,
+        Mode::Sync => Ok(run_sync(state, catalog, &flow, &input).await.0),
     };
     match (idempotency_key, reserved) {
         (Some(key), true) => Ok(remember(state, &flow.id, &key, &run_id, result).await),
@@ -252,12 +252,14 @@ async fn handle_inner(
     }
 }
 
-async fn run_sync(
+/// Runs a sync flow and records it: the answer, and how the run ended. A
+/// failed run still has an answer (its `on_error` one, or the envelope).
+pub(crate) async fn run_sync(
     state: &TriggerState,
     catalog: &Catalog,
     flow: &Flow,
     input: &RunInput,
-) -> Result<Response<Body>, ApiError> {
+) -> (Response<Body>, RunState) {
     let run_id = &input.run_id;
     state.transitions.started_in_request(run_id, &flow.id);
     let report = state
@@ -281,7 +283,7 @@ async fn run_sync(
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
     state.transitions.ended_in_request(recorded, &report).await;
-    Ok(response)
+    (response, report.status)
 }
 
 fn set_run_id_header(response: &mut Response<Body>, run_id: &str) {
@@ -586,8 +588,11 @@ fn unix_now() -> u64 {
 
 /// The run a trigger request starts, from the request's head, its body as
 /// received and as parsed: the one place a [`RunInput`] comes from HTTP.
+/// `status` is the flow's status in force (the file's, or an override).
+#[allow(clippy::too_many_arguments)]
 pub fn run_input(
     flow: &Flow,
+    status: FlowStatus,
     parts: &Parts,
     raw: &[u8],
     body: Value,
@@ -599,7 +604,7 @@ pub fn run_input(
         run_id,
         flow_id: flow.id.clone(),
         mode: flow.trigger.mode.as_str().to_owned(),
-        live: flow.status == FlowStatus::Live,
+        live: status == FlowStatus::Live,
         body: Arc::new(body),
         request: Arc::new(request_object(
             parts,
