@@ -236,11 +236,7 @@ async fn an_api_pause_reaches_another_replica_even_without_notifications() {
     assert_eq!(unpaused.status(), 200);
     running_within(&app, &b_url, "f").await;
 
-    let audit: Value = admin(&app, &b_url, "GET", "audit?flow=f", Some(&ops))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit = audit_page(&app, &b_url, "audit?flow=f").await;
     let actions: Vec<&str> = audit["data"]
         .as_array()
         .unwrap()
@@ -325,11 +321,7 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
         .unwrap();
     assert_eq!(view["token_generation"], 2);
     assert!(view["token_grace_until"].is_string(), "{view}");
-    let audit: Value = admin(&app, &a_url, "GET", "audit?action=token.rotate", Some(&ops))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit = audit_page(&app, &a_url, "audit?action=token.rotate").await;
     let rotations: Vec<(&str, &Value)> = audit["data"]
         .as_array()
         .unwrap()
@@ -529,11 +521,7 @@ async fn a_revoked_admin_token_is_refused_on_every_replica() {
         assert!(started.elapsed() < PROPAGATION, "still {status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let audit: Value = admin(&app, &a_url, "GET", "audit?action=token.revoke", Some(&ops))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit = audit_page(&app, &a_url, "audit?action=token.revoke").await;
     assert_eq!(audit["data"].as_array().unwrap().len(), 1, "{audit}");
     terminate(b).await;
 }
@@ -578,6 +566,16 @@ async fn queued_runs_of_a_paused_flow_wait_and_run_after_unpause() {
         .record_when(&run_id, |r| r.status.as_str() == "succeeded")
         .await;
     assert_eq!(done.steps[0].output["n"], 7);
+}
+
+/// A page of the audit log at `base`, read with an ops token.
+async fn audit_page(app: &TestApp, base: &str, query: &str) -> Value {
+    let ops = admin_token(app, "ops");
+    admin(app, base, "GET", query, Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn post_admin(app: &TestApp, path: &str, role: &str) -> reqwest::Response {
@@ -655,18 +653,8 @@ async fn a_replay_runs_the_recorded_request_again_as_a_linked_run() {
     )
     .await;
 
-    let ops = admin_token(&app, "ops");
-    let audit: Value = admin(
-        &app,
-        &format!("http://{}", app.addr),
-        "GET",
-        "audit?action=run.replay",
-        Some(&ops),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let base = format!("http://{}", app.addr);
+    let audit = audit_page(&app, &base, "audit?action=run.replay").await;
     let actors: Vec<&str> = audit["data"]
         .as_array()
         .unwrap()
@@ -750,18 +738,8 @@ async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
         "conflict",
     )
     .await;
-    let ops = admin_token(&app, "ops");
-    let audit: Value = admin(
-        &app,
-        &format!("http://{}", app.addr),
-        "GET",
-        "audit?action=run.abort",
-        Some(&ops),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let base = format!("http://{}", app.addr);
+    let audit = audit_page(&app, &base, "audit?action=run.abort").await;
     let aborted: Vec<(&str, &str, &str)> = audit["data"]
         .as_array()
         .unwrap()

@@ -12,6 +12,16 @@ fn flow_answering(text: &str) -> String {
     format!("status = \"live\"\n[trigger]\nref = \"w\"\n[response]\nbody = \"{text}.json.j2\"\n")
 }
 
+/// `POST /v1/admin/reload` with `token`.
+async fn reload(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .post(format!("http://{}/v1/admin/reload", app.addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POSTs to `flow` until the answer's status and body are as given; fails after 5 s.
 async fn answers_within(app: &TestApp, flow: &str, status: u16, body: &str) {
     let started = Instant::now();
@@ -62,13 +72,7 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
         .keys
         .issue_admin("ann", flowgate::token::Role::Author, None)
         .unwrap();
-    let reloaded = app
-        .client
-        .post(format!("http://{}/v1/admin/reload", app.addr))
-        .bearer_auth(&author)
-        .send()
-        .await
-        .unwrap();
+    let reloaded = reload(&app, &author).await;
     let status = reloaded.status();
     let summary: Value = reloaded.json().await.unwrap();
     assert_eq!(status, 200, "{summary}");
@@ -126,13 +130,7 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
     // A symlinked folder looping back is not followed.
     #[cfg(unix)]
     std::os::unix::fs::symlink(app.dir.path(), templates.join("loop")).unwrap();
-    let reloaded = app
-        .client
-        .post(format!("http://{}/v1/admin/reload", app.addr))
-        .bearer_auth(&author)
-        .send()
-        .await
-        .unwrap();
+    let reloaded = reload(&app, &author).await;
     assert_eq!(reloaded.status(), 200);
     answers_within(&app, "b", 200, "b2").await;
     // A viewer may not reload.
@@ -140,12 +138,6 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
         .keys
         .issue_admin("vic", flowgate::token::Role::Viewer, None)
         .unwrap();
-    let refused = app
-        .client
-        .post(format!("http://{}/v1/admin/reload", app.addr))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap();
+    let refused = reload(&app, &viewer).await;
     envelope(refused, 403, "forbidden").await;
 }
