@@ -17,6 +17,8 @@ use crate::token::TokenKeys;
 use crate::transition::Transitions;
 use crate::trigger::redact::Redaction;
 use crate::trigger::{TriggerLimits, TriggerState};
+use crate::webhooks::dispatch::Dispatcher;
+use crate::webhooks::{WebhookSettings, Webhooks};
 use crate::worker::{Worker, WorkerSettings};
 
 /// Everything [`App`] needs besides flows and backends, parsed and typed.
@@ -32,6 +34,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Let `http` steps reach loopback and private addresses.
     pub allow_private_networks: bool,
+    /// How outbound event webhooks are delivered.
+    pub webhooks: WebhookSettings,
 }
 
 impl Settings {
@@ -47,6 +51,7 @@ impl Settings {
                 ..WorkerSettings::default()
             },
             allow_private_networks: config.http.allow_private_networks,
+            webhooks: WebhookSettings::from_config(config),
         }
     }
 }
@@ -67,8 +72,12 @@ pub struct App {
     backends: Backends,
     transitions: Arc<Transitions>,
     control: Arc<Control>,
+    webhooks: Arc<Webhooks>,
     reloader: Option<Arc<Reloader>>,
 }
+
+/// How often the webhook delivery log is pruned.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl App {
     /// Assembles an app; `keys` verify flow tokens.
@@ -81,7 +90,14 @@ impl App {
     ) -> Self {
         let control =
             Control::new(backends.control.clone()).with_events(lifecycle.clone(), catalog.clone());
+        let webhooks = Webhooks::new(
+            backends.webhooks.clone(),
+            backends.control.clone(),
+            settings.webhooks.clone(),
+            lifecycle.metrics().clone(),
+        );
         Self {
+            webhooks: Arc::new(webhooks),
             engine: Engine::new(HttpClient::new(settings.allow_private_networks)),
             settings,
             keys,
@@ -122,6 +138,7 @@ impl App {
             control: self.control.clone(),
             runs: self.backends.runs.clone(),
             reloader: self.reloader.clone(),
+            webhooks: self.webhooks.clone(),
             idempotency_headers: self.settings.idempotency_headers.clone(),
             limits: TriggerLimits::new(self.settings.limits.clone()),
             redaction: self.settings.redaction.clone(),
@@ -170,5 +187,25 @@ impl App {
     /// The flows.
     pub fn catalog(&self) -> &SharedCatalog {
         &self.catalog
+    }
+
+    /// Outbound event webhooks: subscriptions, deliveries.
+    pub fn webhooks(&self) -> &Arc<Webhooks> {
+        &self.webhooks
+    }
+
+    /// Starts delivering outbound event webhooks from this process, in
+    /// background tasks: the subscriptions kept current, this process's
+    /// events turned into deliveries, a dispatcher attempting due ones
+    /// (any process's), and the delivery log pruned.
+    pub fn start_webhooks(&self) {
+        tokio::spawn(self.webhooks.clone().keep_current());
+        tokio::spawn(crate::webhooks::fanout::run(
+            self.webhooks.clone(),
+            self.lifecycle().clone(),
+            self.catalog.clone(),
+        ));
+        tokio::spawn(Arc::new(Dispatcher::new(self.webhooks.clone())).run());
+        tokio::spawn(self.webhooks.clone().keep_pruned(PRUNE_EVERY));
     }
 }

@@ -28,7 +28,8 @@ const MIN_SIGNING_KEY_BYTES: usize = 32;
 pub struct ConfigError(pub String);
 
 impl ConfigError {
-    fn new(message: impl Into<String>) -> Self {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
 }
@@ -53,6 +54,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The run history.
     pub runs: RunsConfig,
+    /// Outbound event webhooks.
+    pub webhooks: WebhooksConfig,
     /// Folder of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -68,6 +71,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             worker: WorkerConfig::default(),
             runs: RunsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             base_dir: PathBuf::new(),
         }
     }
@@ -290,6 +294,47 @@ impl Default for RunsConfig {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Accept plain `http://` subscription URLs (local development and tests).
+    pub allow_http: bool,
+    /// Time allowed for one delivery attempt, e.g. `"15s"`.
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub timeout: Duration,
+    /// Waits between a failed attempt and the next, e.g. `["5s", "5m"]`;
+    /// after the last one a delivery is given up.
+    #[serde(deserialize_with = "parse::durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// How long deliveries and their log are kept, e.g. `"30d"`.
+    #[serde(deserialize_with = "parse::positive_duration")]
+    pub delivery_retention: Duration,
+    /// A PEM file of extra CA certificates trusted for deliveries (a private CA).
+    pub ca_file: String,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            allow_http: false,
+            timeout: Duration::from_secs(15),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                minutes(120),
+                minutes(300),
+                minutes(600),
+                minutes(600),
+            ],
+            delivery_retention: Duration::from_secs(30 * 24 * 3600),
+            ca_file: String::new(),
         }
     }
 }
@@ -531,6 +576,18 @@ mod parse {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map_err(|e| D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}")))
+    }
+
+    /// A list of durations.
+    pub fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| {
+                    D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}"))
+                })
+            })
+            .collect()
     }
 
     /// A [`duration`] above zero.

@@ -154,6 +154,7 @@ impl Control {
                 Event::Flow(FlowEvent::StatusChanged {
                     flow: flow.clone(),
                     status,
+                    version: current.version,
                 })
             });
         }

@@ -95,6 +95,8 @@ pub enum RunEvent {
         duration: Duration,
         /// Why it failed or was aborted.
         error: Option<String>,
+        /// The step that failed, when one did.
+        cause: Option<String>,
     },
 }
 
@@ -136,6 +138,9 @@ pub enum FlowEvent {
         flow: String,
         /// Its status now.
         status: FlowStatus,
+        /// The control state's version that made the change: the same on
+        /// every replica that announces it.
+        version: u64,
     },
 }
 
@@ -241,7 +246,7 @@ impl Lifecycle {
         });
     }
 
-    /// A run ended in `state`.
+    /// A run ended in `state`; `error` says why it failed, `cause` which step did.
     pub fn ended(
         &self,
         run_id: &str,
@@ -249,6 +254,7 @@ impl Lifecycle {
         state: RunState,
         duration: Duration,
         error: Option<&str>,
+        cause: Option<&str>,
     ) {
         self.metrics.run(flow, state);
         match state {
@@ -271,6 +277,7 @@ impl Lifecycle {
                 state,
                 duration,
                 error: error.map(str::to_owned),
+                cause: cause.map(str::to_owned),
             })
         });
     }
@@ -324,6 +331,7 @@ mod tests {
             RunState::Failed,
             Duration::from_millis(3),
             Some("boom"),
+            Some("step1"),
         );
         let event = events.try_recv().unwrap();
         assert_eq!(
@@ -334,6 +342,7 @@ mod tests {
                 state: RunState::Failed,
                 duration: Duration::from_millis(3),
                 error: Some("boom".into()),
+                cause: Some("step1".into()),
             })
         );
         let metrics = lifecycle.metrics().render(None);

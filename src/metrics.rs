@@ -8,6 +8,11 @@
 //! | `flowgate_queue_lag_seconds` | histogram | from acceptance to start of async runs |
 //! | `flowgate_queue_lag_seconds_max` | gauge | the longest lag seen since the process started |
 //! | `flowgate_run_records_lost_total` | counter | run records not written because the store was unavailable |
+//! | `flowgate_webhook_deliveries_total` | counter | `outcome` (`succeeded`, `failed`, `skipped`): delivery attempts |
+//! | `flowgate_webhook_delivery_lag_seconds` | histogram | from an event to its first delivery attempt |
+//! | `flowgate_webhook_subscriptions_disabled_total` | counter | subscriptions disabled automatically after repeated failures |
+//! | `flowgate_webhook_outbox_depth` | gauge | deliveries waiting for an attempt (sampled every few seconds) |
+//! | `flowgate_webhook_events_lost_total` | counter | events not written to the outbox (store unavailable, or the event bus overflowed) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,6 +24,51 @@ use std::time::Duration;
 const LAG_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0,
 ];
+
+/// A latency histogram over [`LAG_BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LAG_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    max_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(LAG_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.max_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(LAG_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+
+    fn max_seconds(&self) -> f64 {
+        self.max_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
 
 /// Counters by flow, then by status. Counting a pair seen before allocates
 /// nothing, so the request path only pays for a lock and a lookup.
@@ -60,11 +110,32 @@ impl<S: Ord + std::fmt::Display> ByFlow<S> {
 pub struct Metrics {
     requests: ByFlow<u16>,
     runs: ByFlow<&'static str>,
-    lag_buckets: [AtomicU64; LAG_BUCKETS.len()],
-    lag_count: AtomicU64,
-    lag_sum_micros: AtomicU64,
-    lag_max_micros: AtomicU64,
+    lag: Histogram,
     records_lost: AtomicU64,
+    deliveries: [AtomicU64; 3],
+    delivery_lag: Histogram,
+    subscriptions_disabled: AtomicU64,
+    outbox_depth: AtomicU64,
+    events_lost: AtomicU64,
+}
+
+/// How a webhook delivery attempt went, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The receiver answered 2xx.
+    Succeeded = 0,
+    /// Anything else.
+    Failed = 1,
+    /// Not attempted: the subscription is disabled.
+    Skipped = 2,
+}
+
+impl DeliveryOutcome {
+    const ALL: [(DeliveryOutcome, &'static str); 3] = [
+        (DeliveryOutcome::Succeeded, "succeeded"),
+        (DeliveryOutcome::Failed, "failed"),
+        (DeliveryOutcome::Skipped, "skipped"),
+    ];
 }
 
 impl Metrics {
@@ -80,17 +151,32 @@ impl Metrics {
 
     /// Observes the time an async run waited in the queue.
     pub fn queue_lag(&self, lag: Duration) {
-        let seconds = lag.as_secs_f64();
-        for (bucket, bound) in self.lag_buckets.iter().zip(LAG_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.lag_count.fetch_add(1, Ordering::Relaxed);
-        self.lag_sum_micros
-            .fetch_add(lag.as_micros() as u64, Ordering::Relaxed);
-        self.lag_max_micros
-            .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+        self.lag.observe(lag);
+    }
+
+    /// Counts a webhook delivery attempt.
+    pub fn delivery(&self, outcome: DeliveryOutcome) {
+        self.deliveries[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Observes the time from an event to its first delivery attempt.
+    pub fn delivery_lag(&self, lag: Duration) {
+        self.delivery_lag.observe(lag);
+    }
+
+    /// Counts a subscription disabled after repeated failures.
+    pub fn subscription_disabled(&self) {
+        self.subscriptions_disabled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the outbox depth last seen.
+    pub fn outbox_depth(&self, depth: u64) {
+        self.outbox_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Counts `n` events that never reached the outbox.
+    pub fn events_lost(&self, n: u64) {
+        self.events_lost.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a run record that could not be written.
@@ -114,31 +200,20 @@ impl Metrics {
             out.push_str("# TYPE flowgate_queue_depth gauge\n");
             let _ = writeln!(out, "flowgate_queue_depth {depth}");
         }
-        out.push_str(
-            "# HELP flowgate_queue_lag_seconds Time from acceptance to start of async runs.\n",
+        self.lag.write(
+            &mut out,
+            "flowgate_queue_lag_seconds",
+            "Time from acceptance to start of async runs.",
         );
-        out.push_str("# TYPE flowgate_queue_lag_seconds histogram\n");
-        for (bucket, bound) in self.lag_buckets.iter().zip(LAG_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "flowgate_queue_lag_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.lag_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "flowgate_queue_lag_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.lag_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "flowgate_queue_lag_seconds_sum {sum}");
-        let _ = writeln!(out, "flowgate_queue_lag_seconds_count {count}");
         out.push_str(
             "# HELP flowgate_queue_lag_seconds_max Longest queue lag since the process started.\n",
         );
         out.push_str("# TYPE flowgate_queue_lag_seconds_max gauge\n");
-        let max = self.lag_max_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "flowgate_queue_lag_seconds_max {max}");
+        let _ = writeln!(
+            out,
+            "flowgate_queue_lag_seconds_max {}",
+            self.lag.max_seconds()
+        );
         out.push_str("# HELP flowgate_run_records_lost_total Run records not written because the store was unavailable.\n");
         out.push_str("# TYPE flowgate_run_records_lost_total counter\n");
         let _ = writeln!(
@@ -146,6 +221,46 @@ impl Metrics {
             "flowgate_run_records_lost_total {}",
             self.records_lost.load(Ordering::Relaxed)
         );
+        out.push_str(
+            "# HELP flowgate_webhook_deliveries_total Webhook delivery attempts, by outcome.\n",
+        );
+        out.push_str("# TYPE flowgate_webhook_deliveries_total counter\n");
+        for (outcome, name) in DeliveryOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "flowgate_webhook_deliveries_total{{outcome=\"{name}\"}} {}",
+                self.deliveries[outcome as usize].load(Ordering::Relaxed)
+            );
+        }
+        self.delivery_lag.write(
+            &mut out,
+            "flowgate_webhook_delivery_lag_seconds",
+            "Time from an event to its first webhook delivery attempt.",
+        );
+        for (name, kind, help, value) in [
+            (
+                "flowgate_webhook_subscriptions_disabled_total",
+                "counter",
+                "Subscriptions disabled automatically after repeated failures.",
+                &self.subscriptions_disabled,
+            ),
+            (
+                "flowgate_webhook_outbox_depth",
+                "gauge",
+                "Webhook deliveries waiting for an attempt.",
+                &self.outbox_depth,
+            ),
+            (
+                "flowgate_webhook_events_lost_total",
+                "counter",
+                "Events that never reached the webhook outbox.",
+                &self.events_lost,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         out
     }
 }

@@ -130,6 +130,22 @@ pub fn check_literal(url: &Url, allow_private: bool) -> Result<(), ForbiddenAddr
     Ok(())
 }
 
+/// A client builder with the private-network guard in its resolver
+/// (unless `allow_private`), no proxy, a connect timeout and flowgate's
+/// user agent. IP-literal URLs bypass resolvers: check them with
+/// [`check_literal`] before sending.
+pub fn guarded_builder(allow_private: bool) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")));
+    if allow_private {
+        builder
+    } else {
+        builder.dns_resolver(Arc::new(GuardedResolver))
+    }
+}
+
 /// The shared outbound client.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -151,11 +167,8 @@ pub struct HttpResponse {
 impl HttpClient {
     /// A client; `allow_private` lifts the private-network guard.
     pub fn new(allow_private: bool) -> Self {
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("flowgate/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+        let builder = guarded_builder(allow_private).redirect(reqwest::redirect::Policy::custom(
+            move |attempt| {
                 if attempt.previous().len() >= MAX_REDIRECTS {
                     return attempt.error("too many redirects");
                 }
@@ -163,10 +176,8 @@ impl HttpClient {
                     Ok(()) => attempt.follow(),
                     Err(e) => attempt.error(e),
                 }
-            }));
-        if !allow_private {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
-        }
+            },
+        ));
         Self {
             client: builder.build().expect("the HTTP client config is static"),
             allow_private,
@@ -260,7 +271,8 @@ pub enum SendError {
 }
 
 impl SendError {
-    fn from_reqwest(err: reqwest::Error) -> Self {
+    /// Classifies a failed request: timeout, refused by the guard, or network.
+    pub fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_timeout() {
             return SendError::Timeout;
         }

@@ -181,6 +181,7 @@ impl Transitions {
             RunState::Aborted,
             Duration::ZERO,
             Some(reason),
+            None,
         );
         let record = record.map(|mut record| {
             record.abort(reason);
@@ -199,6 +200,7 @@ impl Transitions {
             RunState::Aborted,
             Duration::ZERO,
             Some("aborted on request"),
+            None,
         );
         self.complete(delivery, None).await;
     }
@@ -212,6 +214,7 @@ impl Transitions {
             RunState::Aborted,
             duration,
             record.error.as_ref().map(|e| e.message.as_str()),
+            record.error.as_ref().and_then(|e| e.step.as_deref()),
         );
         self.complete(delivery, Some(record)).await;
     }
@@ -225,6 +228,7 @@ impl Transitions {
             RunState::Aborted,
             Duration::ZERO,
             Some(reason),
+            None,
         );
         record.abort(reason);
         if let Err(e) = self.queue.dead_letter(delivery, reason, &record).await {
@@ -240,6 +244,7 @@ impl Transitions {
             report.status,
             report.duration,
             report.error.as_ref().map(|e| e.message.as_str()),
+            report.error.as_ref().and_then(|e| e.step.as_deref()),
         );
     }
 

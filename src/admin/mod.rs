@@ -1,11 +1,11 @@
 //! The admin API under `/v1/admin/`: flows (status, pause, unpause, token
-//! rotation), runs and the audit log, for ops and authors.
+//! rotation), runs, the audit log and outbound event webhooks, for ops and authors.
 //!
 //! Every request carries `Authorization: Bearer <admin token>` (see
 //! [`crate::token`]): no valid token is 401, a role too low for the route
 //! is 403, both in the error envelope. Roles nest: `viewer` reads, `author`
-//! also reloads and replays, `ops` also pauses, unpauses, rotates and
-//! revokes. Lists answer `{"data": [...], "next_cursor", "has_more"}` and
+//! also reloads and replays, `ops` also pauses, unpauses, rotates,
+//! revokes and manages webhook subscriptions. Lists answer `{"data": [...], "next_cursor", "has_more"}` and
 //! take `limit` (default 50, at most 250) and the opaque `cursor` of the
 //! page before.
 //!
@@ -30,6 +30,7 @@ mod audit;
 mod flows;
 pub mod openapi;
 mod runs;
+mod webhooks;
 
 /// Where the admin API lives.
 pub const PATH_PREFIX: &str = "/v1/admin/";
@@ -71,6 +72,32 @@ pub enum Handler {
     ListAudit,
     /// `GET /openapi.json`
     OpenApi,
+    /// `GET /webhooks`
+    ListWebhooks,
+    /// `POST /webhooks`
+    CreateWebhook,
+    /// `GET /webhooks/{id}`
+    GetWebhook,
+    /// `PATCH /webhooks/{id}`
+    UpdateWebhook,
+    /// `DELETE /webhooks/{id}`
+    DeleteWebhook,
+    /// `POST /webhooks/{id}/enable`
+    EnableWebhook,
+    /// `POST /webhooks/{id}/disable`
+    DisableWebhook,
+    /// `POST /webhooks/{id}/ping`
+    PingWebhook,
+    /// `POST /webhooks/{id}/test`
+    TestWebhook,
+    /// `POST /webhooks/{id}/rotate-secret`
+    RotateWebhookSecret,
+    /// `POST /webhooks/{id}/recover`
+    RecoverWebhook,
+    /// `GET /webhooks/{id}/deliveries`
+    ListDeliveries,
+    /// `POST /deliveries/{id}/resend`
+    ResendDelivery,
 }
 
 /// One route: method, path pattern under [`PATH_PREFIX`] (`{id}` matches
@@ -132,6 +159,74 @@ pub const ROUTES: &[Route] = &[
     ),
     route(Method::GET, "audit", Role::Viewer, Handler::ListAudit),
     route(Method::GET, "openapi.json", Role::Viewer, Handler::OpenApi),
+    route(Method::GET, "webhooks", Role::Viewer, Handler::ListWebhooks),
+    route(Method::POST, "webhooks", Role::Ops, Handler::CreateWebhook),
+    route(
+        Method::GET,
+        "webhooks/{id}",
+        Role::Viewer,
+        Handler::GetWebhook,
+    ),
+    route(
+        Method::PATCH,
+        "webhooks/{id}",
+        Role::Ops,
+        Handler::UpdateWebhook,
+    ),
+    route(
+        Method::DELETE,
+        "webhooks/{id}",
+        Role::Ops,
+        Handler::DeleteWebhook,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/enable",
+        Role::Ops,
+        Handler::EnableWebhook,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/disable",
+        Role::Ops,
+        Handler::DisableWebhook,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/ping",
+        Role::Ops,
+        Handler::PingWebhook,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/test",
+        Role::Ops,
+        Handler::TestWebhook,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/rotate-secret",
+        Role::Ops,
+        Handler::RotateWebhookSecret,
+    ),
+    route(
+        Method::POST,
+        "webhooks/{id}/recover",
+        Role::Ops,
+        Handler::RecoverWebhook,
+    ),
+    route(
+        Method::GET,
+        "webhooks/{id}/deliveries",
+        Role::Viewer,
+        Handler::ListDeliveries,
+    ),
+    route(
+        Method::POST,
+        "deliveries/{id}/resend",
+        Role::Ops,
+        Handler::ResendDelivery,
+    ),
 ];
 
 const fn route(method: Method, pattern: &'static str, role: Role, handler: Handler) -> Route {
@@ -256,6 +351,31 @@ async fn handle_inner(
         Handler::AbortRun => runs::abort(state, &caller, &id).await,
         Handler::ListAudit => audit::list(state, &query).await,
         Handler::OpenApi => openapi::openapi().await,
+        Handler::ListWebhooks => webhooks::list(state, &query).await,
+        Handler::CreateWebhook => {
+            let body = read_json(req).await?;
+            webhooks::create(state, &caller, body).await
+        }
+        Handler::GetWebhook => webhooks::get(state, &id).await,
+        Handler::UpdateWebhook => {
+            let body = read_json(req).await?;
+            webhooks::update(state, &caller, &id, body).await
+        }
+        Handler::DeleteWebhook => webhooks::delete(state, &caller, &id).await,
+        Handler::EnableWebhook => webhooks::enable(state, &caller, &id).await,
+        Handler::DisableWebhook => webhooks::disable(state, &caller, &id).await,
+        Handler::PingWebhook => webhooks::ping(state, &caller, &id).await,
+        Handler::TestWebhook => webhooks::test(state, &caller, &id).await,
+        Handler::RotateWebhookSecret => {
+            let body = read_json(req).await?;
+            webhooks::rotate_secret(state, &caller, &id, &body).await
+        }
+        Handler::RecoverWebhook => {
+            let body = read_json(req).await?;
+            webhooks::recover(state, &caller, &id, &body).await
+        }
+        Handler::ListDeliveries => webhooks::deliveries(state, &id, &query).await,
+        Handler::ResendDelivery => webhooks::resend(state, &caller, &id).await,
     }
 }
 
@@ -444,12 +564,28 @@ mod tests {
             Reload,
             GetRun,
             ListAudit,
+            ListWebhooks,
+            CreateWebhook,
+            GetWebhook,
+            UpdateWebhook,
+            DeleteWebhook,
+            EnableWebhook,
+            DisableWebhook,
+            PingWebhook,
+            TestWebhook,
+            RotateWebhookSecret,
+            RecoverWebhook,
+            ListDeliveries,
+            ResendDelivery,
         ];
         for handler in all {
             // Exhaustive: a new handler must be listed above.
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
-                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit | OpenApi => {}
+                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit | OpenApi
+                | ListWebhooks | CreateWebhook | GetWebhook | UpdateWebhook | DeleteWebhook
+                | EnableWebhook | DisableWebhook | PingWebhook | TestWebhook
+                | RotateWebhookSecret | RecoverWebhook | ListDeliveries | ResendDelivery => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),
@@ -488,6 +624,8 @@ mod tests {
             let item = &doc.paths.paths[&format!("{PATH_PREFIX}{}", route.pattern)];
             let operation = match route.method {
                 Method::GET => item.get.as_ref(),
+                Method::PATCH => item.patch.as_ref(),
+                Method::DELETE => item.delete.as_ref(),
                 _ => item.post.as_ref(),
             }
             .unwrap();

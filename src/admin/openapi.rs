@@ -8,7 +8,7 @@ use http::Response;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, flows, json, runs};
+use super::{audit, flows, json, runs, webhooks};
 use crate::error::{ApiError, Body};
 
 /// The admin API's OpenAPI document.
@@ -16,7 +16,7 @@ use crate::error::{ApiError, Body};
 #[openapi(
     info(
         title = "flowgate admin API",
-        description = "Flows, pauses, token rotation, runs and the audit log. Every route takes `Authorization: Bearer <admin token>` (`flowgate token admin --role ops|author|viewer`); roles nest: viewer < author < ops. Errors use the envelope `{\"status\", \"error\", \"message\", \"data\"}`. Lists answer `{\"data\", \"next_cursor\", \"has_more\"}`."
+        description = "Flows, pauses, token rotation, runs, the audit log and outbound event webhooks. Every route takes `Authorization: Bearer <admin token>` (`flowgate token admin --role ops|author|viewer`); roles nest: viewer < author < ops. Errors use the envelope `{\"status\", \"error\", \"message\", \"data\"}`. Lists answer `{\"data\", \"next_cursor\", \"has_more\"}`."
     ),
     paths(
         flows::list,
@@ -31,6 +31,19 @@ use crate::error::{ApiError, Body};
         runs::replay,
         runs::abort,
         audit::list,
+        webhooks::list,
+        webhooks::create,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::enable,
+        webhooks::disable,
+        webhooks::ping,
+        webhooks::test,
+        webhooks::rotate_secret,
+        webhooks::recover,
+        webhooks::deliveries,
+        webhooks::resend,
         openapi,
     ),
     modifiers(&AdminToken),

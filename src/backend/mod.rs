@@ -14,12 +14,14 @@ pub mod control;
 mod queue;
 pub mod redis;
 mod store;
+pub mod webhooks;
 
 pub use self::control::ControlStore;
 pub use self::queue::{Delivery, RunQueue};
 pub use self::store::{
     IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StoredAnswer,
 };
+pub use self::webhooks::WebhookStore;
 
 /// A boxed future, so the storage traits can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,20 +56,32 @@ pub struct Backends {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Control state: pauses, token generations, revocations, aborts, audit.
     pub control: Arc<dyn ControlStore>,
+    /// Webhook subscriptions, their outbox and delivery log.
+    pub webhooks: Arc<dyn WebhookStore>,
+}
+
+/// How long stored history is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Run records.
+    pub runs: Duration,
+    /// Webhook deliveries and their log.
+    pub deliveries: Duration,
 }
 
 impl Backends {
     /// Redis at `url`, one connection pool shared by the queue and the
-    /// stores; records are kept for `retention`. Runs dead-lettered by the
-    /// queue itself are announced through `lifecycle`.
+    /// stores; history is kept as `retention` says. Runs dead-lettered by
+    /// the queue itself are announced through `lifecycle`.
     pub fn redis(
         url: &str,
-        retention: Duration,
+        retention: Retention,
         lifecycle: &Arc<Lifecycle>,
     ) -> Result<Self, StorageError> {
         let pool = redis::connect(url)?;
         let control = redis::RedisControl::new(pool.clone(), url)?;
-        let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention));
+        let webhooks = redis::RedisWebhooks::new(pool.clone(), retention.deliveries);
+        let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention.runs));
         let queue =
             redis::RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
         Ok(Self {
@@ -75,6 +89,7 @@ impl Backends {
             runs: store.clone(),
             idempotency: store,
             control: Arc::new(control),
+            webhooks: Arc::new(webhooks),
         })
     }
 }

@@ -253,7 +253,8 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
 
 /// The app on the configured backends, with the flows loaded for serving.
 fn build_app(config: &Config) -> anyhow::Result<App> {
-    let settings = Settings::from_config(config);
+    let mut settings = Settings::from_config(config);
+    settings.webhooks.load_ca(config)?;
     let keys = TokenKeys::new(&config.signing_key()?);
     let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
     let backends = backends(config, &lifecycle)?;
@@ -269,8 +270,15 @@ fn build_app(config: &Config) -> anyhow::Result<App> {
 
 /// The configured storage backends.
 fn backends(config: &Config, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<Backends> {
-    Backends::redis(&config.redis.url, config.runs.retention, lifecycle)
-        .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
+    Backends::redis(
+        &config.redis.url,
+        crate::backend::Retention {
+            runs: config.runs.retention,
+            deliveries: config.webhooks.delivery_retention,
+        },
+        lifecycle,
+    )
+    .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
 }
 
 /// One shutdown source for the whole process: SIGINT or SIGTERM.
@@ -288,9 +296,10 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// What every serving process runs beside its work: the control state kept
-/// current, and flows reloaded on file changes and SIGHUP.
+/// current, outbound event webhooks, and flows reloaded on file changes and SIGHUP.
 fn start_background(app: &App) {
     tokio::spawn(app.control().clone().keep_current());
+    app.start_webhooks();
     if let Some(reloader) = app.reloader() {
         tokio::spawn(reloader.clone().watch());
         tokio::spawn(reloader.clone().on_hangup());

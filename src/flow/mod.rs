@@ -21,7 +21,7 @@ pub mod reload;
 mod spec;
 pub mod step;
 
-pub use load::{LoadOptions, LoadReport, load_catalog};
+pub use load::{LoadOptions, LoadReport, is_valid_flow_id, load_catalog};
 pub use step::{Action, OnError, Retry, Step};
 
 /// One load of all flows and templates.

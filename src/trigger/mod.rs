@@ -76,6 +76,8 @@ pub struct TriggerState {
     pub reloader: Option<Arc<crate::reloader::Reloader>>,
     /// Pauses and token generations, as this replica knows them.
     pub control: Arc<crate::control::Control>,
+    /// Outbound event webhooks, for the admin API.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Headers carrying an idempotency key, first match wins
     /// (`Idempotency-Key`, provider delivery ids).
     pub idempotency_headers: Vec<http::HeaderName>,

@@ -1,6 +1,826 @@
 //! Outbound event webhooks: telling other systems about runs and flows.
 //!
-//! [`signing`] signs deliveries the Standard Webhooks way, so receivers can
-//! verify them with any Standard Webhooks library.
+//! - [`input`]: subscriptions as their authors write them, checked.
+//! - [`message`]: messages built from the lifecycle's events, their JSON and XML bodies.
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`fanout`]: turns every event into deliveries for the matching subscriptions, in the outbox.
+//! - [`dispatch`]: claims due deliveries and attempts them, with retries and auto-disable.
+//!
+//! [`Webhooks`] is the one service the admin API, the CLI and the running
+//! processes use: it keeps an in-memory copy of the subscriptions (checked
+//! against the store's version every second, refreshed at once after a
+//! change made here), and makes every change with its audit entry.
 
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use crate::backend::control::{Actor, AuditDraft, Change, ControlStore, Page};
+use crate::backend::webhooks::{
+    Attempt, Decide, DeliveryState, DisabledReason, Refusal, StoredSecret, Subscription,
+    WebhookStore, Write,
+};
+use crate::backend::{StorageError, now_ms};
+use crate::metrics::Metrics;
+
+pub mod dispatch;
+pub mod fanout;
+pub mod input;
+pub mod message;
 pub mod signing;
+
+use self::input::{SubscriptionInput, UrlRules};
+use self::message::{Message, rfc3339};
+
+/// At most this many subscriptions may name one flow (one with no flow
+/// filter names every flow).
+pub const MAX_PER_FLOW: usize = 5;
+/// Consecutive failed attempts after which a subscription is disabled.
+pub const DISABLE_AFTER: u32 = 4;
+/// How long a rotated-out secret keeps signing, unless asked otherwise.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Longest rotation grace accepted.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the copy of the subscriptions is checked against the store.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How deliveries are made.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Accept plain `http://` URLs.
+    pub allow_http: bool,
+    /// Let deliveries reach loopback and private addresses.
+    pub allow_private: bool,
+    /// Time allowed for one attempt.
+    pub timeout: Duration,
+    /// Waits between failed attempts of an event.
+    pub retry_schedule: Vec<Duration>,
+    /// How long deliveries and their log are kept.
+    pub retention: Duration,
+    /// Extra CA certificates (PEM) trusted for deliveries.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl WebhookSettings {
+    /// The settings in `config`, without reading `webhooks.ca_file` yet
+    /// (see [`WebhookSettings::load_ca`]).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let webhooks = &config.webhooks;
+        Self {
+            allow_http: webhooks.allow_http,
+            allow_private: config.http.allow_private_networks,
+            timeout: webhooks.timeout,
+            retry_schedule: webhooks.retry_schedule.clone(),
+            retention: webhooks.delivery_retention,
+            ca_pem: None,
+        }
+    }
+
+    /// Reads the PEM certificates of `webhooks.ca_file`, when set.
+    pub fn load_ca(
+        &mut self,
+        config: &crate::config::Config,
+    ) -> Result<(), crate::config::ConfigError> {
+        if config.webhooks.ca_file.is_empty() {
+            return Ok(());
+        }
+        let path = config.resolve(std::path::Path::new(&config.webhooks.ca_file));
+        let fail = |problem: String| {
+            crate::config::ConfigError::new(format!(
+                "webhooks.ca_file: {}: {problem}",
+                path.display()
+            ))
+        };
+        let pem = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => return Err(fail("holds no PEM certificate".into())),
+            Err(e) => return Err(fail(format!("not PEM certificates: {e}"))),
+        }
+        self.ca_pem = Some(pem);
+        Ok(())
+    }
+
+    fn url_rules(&self) -> UrlRules {
+        UrlRules {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private,
+        }
+    }
+}
+
+/// Why a webhook operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// No such subscription or delivery.
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with the stored state.
+    #[error("{message}")]
+    Conflict {
+        /// A short machine-readable reason.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// The input is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store is unavailable.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A subscription as the admin API shows it: never its secrets.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionView {
+    /// `wh_…`.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// Whether deliveries are signed.
+    pub has_secret: bool,
+    /// Event types, or `["*"]`.
+    pub events: Vec<String>,
+    /// Only these flows' events (empty: all).
+    pub flows: Vec<String>,
+    /// Only `run.ended` events with these statuses (empty: all).
+    pub statuses: Vec<String>,
+    /// `json` or `xml`.
+    pub format: String,
+    /// Whether events are delivered.
+    pub enabled: bool,
+    /// Why it was disabled.
+    pub disabled_reason: Option<DisabledReason>,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u32,
+    /// When it was created.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+}
+
+impl SubscriptionView {
+    fn new(sub: &Subscription, failures: u32) -> Self {
+        Self {
+            id: sub.id.clone(),
+            name: sub.name.clone(),
+            url: sub.url.clone(),
+            has_secret: !sub.secrets.is_empty(),
+            events: sub.events.clone(),
+            flows: sub.flows.clone(),
+            statuses: sub.statuses.clone(),
+            format: sub.format.as_str().to_owned(),
+            enabled: sub.enabled,
+            disabled_reason: sub.disabled_reason.clone(),
+            consecutive_failures: failures,
+            created_at: sub.created_at.clone(),
+            updated_at: sub.updated_at.clone(),
+        }
+    }
+}
+
+/// The subscriptions as one process last read them.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The store's version they were read at.
+    pub version: u64,
+    /// Every subscription with its consecutive-failure count.
+    pub subscriptions: Vec<(Subscription, u32)>,
+}
+
+impl Snapshot {
+    /// Subscription `id`.
+    pub fn get(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions
+            .iter()
+            .map(|(s, _)| s)
+            .find(|s| s.id == id)
+    }
+}
+
+/// Does `sub` want `message`? (Enabled or not: a disabled subscription's
+/// events are kept as skipped.)
+pub fn wants(sub: &Subscription, message: &Message) -> bool {
+    let event_ok = sub.events.iter().any(|e| e == "*" || e == message.event);
+    let flow_ok = sub.flows.is_empty()
+        || message
+            .flow
+            .as_ref()
+            .is_some_and(|(id, _)| sub.flows.contains(id));
+    let status_ok = sub.statuses.is_empty()
+        || message.event != "run.ended"
+        || message
+            .status
+            .is_some_and(|s| sub.statuses.iter().any(|x| x == s));
+    event_ok && flow_ok && status_ok
+}
+
+/// The webhook service of one process.
+pub struct Webhooks {
+    store: Arc<dyn WebhookStore>,
+    control: Arc<dyn ControlStore>,
+    settings: WebhookSettings,
+    metrics: Arc<Metrics>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    changed: watch::Sender<u64>,
+    wake: Notify,
+}
+
+impl Webhooks {
+    /// The service over `store`, auditing into `control`.
+    pub fn new(
+        store: Arc<dyn WebhookStore>,
+        control: Arc<dyn ControlStore>,
+        settings: WebhookSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            control,
+            settings,
+            metrics,
+            snapshot: RwLock::default(),
+            changed: watch::channel(0).0,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The settings deliveries follow.
+    pub fn settings(&self) -> &WebhookSettings {
+        &self.settings
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn WebhookStore> {
+        &self.store
+    }
+
+    /// The subscriptions as last read.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("webhooks lock").clone()
+    }
+
+    /// Reads the subscriptions again.
+    pub async fn refresh(&self) -> Result<(), StorageError> {
+        let version = self.store.version().await?;
+        let subscriptions = self.store.subscriptions().await?;
+        *self.snapshot.write().expect("webhooks lock") = Arc::new(Snapshot {
+            version,
+            subscriptions,
+        });
+        self.changed.send_replace(version);
+        Ok(())
+    }
+
+    /// Told after every refresh.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Keeps the copy current until the task is dropped.
+    pub async fn keep_current(self: Arc<Self>) {
+        loop {
+            match self.store.version().await {
+                Ok(version) if version != self.snapshot().version || version == 0 => {
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(error = %e, "could not read webhook subscriptions");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read webhook subscriptions"),
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    }
+
+    /// Wakes this process's dispatcher: something fell due.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every subscription.
+    pub async fn list(&self) -> Result<Vec<SubscriptionView>, WebhookError> {
+        self.refresh().await?;
+        Ok(self
+            .snapshot()
+            .subscriptions
+            .iter()
+            .map(|(s, n)| SubscriptionView::new(s, *n))
+            .collect())
+    }
+
+    /// Subscription `id`.
+    pub async fn get(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+        self.refresh().await?;
+        self.snapshot()
+            .subscriptions
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .map(|(s, n)| SubscriptionView::new(s, *n))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Creates a subscription from `input` and pings it; returns it with
+    /// its secret as written (shown this once).
+    pub async fn create(
+        &self,
+        input: SubscriptionInput,
+        known_flows: &[String],
+        actor: &Actor,
+    ) -> Result<(SubscriptionView, Option<String>), WebhookError> {
+        let id = format!("wh_{}", uuid::Uuid::now_v7().simple());
+        let (subscription, secret) = input
+            .create(id.clone(), &rfc3339(now_ms()), self.settings.url_rules())
+            .map_err(WebhookError::Invalid)?;
+        let decide = |current: Option<&Subscription>, others: &[Subscription]| {
+            if current.is_some() {
+                return Err(Refusal::Conflict {
+                    code: "exists",
+                    message: format!("subscription {id} exists"),
+                });
+            }
+            check_limit(&subscription, others, known_flows)?;
+            Ok(Write::Put {
+                subscription: Box::new(subscription.clone()),
+                reset_failures: true,
+            })
+        };
+        let written = self.put(&id, &decide).await?;
+        self.audit(actor, "webhook.create", None, Some(&written))
+            .await;
+        self.ping_subscription(&written, crate::backend::webhooks::Trigger::Ping)
+            .await?;
+        Ok((SubscriptionView::new(&written, 0), secret))
+    }
+
+    /// Changes the fields `input` gives.
+    pub async fn update(
+        &self,
+        id: &str,
+        input: SubscriptionInput,
+        known_flows: &[String],
+        actor: &Actor,
+    ) -> Result<SubscriptionView, WebhookError> {
+        if input.secret.is_some() {
+            return Err(WebhookError::Invalid(
+                "a secret cannot be changed by an update; use rotate-secret".into(),
+            ));
+        }
+        let rules = self.settings.url_rules();
+        let now = rfc3339(now_ms());
+        let enabling = input.enabled == Some(true);
+        let decide = |current: Option<&Subscription>, others: &[Subscription]| {
+            let current = current.ok_or_else(|| Refusal::NotFound(not_found_text(id)))?;
+            let mut next = current.clone();
+            input.apply(&mut next, rules).map_err(Refusal::Invalid)?;
+            next.updated_at = now.clone();
+            check_limit(&next, others, known_flows)?;
+            Ok(Write::Put {
+                subscription: Box::new(next),
+                reset_failures: enabling && !current.enabled,
+            })
+        };
+        let before = self.snapshot().get(id).cloned();
+        let result = self.put(id, &decide).await;
+        let written = result?;
+        self.audit(actor, "webhook.update", before.as_ref(), Some(&written))
+            .await;
+        Ok(self.view(&written))
+    }
+
+    /// Enables or disables subscription `id`; enabling resets its failure count.
+    pub async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        actor: &Actor,
+    ) -> Result<SubscriptionView, WebhookError> {
+        let now = rfc3339(now_ms());
+        let decide = |current: Option<&Subscription>, _: &[Subscription]| {
+            let mut next = current
+                .ok_or_else(|| Refusal::NotFound(not_found_text(id)))?
+                .clone();
+            next.enabled = enabled;
+            next.disabled_reason = (!enabled).then(|| DisabledReason {
+                at: now.clone(),
+                cause: "manual".into(),
+                message: format!("disabled by {}", actor.name),
+            });
+            next.updated_at = now.clone();
+            Ok(Write::Put {
+                subscription: Box::new(next),
+                reset_failures: enabled,
+            })
+        };
+        let before = self.snapshot().get(id).cloned();
+        let written = self.put(id, &decide).await?;
+        let action = if enabled {
+            "webhook.enable"
+        } else {
+            "webhook.disable"
+        };
+        self.audit(actor, action, before.as_ref(), Some(&written))
+            .await;
+        Ok(self.view(&written))
+    }
+
+    /// Deletes subscription `id`, which must be disabled.
+    pub async fn delete(&self, id: &str, actor: &Actor) -> Result<(), WebhookError> {
+        let decide = |current: Option<&Subscription>, _: &[Subscription]| match current {
+            None => Err(Refusal::NotFound(not_found_text(id))),
+            Some(sub) if sub.enabled => Err(Refusal::Conflict {
+                code: "subscription_enabled",
+                message: format!(
+                    "subscription {id} is enabled; disable it first (POST /v1/admin/webhooks/{id}/disable), then delete it"
+                ),
+            }),
+            Some(_) => Ok(Write::Delete),
+        };
+        let before = self.snapshot().get(id).cloned();
+        self.change(id, &decide).await?;
+        self.audit(actor, "webhook.delete", before.as_ref(), None)
+            .await;
+        Ok(())
+    }
+
+    /// Sends subscription `id` a `ping` (or, with `test`, a `test` event) now.
+    pub async fn send(&self, id: &str, test: bool, actor: &Actor) -> Result<String, WebhookError> {
+        self.refresh().await?;
+        let sub = self
+            .snapshot()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))?;
+        let trigger = if test {
+            crate::backend::webhooks::Trigger::Test
+        } else {
+            crate::backend::webhooks::Trigger::Ping
+        };
+        let delivery = self.ping_subscription(&sub, trigger).await?;
+        let action = if test { "webhook.test" } else { "webhook.ping" };
+        self.audit_about(actor, action, &sub.id, json!({ "delivery_id": delivery }))
+            .await;
+        Ok(delivery)
+    }
+
+    /// A new signing secret for subscription `id` (the one given, or a
+    /// generated one); the old one keeps signing for `grace`. Returns the
+    /// new secret as written, and when the old one stops.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: Option<&str>,
+        grace: Duration,
+        actor: &Actor,
+    ) -> Result<(String, Option<String>), WebhookError> {
+        if grace > MAX_ROTATION_GRACE {
+            return Err(WebhookError::Invalid(format!(
+                "grace is at most {}",
+                humantime::format_duration(MAX_ROTATION_GRACE)
+            )));
+        }
+        let new = match secret {
+            Some(text) => signing::SigningSecret::parse(text)
+                .map_err(|e| WebhookError::Invalid(format!("secret: {e}")))?,
+            None => signing::SigningSecret::generate(),
+        }
+        .reveal();
+        let now = now_ms();
+        let until = now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        let decide = |current: Option<&Subscription>, _: &[Subscription]| {
+            let mut next = current
+                .ok_or_else(|| Refusal::NotFound(not_found_text(id)))?
+                .clone();
+            let mut secrets = vec![StoredSecret {
+                secret: new.clone(),
+                expires_ms: None,
+            }];
+            // The current secret signs on through the grace; older ones keep
+            // what they had left, and expired ones go.
+            for old in &next.secrets {
+                let expires = old.expires_ms.unwrap_or(until).min(until);
+                if expires > now {
+                    secrets.push(StoredSecret {
+                        secret: old.secret.clone(),
+                        expires_ms: Some(expires),
+                    });
+                }
+            }
+            next.secrets = secrets;
+            next.updated_at = rfc3339(now);
+            Ok(Write::Put {
+                subscription: Box::new(next),
+                reset_failures: false,
+            })
+        };
+        let written = self.put(id, &decide).await?;
+        self.audit_about(
+            actor,
+            "webhook.rotate_secret",
+            id,
+            json!({ "grace_seconds": grace.as_secs() }),
+        )
+        .await;
+        let previous_until = (written.secrets.len() > 1).then(|| rfc3339(until));
+        Ok((new, previous_until))
+    }
+
+    /// Sends again the deliveries subscription `id` skipped while disabled,
+    /// since `since_ms`. Returns how many.
+    pub async fn recover(
+        &self,
+        id: &str,
+        since_ms: u64,
+        actor: &Actor,
+    ) -> Result<usize, WebhookError> {
+        self.refresh().await?;
+        let sub = self
+            .snapshot()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))?;
+        if !sub.enabled {
+            return Err(WebhookError::Conflict {
+                code: "subscription_disabled",
+                message: format!("subscription {id} is disabled; enable it before recovering"),
+            });
+        }
+        let n = self.store.recover(id, since_ms).await?;
+        self.wake();
+        self.audit_about(
+            actor,
+            "webhook.recover",
+            id,
+            json!({ "since": rfc3339(since_ms), "deliveries": n }),
+        )
+        .await;
+        Ok(n)
+    }
+
+    /// Sends delivery `id` again now, as a manual attempt.
+    pub async fn resend(&self, id: &str, actor: &Actor) -> Result<(), WebhookError> {
+        let mut delivery = self.store.delivery(id).await?.ok_or_else(|| {
+            WebhookError::NotFound(format!(
+                "no delivery {id} (or it is older than the delivery retention)"
+            ))
+        })?;
+        self.refresh().await?;
+        if self.snapshot().get(&delivery.subscription).is_none() {
+            return Err(not_found(&delivery.subscription));
+        }
+        delivery.state = DeliveryState::Pending;
+        delivery.trigger = crate::backend::webhooks::Trigger::Manual;
+        delivery.due_ms = now_ms();
+        self.store.finish(&delivery, None).await?;
+        self.wake();
+        let subscription = delivery.subscription.clone();
+        self.audit_about(
+            actor,
+            "webhook.resend",
+            &subscription,
+            json!({ "delivery_id": id }),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The delivery log of subscription `id`, newest first.
+    pub async fn attempts(
+        &self,
+        id: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Attempt>, WebhookError> {
+        self.refresh().await?;
+        if self.snapshot().get(id).is_none() {
+            return Err(not_found(id));
+        }
+        Ok(self.store.attempts(id, cursor, limit).await?)
+    }
+
+    /// Prunes deliveries older than the retention every `every`, until dropped.
+    pub async fn keep_pruned(self: Arc<Self>, every: Duration) {
+        loop {
+            let cutoff = now_ms().saturating_sub(
+                u64::try_from(self.settings.retention.as_millis()).unwrap_or(u64::MAX),
+            );
+            if let Err(e) = self.store.prune(cutoff).await {
+                tracing::warn!(error = %e, "could not prune the webhook delivery log");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn ping_subscription(
+        &self,
+        sub: &Subscription,
+        trigger: crate::backend::webhooks::Trigger,
+    ) -> Result<String, WebhookError> {
+        let message = match trigger {
+            crate::backend::webhooks::Trigger::Test => Message::test(),
+            _ => Message::ping(&sub.id),
+        };
+        let delivery = fanout::delivery_for(sub, &message, trigger, message.body(sub.format));
+        let id = delivery.id.clone();
+        self.store.enqueue(std::slice::from_ref(&delivery)).await?;
+        self.wake();
+        Ok(id)
+    }
+
+    fn view(&self, sub: &Subscription) -> SubscriptionView {
+        let failures = self
+            .snapshot()
+            .subscriptions
+            .iter()
+            .find(|(s, _)| s.id == sub.id)
+            .map_or(0, |(_, n)| *n);
+        SubscriptionView::new(sub, failures)
+    }
+
+    /// Changes subscription `id` to what `decide` puts.
+    async fn put(&self, id: &str, decide: &Decide<'_>) -> Result<Subscription, WebhookError> {
+        self.change(id, decide).await?.ok_or_else(|| not_found(id))
+    }
+
+    /// Changes subscription `id`; returns what was stored (`None` after a delete).
+    async fn change(
+        &self,
+        id: &str,
+        decide: &Decide<'_>,
+    ) -> Result<Option<Subscription>, WebhookError> {
+        let written = match self.store.change(id, decide).await? {
+            Ok(Write::Put { subscription, .. }) => Some(*subscription),
+            Ok(Write::Delete) => None,
+            Err(Refusal::NotFound(m)) => return Err(WebhookError::NotFound(m)),
+            Err(Refusal::Conflict { code, message }) => {
+                return Err(WebhookError::Conflict { code, message });
+            }
+            Err(Refusal::Invalid(m)) => return Err(WebhookError::Invalid(m)),
+        };
+        self.refresh().await?;
+        Ok(written)
+    }
+
+    /// Disables subscription `id` after repeated failures: stores why,
+    /// audits it, counts it and tells the other subscriptions.
+    async fn auto_disable(&self, id: &str, reason: String) -> Result<(), StorageError> {
+        let now = rfc3339(now_ms());
+        let decide = |current: Option<&Subscription>, _: &[Subscription]| match current {
+            Some(sub) if sub.enabled => {
+                let mut next = sub.clone();
+                next.enabled = false;
+                next.disabled_reason = Some(DisabledReason {
+                    at: now.clone(),
+                    cause: "failures".into(),
+                    message: reason.clone(),
+                });
+                next.updated_at = now.clone();
+                Ok(Write::Put {
+                    subscription: Box::new(next),
+                    reset_failures: false,
+                })
+            }
+            _ => Err(Refusal::NotFound("already disabled or gone".into())),
+        };
+        let before = self.snapshot().get(id).cloned();
+        let Ok(Write::Put { subscription, .. }) = self.store.change(id, &decide).await? else {
+            return Ok(());
+        };
+        self.refresh().await?;
+        self.metrics.subscription_disabled();
+        tracing::warn!(subscription = %id, reason = %reason, "webhook subscription disabled after repeated failures");
+        let system = Actor {
+            name: "flowgate".into(),
+            role: "system".into(),
+        };
+        self.audit(
+            &system,
+            "webhook.auto_disable",
+            before.as_ref(),
+            Some(&subscription),
+        )
+        .await;
+        let message = Message::disabled(id, &subscription.name, &reason);
+        let snapshot = self.snapshot();
+        let deliveries: Vec<_> = snapshot
+            .subscriptions
+            .iter()
+            .map(|(s, _)| s)
+            .filter(|s| s.id != id && wants(s, &message))
+            .map(|s| {
+                fanout::delivery_for(
+                    s,
+                    &message,
+                    crate::backend::webhooks::Trigger::Auto,
+                    message.body(s.format),
+                )
+            })
+            .collect();
+        fanout::store(self, deliveries).await;
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        before: Option<&Subscription>,
+        after: Option<&Subscription>,
+    ) {
+        let view = |s: &Subscription| serde_json::to_value(SubscriptionView::new(s, 0)).ok();
+        let draft = AuditDraft {
+            actor: actor.clone(),
+            action,
+            flow: None,
+            run: None,
+            before: before.and_then(view),
+            after: after.and_then(view),
+        };
+        self.write_audit(draft).await;
+    }
+
+    async fn audit_about(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        id: &str,
+        mut detail: serde_json::Value,
+    ) {
+        detail["subscription_id"] = json!(id);
+        let draft = AuditDraft {
+            actor: actor.clone(),
+            action,
+            flow: None,
+            run: None,
+            before: None,
+            after: Some(detail),
+        };
+        self.write_audit(draft).await;
+    }
+
+    async fn write_audit(&self, draft: AuditDraft) {
+        if let Err(e) = self.control.apply(&Change::Nothing, &draft).await {
+            tracing::warn!(error = %e, action = draft.action, "could not write an audit entry");
+        }
+    }
+}
+
+/// Refuses `candidate` when a flow it names (every flow, without a flow
+/// filter) already has [`MAX_PER_FLOW`] subscriptions among `others`.
+fn check_limit(
+    candidate: &Subscription,
+    others: &[Subscription],
+    known_flows: &[String],
+) -> Result<(), Refusal> {
+    let covers = |sub: &Subscription, flow: &str| {
+        sub.flows.is_empty() || sub.flows.iter().any(|f| f == flow)
+    };
+    let flows: Vec<&str> = if candidate.flows.is_empty() {
+        let every_flow = others.iter().filter(|s| s.flows.is_empty()).count();
+        if every_flow >= MAX_PER_FLOW {
+            return Err(Refusal::Conflict {
+                code: "too_many_subscriptions",
+                message: format!(
+                    "{every_flow} subscriptions already receive every flow's events; at most {MAX_PER_FLOW} may name one flow"
+                ),
+            });
+        }
+        known_flows
+            .iter()
+            .map(String::as_str)
+            .chain(
+                others
+                    .iter()
+                    .flat_map(|s| s.flows.iter().map(String::as_str)),
+            )
+            .collect()
+    } else {
+        candidate.flows.iter().map(String::as_str).collect()
+    };
+    for flow in flows {
+        let count = others.iter().filter(|s| covers(s, flow)).count();
+        if count >= MAX_PER_FLOW {
+            return Err(Refusal::Conflict {
+                code: "too_many_subscriptions",
+                message: format!(
+                    "flow `{flow}` already has {count} subscriptions; at most {MAX_PER_FLOW} may name one flow (a subscription without a flow filter names every flow)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn not_found_text(id: &str) -> String {
+    format!("no webhook subscription {id}")
+}
+
+fn not_found(id: &str) -> WebhookError {
+    WebhookError::NotFound(not_found_text(id))
+}

@@ -27,7 +27,11 @@ pub struct Subject {
 pub async fn redis() -> Subject {
     let redis = RedisServer::start(false);
     let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
-    let backends = Backends::redis(&redis.url(), RETENTION, &lifecycle).unwrap();
+    let retention = flowgate::backend::Retention {
+        runs: RETENTION,
+        deliveries: RETENTION,
+    };
+    let backends = Backends::redis(&redis.url(), retention, &lifecycle).unwrap();
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
@@ -442,6 +446,209 @@ pub async fn pages_walk_every_record_once_newest_first(b: &Backends) {
     );
 }
 
+fn subscription(id: &str, flows: &[&str]) -> flowgate::backend::webhooks::Subscription {
+    serde_json::from_value(json!({
+        "id": id, "name": id, "url": "https://example.com/", "events": ["*"],
+        "flows": flows, "format": "json", "enabled": true,
+        "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z",
+    }))
+    .unwrap()
+}
+
+fn outbox_entry(
+    id: &str,
+    subscription: &str,
+    due_ms: u64,
+) -> flowgate::backend::webhooks::Delivery {
+    serde_json::from_value(json!({
+        "id": id, "subscription": subscription, "message_id": format!("msg_{id}"),
+        "event": "run.ended", "flow": "f", "payload": "{}", "format": "json",
+        "trigger": "auto", "attempts": 0, "state": "pending",
+        "created_ms": due_ms, "due_ms": due_ms,
+    }))
+    .unwrap()
+}
+
+fn attempt_entry(
+    delivery: &flowgate::backend::webhooks::Delivery,
+    n: u32,
+) -> flowgate::backend::webhooks::Attempt {
+    serde_json::from_value(json!({
+        "delivery_id": delivery.id, "message_id": delivery.message_id, "event": delivery.event,
+        "attempt": n, "trigger": "auto", "outcome": "failed", "at": "2026-01-01T00:00:00.000Z",
+        "duration_ms": 1, "url": "https://example.com/", "request_headers": {}, "payload": "{}",
+        "response_status": 500, "response_headers": {}, "response_body": "", "response_truncated": false,
+    }))
+    .unwrap()
+}
+
+async fn a_subscription_limit_holds_under_concurrent_writers(backends: &Backends) {
+    use flowgate::backend::webhooks::{Refusal, Subscription, Write};
+    let store = backends.webhooks.clone();
+    let before = store.version().await.unwrap();
+    // Ten writers race to add a subscription when at most three may exist.
+    let writers = (0..10).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let id = format!("wh_{n}");
+            let wanted = subscription(&id, &["f"]);
+            let decide = move |current: Option<&Subscription>, others: &[Subscription]| {
+                assert!(current.is_none());
+                if others.len() >= 3 {
+                    return Err(Refusal::Conflict {
+                        code: "too_many_subscriptions",
+                        message: "full".into(),
+                    });
+                }
+                Ok(Write::Put {
+                    subscription: Box::new(wanted.clone()),
+                    reset_failures: true,
+                })
+            };
+            store.change(&id, &decide).await.unwrap().is_ok()
+        })
+    });
+    let mut won = 0;
+    for writer in writers {
+        won += usize::from(writer.await.unwrap());
+    }
+    assert_eq!(won, 3);
+    let stored = store.subscriptions().await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(store.version().await.unwrap() >= before + 3);
+    // Failures count up, a success resets them; a delete removes it.
+    let id = stored[0].0.id.clone();
+    for expected in 1..=3 {
+        assert_eq!(store.count_outcome(&id, false).await.unwrap(), expected);
+    }
+    assert_eq!(store.subscriptions().await.unwrap()[0].1, 3);
+    assert_eq!(store.count_outcome(&id, true).await.unwrap(), 0);
+    let delete = |_: Option<&Subscription>, _: &[Subscription]| Ok(Write::Delete);
+    assert!(store.change(&id, &delete).await.unwrap().is_ok());
+    assert_eq!(store.subscriptions().await.unwrap().len(), 2);
+}
+
+async fn an_outbox_delivery_is_stored_once_and_leased(backends: &Backends) {
+    use flowgate::backend::webhooks::DeliveryState;
+    let store = &backends.webhooks;
+    let now = now_ms();
+    let due = outbox_entry("d1", "wh_a", now);
+    let later = outbox_entry("d2", "wh_a", now + 60_000);
+    assert_eq!(
+        store.enqueue(&[due.clone(), later.clone()]).await.unwrap(),
+        2
+    );
+    // The same delivery from another replica is not stored again.
+    assert_eq!(store.enqueue(std::slice::from_ref(&due)).await.unwrap(), 0);
+    assert_eq!(store.outbox_depth().await.unwrap(), 2);
+
+    let lease = Duration::from_millis(400);
+    let claimed = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(claimed, vec![due.clone()], "only what is due");
+    assert!(
+        store.claim(now_ms(), lease, 10).await.unwrap().is_empty(),
+        "leased"
+    );
+    // A dispatcher that dies: the lease runs out and the delivery is claimed again.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let again = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(again, vec![due.clone()]);
+
+    // A failed attempt reschedules it and is logged; a success retires it.
+    let mut retried = due.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms();
+    store
+        .finish(&retried, Some(&attempt_entry(&retried, 1)))
+        .await
+        .unwrap();
+    let claimed = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(claimed[0].attempts, 1);
+    let mut done = claimed[0].clone();
+    done.attempts = 2;
+    done.state = DeliveryState::Succeeded;
+    store
+        .finish(&done, Some(&attempt_entry(&done, 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_depth().await.unwrap(),
+        1,
+        "only the later one waits"
+    );
+    assert_eq!(
+        store.delivery("d1").await.unwrap().unwrap().state,
+        DeliveryState::Succeeded
+    );
+    assert!(store.delivery("nope").await.unwrap().is_none());
+
+    // The log pages newest first.
+    let first = store.attempts("wh_a", None, 1).await.unwrap();
+    assert_eq!(first.data[0].attempt, 2);
+    let second = store
+        .attempts("wh_a", first.next_cursor.as_deref(), 1)
+        .await
+        .unwrap();
+    assert_eq!(second.data[0].attempt, 1);
+    assert!(second.next_cursor.is_none());
+}
+
+async fn skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned(backends: &Backends) {
+    use flowgate::backend::webhooks::{DeliveryState, Subscription, Write};
+    let store = &backends.webhooks;
+    let wanted = subscription("wh_s", &[]);
+    let put = move |_: Option<&Subscription>, _: &[Subscription]| {
+        Ok(Write::Put {
+            subscription: Box::new(wanted.clone()),
+            reset_failures: false,
+        })
+    };
+    store.change("wh_s", &put).await.unwrap().unwrap();
+    let old = now_ms() - 10_000;
+    let mut skipped = Vec::new();
+    for (n, created) in [(1, old), (2, now_ms())] {
+        let mut delivery = outbox_entry(&format!("s{n}"), "wh_s", created);
+        delivery.state = DeliveryState::Skipped;
+        store
+            .finish(&delivery, Some(&attempt_entry(&delivery, 0)))
+            .await
+            .unwrap();
+        skipped.push(delivery);
+    }
+    assert_eq!(store.outbox_depth().await.unwrap(), 0);
+    assert!(
+        store
+            .claim(now_ms(), Duration::from_secs(5), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Recover from a time: only the newer one.
+    assert_eq!(store.recover("wh_s", old + 1).await.unwrap(), 1);
+    let claimed = store
+        .claim(now_ms(), Duration::from_secs(5), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, "s2");
+    assert_eq!(claimed[0].state, DeliveryState::Pending);
+    // Pruning forgets log entries and skipped deliveries before the cutoff.
+    assert_eq!(
+        store.attempts("wh_s", None, 10).await.unwrap().data.len(),
+        2
+    );
+    store.prune(now_ms() + 1).await.unwrap();
+    assert!(
+        store
+            .attempts("wh_s", None, 10)
+            .await
+            .unwrap()
+            .data
+            .is_empty()
+    );
+    assert_eq!(store.recover("wh_s", 0).await.unwrap(), 0);
+}
+
 /// Runs every contract test above against one backend.
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
@@ -468,4 +675,7 @@ conformance!(redis:
     a_released_key_can_be_reserved_again,
     records_list_newest_first_and_expire,
     pages_walk_every_record_once_newest_first,
+    a_subscription_limit_holds_under_concurrent_writers,
+    an_outbox_delivery_is_stored_once_and_leased,
+    skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
 );

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use flowgate::error::PAUSED_BODY;
 use flowgate::worker::Outcome;
-use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -34,25 +33,7 @@ fn cli(app: &TestApp, args: &[&str]) -> (String, String, i32) {
 
 /// A second gateway process on `app`'s Redis and flows; its base URL.
 async fn replica(app: &TestApp) -> (std::process::Child, String) {
-    let port = free_port();
-    let child = app.spawn_process(
-        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
-        &["serve", "--no-worker"],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != StatusCode::OK)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the replica did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, base)
+    replica_with(app, "").await
 }
 
 fn admin_token(app: &TestApp, role: &str) -> String {
@@ -248,9 +229,16 @@ async fn an_api_pause_reaches_another_replica_even_without_notifications() {
     assert_eq!(audit["data"][0]["role"], "ops");
     assert_eq!(audit["has_more"], false);
     let mut changes = Vec::new();
+    let mut versions = Vec::new();
     while let Ok(event) = events.try_recv() {
-        if let flowgate::lifecycle::Event::Flow(change) = &*event {
-            changes.push(change.clone());
+        if let flowgate::lifecycle::Event::Flow(StatusChanged {
+            flow,
+            status,
+            version,
+        }) = &*event
+        {
+            changes.push((flow.clone(), *status));
+            versions.push(*version);
         }
     }
     use flowgate::flow::FlowStatus;
@@ -258,16 +246,12 @@ async fn an_api_pause_reaches_another_replica_even_without_notifications() {
     assert_eq!(
         changes,
         [
-            StatusChanged {
-                flow: "f".into(),
-                status: FlowStatus::Paused
-            },
-            StatusChanged {
-                flow: "f".into(),
-                status: FlowStatus::Live
-            },
+            ("f".to_owned(), FlowStatus::Paused),
+            ("f".to_owned(), FlowStatus::Live),
         ]
     );
+    // Each change carries the control version that made it, the same on every replica.
+    assert!(versions[0] < versions[1], "{versions:?}");
     terminate(b).await;
 }
 

@@ -180,6 +180,23 @@ pub struct AppOptions {
     pub secrets: Vec<(&'static str, String)>,
     /// The `[server]` limits and timeouts.
     pub limits: flowgate::config::ServerLimits,
+    /// Deliver outbound event webhooks from this process.
+    pub webhooks: bool,
+    /// How webhooks are delivered: plain HTTP allowed, quick retries.
+    pub webhook_settings: flowgate::webhooks::WebhookSettings,
+}
+
+/// Webhook settings for tests: plain HTTP and loopback allowed, a 2 s
+/// timeout, retries after 300 ms three times.
+pub fn test_webhook_settings() -> flowgate::webhooks::WebhookSettings {
+    flowgate::webhooks::WebhookSettings {
+        allow_http: true,
+        allow_private: true,
+        timeout: Duration::from_secs(2),
+        retry_schedule: vec![Duration::from_millis(300); 3],
+        retention: Duration::from_secs(30 * 24 * 3600),
+        ca_pem: None,
+    }
 }
 
 impl Default for AppOptions {
@@ -191,6 +208,8 @@ impl Default for AppOptions {
             templates: Vec::new(),
             secrets: Vec::new(),
             limits: Default::default(),
+            webhooks: true,
+            webhook_settings: test_webhook_settings(),
         }
     }
 }
@@ -238,11 +257,16 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let keys = TokenKeys::new(&Secret::new(SIGNING_KEY.as_bytes().to_vec()));
     let redis = RedisServer::start(options.redis_aof);
     let lifecycle = Arc::new(Lifecycle::new(Arc::default()));
-    let backends = Backends::redis(&redis.url(), Duration::from_secs(3600), &lifecycle).unwrap();
+    let retention = flowgate::backend::Retention {
+        runs: Duration::from_secs(3600),
+        deliveries: options.webhook_settings.retention,
+    };
+    let backends = Backends::redis(&redis.url(), retention, &lifecycle).unwrap();
     backends.queue.prepare().await.unwrap();
     let settings = Settings {
         limits: options.limits,
         allow_private_networks: options.allow_private_networks,
+        webhooks: options.webhook_settings.clone(),
         ..Settings::default()
     };
     let app = App::new(
@@ -265,6 +289,10 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     tokio::spawn(app.reloader().unwrap().clone().watch());
     app.control().refresh().await.unwrap();
     tokio::spawn(app.control().clone().keep_current());
+    app.webhooks().refresh().await.unwrap();
+    if options.webhooks {
+        app.start_webhooks();
+    }
     let state = app.gateway();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -425,16 +453,48 @@ pub struct Receiver {
     requests: Arc<Mutex<Vec<Received>>>,
 }
 
+/// One scripted answer: a status, extra headers and, when given, a body
+/// instead of the small JSON one.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<String>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            ..Reply::default()
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: String) -> Reply {
+        self.body = Some(body);
+        self
+    }
+}
+
 impl Receiver {
     /// Answers each request with the next status of `script`, then `200`;
     /// every answer waits `delay` first and carries a small JSON body.
     pub async fn start(script: &[u16], delay: Duration) -> Receiver {
+        let replies: Vec<Reply> = script.iter().map(|s| Reply::status(*s)).collect();
+        Receiver::start_with(replies, delay).await
+    }
+
+    /// Answers each request with the next of `replies`, then `200`.
+    pub async fn start_with(replies: Vec<Reply>, delay: Duration) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(
-            script.iter().copied().collect::<VecDeque<u16>>(),
-        ));
+        let script = Arc::new(Mutex::new(replies.into_iter().collect::<VecDeque<Reply>>()));
         let recorded = requests.clone();
         tokio::spawn(async move {
             loop {
@@ -463,16 +523,26 @@ impl Receiver {
                                     headers: parts.headers,
                                     body,
                                 });
-                                let status = script.lock().unwrap().pop_front().unwrap_or(200);
+                                let reply = script
+                                    .lock()
+                                    .unwrap()
+                                    .pop_front()
+                                    .unwrap_or(Reply::status(200));
+                                let status = reply.status;
                                 tokio::time::sleep(delay).await;
-                                let mut response = http::Response::new(Full::new(Bytes::from(
-                                    format!(r#"{{"received":true,"status":{status}}}"#),
-                                )));
+                                let body = reply.body.clone().unwrap_or_else(|| {
+                                    format!(r#"{{"received":true,"status":{status}}}"#)
+                                });
+                                let mut response =
+                                    http::Response::new(Full::new(Bytes::from(body)));
                                 *response.status_mut() =
                                     http::StatusCode::from_u16(status).unwrap();
                                 response
                                     .headers_mut()
                                     .insert("content-type", "application/json".parse().unwrap());
+                                for (name, value) in &reply.headers {
+                                    response.headers_mut().insert(*name, value.parse().unwrap());
+                                }
                                 Ok::<_, Infallible>(response)
                             }
                         });
@@ -532,4 +602,31 @@ pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStat
     tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap()
+}
+
+/// A second gateway process (no worker) on `app`'s Redis and flows, with
+/// `extra` config TOML, once it answers `/readyz`; its base URL.
+pub async fn replica_with(app: &TestApp, extra: &str) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = app.spawn_process(
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}"),
+        &["serve", "--no-worker"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != reqwest::StatusCode::OK)
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
 }

@@ -15,3 +15,4 @@ mod reload;
 mod runs;
 mod steps;
 mod trigger;
+mod webhooks;

@@ -21,6 +21,13 @@
 //! | `flowgate:{flowgate}:control:revoked` | hash | revoked admin token `jti` → when the revocation may be forgotten (ms) |
 //! | `flowgate:{flowgate}:control:aborted` | hash | aborted run id → when it was aborted (ms); forgotten after a day |
 //! | `flowgate:{flowgate}:audit` | stream | the audit log, one entry per change: field `entry`, the [`crate::backend::control::AuditEntry`] as JSON; trimmed to 365 days by entry id (`XADD ... MINID`) |
+//! | `flowgate:{flowgate}:webhooks` | hash | subscription id → the [`crate::backend::webhooks::Subscription`] as JSON (signing secrets included); changed with `WATCH`/`MULTI` so the per-flow limit holds |
+//! | `flowgate:{flowgate}:webhooks:version` | string | bumped by every subscription change; processes compare it with theirs every second |
+//! | `flowgate:{flowgate}:webhooks:failures` | hash | subscription id → consecutive failed attempts |
+//! | `flowgate:{flowgate}:outbox` | sorted set | delivery ids waiting for an attempt, scored by due time (ms); a claim re-scores them to the end of its lease |
+//! | `flowgate:{flowgate}:delivery:<id>` | string | a [`crate::backend::webhooks::Delivery`] as JSON (its payload included); expires after `webhooks.delivery_retention` |
+//! | `flowgate:{flowgate}:webhooks:skipped:<subscription>` | sorted set | deliveries skipped while the subscription was disabled, by event time (ms), for a recover |
+//! | `flowgate:{flowgate}:webhooks:log:<subscription>` | stream | the delivery log, one entry per attempt: field `entry`, the [`crate::backend::webhooks::Attempt`] as JSON; trimmed to the delivery retention by entry id |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::backend::IdempotencyStore`]) |
 //!
 //! Workers read through the consumer group `workers` (created at start-up,
@@ -67,6 +74,35 @@ pub const AUDIT_KEY: &str = "flowgate:{flowgate}:audit";
 pub const CONTROL_CHANNEL: &str = "flowgate:{flowgate}:control";
 /// The consumer group all workers share.
 pub const GROUP: &str = "workers";
+
+/// Webhook subscriptions by id.
+pub const WEBHOOKS_KEY: &str = "flowgate:{flowgate}:webhooks";
+/// The subscriptions' version.
+pub const WEBHOOKS_VERSION_KEY: &str = "flowgate:{flowgate}:webhooks:version";
+/// Consecutive failed attempts by subscription.
+pub const WEBHOOK_FAILURES_KEY: &str = "flowgate:{flowgate}:webhooks:failures";
+/// Deliveries waiting for an attempt, by due time.
+pub const OUTBOX_KEY: &str = "flowgate:{flowgate}:outbox";
+
+/// What every delivery's key starts with.
+pub fn delivery_key_prefix() -> &'static str {
+    "flowgate:{flowgate}:delivery:"
+}
+
+/// Delivery `id`.
+pub fn delivery_key(id: &str) -> String {
+    format!("{}{id}", delivery_key_prefix())
+}
+
+/// The deliveries subscription `id` skipped while disabled.
+pub fn skipped_key(id: &str) -> String {
+    format!("flowgate:{{flowgate}}:webhooks:skipped:{id}")
+}
+
+/// The delivery log of subscription `id`.
+pub fn delivery_log_key(id: &str) -> String {
+    format!("flowgate:{{flowgate}}:webhooks:log:{id}")
+}
 
 /// The record of run `run_id`.
 pub fn run_key(run_id: &str) -> String {

@@ -16,11 +16,13 @@ mod control;
 pub mod keys;
 mod queue;
 mod store;
+mod webhooks;
 
 pub use self::batch::Batcher;
 pub use self::control::RedisControl;
 pub use self::queue::RedisQueue;
 pub use self::store::RedisStore;
+pub use self::webhooks::RedisWebhooks;
 
 /// Longest wait for a pooled connection or a new one: an unreachable Redis
 /// must turn into a quick 503, not a hung request.

@@ -142,7 +142,7 @@ impl RedisQueue {
             Ok(Some(flow)) => {
                 if let Some(lifecycle) = &self.lifecycle {
                     let aborted = crate::engine::RunState::Aborted;
-                    lifecycle.ended(&run_id, &flow, aborted, Duration::ZERO, Some(&reason));
+                    lifecycle.ended(&run_id, &flow, aborted, Duration::ZERO, Some(&reason), None);
                 }
             }
             Ok(None) => {}

@@ -214,7 +214,8 @@ fn load_templates(env: &mut Env, dir: &Path, problems: &mut Vec<String>) {
     }
 }
 
-fn is_valid_flow_id(id: &str) -> bool {
+/// Whether `id` is a valid flow id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
+pub fn is_valid_flow_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 64

@@ -1,0 +1,341 @@
+//! The dispatcher: claims due deliveries from the outbox and attempts them.
+//!
+//! Each process runs one. It claims up to the number of free attempt slots
+//! (at most [`CONCURRENCY`] attempts at once), leased for the attempt
+//! timeout plus [`LEASE_MARGIN`]: a dispatcher that dies mid-attempt leaves
+//! its deliveries to fall due again when the lease runs out, so every
+//! delivery is attempted at least once. It polls every [`POLL`] and is woken
+//! at once when this process stores a delivery.
+//!
+//! An attempt is a POST of the stored payload with the Standard Webhooks
+//! headers (signed with every secret still in force). A 2xx answer is a
+//! success; anything else — 3xx (redirects are not followed), 4xx, 5xx,
+//! a timeout, a refused address, a DNS, TLS or connection error — is a
+//! failure. An event's failed attempt is retried after the next wait of the
+//! retry schedule, or after the receiver's `Retry-After` when that is
+//! longer (at most [`MAX_RETRY_AFTER`]); after the last wait it is given up.
+//! Pings, test events and manual resends are attempted once. Every attempt,
+//! whatever carried it, counts toward the subscription's consecutive
+//! failures; at [`super::DISABLE_AFTER`] the subscription is disabled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+
+use super::Webhooks;
+use super::message::rfc3339;
+use super::signing::{SigningSecret, signature_header};
+use crate::backend::now_ms;
+use crate::backend::webhooks::{Attempt, Delivery, DeliveryState, Format, Subscription, Trigger};
+use crate::metrics::DeliveryOutcome;
+use crate::outbound::SendError;
+
+/// Attempts one process makes at once.
+pub const CONCURRENCY: usize = 64;
+/// Time a claim holds beyond the attempt timeout.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How often the outbox is checked for due deliveries.
+pub const POLL: Duration = Duration::from_millis(200);
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The most of a response body kept in the log.
+pub const MAX_LOGGED_BODY: usize = 64 * 1024;
+/// How often the outbox depth is sampled for the metrics.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Attempts deliveries for one process.
+pub struct Dispatcher {
+    webhooks: Arc<Webhooks>,
+    client: reqwest::Client,
+    slots: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `webhooks`' outbox.
+    pub fn new(webhooks: Arc<Webhooks>) -> Self {
+        let settings = webhooks.settings();
+        let mut builder = crate::outbound::guarded_builder(settings.allow_private)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.timeout);
+        if let Some(pem) = &settings.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).unwrap_or_default() {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Self {
+            client: builder
+                .build()
+                .expect("the webhook client config is static"),
+            webhooks,
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+        }
+    }
+
+    /// Claims and attempts deliveries until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let lease = self.webhooks.settings().timeout + LEASE_MARGIN;
+        let mut depth_sampled = Instant::now() - DEPTH_EVERY;
+        loop {
+            if depth_sampled.elapsed() >= DEPTH_EVERY {
+                depth_sampled = Instant::now();
+                if let Ok(depth) = self.webhooks.store.outbox_depth().await {
+                    self.webhooks.metrics.outbox_depth(depth);
+                }
+            }
+            let free = self.slots.available_permits();
+            if free == 0 {
+                // Wait for a slot, without holding it.
+                drop(self.slots.acquire().await);
+                continue;
+            }
+            let claimed = match self.webhooks.store.claim(now_ms(), lease, free).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim webhook deliveries");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let full = claimed.len() == free;
+            for delivery in claimed {
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.attempt(delivery).await;
+                    drop(slot);
+                });
+            }
+            if !full {
+                tokio::select! {
+                    () = self.webhooks.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+    }
+
+    /// Makes one attempt of `delivery` and records it.
+    pub async fn attempt(&self, mut delivery: Delivery) {
+        let webhooks = &self.webhooks;
+        let mut sub = webhooks.snapshot().get(&delivery.subscription).cloned();
+        if sub.is_none() {
+            // Perhaps created a moment ago elsewhere.
+            let _ = webhooks.refresh().await;
+            sub = webhooks.snapshot().get(&delivery.subscription).cloned();
+        }
+        let Some(sub) = sub else {
+            delivery.state = DeliveryState::Failed;
+            if let Err(e) = webhooks.store.finish(&delivery, None).await {
+                tracing::warn!(error = %e, "could not drop a delivery of a deleted subscription");
+            }
+            return;
+        };
+        if delivery.trigger == Trigger::Auto && !sub.enabled {
+            delivery.state = DeliveryState::Skipped;
+            webhooks.metrics.delivery(DeliveryOutcome::Skipped);
+            let attempt = super::fanout::skipped_attempt(&sub, &delivery);
+            if let Err(e) = webhooks.store.finish(&delivery, Some(&attempt)).await {
+                tracing::warn!(error = %e, "could not log a skipped delivery");
+            }
+            return;
+        }
+        if delivery.attempts == 0 {
+            let lag = now_ms().saturating_sub(delivery.created_ms);
+            webhooks.metrics.delivery_lag(Duration::from_millis(lag));
+        }
+        delivery.attempts += 1;
+        let mut attempt = self.send(&sub, &delivery).await;
+        let succeeded = attempt.outcome == "succeeded";
+        let retry_after = attempt_retry_after(&attempt);
+        delivery.state = if succeeded {
+            DeliveryState::Succeeded
+        } else {
+            match self.next_wait(&delivery, retry_after) {
+                Some(wait) => {
+                    delivery.due_ms = now_ms() + wait.as_millis() as u64;
+                    attempt.next_attempt_at = Some(rfc3339(delivery.due_ms));
+                    DeliveryState::Pending
+                }
+                None => DeliveryState::Failed,
+            }
+        };
+        webhooks.metrics.delivery(if succeeded {
+            DeliveryOutcome::Succeeded
+        } else {
+            DeliveryOutcome::Failed
+        });
+        if let Err(e) = webhooks.store.finish(&delivery, Some(&attempt)).await {
+            // Unrecorded: the lease runs out and the delivery is attempted again.
+            tracing::warn!(error = %e, delivery = %delivery.id, "could not record a webhook attempt");
+            return;
+        }
+        match webhooks.store.count_outcome(&sub.id, succeeded).await {
+            Ok(failures) if failures >= super::DISABLE_AFTER => {
+                let last = match (&attempt.error, attempt.response_status) {
+                    (Some(error), 0) => error.clone(),
+                    (_, status) => format!("HTTP {status}"),
+                };
+                let reason = format!(
+                    "{failures} consecutive failed attempts; the last at {}: {last}",
+                    attempt.at
+                );
+                if let Err(e) = webhooks.auto_disable(&sub.id, reason).await {
+                    tracing::warn!(error = %e, "could not disable a failing subscription");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not count a webhook attempt"),
+        }
+    }
+
+    /// The wait before the next attempt, or `None` when this was the last.
+    fn next_wait(&self, delivery: &Delivery, retry_after: Option<Duration>) -> Option<Duration> {
+        if delivery.trigger != Trigger::Auto {
+            return None;
+        }
+        let schedule = &self.webhooks.settings().retry_schedule;
+        let wait = *schedule.get(delivery.attempts as usize - 1)?;
+        Some(match retry_after {
+            Some(asked) => wait.max(asked.min(MAX_RETRY_AFTER)),
+            None => wait,
+        })
+    }
+
+    async fn send(&self, sub: &Subscription, delivery: &Delivery) -> Attempt {
+        let started = Instant::now();
+        let at = now_ms();
+        let timestamp = at / 1000;
+        let content_type = match delivery.format {
+            Format::Json => "application/json",
+            Format::Xml => "application/xml",
+        };
+        let mut headers = BTreeMap::new();
+        headers.insert("content-type".to_owned(), content_type.to_owned());
+        headers.insert("webhook-id".to_owned(), delivery.message_id.clone());
+        headers.insert("webhook-timestamp".to_owned(), timestamp.to_string());
+        let secrets: Vec<SigningSecret> = sub
+            .secrets
+            .iter()
+            .filter(|s| s.expires_ms.is_none_or(|until| until > at))
+            .filter_map(|s| SigningSecret::parse(&s.secret).ok())
+            .collect();
+        let signature = (!secrets.is_empty()).then(|| {
+            let refs: Vec<&SigningSecret> = secrets.iter().collect();
+            signature_header(
+                &refs,
+                &delivery.message_id,
+                timestamp,
+                delivery.payload.as_bytes(),
+            )
+        });
+        let mut attempt = Attempt {
+            id: String::new(),
+            delivery_id: delivery.id.clone(),
+            message_id: delivery.message_id.clone(),
+            event: delivery.event.clone(),
+            flow: delivery.flow.clone(),
+            attempt: delivery.attempts,
+            trigger: delivery.trigger,
+            outcome: "failed".into(),
+            at: rfc3339(at),
+            duration_ms: 0,
+            url: sub.url.clone(),
+            request_headers: headers.clone(),
+            payload: delivery.payload.clone(),
+            response_status: 0,
+            response_headers: BTreeMap::new(),
+            response_body: String::new(),
+            response_truncated: false,
+            error: None,
+            next_attempt_at: None,
+        };
+        if signature.is_some() {
+            attempt
+                .request_headers
+                .insert("webhook-signature".into(), "[removed]".into());
+        }
+        let result = self
+            .exchange(sub, delivery, &headers, signature.as_deref(), &mut attempt)
+            .await;
+        attempt.duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) if (200..300).contains(&attempt.response_status) => {
+                attempt.outcome = "succeeded".into();
+            }
+            Ok(()) if (300..400).contains(&attempt.response_status) => {
+                attempt.error = Some(format!(
+                    "HTTP {}: redirects are not followed; point the subscription at the final URL",
+                    attempt.response_status
+                ));
+            }
+            Ok(()) => {
+                attempt.error = Some(format!(
+                    "HTTP {}: only 2xx answers count as delivered",
+                    attempt.response_status
+                ));
+            }
+            Err(e) => attempt.error = Some(e.to_string()),
+        }
+        attempt
+    }
+
+    async fn exchange(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        headers: &BTreeMap<String, String>,
+        signature: Option<&str>,
+        attempt: &mut Attempt,
+    ) -> Result<(), SendError> {
+        let url = reqwest::Url::parse(&sub.url)
+            .map_err(|e| SendError::Refused(format!("invalid url: {e}")))?;
+        crate::outbound::check_literal(&url, self.webhooks.settings().allow_private)
+            .map_err(|e| SendError::Refused(e.to_string()))?;
+        let mut request = self.client.post(url).body(delivery.payload.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(signature) = signature {
+            request = request.header("webhook-signature", signature);
+        }
+        let mut response = request.send().await.map_err(SendError::from_reqwest)?;
+        attempt.response_status = response.status().as_u16();
+        for (name, value) in response.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            attempt
+                .response_headers
+                .entry(name.as_str().to_owned())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                })
+                .or_insert(value);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(SendError::from_reqwest)? {
+            let room = MAX_LOGGED_BODY.saturating_sub(body.len());
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                attempt.response_truncated = true;
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        attempt.response_body = String::from_utf8_lossy(&body).into_owned();
+        Ok(())
+    }
+}
+
+/// The receiver's `Retry-After`, in seconds or as an HTTP date.
+fn attempt_retry_after(attempt: &Attempt) -> Option<Duration> {
+    let value = attempt.response_headers.get("retry-after")?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}

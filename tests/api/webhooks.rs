@@ -1,0 +1,884 @@
+//! Outbound event webhooks against real receivers on loopback: signatures,
+//! ping and test events, filters, run and flow events, retries, the
+//! auto-disable rule, the delivery log, SSRF refusal and a dispatcher
+//! killed mid-delivery.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::helpers::*;
+
+const SYNC_FLOW: &str = "status = \"live\"\nname = \"Sync flow\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n[response]\nbody_inline = \"{\\\"ok\\\": true}\"\n";
+const ASYNC_FLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n";
+const FAILING_FLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"boom\"\nkind = \"fail\"\nmessage = \"no\"\n";
+
+fn ops_token(app: &TestApp) -> String {
+    app.keys
+        .issue_admin("tester", flowgate::token::Role::Ops, None)
+        .unwrap()
+}
+
+/// An admin request as ops; the status and the JSON body.
+async fn api(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}/v1/admin/{path}", app.addr);
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = app.client.request(method, url).bearer_auth(ops_token(app));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Creates a subscription; its JSON (with the secret, when it has one).
+async fn subscribe(app: &TestApp, body: Value) -> Value {
+    let (status, created) = api(app, "POST", "webhooks", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+/// The delivery log of `id`, newest first.
+async fn log(app: &TestApp, id: &str) -> Vec<Value> {
+    let (status, page) = api(app, "GET", &format!("webhooks/{id}/deliveries"), None).await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().unwrap().clone()
+}
+
+/// Waits until `receiver` holds at least `n` requests; returns them.
+async fn received(receiver: &Receiver, n: usize, within: Duration) -> Vec<Received> {
+    let deadline = Instant::now() + within;
+    loop {
+        let requests = receiver.requests();
+        if requests.len() >= n {
+            return requests;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver got {} requests, not {n}, within {within:?}",
+            requests.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the delivery log of `id` holds `n` entries; returns them, newest first.
+async fn logged(app: &TestApp, id: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entries = log(app, id).await;
+        if entries.len() >= n {
+            return entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log holds {} entries, not {n}: {entries:?}",
+            entries.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The receiver's requests of event type `event`, as JSON.
+fn of_type(requests: &[Received], event: &str) -> Vec<Value> {
+    requests
+        .iter()
+        .map(Received::json)
+        .filter(|m| m["type"] == event)
+        .collect()
+}
+
+/// Waits until `receiver` got a message of type `event`.
+async fn of_type_within(receiver: &Receiver, event: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while of_type(&receiver.requests(), event).is_empty() {
+        let got: Vec<Value> = receiver.requests().iter().map(Received::json).collect();
+        assert!(Instant::now() < deadline, "no {event}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Standard Webhooks verification, written from the specification.
+fn verify(secret: &str, request: &Received) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let header = |name: &str| request.headers[name].to_str().unwrap().to_owned();
+    let signed = format!(
+        "{}.{}.{}",
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        String::from_utf8_lossy(&request.body)
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(signed.as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    header("webhook-signature")
+        .split(' ')
+        .any(|candidate| candidate == expected)
+}
+
+#[tokio::test]
+async fn creating_a_subscription_pings_it_with_a_verifiable_signature() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let created = subscribe(
+        &app,
+        json!({"name": "ops channel", "url": receiver.url("/hook"), "secret": true}),
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["events"], json!(["*"]));
+
+    let requests = received(&receiver, 1, Duration::from_secs(5)).await;
+    let ping = &requests[0];
+    assert_eq!(ping.method, "POST");
+    assert_eq!(ping.path_and_query, "/hook");
+    assert_eq!(ping.headers["content-type"], "application/json");
+    let message = ping.json();
+    assert_eq!(message["type"], "ping");
+    assert_eq!(message["id"], ping.headers["webhook-id"].to_str().unwrap());
+    assert!(message["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(message["data"]["subscription_id"], created["id"]);
+    assert!(verify(&secret, ping), "the signature does not verify");
+    let timestamp: u64 = ping.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(timestamp) < 60, "{timestamp} vs {now}");
+    assert!(!verify("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ping));
+
+    // The secret is never shown again.
+    let id = created["id"].as_str().unwrap();
+    let (_, shown) = api(&app, "GET", &format!("webhooks/{id}"), None).await;
+    assert_eq!(shown["has_secret"], true);
+    let (_, listed) = api(&app, "GET", "webhooks", None).await;
+    assert_eq!(listed["data"][0]["id"], created["id"]);
+    for text in [shown.to_string(), listed.to_string()] {
+        assert!(
+            !text.contains(&secret) && !text.contains("whsec_"),
+            "{text}"
+        );
+    }
+    // The ping is in the log, signature removed, trigger `ping`.
+    let entries = logged(&app, id, 1).await;
+    assert_eq!(entries[0]["trigger"], "ping");
+    assert_eq!(entries[0]["outcome"], "succeeded");
+    assert_eq!(entries[0]["response_status"], 200);
+    assert_eq!(
+        entries[0]["request_headers"]["webhook-signature"],
+        "[removed]"
+    );
+    assert!(!entries[0].to_string().contains("v1,"));
+
+    // A subscription without a secret sends no signature header.
+    let plain = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(&app, json!({"name": "plain", "url": plain.url("/")})).await;
+    let requests = received(&plain, 1, Duration::from_secs(5)).await;
+    assert!(requests[0].headers.get("webhook-signature").is_none());
+    assert!(requests[0].headers.get("webhook-id").is_some());
+}
+
+#[tokio::test]
+async fn run_events_of_sync_and_async_runs_arrive_and_order_by_sequence() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned()), ("a", ASYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(&app, json!({"name": "all", "url": receiver.url("/")})).await;
+    received(&receiver, 1, Duration::from_secs(5)).await; // the ping
+
+    let sync = app.post_json("s", r#"{"n": 1}"#).await;
+    assert_eq!(sync.status(), 200);
+    let sync_run = sync.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let queued = app.post_json("a", r#"{"n": 2}"#).await;
+    assert_eq!(queued.status(), 202);
+    let async_run = queued.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // sync: started, step.started, step.ended, ended; async: queued too.
+    let requests = received(&receiver, 1 + 4 + 5, Duration::from_secs(10)).await;
+    for (run, mode, expected) in [
+        (
+            &sync_run,
+            "sync",
+            &["run.started", "step.started", "step.ended", "run.ended"][..],
+        ),
+        (
+            &async_run,
+            "async",
+            &[
+                "run.queued",
+                "run.started",
+                "step.started",
+                "step.ended",
+                "run.ended",
+            ][..],
+        ),
+    ] {
+        let mut events: Vec<Value> = requests
+            .iter()
+            .map(Received::json)
+            .filter(|m| m["data"]["run_id"] == run.as_str())
+            .collect();
+        events.sort_by_key(|m| m["data"]["sequence"].as_u64().unwrap());
+        let types: Vec<&str> = events.iter().map(|m| m["type"].as_str().unwrap()).collect();
+        assert_eq!(types, expected, "{run}");
+        let ended = events.last().unwrap();
+        assert_eq!(ended["data"]["status"], "succeeded");
+        assert_eq!(ended["data"]["mode"], mode);
+        assert_eq!(ended["live_mode"], true);
+        assert!(ended["data"]["started_at"].is_string());
+        assert!(ended["data"]["ended_at"].is_string());
+        assert_eq!(
+            events[0]["flow"]["id"],
+            if mode == "sync" { "s" } else { "a" }
+        );
+        let step = events.iter().find(|m| m["type"] == "step.ended").unwrap();
+        assert_eq!(step["data"]["step"], "t");
+        assert_eq!(step["data"]["kind"], "transform");
+        assert_eq!(step["data"]["status"], "succeeded");
+    }
+    let sync_ended = of_type(&requests, "run.ended")
+        .into_iter()
+        .find(|m| m["data"]["run_id"] == sync_run.as_str())
+        .unwrap();
+    assert_eq!(sync_ended["flow"]["name"], "Sync flow");
+    // Every message id is unique.
+    let mut ids: Vec<String> = requests
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), requests.len());
+}
+
+#[tokio::test]
+async fn filters_by_event_flow_and_status_and_xml_parses() {
+    let app = spawn_app(&[
+        ("s", SYNC_FLOW.to_owned()),
+        ("bad", FAILING_FLOW.to_owned()),
+        ("bad2", FAILING_FLOW.to_owned()),
+    ])
+    .await;
+    let filtered = Receiver::start(&[], Duration::ZERO).await;
+    let xml = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(
+        &app,
+        json!({"name": "failures of bad", "url": filtered.url("/"), "events": ["run.ended"],
+               "flows": ["bad"], "statuses": ["failed", "timed_out"]}),
+    )
+    .await;
+    subscribe(
+        &app,
+        json!({"name": "xml", "url": xml.url("/"), "events": ["run.ended"], "flows": ["bad"],
+               "format": "xml"}),
+    )
+    .await;
+    received(&filtered, 1, Duration::from_secs(5)).await;
+    received(&xml, 1, Duration::from_secs(5)).await;
+
+    assert_eq!(app.post_json("s", r#"{"n": 1}"#).await.status(), 200);
+    app.post_json("bad2", "{}").await;
+    let failed = app.post_json("bad", "{}").await;
+    let failed_run = failed.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let requests = received(&filtered, 2, Duration::from_secs(5)).await;
+    let xml_requests = received(&xml, 2, Duration::from_secs(5)).await;
+    // Give stray deliveries time to show up before counting.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(filtered.requests().len(), 2, "{:?}", filtered.requests());
+    let ended = requests[1].json();
+    assert_eq!(ended["type"], "run.ended");
+    assert_eq!(ended["data"]["run_id"], failed_run.as_str());
+    assert_eq!(ended["data"]["status"], "failed");
+    assert_eq!(ended["data"]["cause"], "boom");
+    assert!(ended["data"]["error"].as_str().unwrap().contains("no"));
+
+    assert_eq!(xml.requests().len(), 2);
+    let request = &xml_requests[1];
+    assert_eq!(request.headers["content-type"], "application/xml");
+    let text = String::from_utf8(request.body.to_vec()).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "event");
+    let field = |path: &[&str]| {
+        let mut node = root;
+        for name in path {
+            node = node
+                .children()
+                .find(|c| c.tag_name().name() == *name)
+                .unwrap_or_else(|| panic!("no {name} in {text}"));
+        }
+        node.text().unwrap_or_default().to_owned()
+    };
+    assert_eq!(field(&["type"]), "run.ended");
+    assert_eq!(
+        field(&["id"]),
+        request.headers["webhook-id"].to_str().unwrap()
+    );
+    assert_eq!(field(&["flow", "id"]), "bad");
+    assert_eq!(field(&["data", "run_id"]), failed_run);
+    assert_eq!(field(&["data", "status"]), "failed");
+}
+
+#[tokio::test]
+async fn retries_follow_the_schedule_and_honour_retry_after() {
+    let app = spawn_app(&[]).await;
+    // The ping gets 200; then the event gets 500, 503 + Retry-After: 2, 200.
+    let receiver = Receiver::start_with(
+        vec![
+            Reply::status(200),
+            Reply::status(500),
+            Reply::status(503).header("retry-after", "2"),
+            Reply::status(200),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    let created = subscribe(
+        &app,
+        json!({"name": "r", "url": receiver.url("/"), "events": ["flow.created"]}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    received(&receiver, 1, Duration::from_secs(5)).await;
+    write_files(
+        &app.dir.path().join("flows"),
+        &[(
+            "late.toml",
+            "status = \"live\"\n[trigger]\nref = \"w\"\n".into(),
+        )],
+    );
+    let requests = received(&receiver, 4, Duration::from_secs(15)).await;
+    let ids: Vec<_> = requests[1..]
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one message, three attempts"
+    );
+    let entries = logged(&app, &id, 4).await;
+    // Newest first: attempt 3 succeeded, 2 got 503, 1 got 500.
+    let attempts: Vec<(u64, &str, u64)> = entries[..3]
+        .iter()
+        .map(|e| {
+            (
+                e["attempt"].as_u64().unwrap(),
+                e["outcome"].as_str().unwrap(),
+                e["response_status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (3, "succeeded", 200),
+            (2, "failed", 503),
+            (1, "failed", 500)
+        ]
+    );
+    assert_eq!(entries[0]["delivery_id"], entries[2]["delivery_id"]);
+    let at = |e: &Value| humantime::parse_rfc3339_weak(e["at"].as_str().unwrap()).unwrap();
+    let first_wait = at(&entries[1]).duration_since(at(&entries[2])).unwrap();
+    let second_wait = at(&entries[0]).duration_since(at(&entries[1])).unwrap();
+    assert!(
+        first_wait >= Duration::from_millis(300) && first_wait < Duration::from_secs(2),
+        "{first_wait:?}"
+    );
+    assert!(second_wait >= Duration::from_secs(2), "{second_wait:?}");
+    assert!(entries[1]["next_attempt_at"].is_string());
+    assert_eq!(entries[0]["trigger"], "auto");
+    assert_eq!(entries[0]["event"], "flow.created");
+}
+
+#[tokio::test]
+async fn a_redirect_is_a_failure_and_is_not_followed() {
+    let app = spawn_app(&[]).await;
+    let target = Receiver::start(&[], Duration::ZERO).await;
+    let receiver = Receiver::start_with(
+        vec![Reply::status(302).header("location", &target.url("/elsewhere"))],
+        Duration::ZERO,
+    )
+    .await;
+    let created = subscribe(&app, json!({"name": "r", "url": receiver.url("/")})).await;
+    let entries = logged(&app, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(entries[0]["outcome"], "failed");
+    assert_eq!(entries[0]["response_status"], 302);
+    assert!(
+        entries[0]["error"].as_str().unwrap().contains("redirect"),
+        "{}",
+        entries[0]
+    );
+    assert!(target.requests().is_empty());
+}
+
+#[tokio::test]
+async fn four_failures_in_a_row_disable_a_subscription_and_a_success_resets_the_count() {
+    let app = spawn_app(&[]).await;
+    // ping 500, test 500, test 200 (resets), then 4 × 500.
+    let receiver = Receiver::start(&[500, 500, 200, 500, 500, 500, 500], Duration::ZERO).await;
+    let watcher = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(
+        &app,
+        json!({"name": "watcher", "url": watcher.url("/"), "events": ["webhook.disabled"]}),
+    )
+    .await;
+    let created = subscribe(&app, json!({"name": "flaky", "url": receiver.url("/")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut sent = 1;
+    for expected_failures in [1, 2, 0, 1, 2, 3] {
+        logged(&app, &id, sent).await;
+        // The count follows the log entry.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let shown = loop {
+            let (_, shown) = api(&app, "GET", &format!("webhooks/{id}"), None).await;
+            if shown["consecutive_failures"] == expected_failures || Instant::now() > deadline {
+                break shown;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(shown["consecutive_failures"], expected_failures, "{shown}");
+        assert_eq!(shown["enabled"], true);
+        let (status, _) = api(&app, "POST", &format!("webhooks/{id}/test"), None).await;
+        assert_eq!(status, 202);
+        sent += 1;
+    }
+    logged(&app, &id, sent).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let shown = loop {
+        let (_, shown) = api(&app, "GET", &format!("webhooks/{id}"), None).await;
+        if shown["enabled"] == false {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "not disabled: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["disabled_reason"]["cause"], "failures");
+    let reason = shown["disabled_reason"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("4 consecutive failed attempts") && reason.contains("HTTP 500"),
+        "{reason}"
+    );
+    // The audit log says so, and the other subscription was told.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let audit = loop {
+        let (_, audit) = api(&app, "GET", "audit?action=webhook.auto_disable", None).await;
+        if audit["data"][0].is_object() || Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(audit["data"][0]["actor"], "flowgate");
+    assert_eq!(audit["data"][0]["after"]["enabled"], false);
+    let told = received(&watcher, 2, Duration::from_secs(5)).await;
+    let disabled = told[1].json();
+    assert_eq!(disabled["type"], "webhook.disabled");
+    assert_eq!(disabled["data"]["subscription_id"], id.as_str());
+
+    // While disabled, events are logged as skipped, then recovered.
+    write_files(
+        &app.dir.path().join("flows"),
+        &[(
+            "late.toml",
+            "status = \"live\"\n[trigger]\nref = \"w\"\n".into(),
+        )],
+    );
+    let entries = logged(&app, &id, sent + 1).await;
+    assert_eq!(entries[0]["outcome"], "skipped");
+    assert_eq!(entries[0]["event"], "flow.created");
+    let before = receiver.requests().len();
+    let (status, _) = api(&app, "POST", &format!("webhooks/{id}/recover"), None).await;
+    assert_eq!(status, 409, "a disabled subscription is not recovered");
+    let (status, enabled) = api(&app, "POST", &format!("webhooks/{id}/enable"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(enabled["consecutive_failures"], 0);
+    assert!(enabled["disabled_reason"].is_null());
+    let (status, recovered) = api(&app, "POST", &format!("webhooks/{id}/recover"), None).await;
+    assert_eq!((status, recovered["recovered"].as_u64()), (202, Some(1)));
+    let requests = received(&receiver, before + 1, Duration::from_secs(5)).await;
+    assert_eq!(requests[before].json()["type"], "flow.created");
+}
+
+#[tokio::test]
+async fn an_enabled_subscription_cannot_be_deleted_and_a_flow_takes_at_most_five() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned()), ("t", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let first = subscribe(&app, json!({"name": "all", "url": receiver.url("/")})).await;
+    let id = first["id"].as_str().unwrap();
+    let (status, refused) = api(&app, "DELETE", &format!("webhooks/{id}"), None).await;
+    assert_eq!(status, 409);
+    assert_eq!(refused["error"], "subscription_enabled");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("disable it first")
+    );
+
+    for n in 0..4 {
+        subscribe(
+            &app,
+            json!({"name": format!("s{n}"), "url": receiver.url("/"), "flows": ["s"]}),
+        )
+        .await;
+    }
+    // Flow s has five (one for every flow, four for s): a sixth is refused.
+    let (status, refused) = api(
+        &app,
+        "POST",
+        "webhooks",
+        Some(json!({"name": "sixth", "url": receiver.url("/"), "flows": ["s"]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"], "too_many_subscriptions");
+    assert!(refused["message"].as_str().unwrap().contains("`s`"));
+    // So is one for every flow; one for flow t alone is fine.
+    let (status, _) = api(
+        &app,
+        "POST",
+        "webhooks",
+        Some(json!({"name": "everything", "url": receiver.url("/")})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    subscribe(
+        &app,
+        json!({"name": "t only", "url": receiver.url("/"), "flows": ["t"]}),
+    )
+    .await;
+    // Moving one onto flow s by an update is refused too.
+    let (_, list) = api(&app, "GET", "webhooks", None).await;
+    let t_only = list["data"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api(
+        &app,
+        "PATCH",
+        &format!("webhooks/{t_only}"),
+        Some(json!({"flows": ["s", "t"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, patched) = api(
+        &app,
+        "PATCH",
+        &format!("webhooks/{t_only}"),
+        Some(json!({"name": "renamed", "format": "xml"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        (patched["name"].as_str(), patched["format"].as_str()),
+        (Some("renamed"), Some("xml"))
+    );
+
+    // Disabled, it can be deleted, and its log goes with it.
+    let (status, _) = api(&app, "POST", &format!("webhooks/{id}/disable"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = api(&app, "DELETE", &format!("webhooks/{id}"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = api(&app, "GET", &format!("webhooks/{id}"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api(&app, "GET", &format!("webhooks/{id}/deliveries"), None).await;
+    assert_eq!(status, 404);
+    // Every change is audited.
+    let (_, audit) = api(&app, "GET", "audit?action=webhook.delete", None).await;
+    assert_eq!(audit["data"][0]["before"]["id"], id);
+}
+
+#[tokio::test]
+async fn bad_subscriptions_and_roles_are_refused_in_the_envelope() {
+    let options = AppOptions {
+        allow_private_networks: false,
+        webhook_settings: flowgate::webhooks::WebhookSettings {
+            allow_private: false,
+            ..test_webhook_settings()
+        },
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(&[], options).await;
+    for (body, problem) in [
+        (
+            json!({"name": "x", "url": "https://127.0.0.1/hook"}),
+            "private",
+        ),
+        (
+            json!({"name": "x", "url": "https://169.254.169.254/"}),
+            "private",
+        ),
+        (json!({"name": "x", "url": "ftp://example.com/"}), "https"),
+        (
+            json!({"name": "x", "url": "https://a:b@example.com/"}),
+            "credentials",
+        ),
+        (
+            json!({"name": "x", "url": "https://example.com", "events": ["nope"]}),
+            "event type",
+        ),
+        (json!({"url": "https://example.com"}), "name"),
+    ] {
+        let (status, refused) = api(&app, "POST", "webhooks", Some(body.clone())).await;
+        assert_eq!(status, 422, "{body}: {refused}");
+        assert_eq!(refused["error"], "invalid_subscription");
+        assert!(
+            refused["message"].as_str().unwrap().contains(problem),
+            "{refused}"
+        );
+    }
+    // A name resolving to loopback passes creation, and the guard refuses it when connecting.
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let created = subscribe(
+        &app,
+        json!({"name": "sneaky", "url": format!("http://localhost:{}/", receiver.addr.port())}),
+    )
+    .await;
+    let entries = logged(&app, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(entries[0]["outcome"], "failed");
+    assert_eq!(entries[0]["response_status"], 0);
+    assert!(
+        entries[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refusing to connect"),
+        "{}",
+        entries[0]
+    );
+    assert!(receiver.requests().is_empty());
+
+    // A viewer reads but cannot change.
+    let viewer = app
+        .keys
+        .issue_admin("v", flowgate::token::Role::Viewer, None)
+        .unwrap();
+    let url = format!("http://{}/v1/admin/webhooks", app.addr);
+    let listed = app
+        .client
+        .get(&url)
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    let refused = app
+        .client
+        .post(&url)
+        .bearer_auth(&viewer)
+        .json(&json!({"name": "x", "url": "https://example.com"}))
+        .send()
+        .await
+        .unwrap();
+    envelope(refused, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn the_log_cuts_big_responses_and_a_delivery_can_be_resent() {
+    let app = spawn_app(&[]).await;
+    let big = "x".repeat(100 * 1024);
+    let receiver = Receiver::start_with(
+        vec![Reply::status(200).header("x-receiver", "yes").body(big)],
+        Duration::ZERO,
+    )
+    .await;
+    let created = subscribe(&app, json!({"name": "r", "url": receiver.url("/in?k=1")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let entries = logged(&app, &id, 1).await;
+    let entry = &entries[0];
+    assert_eq!(entry["response_truncated"], true);
+    assert_eq!(entry["response_body"].as_str().unwrap().len(), 64 * 1024);
+    assert_eq!(entry["response_headers"]["x-receiver"], "yes");
+    assert_eq!(entry["url"], receiver.url("/in?k=1"));
+    assert_eq!(entry["event"], "ping");
+    assert_eq!(entry["attempt"], 1);
+    assert!(entry["duration_ms"].is_u64());
+    let payload: Value = serde_json::from_str(entry["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["type"], "ping");
+    assert_eq!(entry["request_headers"]["content-type"], "application/json");
+
+    let delivery = entry["delivery_id"].as_str().unwrap();
+    let (status, _) = api(&app, "POST", &format!("deliveries/{delivery}/resend"), None).await;
+    assert_eq!(status, 202);
+    let entries = logged(&app, &id, 2).await;
+    assert_eq!(entries[0]["trigger"], "manual");
+    assert_eq!(entries[0]["attempt"], 2);
+    assert_eq!(entries[0]["delivery_id"], delivery);
+    let requests = received(&receiver, 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        requests[0].headers["webhook-id"],
+        requests[1].headers["webhook-id"]
+    );
+    let (status, missing) = api(&app, "POST", "deliveries/nope/resend", None).await;
+    assert_eq!(
+        (status, missing["error"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    // A test event carries a realistic run.ended sample, not live.
+    let (status, _) = api(&app, "POST", &format!("webhooks/{id}/test"), None).await;
+    assert_eq!(status, 202);
+    let requests = received(&receiver, 3, Duration::from_secs(5)).await;
+    let test = requests[2].json();
+    assert_eq!(test["type"], "test");
+    assert_eq!(test["live_mode"], false);
+    assert_eq!(test["data"]["status"], "succeeded");
+    assert!(test["data"]["run_id"].is_string());
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_alongside_the_new_one_until_its_grace_ends() {
+    let app = spawn_app(&[]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let created = subscribe(
+        &app,
+        json!({"name": "r", "url": receiver.url("/"), "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"}),
+    )
+    .await;
+    let old = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(old, "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let id = created["id"].as_str().unwrap().to_owned();
+    received(&receiver, 1, Duration::from_secs(5)).await;
+
+    let (status, rotated) = api(
+        &app,
+        "POST",
+        &format!("webhooks/{id}/rotate-secret"),
+        Some(json!({"grace": "2s"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    api(&app, "POST", &format!("webhooks/{id}/ping"), None).await;
+    let requests = received(&receiver, 2, Duration::from_secs(5)).await;
+    let during = &requests[1];
+    assert_eq!(
+        during.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    assert!(verify(&new, during) && verify(&old, during));
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    api(&app, "POST", &format!("webhooks/{id}/ping"), None).await;
+    let requests = received(&receiver, 3, Duration::from_secs(5)).await;
+    let after = &requests[2];
+    assert!(verify(&new, after));
+    assert!(
+        !verify(&old, after),
+        "the old secret still signs after its grace"
+    );
+    let (_, audit) = api(&app, "GET", "audit?action=webhook.rotate_secret", None).await;
+    assert!(!audit.to_string().contains("whsec_"), "{audit}");
+}
+
+#[tokio::test]
+async fn flow_events_come_from_reload_and_pause_once_across_replicas() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(
+        &app,
+        json!({"name": "flows", "url": receiver.url("/"),
+               "events": ["flow.created", "flow.updated", "flow.deleted", "flow.status_changed"]}),
+    )
+    .await;
+    // A second gateway on the same Redis sees the pause too and announces it.
+    let (replica, _) = replica_with(&app, "[webhooks]\nallow_http = true\n").await;
+    let (status, _) = api(&app, "POST", "flows/s/pause", None).await;
+    assert_eq!(status, 200);
+    let flows = app.dir.path().join("flows");
+    write_files(
+        &flows,
+        &[(
+            "n.toml",
+            "status = \"draft\"\n[trigger]\nref = \"w\"\n".into(),
+        )],
+    );
+    of_type_within(&receiver, "flow.created").await;
+    std::fs::remove_file(flows.join("n.toml")).unwrap();
+    of_type_within(&receiver, "flow.deleted").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages: Vec<Value> = receiver.requests().iter().map(Received::json).collect();
+    let paused: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["type"] == "flow.status_changed")
+        .collect();
+    assert_eq!(
+        paused.len(),
+        1,
+        "one message although two replicas saw it: {messages:?}"
+    );
+    assert_eq!(paused[0]["data"]["status"], "paused");
+    assert_eq!(paused[0]["flow"]["id"], "s");
+    let created = messages
+        .iter()
+        .find(|m| m["type"] == "flow.created")
+        .unwrap();
+    assert_eq!(created["flow"]["id"], "n");
+    assert_eq!(
+        created["live_mode"], false,
+        "a draft flow's events are not live"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["type"] == "flow.deleted" && m["flow"]["id"] == "n")
+    );
+    terminate(replica).await;
+}
+
+#[tokio::test]
+async fn a_dispatcher_killed_mid_delivery_leaves_it_to_another() {
+    let options = AppOptions {
+        webhooks: false,
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(&[], options).await;
+    // Answers after 1.5 s, so the first dispatcher dies holding the delivery.
+    let receiver = Receiver::start(&[], Duration::from_millis(1500)).await;
+    let config = "[webhooks]\nallow_http = true\ntimeout = \"3s\"\n";
+    let first = app.spawn_process(config, &["worker"]);
+    subscribe(&app, json!({"name": "r", "url": receiver.url("/")})).await;
+    let requests = received(&receiver, 1, Duration::from_secs(20)).await;
+    let mut first = first;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = app.spawn_process(config, &["worker"]);
+    // The lease (timeout + margin) runs out, and the other dispatcher sends it.
+    let again = received(&receiver, 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        again[1].headers["webhook-id"],
+        requests[0].headers["webhook-id"]
+    );
+    assert_eq!(again[1].json()["type"], "ping");
+    terminate(second).await;
+}
