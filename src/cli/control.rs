@@ -58,7 +58,7 @@ pub struct AuditArgs {
 }
 
 /// The person at the shell, as the audit log names them.
-fn cli_actor() -> Actor {
+pub(super) fn cli_actor() -> Actor {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()

@@ -21,8 +21,10 @@ use crate::metrics::Metrics;
 use crate::token::TokenKeys;
 
 mod control;
+mod webhooks;
 
 use self::control::{AuditArgs, FlowsCommand};
+use self::webhooks::WebhooksCommand;
 
 /// Exit code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -90,6 +92,12 @@ pub enum Command {
     },
     /// Read the audit log of admin changes, newest first.
     Audit(AuditArgs),
+    /// Manage outbound event webhook subscriptions and read their delivery log.
+    Webhooks {
+        /// What to do.
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
 }
 
 /// `flowgate runs ...`
@@ -195,6 +203,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Runs { command } => runs(&config, command),
         Command::Flows { command } => control::flows(&config, command),
         Command::Audit(args) => control::audit(&config, args),
+        Command::Webhooks { command } => webhooks::webhooks(&config, command),
     };
     match result {
         Ok(code) => code,

@@ -15,27 +15,6 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 const SYNC_FLOW: &str =
     "status = \"live\"\n[trigger]\nref = \"w\"\n[response]\nbody_inline = \"{\\\"ok\\\": true}\"\n";
 
-/// The flowgate CLI against `app`'s Redis and flows; its stdout, stderr and exit status.
-fn cli(app: &TestApp, args: &[&str]) -> (String, String, i32) {
-    let out = app
-        .process("", args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .env("USER", "alice")
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
-}
-
-/// A second gateway process on `app`'s Redis and flows; its base URL.
-async fn replica(app: &TestApp) -> (std::process::Child, String) {
-    replica_with(app, "").await
-}
-
 fn admin_token(app: &TestApp, role: &str) -> String {
     let role = flowgate::token::Role::parse(role).unwrap();
     app.keys.issue_admin("tester", role, None).unwrap()

@@ -76,7 +76,8 @@ impl TestApp {
     }
 
     /// Starts the `flowgate` binary with `args`, configured for this app's
-    /// Redis with outbound calls to loopback allowed; `extra` adds TOML.
+    /// Redis with outbound calls to loopback (and plain-HTTP webhooks)
+    /// allowed; `extra` adds TOML.
     pub fn spawn_process(&self, extra: &str, args: &[&str]) -> std::process::Child {
         self.process(extra, args).spawn().unwrap()
     }
@@ -88,7 +89,7 @@ impl TestApp {
             .path()
             .join(format!("process-{}.toml", free_port()));
         let toml = format!(
-            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n{extra}",
+            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[webhooks]\nallow_http = true\n{extra}",
             self.redis.url()
         );
         std::fs::write(&config, toml).unwrap();
@@ -604,12 +605,12 @@ pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStat
         .unwrap()
 }
 
-/// A second gateway process (no worker) on `app`'s Redis and flows, with
-/// `extra` config TOML, once it answers `/readyz`; its base URL.
-pub async fn replica_with(app: &TestApp, extra: &str) -> (std::process::Child, String) {
+/// A second gateway process (no worker) on `app`'s Redis and flows, once
+/// it answers `/readyz`; its base URL.
+pub async fn replica(app: &TestApp) -> (std::process::Child, String) {
     let port = free_port();
     let child = app.spawn_process(
-        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}"),
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
         &["serve", "--no-worker"],
     );
     let base = format!("http://127.0.0.1:{port}");
@@ -629,4 +630,20 @@ pub async fn replica_with(app: &TestApp, extra: &str) -> (std::process::Child, S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (child, base)
+}
+
+/// The flowgate CLI against `app`'s Redis and flows; its stdout, stderr and exit status.
+pub fn cli(app: &TestApp, args: &[&str]) -> (String, String, i32) {
+    let out = app
+        .process("", args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env("USER", "alice")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
 }

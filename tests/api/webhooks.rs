@@ -812,7 +812,7 @@ async fn flow_events_come_from_reload_and_pause_once_across_replicas() {
     )
     .await;
     // A second gateway on the same Redis sees the pause too and announces it.
-    let (replica, _) = replica_with(&app, "[webhooks]\nallow_http = true\n").await;
+    let (replica, _) = replica(&app).await;
     let (status, _) = api(&app, "POST", "flows/s/pause", None).await;
     assert_eq!(status, 200);
     let flows = app.dir.path().join("flows");
@@ -865,14 +865,19 @@ async fn a_dispatcher_killed_mid_delivery_leaves_it_to_another() {
     let app = spawn_app_with(&[], options).await;
     // Answers after 1.5 s, so the first dispatcher dies holding the delivery.
     let receiver = Receiver::start(&[], Duration::from_millis(1500)).await;
-    let config = "[webhooks]\nallow_http = true\ntimeout = \"3s\"\n";
-    let first = app.spawn_process(config, &["worker"]);
+    let dispatcher = || {
+        app.process("", &["worker"])
+            .env("FLOWGATE_WEBHOOKS__TIMEOUT", "3s")
+            .spawn()
+            .unwrap()
+    };
+    let first = dispatcher();
     subscribe(&app, json!({"name": "r", "url": receiver.url("/")})).await;
     let requests = received(&receiver, 1, Duration::from_secs(20)).await;
     let mut first = first;
     first.kill().unwrap();
     first.wait().unwrap();
-    let second = app.spawn_process(config, &["worker"]);
+    let second = dispatcher();
     // The lease (timeout + margin) runs out, and the other dispatcher sends it.
     let again = received(&receiver, 2, Duration::from_secs(30)).await;
     assert_eq!(
@@ -881,4 +886,78 @@ async fn a_dispatcher_killed_mid_delivery_leaves_it_to_another() {
     );
     assert_eq!(again[1].json()["type"], "ping");
     terminate(second).await;
+}
+
+#[tokio::test]
+async fn the_cli_manages_subscriptions_and_reads_the_log() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let url = receiver.url("/cli");
+    let (out, err, code) = cli(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            "--name",
+            "from cli",
+            "--url",
+            &url,
+            "--events",
+            "run.ended,flow.status_changed",
+            "--flows",
+            "s",
+            "--generate-secret",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["events"],
+        json!(["flow.status_changed", "run.ended"])
+    );
+    // The running gateway sends the ping the CLI stored.
+    let requests = received(&receiver, 1, Duration::from_secs(5)).await;
+    assert!(verify(&secret, &requests[0]));
+    logged(&app, &id, 1).await;
+    let (out, _, code) = cli(&app, &["webhooks", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&id) && out.contains("from cli") && !out.contains("whsec_"),
+        "{out}"
+    );
+    let (out, _, _) = cli(&app, &["webhooks", "deliveries", &id]);
+    assert!(
+        out.contains("ping") && out.contains("succeeded") && out.contains("200"),
+        "{out}"
+    );
+
+    let (_, err, code) = cli(&app, &["webhooks", "delete", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("disable it first"), "{err}");
+    let (out, _, code) = cli(&app, &["webhooks", "update", &id, "--format", "xml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"xml\""), "{out}");
+    let (_, err, code) = cli(&app, &["webhooks", "update", &id, "--statuses", "fine"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("statuses"), "{err}");
+    assert_eq!(cli(&app, &["webhooks", "disable", &id]).2, 0);
+    assert_eq!(cli(&app, &["webhooks", "delete", &id]).2, 0);
+    let (_, audit) = api(&app, "GET", "audit?actor=cli:alice", None).await;
+    let actions: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "webhook.delete",
+            "webhook.disable",
+            "webhook.update",
+            "webhook.create"
+        ]
+    );
 }
