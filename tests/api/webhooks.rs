@@ -961,3 +961,173 @@ async fn the_cli_manages_subscriptions_and_reads_the_log() {
         ]
     );
 }
+
+/// A CA and a certificate it signed for `localhost` and 127.0.0.1, made
+/// with the `openssl` command: (CA PEM, leaf certificate PEM, leaf key PEM).
+fn test_ca(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flowgate test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    (read("ca.pem"), read("leaf.pem"), read("leaf.key"))
+}
+
+/// An HTTPS receiver on loopback serving `cert`; its port and the bodies it got.
+async fn tls_receiver(
+    cert: &[u8],
+    key: &[u8],
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let recorded = recorded.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            recorded
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&body).into_owned());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, bodies)
+}
+
+#[tokio::test]
+async fn deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = test_ca(certs.path());
+    let (port, bodies) = tls_receiver(&leaf, &key).await;
+    let url = format!("https://localhost:{port}/tls");
+    let trusting = AppOptions {
+        webhook_settings: flowgate::webhooks::WebhookSettings {
+            allow_http: false,
+            ca_pem: Some(ca),
+            ..test_webhook_settings()
+        },
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(&[], trusting).await;
+    let (status, refused) = api(
+        &app,
+        "POST",
+        "webhooks",
+        Some(json!({"name": "plain", "url": format!("http://localhost:{port}/")})),
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "plain http is refused without webhooks.allow_http: {refused}"
+    );
+    let created = subscribe(&app, json!({"name": "tls", "url": url})).await;
+    let entries = logged(&app, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(entries[0]["outcome"], "succeeded", "{}", entries[0]);
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("\"type\":\"ping\""), "{got:?}");
+
+    // Without the CA the certificate is not trusted: a failed attempt, nothing sent.
+    let untrusting = spawn_app(&[]).await;
+    let created = subscribe(&untrusting, json!({"name": "tls", "url": url})).await;
+    let entries = logged(&untrusting, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(entries[0]["outcome"], "failed");
+    assert_eq!(entries[0]["response_status"], 0);
+    let error = entries[0]["error"].as_str().unwrap().to_lowercase();
+    assert!(
+        error.contains("certificate") || error.contains("tls") || error.contains("issuer"),
+        "{error}"
+    );
+    assert_eq!(bodies.lock().unwrap().len(), 1);
+}
