@@ -635,6 +635,18 @@ mod tests {
         assert_eq!(config.runs.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
         assert!(!config.http.allow_private_networks);
+        assert!(!config.webhooks.allow_http);
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(15));
+        assert_eq!(config.webhooks.retry_schedule.len(), 7);
+        let env = [(
+            "FLOWGATE_WEBHOOKS__RETRY_SCHEDULE".to_owned(),
+            "[\"1s\", \"2m\"]".to_owned(),
+        )];
+        let config = Config::load_with_env(None, &env).unwrap();
+        assert_eq!(
+            config.webhooks.retry_schedule,
+            [Duration::from_secs(1), Duration::from_secs(120)]
+        );
     }
 
     #[test]
@@ -698,6 +710,16 @@ mod tests {
                 "FLOWGATE_SERVER__MAX_REQUESTS",
                 "0",
                 "server.max_requests must be above 0",
+            ),
+            (
+                "FLOWGATE_WEBHOOKS__RETRY_SCHEDULE",
+                "[\"5s\", \"later\"]",
+                "webhooks.retry_schedule: `later` is not a duration like \"30s\"",
+            ),
+            (
+                "FLOWGATE_WEBHOOKS__TIMEOUT",
+                "0s",
+                "webhooks.timeout: must be above zero",
             ),
         ] {
             let err = Config::load_with_env(None, &env(&[(key, value)]))

@@ -31,12 +31,12 @@
 //! - [`worker`]: workers that execute queued async runs.
 //! - [`reloader`]: hot reload of flows and templates: file watching, SIGHUP, the admin API.
 //! - [`record`]: run records, what the flow debugger shows of each run.
-//! - [`admin`]: the admin API under `/v1/admin/`: flows, pause, rotation, runs, audit, by role.
+//! - [`admin`]: the admin API under `/v1/admin/`: flows, pause, rotation, runs, audit, webhooks, by role.
 //! - [`server`]: the listener, routing, tower layers and graceful shutdown.
 //! - [`app`]: assembles the gateway and its workers from settings, flows and backends.
 //! - [`control`]: the control plane as one replica sees it: pauses, token generations, revocations and aborts, kept current from the store.
-//! - [`backend`]: the storage traits (run queue, run records, idempotency keys) and their Redis implementation.
-//! - [`webhooks`]: outbound event webhooks; for now their Standard Webhooks signing.
+//! - [`backend`]: the storage traits (run queue, run records, idempotency keys, control state, webhooks) and their Redis implementation.
+//! - [`webhooks`]: outbound event webhooks: subscriptions, the fan-out of events into the outbox, the dispatcher, Standard Webhooks signing.
 //! - [`cli`]: the `flowgate` command line.
 #![forbid(unsafe_code)]
 

@@ -748,6 +748,23 @@ async fn the_log_cuts_big_responses_and_a_delivery_can_be_resent() {
     assert_eq!(test["live_mode"], false);
     assert_eq!(test["data"]["status"], "succeeded");
     assert!(test["data"]["run_id"].is_string());
+
+    // The metrics count the attempts and the lag of first attempts.
+    logged(&app, &id, 3).await;
+    let metrics = app
+        .text_when(
+            &format!("http://{}/metrics", app.addr),
+            "flowgate_webhook_deliveries_total{outcome=\"succeeded\"} 3",
+        )
+        .await;
+    assert!(
+        metrics.contains("flowgate_webhook_delivery_lag_seconds_count 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flowgate_webhook_events_lost_total 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
