@@ -4,6 +4,9 @@
 # p99 for each, and flowgate's figures as ratios to the bare server. Then holds
 # async traffic at half the measured async maximum for LAG_DURATION and
 # reports the queue lag (acceptance to start) from the gateway's metrics.
+# Last, with one outbound webhook subscription to the sync flow's run.ended
+# (delivered to the bare server), measures the sync flow again and the
+# delivery lag (event to first attempt) at half the sync maximum.
 # Starts its own redis-server (append-only persistence on) on a free port.
 #
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
@@ -36,6 +39,8 @@ items=$(printf '{"sku":"SKU-%04d","qty":%d,"price":19.99},' $(seq 1 22 | awk '{p
 body="{\"email\":\"Ada.Lovelace@Example.com\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"company_id\":4242,\"plan\":\"enterprise\",\"source\":\"benchmark\",\"items\":[${items}]}"
 export FLOWGATE_SIGNING_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export FLOWGATE_REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0"
+# The webhook scenario delivers to the bare server on loopback over plain HTTP.
+export FLOWGATE_WEBHOOKS__ALLOW_HTTP=true FLOWGATE_HTTP__ALLOW_PRIVATE_NETWORKS=true
 
 lua() { # $1 = authorization header value or empty
   cat > "$work/post.lua" <<LUA
@@ -116,16 +121,41 @@ wrk -t"$THREADS" -c"$lag_connections" -d"${LAG_SECONDS}s" -s "$work/steady.lua" 
 steady_rps=$(awk '/Requests\/sec/ {print $2}' "$work/steady.txt")
 wait_drained
 curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
-# Percentiles from the histogram: the upper bound of the first bucket holding them.
-lag_pct() {
-  awk -v q="$1" '
-    /^flowgate_queue_lag_seconds_count/ { total = $2 }
-    /^flowgate_queue_lag_seconds_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); les[n] = le; counts[n] = $2; n++ }
+# Percentiles from a histogram: the upper bound of the first bucket holding them.
+lag_pct() { # $1 quantile, $2 metric (default the queue lag)
+  local metric=${2:-flowgate_queue_lag_seconds}
+  awk -v q="$1" -v m="$metric" '
+    $1 == m "_count" { total = $2 }
+    index($0, m "_bucket") == 1 { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); les[n] = le; counts[n] = $2; n++ }
     END { for (i = 0; i < n; i++) if (counts[i] >= q * total) { if (les[i] == "+Inf") print "over 45000"; else printf "<= %g", les[i] * 1000; exit } }
   ' "$work/metrics.txt"
 }
 lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
 lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
+
+# Outbound webhooks: one subscription to the sync flow's run.ended.
+target/release/flowgate --config benches/config.toml webhooks create --name bench \
+  --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
+restart_gateway --no-worker
+sleep 2
+read -r hook_rps hook_p99 hook_non2xx hook_cpu hook_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+outbox() { redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:outbox'; }
+wait_delivered() {
+  for _ in $(seq 1 600); do [ "$(outbox)" = "0" ] && return 0; sleep 0.5; done
+  echo "warning: the webhook outbox did not drain" >&2
+}
+wait_delivered
+restart_gateway --no-worker
+sleep 2
+hook_rate=$(awk -v r="$hook_rps" 'BEGIN { printf "%d", r / 2 }')
+sed -e "s/${async_token}/${token}/" -e "s|/ ${target_rate} end|/ ${hook_rate} end|" "$work/steady.lua" > "$work/hook.lua"
+wrk -t"$THREADS" -c"$lag_connections" -d"${LAG_SECONDS}s" -s "$work/hook.lua" "http://$GATE_ADDR/v1/flow-webhook/bench-sync" > "$work/hook.txt"
+hook_steady=$(awk '/Requests\/sec/ {print $2}' "$work/hook.txt")
+wait_delivered
+curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
+delivered=$(awk '/^flowgate_webhook_deliveries_total\{outcome="succeeded"\}/ { print $2 }' "$work/metrics.txt")
+failed=$(awk '/^flowgate_webhook_deliveries_total\{outcome="failed"\}/ { print $2 }' "$work/metrics.txt")
+hook_max=$(awk '/^flowgate_webhook_delivery_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 printf '\n%-28s %10s %8s %8s %8s %13s %11s\n' scenario "req/s" "p99 ms" "req/s" "p99" "server cpu" "redis cpu"
@@ -137,5 +167,9 @@ row "bare hyper (baseline)" "$bare_rps" "$bare_p99" "$bare_cpu" "-"
 row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis"
 row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu" "-"
 row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis"
+row "flowgate sync + webhook" "$hook_rps" "$hook_p99" "$hook_cpu" "$hook_redis"
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"
+printf '\nsync with one run.ended subscription: %s of the sync req/s without\n' "$(ratio "$hook_rps" "$sync_rps")"
+printf 'delivery lag at %.0f req/s (half the sync maximum) for %ss, %s deliveries (%s succeeded, %s failed):\n' "$hook_steady" "$LAG_SECONDS" "$hook_max" "$delivered" "${failed:-0}"
+printf '  p50 %s ms, p99 %s ms\n' "$(lag_pct 0.5 flowgate_webhook_delivery_lag_seconds)" "$(lag_pct 0.99 flowgate_webhook_delivery_lag_seconds)"

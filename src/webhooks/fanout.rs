@@ -153,7 +153,12 @@ pub async fn run(webhooks: Arc<Webhooks>, lifecycle: Arc<Lifecycle>, catalog: Sh
                     let catalog = catalog.get();
                     let mut deliveries = Vec::new();
                     for event in &batch {
-                        let Some(message) = messages.build(event, &catalog) else {
+                        let wanted = |event_type: &str| {
+                            snapshot.subscriptions.iter().any(|(sub, _)| {
+                                sub.events.iter().any(|e| e == "*" || e == event_type)
+                            })
+                        };
+                        let Some(message) = messages.build_if(event, &catalog, wanted) else {
                             continue;
                         };
                         let mut bodies: [Option<String>; 2] = [None, None];

@@ -22,7 +22,6 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::backend::now_ms;
-use crate::engine::RunState;
 use crate::flow::{Catalog, FlowStatus};
 use crate::lifecycle::{Event, FlowEvent, RunEvent};
 
@@ -158,6 +157,25 @@ impl Messages {
     /// The message for `event`, or `None` for events no subscriber gets
     /// (a run waiting to retry a step).
     pub fn build(&mut self, event: &Event, catalog: &Catalog) -> Option<Message> {
+        self.build_if(event, catalog, |_| true)
+    }
+
+    /// [`Messages::build`], but only when `wanted` says yes to the event's
+    /// type; every run event is still counted, so later ones number right.
+    pub fn build_if(
+        &mut self,
+        event: &Event,
+        catalog: &Catalog,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<Message> {
+        let sequence = match event {
+            Event::Run(run) => self.sequence(run),
+            Event::Flow(_) => 0,
+        };
+        let event_type = event_type(event)?;
+        if !wanted(event_type) {
+            return None;
+        }
         let now = now_ms();
         let flow_of = |id: &str| {
             let flow = catalog.get(id);
@@ -166,35 +184,29 @@ impl Messages {
             let mode = flow.map_or("async", |f| f.trigger.mode.as_str());
             (Some((id.to_owned(), name)), live, mode)
         };
-        let (event_type, flow, live_mode, status, data) = match event {
+        let (flow, live_mode, status, data) = match event {
             Event::Run(run) => {
                 let (flow, live, mode) = flow_of(run_flow(run));
-                let (event_type, status, data) = match run {
+                let (status, data) = match run {
                     RunEvent::Queued { run_id, .. } => (
-                        "run.queued",
                         None,
                         json!({ "run_id": run_id, "status": "queued", "mode": mode,
-                                "queued_at": rfc3339(now), "sequence": 0 }),
+                                "queued_at": rfc3339(now), "sequence": sequence }),
                     ),
                     RunEvent::Started {
                         run_id, attempt, ..
-                    } => {
-                        let sequence = self.start(run_id, *attempt);
-                        (
-                            "run.started",
-                            None,
-                            json!({ "run_id": run_id, "status": "running", "mode": mode,
-                                    "attempt": attempt, "started_at": rfc3339(now),
-                                    "sequence": sequence }),
-                        )
-                    }
+                    } => (
+                        None,
+                        json!({ "run_id": run_id, "status": "running", "mode": mode,
+                                "attempt": attempt, "started_at": rfc3339(now),
+                                "sequence": sequence }),
+                    ),
                     RunEvent::StepStarted {
                         run_id, step, kind, ..
                     } => (
-                        "step.started",
                         None,
                         json!({ "run_id": run_id, "step": step, "kind": kind,
-                                "started_at": rfc3339(now), "sequence": self.next(run_id) }),
+                                "started_at": rfc3339(now), "sequence": sequence }),
                     ),
                     RunEvent::StepEnded {
                         run_id,
@@ -204,16 +216,12 @@ impl Messages {
                         duration_ms,
                         ..
                     } => (
-                        "step.ended",
                         None,
                         json!({ "run_id": run_id, "step": step, "kind": kind,
                                 "status": state.as_str(), "duration_ms": duration_ms,
-                                "ended_at": rfc3339(now), "sequence": self.next(run_id) }),
+                                "ended_at": rfc3339(now), "sequence": sequence }),
                     ),
-                    RunEvent::RetryLater { run_id, .. } => {
-                        self.runs.remove(run_id);
-                        return None;
-                    }
+                    RunEvent::RetryLater { .. } => return None,
                     RunEvent::Ended {
                         run_id,
                         state,
@@ -222,11 +230,9 @@ impl Messages {
                         cause,
                         ..
                     } => {
-                        let sequence = self.end(run_id);
                         let duration_ms = duration.as_millis() as u64;
                         (
-                            "run.ended",
-                            Some(run_status(*state)),
+                            Some(state.as_str()),
                             json!({ "run_id": run_id, "status": state.as_str(), "mode": mode,
                                     "started_at": rfc3339(now.saturating_sub(duration_ms)),
                                     "ended_at": rfc3339(now), "duration_ms": duration_ms,
@@ -234,14 +240,14 @@ impl Messages {
                         )
                     }
                 };
-                (event_type, flow, live, status, data)
+                (flow, live, status, data)
             }
             Event::Flow(change) => {
-                let (id, event_type) = match change {
-                    FlowEvent::Created { flow } => (flow, "flow.created"),
-                    FlowEvent::Updated { flow } => (flow, "flow.updated"),
-                    FlowEvent::Deleted { flow } => (flow, "flow.deleted"),
-                    FlowEvent::StatusChanged { flow, .. } => (flow, "flow.status_changed"),
+                let id = match change {
+                    FlowEvent::Created { flow }
+                    | FlowEvent::Updated { flow }
+                    | FlowEvent::Deleted { flow }
+                    | FlowEvent::StatusChanged { flow, .. } => flow,
                 };
                 let (flow, live, mode) = flow_of(id);
                 let mut data = Map::new();
@@ -254,11 +260,11 @@ impl Messages {
                 if let FlowEvent::StatusChanged { status, .. } = change {
                     data.insert("status".into(), json!(status.as_str()));
                 }
-                (event_type, flow, live, None, Value::Object(data))
+                (flow, live, None, Value::Object(data))
             }
         };
         Some(Message {
-            id: message_id(event, event_type, &data, catalog),
+            id: message_id(event, event_type, sequence, catalog),
             event: event_type,
             at_ms: now,
             live_mode,
@@ -266,6 +272,24 @@ impl Messages {
             status,
             data,
         })
+    }
+
+    /// The run event's number along its run.
+    fn sequence(&mut self, event: &RunEvent) -> u64 {
+        match event {
+            RunEvent::Queued { .. } => 0,
+            RunEvent::Started {
+                run_id, attempt, ..
+            } => self.start(run_id, *attempt),
+            RunEvent::StepStarted { run_id, .. } | RunEvent::StepEnded { run_id, .. } => {
+                self.next(run_id)
+            }
+            RunEvent::RetryLater { run_id, .. } => {
+                self.runs.remove(run_id);
+                0
+            }
+            RunEvent::Ended { run_id, .. } => self.end(run_id),
+        }
     }
 
     fn start(&mut self, run_id: &str, attempt: u32) -> u64 {
@@ -306,21 +330,29 @@ fn run_flow(event: &RunEvent) -> &str {
     }
 }
 
-fn run_status(state: RunState) -> &'static str {
-    state.as_str()
+/// The webhook event type of `event`; `None` for events not sent.
+pub fn event_type(event: &Event) -> Option<&'static str> {
+    Some(match event {
+        Event::Run(RunEvent::Queued { .. }) => "run.queued",
+        Event::Run(RunEvent::Started { .. }) => "run.started",
+        Event::Run(RunEvent::StepStarted { .. }) => "step.started",
+        Event::Run(RunEvent::StepEnded { .. }) => "step.ended",
+        Event::Run(RunEvent::RetryLater { .. }) => return None,
+        Event::Run(RunEvent::Ended { .. }) => "run.ended",
+        Event::Flow(FlowEvent::Created { .. }) => "flow.created",
+        Event::Flow(FlowEvent::Updated { .. }) => "flow.updated",
+        Event::Flow(FlowEvent::Deleted { .. }) => "flow.deleted",
+        Event::Flow(FlowEvent::StatusChanged { .. }) => "flow.status_changed",
+    })
 }
 
 /// A message id that is the same wherever the same event is announced, so
 /// the outbox keeps one: a run's event by its run and sequence number, a
 /// status change by the control version, a flow change by the flow's
 /// content hash. A deleted flow has neither: its id is random.
-fn message_id(event: &Event, event_type: &str, data: &Value, catalog: &Catalog) -> String {
+fn message_id(event: &Event, event_type: &str, sequence: u64, catalog: &Catalog) -> String {
     let basis = match event {
-        Event::Run(run) => format!(
-            "{event_type}:{}:{}",
-            run.run_id(),
-            data.get("sequence").and_then(Value::as_u64).unwrap_or(0)
-        ),
+        Event::Run(run) => format!("{event_type}:{}:{sequence}", run.run_id()),
         Event::Flow(FlowEvent::StatusChanged { flow, version, .. }) => {
             format!("{event_type}:{flow}:{version}")
         }
@@ -423,6 +455,7 @@ fn escape_into(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RunState;
 
     #[test]
     fn xml_carries_the_envelope_and_parses() {
