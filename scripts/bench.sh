@@ -125,6 +125,7 @@ curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
 lag_pct() { # $1 quantile, $2 metric (default the queue lag)
   local metric=${2:-flowgate_queue_lag_seconds}
   awk -v q="$1" -v m="$metric" '
+    BEGIN { n = 0 }
     $1 == m "_count" { total = $2 }
     index($0, m "_bucket") == 1 { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); les[n] = le; counts[n] = $2; n++ }
     END { for (i = 0; i < n; i++) if (counts[i] >= q * total) { if (les[i] == "+Inf") print "over 45000"; else printf "<= %g", les[i] * 1000; exit } }

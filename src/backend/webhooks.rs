@@ -259,14 +259,6 @@ pub trait WebhookStore: Send + Sync {
         decide: &'a Decide<'a>,
     ) -> BoxFuture<'a, Result<Result<Write, Refusal>, StorageError>>;
 
-    /// Counts an attempt's outcome for a subscription: a success resets
-    /// its consecutive-failure count, a failure adds one. Returns the count.
-    fn count_outcome<'a>(
-        &'a self,
-        subscription: &'a str,
-        succeeded: bool,
-    ) -> BoxFuture<'a, Result<u32, StorageError>>;
-
     /// Stores deliveries not stored yet (by id): pending ones fall due at
     /// their `due_ms`, skipped ones wait for a recover. Returns how many were new.
     fn enqueue<'a>(
@@ -291,6 +283,16 @@ pub trait WebhookStore: Send + Sync {
         delivery: &'a Delivery,
         attempt: Option<&'a Attempt>,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// [`WebhookStore::finish`] after a real attempt, counting its outcome
+    /// in the same step: a success resets the subscription's consecutive
+    /// failures, a failure adds one. Returns the count.
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        attempt: &'a Attempt,
+        succeeded: bool,
+    ) -> BoxFuture<'a, Result<u32, StorageError>>;
 
     /// Delivery `id`, while it is kept.
     fn delivery<'a>(&'a self, id: &'a str)

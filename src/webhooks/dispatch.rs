@@ -33,7 +33,7 @@ use crate::metrics::DeliveryOutcome;
 use crate::outbound::SendError;
 
 /// Attempts one process makes at once.
-pub const CONCURRENCY: usize = 64;
+pub const CONCURRENCY: usize = 256;
 /// Time a claim holds beyond the attempt timeout.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How often the outbox is checked for due deliveries.
@@ -168,12 +168,11 @@ impl Dispatcher {
         } else {
             DeliveryOutcome::Failed
         });
-        if let Err(e) = webhooks.store.finish(&delivery, Some(&attempt)).await {
-            // Unrecorded: the lease runs out and the delivery is attempted again.
-            tracing::warn!(error = %e, delivery = %delivery.id, "could not record a webhook attempt");
-            return;
-        }
-        match webhooks.store.count_outcome(&sub.id, succeeded).await {
+        match webhooks
+            .store
+            .record_attempt(&delivery, &attempt, succeeded)
+            .await
+        {
             Ok(failures) if failures >= super::DISABLE_AFTER => {
                 let last = match (&attempt.error, attempt.response_status) {
                     (Some(error), 0) => error.clone(),
@@ -188,7 +187,10 @@ impl Dispatcher {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not count a webhook attempt"),
+            // Unrecorded: the lease runs out and the delivery is attempted again.
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = %delivery.id, "could not record a webhook attempt")
+            }
         }
     }
 

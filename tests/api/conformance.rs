@@ -518,11 +518,17 @@ async fn a_subscription_limit_holds_under_concurrent_writers(backends: &Backends
     assert!(store.version().await.unwrap() >= before + 3);
     // Failures count up, a success resets them; a delete removes it.
     let id = stored[0].0.id.clone();
+    let delivery = outbox_entry("d0", &id, now_ms());
     for expected in 1..=3 {
-        assert_eq!(store.count_outcome(&id, false).await.unwrap(), expected);
+        let failed = attempt_entry(&delivery, expected);
+        let count = store.record_attempt(&delivery, &failed, false).await;
+        assert_eq!(count.unwrap(), expected);
     }
     assert_eq!(store.subscriptions().await.unwrap()[0].1, 3);
-    assert_eq!(store.count_outcome(&id, true).await.unwrap(), 0);
+    let succeeded = attempt_entry(&delivery, 4);
+    let count = store.record_attempt(&delivery, &succeeded, true).await;
+    assert_eq!(count.unwrap(), 0);
+    assert_eq!(store.attempts(&id, None, 10).await.unwrap().data.len(), 4);
     let delete = |_: Option<&Subscription>, _: &[Subscription]| Ok(Write::Delete);
     assert!(store.change(&id, &delete).await.unwrap().is_ok());
     assert_eq!(store.subscriptions().await.unwrap().len(), 2);

@@ -79,6 +79,60 @@ impl RedisWebhooks {
     }
 }
 
+impl RedisWebhooks {
+    /// One `MULTI`: the delivery stored as it stands, moved in or out of
+    /// the outbox and the skipped set, and `attempt` appended to the log.
+    fn finish_pipe(
+        &self,
+        delivery: &Delivery,
+        attempt: Option<&Attempt>,
+    ) -> Result<redis::Pipeline, StorageError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let retention = self.retention_ms();
+        pipe.cmd("SET")
+            .arg(delivery_key(&delivery.id))
+            .arg(to_json(delivery)?)
+            .arg("PX")
+            .arg(retention)
+            .ignore();
+        let skipped = skipped_key(&delivery.subscription);
+        match delivery.state {
+            DeliveryState::Pending => {
+                pipe.zadd(OUTBOX_KEY, &delivery.id, delivery.due_ms)
+                    .ignore()
+                    .zrem(&skipped, &delivery.id)
+                    .ignore();
+            }
+            DeliveryState::Skipped => {
+                pipe.zrem(OUTBOX_KEY, &delivery.id)
+                    .ignore()
+                    .zadd(&skipped, &delivery.id, delivery.created_ms)
+                    .ignore();
+            }
+            DeliveryState::Succeeded | DeliveryState::Failed => {
+                pipe.zrem(OUTBOX_KEY, &delivery.id)
+                    .ignore()
+                    .zrem(&skipped, &delivery.id)
+                    .ignore();
+            }
+        }
+        if let Some(attempt) = attempt {
+            let oldest = crate::backend::now_ms().saturating_sub(retention);
+            pipe.cmd("XADD")
+                .arg(delivery_log_key(&delivery.subscription))
+                .arg("MINID")
+                .arg("~")
+                .arg(oldest)
+                .arg("*")
+                .arg("entry")
+                .arg(to_json(attempt)?)
+                .ignore();
+        }
+        Ok(pipe)
+    }
+}
+
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(format!("{what}: {err}"))
 }
@@ -191,33 +245,6 @@ impl WebhookStore for RedisWebhooks {
         })
     }
 
-    fn count_outcome<'a>(
-        &'a self,
-        subscription: &'a str,
-        succeeded: bool,
-    ) -> BoxFuture<'a, Result<u32, StorageError>> {
-        Box::pin(async move {
-            if succeeded {
-                let _: i64 = query(
-                    &self.pool,
-                    redis::cmd("HDEL")
-                        .arg(WEBHOOK_FAILURES_KEY)
-                        .arg(subscription),
-                )
-                .await?;
-                return Ok(0);
-            }
-            query(
-                &self.pool,
-                redis::cmd("HINCRBY")
-                    .arg(WEBHOOK_FAILURES_KEY)
-                    .arg(subscription)
-                    .arg(1),
-            )
-            .await
-        })
-    }
-
     fn enqueue<'a>(
         &'a self,
         deliveries: &'a [Delivery],
@@ -282,49 +309,28 @@ impl WebhookStore for RedisWebhooks {
         attempt: Option<&'a Attempt>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            let retention = self.retention_ms();
-            pipe.cmd("SET")
-                .arg(delivery_key(&delivery.id))
-                .arg(to_json(delivery)?)
-                .arg("PX")
-                .arg(retention)
-                .ignore();
-            let skipped = skipped_key(&delivery.subscription);
-            match delivery.state {
-                DeliveryState::Pending => {
-                    pipe.zadd(OUTBOX_KEY, &delivery.id, delivery.due_ms)
-                        .ignore()
-                        .zrem(&skipped, &delivery.id)
-                        .ignore();
-                }
-                DeliveryState::Skipped => {
-                    pipe.zrem(OUTBOX_KEY, &delivery.id)
-                        .ignore()
-                        .zadd(&skipped, &delivery.id, delivery.created_ms)
-                        .ignore();
-                }
-                DeliveryState::Succeeded | DeliveryState::Failed => {
-                    pipe.zrem(OUTBOX_KEY, &delivery.id)
-                        .ignore()
-                        .zrem(&skipped, &delivery.id)
-                        .ignore();
-                }
-            }
-            if let Some(attempt) = attempt {
-                let oldest = crate::backend::now_ms().saturating_sub(retention);
-                pipe.cmd("XADD")
-                    .arg(delivery_log_key(&delivery.subscription))
-                    .arg("MINID")
-                    .arg("~")
-                    .arg(oldest)
-                    .arg("*")
-                    .arg("entry")
-                    .arg(to_json(attempt)?)
-                    .ignore();
-            }
+            let pipe = self.finish_pipe(delivery, attempt)?;
             query_pipeline::<()>(&self.pool, &pipe).await
+        })
+    }
+
+    fn record_attempt<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        attempt: &'a Attempt,
+        succeeded: bool,
+    ) -> BoxFuture<'a, Result<u32, StorageError>> {
+        Box::pin(async move {
+            let mut pipe = self.finish_pipe(delivery, Some(attempt))?;
+            if succeeded {
+                pipe.hdel(WEBHOOK_FAILURES_KEY, &delivery.subscription)
+                    .ignore();
+                query_pipeline::<()>(&self.pool, &pipe).await?;
+                return Ok(0);
+            }
+            pipe.hincr(WEBHOOK_FAILURES_KEY, &delivery.subscription, 1);
+            let (failures,): (u32,) = query_pipeline(&self.pool, &pipe).await?;
+            Ok(failures)
         })
     }
 
