@@ -260,11 +260,12 @@ pub trait WebhookStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Result<Write, Refusal>, StorageError>>;
 
     /// Stores deliveries not stored yet (by id): pending ones fall due at
-    /// their `due_ms`, skipped ones wait for a recover. Returns how many were new.
+    /// their `due_ms`, skipped ones wait for a recover. Returns the ids of
+    /// those that were new.
     fn enqueue<'a>(
         &'a self,
         deliveries: &'a [Delivery],
-    ) -> BoxFuture<'a, Result<usize, StorageError>>;
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>>;
 
     /// Up to `max` deliveries due at `now_ms`, leased for `lease`: nobody
     /// else claims them before it runs out.

@@ -75,7 +75,10 @@ impl Dispatcher {
 
     /// Claims and attempts deliveries until the task is dropped.
     pub async fn run(self: Arc<Self>) {
-        let lease = self.webhooks.settings().timeout + LEASE_MARGIN;
+        if let Some(handoff) = self.webhooks.take_handoff() {
+            tokio::spawn(self.clone().take_handed_over(handoff));
+        }
+        let lease = self.webhooks.settings().lease();
         let mut depth_sampled = Instant::now() - DEPTH_EVERY;
         loop {
             if depth_sampled.elapsed() >= DEPTH_EVERY {
@@ -118,6 +121,20 @@ impl Dispatcher {
         }
     }
 
+    /// Attempts the deliveries this process stored leased to itself.
+    async fn take_handed_over(self: Arc<Self>, mut handoff: tokio::sync::mpsc::Receiver<Delivery>) {
+        while let Some(delivery) = handoff.recv().await {
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.attempt(delivery).await;
+                drop(slot);
+            });
+        }
+    }
+
     /// Makes one attempt of `delivery` and records it.
     pub async fn attempt(&self, mut delivery: Delivery) {
         let webhooks = &self.webhooks;
@@ -145,6 +162,7 @@ impl Dispatcher {
         }
         if delivery.attempts == 0 {
             let lag = now_ms().saturating_sub(delivery.created_ms);
+            delivery.due_ms = now_ms();
             webhooks.metrics.delivery_lag(Duration::from_millis(lag));
         }
         delivery.attempts += 1;

@@ -85,14 +85,32 @@ pub fn skipped_attempt(sub: &Subscription, delivery: &Delivery) -> Attempt {
     }
 }
 
-/// Stores `deliveries`: pending ones in the outbox (then wakes the
-/// dispatcher), skipped ones in the log. Failures are logged and counted.
+/// Stores `deliveries`: pending ones in the outbox, skipped ones in the
+/// log. Failures are logged and counted. When this process's dispatcher has
+/// room, pending ones are stored leased to it and handed over directly;
+/// should it die, the lease runs out and any dispatcher claims them.
 pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) {
-    let (pending, skipped): (Vec<_>, Vec<_>) = deliveries
+    let (mut pending, skipped): (Vec<_>, Vec<_>) = deliveries
         .into_iter()
         .partition(|d| d.state == DeliveryState::Pending);
+    let direct = webhooks.handoff_rx.lock().expect("handoff lock").is_none()
+        && webhooks.handoff.capacity() >= pending.len();
+    if direct {
+        let leased_until = now_ms() + webhooks.settings.lease().as_millis() as u64;
+        for delivery in &mut pending {
+            delivery.due_ms = leased_until;
+        }
+    }
     if !pending.is_empty() {
         match webhooks.store.enqueue(&pending).await {
+            Ok(new) if direct => {
+                for delivery in pending {
+                    // Stored by another replica first: it sends that one.
+                    if new.contains(&delivery.id) {
+                        let _ = webhooks.handoff.try_send(delivery);
+                    }
+                }
+            }
             Ok(_) => webhooks.wake(),
             Err(e) => {
                 webhooks.metrics.events_lost(pending.len() as u64);

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backend::control::{Actor, AuditDraft, Change, ControlStore, Page};
 use crate::backend::webhooks::{
-    Attempt, Decide, DeliveryState, DisabledReason, Refusal, StoredSecret, Subscription,
+    Attempt, Decide, Delivery, DeliveryState, DisabledReason, Refusal, StoredSecret, Subscription,
     WebhookStore, Write,
 };
 use crate::backend::{StorageError, now_ms};
@@ -102,6 +102,11 @@ impl WebhookSettings {
         }
         self.ca_pem = Some(pem);
         Ok(())
+    }
+
+    /// How long a claimed delivery is held: the attempt timeout plus a margin.
+    pub fn lease(&self) -> Duration {
+        self.timeout + dispatch::LEASE_MARGIN
     }
 
     fn url_rules(&self) -> UrlRules {
@@ -230,6 +235,10 @@ pub struct Webhooks {
     snapshot: RwLock<Arc<Snapshot>>,
     changed: watch::Sender<u64>,
     wake: Notify,
+    /// Deliveries this process stored already leased to itself, straight
+    /// to its dispatcher (no claim round trip).
+    handoff: mpsc::Sender<Delivery>,
+    handoff_rx: std::sync::Mutex<Option<mpsc::Receiver<Delivery>>>,
 }
 
 impl Webhooks {
@@ -240,6 +249,7 @@ impl Webhooks {
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (handoff, handoff_rx) = mpsc::channel(dispatch::CONCURRENCY);
         Self {
             store,
             control,
@@ -248,6 +258,8 @@ impl Webhooks {
             snapshot: RwLock::default(),
             changed: watch::channel(0).0,
             wake: Notify::new(),
+            handoff,
+            handoff_rx: std::sync::Mutex::new(Some(handoff_rx)),
         }
     }
 
@@ -297,6 +309,12 @@ impl Webhooks {
             }
             tokio::time::sleep(CHECK_EVERY).await;
         }
+    }
+
+    /// The deliveries handed straight to this process's dispatcher; the
+    /// first caller (the dispatcher) gets them.
+    fn take_handoff(&self) -> Option<mpsc::Receiver<Delivery>> {
+        self.handoff_rx.lock().expect("handoff lock").take()
     }
 
     /// Wakes this process's dispatcher: something fell due.

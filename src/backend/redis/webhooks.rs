@@ -15,7 +15,7 @@ use super::keys::{
     OUTBOX_KEY, WEBHOOK_FAILURES_KEY, WEBHOOKS_KEY, WEBHOOKS_VERSION_KEY, delivery_key,
     delivery_key_prefix, delivery_log_key, skipped_key,
 };
-use super::{query, query_pipeline, to_json, unavailable};
+use super::{Batcher, query, query_pipeline, to_json, unavailable};
 use crate::backend::control::Page;
 use crate::backend::webhooks::{
     Attempt, Decide, Delivery, DeliveryState, Refusal, Subscription, WebhookStore, Write,
@@ -27,13 +27,13 @@ const CHANGE_TRIES: usize = 20;
 
 /// Stores deliveries not stored yet: `ARGV` = key prefix, retention (ms),
 /// then per delivery its id, JSON, due time (ms) and skipped-set key (empty
-/// when pending). Returns how many were new.
+/// when pending). Returns the ids of those that were new.
 const ENQUEUE: &str = r"
-local added = 0
+local added = {}
 for i = 3, #ARGV, 4 do
   local id = ARGV[i]
   if redis.call('SET', ARGV[1] .. id, ARGV[i + 1], 'NX', 'PX', ARGV[2]) then
-    added = added + 1
+    table.insert(added, id)
     if ARGV[i + 3] == '' then
       redis.call('ZADD', KEYS[1], ARGV[i + 2], id)
     else
@@ -65,13 +65,18 @@ return out
 #[derive(Clone)]
 pub struct RedisWebhooks {
     pool: Pool,
+    batcher: Batcher,
     retention: Duration,
 }
 
 impl RedisWebhooks {
     /// Webhook state on `pool`; deliveries and their log are kept for `retention`.
     pub fn new(pool: Pool, retention: Duration) -> Self {
-        Self { pool, retention }
+        Self {
+            batcher: Batcher::new(pool.clone()),
+            pool,
+            retention,
+        }
     }
 
     fn retention_ms(&self) -> u64 {
@@ -110,11 +115,9 @@ impl RedisWebhooks {
                     .zadd(&skipped, &delivery.id, delivery.created_ms)
                     .ignore();
             }
+            // A delivery leaves the skipped set only by becoming pending.
             DeliveryState::Succeeded | DeliveryState::Failed => {
-                pipe.zrem(OUTBOX_KEY, &delivery.id)
-                    .ignore()
-                    .zrem(&skipped, &delivery.id)
-                    .ignore();
+                pipe.zrem(OUTBOX_KEY, &delivery.id).ignore();
             }
         }
         if let Some(attempt) = attempt {
@@ -248,10 +251,10 @@ impl WebhookStore for RedisWebhooks {
     fn enqueue<'a>(
         &'a self,
         deliveries: &'a [Delivery],
-    ) -> BoxFuture<'a, Result<usize, StorageError>> {
+    ) -> BoxFuture<'a, Result<Vec<String>, StorageError>> {
         Box::pin(async move {
             if deliveries.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let mut invocation = redis::cmd("EVAL");
             invocation
@@ -321,13 +324,21 @@ impl WebhookStore for RedisWebhooks {
         succeeded: bool,
     ) -> BoxFuture<'a, Result<u32, StorageError>> {
         Box::pin(async move {
-            let mut pipe = self.finish_pipe(delivery, Some(attempt))?;
             if succeeded {
+                // The common case rides a shared pipeline with other
+                // attempts' writes, still as one MULTI of its own.
+                let finished = self.finish_pipe(delivery, Some(attempt))?;
+                let mut pipe = redis::pipe();
+                pipe.cmd("MULTI");
+                for command in finished.cmd_iter() {
+                    pipe.add_command(command.clone());
+                }
                 pipe.hdel(WEBHOOK_FAILURES_KEY, &delivery.subscription)
-                    .ignore();
-                query_pipeline::<()>(&self.pool, &pipe).await?;
+                    .cmd("EXEC");
+                self.batcher.run(&pipe).await?;
                 return Ok(0);
             }
+            let mut pipe = self.finish_pipe(delivery, Some(attempt))?;
             pipe.hincr(WEBHOOK_FAILURES_KEY, &delivery.subscription, 1);
             let (failures,): (u32,) = query_pipeline(&self.pool, &pipe).await?;
             Ok(failures)
