@@ -138,13 +138,13 @@ impl Dispatcher {
     /// Makes one attempt of `delivery` and records it.
     pub async fn attempt(&self, mut delivery: Delivery) {
         let webhooks = &self.webhooks;
-        let mut sub = webhooks.snapshot().get(&delivery.subscription).cloned();
-        if sub.is_none() {
+        let mut snapshot = webhooks.snapshot();
+        if snapshot.get(&delivery.subscription).is_none() {
             // Perhaps created a moment ago elsewhere.
             let _ = webhooks.refresh().await;
-            sub = webhooks.snapshot().get(&delivery.subscription).cloned();
+            snapshot = webhooks.snapshot();
         }
-        let Some(sub) = sub else {
+        let Some(sub) = snapshot.get(&delivery.subscription) else {
             delivery.state = DeliveryState::Failed;
             if let Err(e) = webhooks.store.finish(&delivery, None).await {
                 tracing::warn!(error = %e, "could not drop a delivery of a deleted subscription");
@@ -154,7 +154,7 @@ impl Dispatcher {
         if delivery.trigger == Trigger::Auto && !sub.enabled {
             delivery.state = DeliveryState::Skipped;
             webhooks.metrics.delivery(DeliveryOutcome::Skipped);
-            let attempt = super::fanout::skipped_attempt(&sub, &delivery);
+            let attempt = super::fanout::skipped_attempt(sub, &delivery);
             if let Err(e) = webhooks.store.finish(&delivery, Some(&attempt)).await {
                 tracing::warn!(error = %e, "could not log a skipped delivery");
             }
@@ -166,7 +166,7 @@ impl Dispatcher {
             webhooks.metrics.delivery_lag(Duration::from_millis(lag));
         }
         delivery.attempts += 1;
-        let mut attempt = self.send(&sub, &delivery).await;
+        let mut attempt = self.send(sub, &delivery).await;
         let succeeded = attempt.outcome == "succeeded";
         let retry_after = attempt_retry_after(&attempt);
         delivery.state = if succeeded {

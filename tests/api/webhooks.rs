@@ -1148,3 +1148,35 @@ async fn deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts
     );
     assert_eq!(bodies.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_delivery_log_is_pruned_past_its_retention() {
+    let options = AppOptions {
+        webhook_settings: flowgate::webhooks::WebhookSettings {
+            retention: Duration::from_secs(2),
+            ..test_webhook_settings()
+        },
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(&[], options).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let created = subscribe(&app, json!({"name": "r", "url": receiver.url("/")})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let entry = logged(&app, &id, 1).await.remove(0);
+    let delivery = entry["delivery_id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::spawn(
+        app.app
+            .webhooks()
+            .clone()
+            .keep_pruned(Duration::from_millis(100)),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log(&app, &id).await.is_empty() {
+        assert!(Instant::now() < deadline, "the log was not pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The delivery itself expired with the same retention: nothing to resend.
+    let (status, _) = api(&app, "POST", &format!("deliveries/{delivery}/resend"), None).await;
+    assert_eq!(status, 404);
+}
