@@ -34,6 +34,8 @@ use crate::outbound::SendError;
 
 /// Attempts one process makes at once.
 pub const CONCURRENCY: usize = 256;
+/// Deliveries handed straight to the dispatcher that may wait for a slot.
+pub const HANDOFF: usize = 1024;
 /// Time a claim holds beyond the attempt timeout.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How often the outbox is checked for due deliveries.
@@ -127,6 +129,10 @@ impl Dispatcher {
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return;
             };
+            if delivery.due_ms <= now_ms() {
+                // Waited past its lease: a claim may have taken it already.
+                continue;
+            }
             let this = self.clone();
             tokio::spawn(async move {
                 this.attempt(delivery).await;

@@ -93,25 +93,32 @@ pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) {
     let (mut pending, skipped): (Vec<_>, Vec<_>) = deliveries
         .into_iter()
         .partition(|d| d.state == DeliveryState::Pending);
-    let direct = webhooks.handoff_rx.lock().expect("handoff lock").is_none()
-        && webhooks.handoff.capacity() >= pending.len();
-    if direct {
-        let leased_until = now_ms() + webhooks.settings.lease().as_millis() as u64;
-        for delivery in &mut pending {
-            delivery.due_ms = leased_until;
-        }
+    // With a dispatcher here, as many as it has room for are stored leased
+    // to it and handed over; the rest fall due at once for any dispatcher.
+    let dispatching = webhooks.handoff_rx.lock().expect("handoff lock").is_none();
+    let room = if dispatching {
+        webhooks.handoff.capacity().min(pending.len())
+    } else {
+        0
+    };
+    let leased_until = now_ms() + webhooks.settings.lease().as_millis() as u64;
+    for delivery in &mut pending[..room] {
+        delivery.due_ms = leased_until;
     }
     if !pending.is_empty() {
         match webhooks.store.enqueue(&pending).await {
-            Ok(new) if direct => {
-                for delivery in pending {
+            Ok(new) => {
+                if room < pending.len() {
+                    webhooks.wake();
+                }
+                let new: std::collections::HashSet<String> = new.into_iter().collect();
+                for delivery in pending.into_iter().take(room) {
                     // Stored by another replica first: it sends that one.
                     if new.contains(&delivery.id) {
                         let _ = webhooks.handoff.try_send(delivery);
                     }
                 }
             }
-            Ok(_) => webhooks.wake(),
             Err(e) => {
                 webhooks.metrics.events_lost(pending.len() as u64);
                 tracing::error!(error = %e, deliveries = pending.len(), "webhook deliveries lost: the outbox is unavailable");

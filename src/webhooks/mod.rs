@@ -249,7 +249,7 @@ impl Webhooks {
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (handoff, handoff_rx) = mpsc::channel(dispatch::CONCURRENCY);
+        let (handoff, handoff_rx) = mpsc::channel(dispatch::HANDOFF);
         Self {
             store,
             control,
