@@ -21,10 +21,11 @@ BARE_ADDR=127.0.0.1:18090
 GATE_ADDR=127.0.0.1:18080
 REDIS_PORT=${REDIS_PORT:-18379}
 
-for tool in wrk redis-server; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "installing $tool..." >&2
-    (apt-get install -y "$tool" || (apt-get update && apt-get install -y "$tool")) >/dev/null
+for tool in wrk redis-server redis-cli:redis-tools; do
+  command=${tool%%:*} package=${tool#*:}
+  if ! command -v "$command" >/dev/null 2>&1; then
+    echo "installing $package..." >&2
+    (apt-get install -y "$package" || (apt-get update && apt-get install -y "$package")) >/dev/null
   fi
 done
 cargo build --release --quiet --bin flowgate --example bare-hyper
