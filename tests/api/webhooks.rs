@@ -1180,3 +1180,32 @@ async fn the_delivery_log_is_pruned_past_its_retention() {
     let (status, _) = api(&app, "POST", &format!("deliveries/{delivery}/resend"), None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_run_never_waits_for_webhooks_and_a_lost_event_is_counted() {
+    let mut app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(
+        &app,
+        json!({"name": "ended", "url": receiver.url("/"), "events": ["run.ended"]}),
+    )
+    .await;
+    received(&receiver, 1, Duration::from_secs(5)).await;
+    app.redis.stop();
+    // The outbox is unreachable: the sync run still answers, at once.
+    let started = Instant::now();
+    let answer = app.post_json("s", r#"{"n": 1}"#).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), r#"{"ok": true}"#);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    app.text_when(
+        &format!("http://{}/metrics", app.addr),
+        "flowgate_webhook_events_lost_total 1",
+    )
+    .await;
+    app.redis.restart();
+}
