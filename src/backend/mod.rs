@@ -13,6 +13,7 @@ use crate::lifecycle::Lifecycle;
 pub mod control;
 mod queue;
 pub mod redis;
+pub mod sqlite;
 mod store;
 pub mod webhooks;
 

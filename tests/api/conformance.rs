@@ -21,6 +21,7 @@ const RETENTION: Duration = Duration::from_secs(2);
 pub struct Subject {
     pub backends: Backends,
     _redis: Option<RedisServer>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// Redis: a server of the test's own.
@@ -36,6 +37,27 @@ pub async fn redis() -> Subject {
     Subject {
         backends,
         _redis: Some(redis),
+        _dir: None,
+    }
+}
+
+/// The embedded backend: a SQLite file in a folder of the test's own.
+pub async fn embedded() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let db =
+        flowgate::backend::sqlite::Database::open(&dir.path().join("flowgate.db"), true).unwrap();
+    let store = flowgate::backend::sqlite::SqliteStore::new(db.clone(), RETENTION);
+    let queue = flowgate::backend::sqlite::SqliteQueue::new(db, store.clone());
+    // Control state and webhooks are not embedded yet: a Redis holds them.
+    let redis = redis().await;
+    let mut backends = redis.backends.clone();
+    backends.queue = Arc::new(queue);
+    backends.runs = Arc::new(store.clone());
+    backends.idempotency = Arc::new(store);
+    Subject {
+        backends,
+        _redis: redis._redis,
+        _dir: Some(dir),
     }
 }
 
@@ -683,4 +705,17 @@ conformance!(redis:
     a_subscription_limit_holds_under_concurrent_writers,
     an_outbox_delivery_is_stored_once_and_leased,
     skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
+);
+
+conformance!(embedded:
+    a_run_is_delivered_until_it_is_acknowledged,
+    an_extended_lease_keeps_a_run_from_being_taken_over,
+    claim_hands_out_no_more_than_asked,
+    a_retry_waits_until_due_then_resumes,
+    a_dead_lettered_run_leaves_the_queue,
+    queue_transitions_write_the_run_record,
+    an_idempotency_key_is_reserved_once_under_concurrency,
+    a_released_key_can_be_reserved_again,
+    records_list_newest_first_and_expire,
+    pages_walk_every_record_once_newest_first,
 );

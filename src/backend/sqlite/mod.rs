@@ -1,0 +1,333 @@
+//! The embedded backend: every store in one SQLite file (through rusqlite's
+//! bundled SQLite), for a single node that needs nothing but the binary.
+//!
+//! [`Database`] owns the file. Writes run on one writer thread, never on
+//! the async runtime: concurrent writes are folded into one transaction
+//! (group commit), each in a savepoint of its own so one failing write does
+//! not undo the others, and the commit (`synchronous=FULL`, WAL) is the
+//! moment every caller in the group is answered. Reads run on reader
+//! threads with their own connections, beside the writer (WAL).
+//!
+//! The schema is created and changed by numbered migrations, applied at
+//! open and recorded in SQLite's `user_version`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use super::StorageError;
+
+mod queue;
+mod store;
+
+pub use self::queue::SqliteQueue;
+pub use self::store::SqliteStore;
+
+/// Writes folded into one transaction at most.
+const MAX_GROUP: usize = 512;
+/// Threads serving reads.
+const READERS: usize = 2;
+/// How long a statement waits for another process's lock (the CLI's).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one migration per entry; entry `n` brings `user_version` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT    NOT NULL,
+    input       TEXT    NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    answer      TEXT,
+    waiting     INTEGER NOT NULL DEFAULT 0,
+    due_at      INTEGER NOT NULL,
+    consumer    TEXT,
+    lease_at    INTEGER
+);
+CREATE INDEX queue_ready ON queue (consumer, waiting, seq);
+CREATE INDEX queue_due ON queue (waiting, due_at);
+CREATE TABLE dead_letters (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT    NOT NULL,
+    reason TEXT    NOT NULL,
+    input  TEXT    NOT NULL,
+    at     INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    id          TEXT    PRIMARY KEY,
+    flow        TEXT    NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    status      TEXT    NOT NULL,
+    record      TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX runs_by_time ON runs (accepted_at DESC, id DESC);
+CREATE INDEX runs_by_flow ON runs (flow, accepted_at DESC, id DESC);
+CREATE INDEX runs_expiry ON runs (expires_at);
+CREATE TABLE idempotency (
+    flow       TEXT    NOT NULL,
+    key_hash   TEXT    NOT NULL,
+    run_id     TEXT    NOT NULL,
+    answer     TEXT,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (flow, key_hash)
+);
+"];
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Unavailable(format!("the database: {e}"))
+    }
+}
+
+/// A write, run inside the group's transaction; it hands back what to tell
+/// its caller once the transaction committed (or failed).
+type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+type Finisher = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The database file, its writer thread and its readers.
+#[derive(Clone)]
+pub struct Database {
+    path: PathBuf,
+    writes: mpsc::SyncSender<WriteJob>,
+    reads: mpsc::SyncSender<ReadJob>,
+    /// Held open for as long as the database is: the exclusive lock that
+    /// makes this process the file's owner, when it took one.
+    _owner: Option<Arc<std::fs::File>>,
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process owns the file.
+    #[error(
+        "{0} is in use by another flowgate process (serve or worker); one process owns an embedded database"
+    )]
+    InUse(PathBuf),
+    /// The file or its folder cannot be used.
+    #[error("{path}: {problem}")]
+    Unusable {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+impl Database {
+    /// Opens (creating it and its folder when missing) the database at
+    /// `path` and applies pending migrations. With `own`, the process takes
+    /// the file's exclusive lock (serve and worker); the CLI opens it
+    /// without, beside the owner.
+    pub fn open(path: &Path, own: bool) -> Result<Self, OpenError> {
+        let unusable = |problem: String| OpenError::Unusable {
+            path: path.to_owned(),
+            problem,
+        };
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
+        }
+        let owner = if own {
+            let lock_path = lock_path(path);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| unusable(format!("cannot open {}: {e}", lock_path.display())))?;
+            match file.try_lock() {
+                Ok(()) => Some(Arc::new(file)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(OpenError::InUse(path.to_owned()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(unusable(format!(
+                        "cannot lock {}: {e}",
+                        lock_path.display()
+                    )));
+                }
+            }
+        } else {
+            None
+        };
+        let writer = connect(path).map_err(|e| unusable(e.to_string()))?;
+        migrate(&writer).map_err(|e| unusable(e.to_string()))?;
+        let (writes, write_queue) = mpsc::sync_channel::<WriteJob>(4096);
+        std::thread::Builder::new()
+            .name("flowgate-db-writer".into())
+            .spawn(move || write_loop(writer, write_queue))
+            .map_err(|e| unusable(e.to_string()))?;
+        let (reads, read_queue) = mpsc::sync_channel::<ReadJob>(4096);
+        let read_queue = Arc::new(Mutex::new(read_queue));
+        for n in 0..READERS {
+            let connection = connect(path).map_err(|e| unusable(e.to_string()))?;
+            let queue = read_queue.clone();
+            std::thread::Builder::new()
+                .name(format!("flowgate-db-reader-{n}"))
+                .spawn(move || read_loop(connection, queue))
+                .map_err(|e| unusable(e.to_string()))?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            writes,
+            reads,
+            _owner: owner,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group transaction; answers once it committed.
+    /// An `Err` from `f` undoes its own writes only.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (done, result) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| match f(conn) {
+            Ok(value) => (
+                true,
+                Box::new(move |committed: Result<(), StorageError>| {
+                    let _ = done.send(committed.map(|()| value));
+                }),
+            ),
+            Err(e) => (
+                false,
+                Box::new(move |_| {
+                    let _ = done.send(Err(e));
+                }),
+            ),
+        });
+        self.send_write(job).await?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `f` on a reader connection.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (done, result) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = done.send(f(conn));
+        });
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || reads.send(job))
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    async fn send_write(&self, job: WriteJob) -> Result<(), StorageError> {
+        // Usually there is room: no thread hop.
+        match self.writes.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(job)) => {
+                let writes = self.writes.clone();
+                tokio::task::spawn_blocking(move || writes.send(job))
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(|_| stopped())
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(stopped()),
+        }
+    }
+}
+
+fn stopped() -> StorageError {
+    StorageError::Unavailable("the database thread stopped".into())
+}
+
+/// The lock file beside the database.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Opening checks nothing: read the schema now, so a corrupt file fails here.
+    connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+    Ok(connection)
+}
+
+/// Applies the migrations the file has not seen yet, each in a transaction.
+fn migrate(connection: &Connection) -> rusqlite::Result<()> {
+    let applied: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (n, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        connection.execute_batch(&format!(
+            "BEGIN IMMEDIATE;\n{migration}\nPRAGMA user_version = {};\nCOMMIT;",
+            n + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn write_loop(connection: Connection, queue: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(jobs.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            connection.execute_batch("BEGIN IMMEDIATE")?;
+            for job in jobs.drain(..) {
+                connection.execute_batch("SAVEPOINT job")?;
+                let (ok, finisher) = job(&connection);
+                finishers.push(finisher);
+                if ok {
+                    connection.execute_batch("RELEASE job")?;
+                } else {
+                    connection.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                }
+            }
+            connection.execute_batch("COMMIT")
+        })();
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = connection.execute_batch("ROLLBACK");
+                tracing::error!(error = %e, "a database write failed");
+                Err(StorageError::from(e))
+            }
+        };
+        // Jobs never started (BEGIN failed) drop their answer channel: their
+        // callers see the write fail.
+        drop(jobs);
+        for finisher in finishers {
+            finisher(outcome.clone());
+        }
+    }
+}
+
+fn read_loop(connection: Connection, queue: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = match queue.lock().expect("reader queue lock").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        job(&connection);
+    }
+}

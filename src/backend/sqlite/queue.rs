@@ -1,0 +1,340 @@
+//! [`RunQueue`] on SQLite: one `queue` row per run waiting, waiting to
+//! retry or in progress. A claim sets the row's `consumer` and `lease_at`
+//! in the writer's transaction (so two workers never claim one run); a
+//! heartbeat moves `lease_at`; a row whose lease went quiet is taken over.
+//! A run waiting to retry a step is a row with `waiting = 1` until due.
+//! Each transition writes the run's record in the same transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use tokio::sync::Notify;
+
+use super::{Database, SqliteStore};
+use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
+use crate::engine::RunInput;
+use crate::record::{RecordedResponse, RunRecord};
+
+/// How often a claim waiting for work looks again for runs stored by
+/// another process (this process's own wake it at once).
+const POLL: Duration = Duration::from_millis(50);
+
+/// The run queue in the database.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Database,
+    store: SqliteStore,
+    arrived: Arc<Notify>,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {e}"))
+}
+
+fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
+    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
+}
+
+/// A record and its JSON, encoded before the write.
+type Encoded = Option<(RunRecord, String)>;
+
+fn encoded(record: Option<&RunRecord>) -> Result<Encoded, StorageError> {
+    record.map(|r| Ok((r.clone(), encode(r)?))).transpose()
+}
+
+impl SqliteQueue {
+    /// The queue in `db`, writing records through `store`.
+    pub fn new(db: Database, store: SqliteStore) -> Self {
+        Self {
+            db,
+            store,
+            arrived: Arc::new(Notify::new()),
+        }
+    }
+
+    fn write_record(&self, conn: &Connection, record: &Encoded) -> Result<(), StorageError> {
+        if let Some((record, json)) = record {
+            SqliteStore::write_record(conn, record, json, self.store.retention())?;
+        }
+        Ok(())
+    }
+
+    /// Leases up to `max` rows passing `condition` (which may use `bound` as `?4`) to `consumer`.
+    fn lease(
+        conn: &Connection,
+        consumer: &str,
+        max: usize,
+        condition: &str,
+        bound: i64,
+        taken_over: bool,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let now = now_ms() as i64;
+        let mut statement = conn.prepare_cached(&format!(
+            "UPDATE queue SET consumer = ?1, lease_at = ?2
+             WHERE seq IN (SELECT seq FROM queue WHERE {condition} ORDER BY seq LIMIT ?3)
+             RETURNING seq, input, accepted_at, answer"
+        ))?;
+        let rows = statement.query_map(params![consumer, now, max as i64, bound], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut deliveries = Vec::new();
+        for row in rows {
+            let (seq, input, accepted_at, answer) = row?;
+            let input: RunInput =
+                crate::codec::decode(&input).map_err(|e| corrupt("queued run", e))?;
+            let answer: Option<RecordedResponse> = answer
+                .map(|a| crate::codec::decode(&a).map_err(|e| corrupt("queued answer", e)))
+                .transpose()?;
+            deliveries.push(Delivery {
+                id: seq.to_string(),
+                input,
+                accepted_at_ms: accepted_at as u64,
+                taken_over,
+                answer,
+            });
+        }
+        deliveries.sort_by_key(|d| d.id.parse::<i64>().unwrap_or(0));
+        Ok(deliveries)
+    }
+}
+
+fn seq(id: &str) -> Result<i64, StorageError> {
+    id.parse()
+        .map_err(|_| StorageError::Corrupt(format!("`{id}` is not a delivery of this queue")))
+}
+
+impl RunQueue for SqliteQueue {
+    fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        input: &'a RunInput,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let json = encode(input)?;
+            let answer = record
+                .and_then(|r| r.response.as_ref())
+                .map(encode)
+                .transpose()?;
+            let record = encoded(record)?;
+            let run_id = input.run_id.clone();
+            let this = self.clone();
+            self.db
+                .write(move |conn| {
+                    let now = now_ms() as i64;
+                    conn.prepare_cached(
+                        "INSERT INTO queue (run_id, input, accepted_at, answer, due_at)
+                         VALUES (?1, ?2, ?3, ?4, ?3)",
+                    )?
+                    .execute(params![run_id, json, now, answer])?;
+                    this.write_record(conn, &record)
+                })
+                .await?;
+            self.arrived.notify_waiters();
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let arrived = self.arrived.notified();
+                let owner = consumer.to_owned();
+                let claimed = self
+                    .db
+                    .write(move |conn| {
+                        Self::lease(
+                            conn,
+                            &owner,
+                            max,
+                            "consumer IS NULL AND waiting = 0 AND due_at <= ?4",
+                            now_ms() as i64,
+                            false,
+                        )
+                    })
+                    .await?;
+                if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return Ok(claimed);
+                }
+                let _ = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + POLL),
+                    arrived,
+                )
+                .await;
+            }
+        })
+    }
+
+    fn take_over<'a>(
+        &'a self,
+        consumer: &'a str,
+        idle: Duration,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+        let owner = consumer.to_owned();
+        let idle_before = now_ms().saturating_sub(idle.as_millis() as u64) as i64;
+        Box::pin(self.db.write(move |conn| {
+            Self::lease(
+                conn,
+                &owner,
+                max,
+                "consumer IS NOT NULL AND lease_at <= ?4",
+                idle_before,
+                true,
+            )
+        }))
+    }
+
+    fn extend_leases<'a>(
+        &'a self,
+        consumer: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let owner = consumer.to_owned();
+        let seqs: Result<Vec<i64>, StorageError> = ids.iter().map(|id| seq(id)).collect();
+        Box::pin(async move {
+            let seqs = seqs?;
+            self.db
+                .write(move |conn| {
+                    let now = now_ms() as i64;
+                    let mut statement = conn.prepare_cached(
+                        "UPDATE queue SET lease_at = ?1 WHERE seq = ?2 AND consumer = ?3",
+                    )?;
+                    for seq in seqs {
+                        statement.execute(params![now, seq, owner])?;
+                    }
+                    Ok(())
+                })
+                .await
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        id: &'a str,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let seq = seq(id)?;
+            let record = encoded(record)?;
+            let this = self.clone();
+            self.db
+                .write(move |conn| {
+                    conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
+                        .execute([seq])?;
+                    this.write_record(conn, &record)
+                })
+                .await
+        })
+    }
+
+    fn retry_later<'a>(
+        &'a self,
+        id: &'a str,
+        input: &'a RunInput,
+        due_ms: u64,
+        record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let seq = seq(id)?;
+            let json = encode(input)?;
+            let record = encoded(record)?;
+            let run_id = input.run_id.clone();
+            let this = self.clone();
+            self.db
+                .write(move |conn| {
+                    // The row keeps its acceptance time and answer; it waits unleased.
+                    let changed = conn
+                        .prepare_cached(
+                            "UPDATE queue SET input = ?2, waiting = 1, due_at = ?3,
+                                consumer = NULL, lease_at = NULL
+                             WHERE seq = ?1",
+                        )?
+                        .execute(params![seq, json, due_ms as i64])?;
+                    if changed == 0 {
+                        conn.prepare_cached(
+                            "INSERT INTO queue (run_id, input, accepted_at, waiting, due_at)
+                             VALUES (?1, ?2, ?3, 1, ?4)",
+                        )?
+                        .execute(params![
+                            run_id,
+                            json,
+                            now_ms() as i64,
+                            due_ms as i64
+                        ])?;
+                    }
+                    this.write_record(conn, &record)
+                })
+                .await
+        })
+    }
+
+    fn requeue_due_retries(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>> {
+        Box::pin(async move {
+            let moved = self
+                .db
+                .write(move |conn| {
+                    Ok(conn
+                        .prepare_cached(
+                            "UPDATE queue SET waiting = 0 WHERE seq IN
+                                (SELECT seq FROM queue WHERE waiting = 1 AND due_at <= ?1
+                                 ORDER BY due_at LIMIT ?2)",
+                        )?
+                        .execute(params![now_ms() as i64, max as i64])?)
+                })
+                .await?;
+            if moved > 0 {
+                self.arrived.notify_waiters();
+            }
+            Ok(moved)
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+        record: &'a RunRecord,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let seq = seq(&delivery.id)?;
+            let input = encode(&delivery.input)?;
+            let record = encoded(Some(record))?;
+            let (run_id, reason) = (delivery.input.run_id.clone(), reason.to_owned());
+            let this = self.clone();
+            self.db
+                .write(move |conn| {
+                    conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
+                        .execute([seq])?;
+                    conn.prepare_cached(
+                        "INSERT INTO dead_letters (run_id, reason, input, at) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![run_id, reason, input, now_ms() as i64])?;
+                    this.write_record(conn, &record)
+                })
+                .await
+        })
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(self.db.read(|conn| {
+            let n: i64 = conn.query_row("SELECT count(*) FROM queue", [], |row| row.get(0))?;
+            Ok(n as u64)
+        }))
+    }
+}

@@ -1,0 +1,311 @@
+//! [`RunStore`] and [`IdempotencyStore`] on SQLite: the `runs` table (a
+//! record's acceptance time is its first write's; listing walks the
+//! `(accepted_at, id)` index) and the `idempotency` table.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::Database;
+use crate::backend::control::Page;
+use crate::backend::{
+    BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
+    StoredAnswer, now_ms,
+};
+use crate::record::RunRecord;
+
+/// Run records and idempotency keys in the database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Database,
+    retention: Duration,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {e}"))
+}
+
+fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
+    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
+}
+
+impl SqliteStore {
+    /// Records kept for `retention` in `db`.
+    pub fn new(db: Database, retention: Duration) -> Self {
+        Self { db, retention }
+    }
+
+    /// Writes `record` (JSON `json`) on `conn`, keeping its first acceptance time.
+    pub(super) fn write_record(
+        conn: &Connection,
+        record: &RunRecord,
+        json: &str,
+        retention: Duration,
+    ) -> Result<(), StorageError> {
+        let now = now_ms() as i64;
+        conn.prepare_cached(
+            "INSERT INTO runs (id, flow, accepted_at, status, record, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET
+                status = excluded.status, record = excluded.record, expires_at = excluded.expires_at",
+        )?
+        .execute(params![
+            record.id,
+            record.flow,
+            now,
+            record.status.as_str(),
+            json,
+            now.saturating_add(retention.as_millis() as i64),
+        ])?;
+        Ok(())
+    }
+
+    /// The retention records are kept for.
+    pub(super) fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Deletes expired records and idempotency keys, a bounded number at a time.
+    pub async fn prune(&self) -> Result<usize, StorageError> {
+        self.db
+            .write(|conn| {
+                let now = now_ms() as i64;
+                let runs = conn.execute(
+                    "DELETE FROM runs WHERE id IN
+                        (SELECT id FROM runs WHERE expires_at <= ?1 LIMIT 1000)",
+                    [now],
+                )?;
+                let keys = conn.execute(
+                    "DELETE FROM idempotency WHERE rowid IN
+                        (SELECT rowid FROM idempotency WHERE expires_at <= ?1 LIMIT 1000)",
+                    [now],
+                )?;
+                Ok(runs + keys)
+            })
+            .await
+    }
+}
+
+fn decode_record(json: &str) -> Result<RunRecord, StorageError> {
+    crate::codec::decode(json).map_err(|e| corrupt("run record", e))
+}
+
+impl RunStore for SqliteStore {
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
+        let json = encode(record);
+        let record = record.clone();
+        let db = self.db.clone();
+        let retention = self.retention;
+        Box::pin(async move {
+            let json = json?;
+            db.write(move |conn| Self::write_record(conn, &record, &json, retention))
+                .await
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
+        let run_id = run_id.to_owned();
+        Box::pin(self.db.read(move |conn| {
+            let json: Option<String> = conn
+                .prepare_cached("SELECT record FROM runs WHERE id = ?1 AND expires_at > ?2")?
+                .query_row(params![run_id, now_ms() as i64], |row| row.get(0))
+                .optional()?;
+            json.as_deref().map(decode_record).transpose()
+        }))
+    }
+
+    fn page<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
+        let filter = filter.clone();
+        let position = cursor.map(|c| {
+            c.split_once(':')
+                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                .ok_or_else(|| StorageError::Corrupt(format!("cursor `{c}` is not a run position")))
+        });
+        Box::pin(async move {
+            let position = position.transpose()?;
+            self.db
+                .read(move |conn| {
+                    let (at, id) = position.unwrap_or((i64::MAX, String::new()));
+                    let mut statement = conn.prepare_cached(
+                        "SELECT accepted_at, id, record FROM runs
+                         WHERE expires_at > ?1
+                           AND (accepted_at < ?2 OR (accepted_at = ?2 AND id < ?3))
+                           AND (?4 IS NULL OR flow = ?4)
+                           AND (?5 IS NULL OR status = ?5)
+                           AND (?6 IS NULL OR accepted_at >= ?6)
+                           AND (?7 IS NULL OR accepted_at < ?7)
+                         ORDER BY accepted_at DESC, id DESC
+                         LIMIT ?8",
+                    )?;
+                    let rows = statement.query_map(
+                        params![
+                            now_ms() as i64,
+                            at,
+                            id,
+                            filter.flow,
+                            filter.status.map(|s| s.as_str()),
+                            filter.after_ms.map(|t| t as i64),
+                            filter.before_ms.map(|t| t as i64),
+                            limit as i64 + 1,
+                        ],
+                        |row| {
+                            Ok((
+                                row.get::<_, i64>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, String>(2)?,
+                            ))
+                        },
+                    )?;
+                    let mut data = Vec::new();
+                    let mut more = false;
+                    let mut last = None;
+                    for row in rows {
+                        let (at, id, json) = row?;
+                        if data.len() == limit {
+                            more = true;
+                            break;
+                        }
+                        data.push(decode_record(&json)?);
+                        last = Some(format!("{at}:{id}"));
+                    }
+                    Ok(Page {
+                        data,
+                        next_cursor: if more { last } else { None },
+                    })
+                })
+                .await
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        flow_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StorageError>> {
+        let flow = flow_id.to_owned();
+        Box::pin(self.db.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT record FROM runs WHERE flow = ?1 AND expires_at > ?2
+                 ORDER BY accepted_at DESC, id DESC LIMIT ?3",
+            )?;
+            let rows = statement
+                .query_map(params![flow, now_ms() as i64, limit as i64], |row| {
+                    row.get::<_, String>(0)
+                })?;
+            let mut records = Vec::new();
+            for json in rows {
+                records.push(decode_record(&json?)?);
+            }
+            Ok(records)
+        }))
+    }
+}
+
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// What the key's row says, on `conn`: `None` when absent or expired.
+fn find_key(
+    conn: &Connection,
+    flow: &str,
+    hash: &str,
+) -> Result<Option<Reservation>, StorageError> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT run_id, answer FROM idempotency
+             WHERE flow = ?1 AND key_hash = ?2 AND expires_at > ?3",
+        )?
+        .query_row(params![flow, hash, now_ms() as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    row.map(|(run_id, answer)| match answer {
+        None => Ok(Reservation::InProgress { run_id }),
+        Some(json) => crate::codec::decode::<StoredAnswer>(&json)
+            .map(Reservation::Answered)
+            .map_err(|e| corrupt("stored answer", e)),
+    })
+    .transpose()
+}
+
+impl IdempotencyStore for SqliteStore {
+    fn reserve<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Reservation, StorageError>> {
+        let (flow, hash, run_id) = (flow_id.to_owned(), key_hash(key), run_id.to_owned());
+        // In the writer: reservations are serialized, so one wins.
+        Box::pin(self.db.write(move |conn| {
+            if let Some(found) = find_key(conn, &flow, &hash)? {
+                return Ok(found);
+            }
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO idempotency (flow, key_hash, run_id, answer, expires_at)
+                 VALUES (?1, ?2, ?3, NULL, ?4)",
+            )?
+            .execute(params![
+                flow,
+                hash,
+                run_id,
+                (now_ms() + IDEMPOTENCY_TTL.as_millis() as u64) as i64
+            ])?;
+            Ok(Reservation::Reserved)
+        }))
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Reservation>, StorageError>> {
+        let (flow, hash) = (flow_id.to_owned(), key_hash(key));
+        Box::pin(self.db.read(move |conn| find_key(conn, &flow, &hash)))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        answer: &'a StoredAnswer,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let (flow, hash) = (flow_id.to_owned(), key_hash(key));
+        let json = encode(answer);
+        Box::pin(async move {
+            let json = json?;
+            self.db
+                .write(move |conn| {
+                    conn.prepare_cached(
+                        "UPDATE idempotency SET answer = ?3 WHERE flow = ?1 AND key_hash = ?2",
+                    )?
+                    .execute(params![flow, hash, json])?;
+                    Ok(())
+                })
+                .await
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let (flow, hash) = (flow_id.to_owned(), key_hash(key));
+        Box::pin(self.db.write(move |conn| {
+            conn.prepare_cached("DELETE FROM idempotency WHERE flow = ?1 AND key_hash = ?2")?
+                .execute(params![flow, hash])?;
+            Ok(())
+        }))
+    }
+}
