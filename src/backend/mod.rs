@@ -93,4 +93,19 @@ impl Backends {
             webhooks: Arc::new(webhooks),
         })
     }
+
+    /// The embedded backend: every store in the SQLite file `db`.
+    pub fn embedded(db: &sqlite::Database, retention: Retention) -> Self {
+        let store = sqlite::SqliteStore::new(db.clone(), retention.runs);
+        Self {
+            queue: Arc::new(sqlite::SqliteQueue::new(db.clone(), store.clone())),
+            runs: Arc::new(store.clone()),
+            idempotency: Arc::new(store),
+            control: Arc::new(sqlite::SqliteControl::new(db.clone())),
+            webhooks: Arc::new(sqlite::SqliteWebhooks::new(
+                db.clone(),
+                retention.deliveries,
+            )),
+        }
+    }
 }

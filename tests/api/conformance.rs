@@ -46,17 +46,13 @@ pub async fn embedded() -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let db =
         flowgate::backend::sqlite::Database::open(&dir.path().join("flowgate.db"), true).unwrap();
-    let store = flowgate::backend::sqlite::SqliteStore::new(db.clone(), RETENTION);
-    let queue = flowgate::backend::sqlite::SqliteQueue::new(db, store.clone());
-    // Control state and webhooks are not embedded yet: a Redis holds them.
-    let redis = redis().await;
-    let mut backends = redis.backends.clone();
-    backends.queue = Arc::new(queue);
-    backends.runs = Arc::new(store.clone());
-    backends.idempotency = Arc::new(store);
+    let retention = flowgate::backend::Retention {
+        runs: RETENTION,
+        deliveries: RETENTION,
+    };
     Subject {
-        backends,
-        _redis: redis._redis,
+        backends: Backends::embedded(&db, retention),
+        _redis: None,
         _dir: Some(dir),
     }
 }
@@ -718,4 +714,7 @@ conformance!(embedded:
     a_released_key_can_be_reserved_again,
     records_list_newest_first_and_expire,
     pages_walk_every_record_once_newest_first,
+    a_subscription_limit_holds_under_concurrent_writers,
+    an_outbox_delivery_is_stored_once_and_leased,
+    skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
 );

@@ -20,11 +20,15 @@ use tokio::sync::oneshot;
 
 use super::StorageError;
 
+mod control;
 mod queue;
 mod store;
+mod webhooks;
 
+pub use self::control::SqliteControl;
 pub use self::queue::SqliteQueue;
 pub use self::store::SqliteStore;
+pub use self::webhooks::SqliteWebhooks;
 
 /// Writes folded into one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -34,7 +38,8 @@ const READERS: usize = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one migration per entry; entry `n` brings `user_version` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE queue (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id      TEXT    NOT NULL,
@@ -74,7 +79,46 @@ CREATE TABLE idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (flow, key_hash)
 );
-"];
+",
+    r"
+CREATE TABLE versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+INSERT INTO versions (name, version) VALUES ('control', 0), ('webhooks', 0);
+CREATE TABLE flow_status (flow TEXT PRIMARY KEY, override TEXT NOT NULL);
+CREATE TABLE generations (flow TEXT PRIMARY KEY, current INTEGER NOT NULL, grace_until INTEGER);
+CREATE TABLE revoked (jti TEXT PRIMARY KEY, until_ms INTEGER NOT NULL);
+CREATE TABLE aborted (run_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+CREATE TABLE audit (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    entry TEXT    NOT NULL
+);
+CREATE INDEX audit_by_time ON audit (at_ms);
+CREATE TABLE subscriptions (
+    id       TEXT    PRIMARY KEY,
+    body     TEXT    NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE deliveries (
+    id           TEXT    PRIMARY KEY,
+    subscription TEXT    NOT NULL,
+    body         TEXT    NOT NULL,
+    state        TEXT    NOT NULL,
+    due_at       INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries (state, due_at);
+CREATE INDEX deliveries_skipped ON deliveries (subscription, state, created_at);
+CREATE TABLE delivery_log (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription TEXT    NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    entry        TEXT    NOT NULL
+);
+CREATE INDEX delivery_log_by_subscription ON delivery_log (subscription, seq);
+CREATE INDEX delivery_log_by_time ON delivery_log (at_ms);
+",
+];
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
