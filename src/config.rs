@@ -46,6 +46,8 @@ pub struct Config {
     pub paths: PathsConfig,
     /// Token signing.
     pub auth: AuthConfig,
+    /// Where the queue and stores live.
+    pub storage: StorageConfig,
     /// The Redis used by the queue and stores.
     pub redis: RedisConfig,
     /// Outbound HTTP made by `http` steps.
@@ -67,6 +69,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             paths: PathsConfig::default(),
             auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
             worker: WorkerConfig::default(),
@@ -219,6 +222,35 @@ pub struct AuthConfig {
     pub signing_key_file: String,
     /// Create `signing_key_file` with a random key when it does not exist (local development).
     pub generate_missing_key: bool,
+}
+
+/// Which backend holds the queue and stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// One process, one SQLite file (`storage.path`).
+    Embedded,
+    /// Redis (`redis.url`), shared by several replicas.
+    Redis,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `embedded` or `redis`.
+    pub backend: StorageBackend,
+    /// The embedded backend's database file.
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Redis,
+            path: PathBuf::from(".flowgate/flowgate.db"),
+        }
+    }
 }
 
 /// `[redis]`
@@ -636,6 +668,17 @@ mod tests {
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
         assert!(!config.http.allow_private_networks);
         assert!(!config.webhooks.allow_http);
+        assert_eq!(config.storage.backend, StorageBackend::Redis);
+        let env = [(
+            "FLOWGATE_STORAGE__BACKEND".to_owned(),
+            "embedded".to_owned(),
+        )];
+        let embedded = Config::load_with_env(None, &env).unwrap();
+        assert_eq!(embedded.storage.backend, StorageBackend::Embedded);
+        assert_eq!(
+            embedded.storage.path,
+            PathBuf::from(".flowgate/flowgate.db")
+        );
         assert_eq!(config.webhooks.timeout, Duration::from_secs(15));
         assert_eq!(config.webhooks.retry_schedule.len(), 7);
         let env = [(

@@ -1,7 +1,9 @@
 //! Storage backends: the traits for every piece of shared state — the run
-//! queue ([`RunQueue`]), run records ([`RunStore`]) and idempotency keys
-//! ([`IdempotencyStore`]) — with the one storage error type and the boxed
-//! futures they return. [`redis`] implements them on Redis.
+//! queue ([`RunQueue`]), run records ([`RunStore`]), idempotency keys
+//! ([`IdempotencyStore`]), control state ([`ControlStore`]) and webhooks
+//! ([`WebhookStore`]) — with the one storage error type and the boxed
+//! futures they return. [`redis`] implements them on Redis, [`sqlite`] in
+//! one embedded SQLite file.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +61,9 @@ pub struct Backends {
     pub control: Arc<dyn ControlStore>,
     /// Webhook subscriptions, their outbox and delivery log.
     pub webhooks: Arc<dyn WebhookStore>,
+    /// The embedded backend's records, which [`Backends::maintain`] prunes
+    /// (Redis expires its keys itself).
+    pub embedded: Option<sqlite::SqliteStore>,
 }
 
 /// How long stored history is kept.
@@ -91,6 +96,7 @@ impl Backends {
             idempotency: store,
             control: Arc::new(control),
             webhooks: Arc::new(webhooks),
+            embedded: None,
         })
     }
 
@@ -100,12 +106,33 @@ impl Backends {
         Self {
             queue: Arc::new(sqlite::SqliteQueue::new(db.clone(), store.clone())),
             runs: Arc::new(store.clone()),
-            idempotency: Arc::new(store),
+            idempotency: Arc::new(store.clone()),
             control: Arc::new(sqlite::SqliteControl::new(db.clone())),
             webhooks: Arc::new(sqlite::SqliteWebhooks::new(
                 db.clone(),
                 retention.deliveries,
             )),
+            embedded: Some(store),
+        }
+    }
+
+    /// Background upkeep until dropped: the embedded backend deletes
+    /// records and idempotency keys past their time, a bounded batch at a
+    /// time so requests never wait behind it.
+    pub async fn maintain(self) {
+        let Some(store) = self.embedded else {
+            return;
+        };
+        loop {
+            match store.prune().await {
+                // A full batch: more may be waiting.
+                Ok(n) if n >= 1000 => tokio::task::yield_now().await,
+                Ok(_) => tokio::time::sleep(Duration::from_secs(30)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prune expired run records");
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
         }
     }
 }

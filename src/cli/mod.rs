@@ -266,7 +266,7 @@ fn build_app(config: &Config) -> anyhow::Result<App> {
     settings.webhooks.load_ca(config)?;
     let keys = TokenKeys::new(&config.signing_key()?);
     let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
-    let backends = backends(config, &lifecycle)?;
+    let backends = open_backends(config, &lifecycle, true)?;
     Ok(App::new(
         settings,
         keys,
@@ -279,15 +279,32 @@ fn build_app(config: &Config) -> anyhow::Result<App> {
 
 /// The configured storage backends.
 fn backends(config: &Config, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<Backends> {
-    Backends::redis(
-        &config.redis.url,
-        crate::backend::Retention {
-            runs: config.runs.retention,
-            deliveries: config.webhooks.delivery_retention,
-        },
-        lifecycle,
-    )
-    .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
+    open_backends(config, lifecycle, false)
+}
+
+/// The configured storage backends; with `own`, this process takes the
+/// embedded database file for itself (serve and worker do; the CLI reads
+/// and writes beside them).
+fn open_backends(
+    config: &Config,
+    lifecycle: &Arc<Lifecycle>,
+    own: bool,
+) -> anyhow::Result<Backends> {
+    let retention = crate::backend::Retention {
+        runs: config.runs.retention,
+        deliveries: config.webhooks.delivery_retention,
+    };
+    match config.storage.backend {
+        crate::config::StorageBackend::Redis => {
+            Backends::redis(&config.redis.url, retention, lifecycle)
+                .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
+        }
+        crate::config::StorageBackend::Embedded => {
+            let path = config.resolve(&config.storage.path);
+            let db = crate::backend::sqlite::Database::open(&path, own)?;
+            Ok(Backends::embedded(&db, retention))
+        }
+    }
 }
 
 /// One shutdown source for the whole process: SIGINT or SIGTERM.
@@ -308,6 +325,7 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// current, outbound event webhooks, and flows reloaded on file changes and SIGHUP.
 fn start_background(app: &App) {
     tokio::spawn(app.control().clone().keep_current());
+    tokio::spawn(app.backends().clone().maintain());
     app.start_webhooks();
     if let Some(reloader) = app.reloader() {
         tokio::spawn(reloader.clone().watch());

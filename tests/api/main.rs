@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod conformance;
 mod control;
+mod embedded;
 mod helpers;
 mod hostile;
 mod idempotency;

@@ -262,11 +262,17 @@ impl Database {
         let job: ReadJob = Box::new(move |conn| {
             let _ = done.send(f(conn));
         });
-        let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || reads.send(job))
-            .await
-            .map_err(|_| stopped())?
-            .map_err(|_| stopped())?;
+        match self.reads.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(job)) => {
+                let reads = self.reads.clone();
+                tokio::task::spawn_blocking(move || reads.send(job))
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(|_| stopped())?;
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
         result.await.map_err(|_| stopped())?
     }
 
