@@ -92,6 +92,11 @@ pub enum Command {
     },
     /// Read the audit log of admin changes, newest first.
     Audit(AuditArgs),
+    /// Copy the embedded database to PATH while the server runs (a consistent snapshot).
+    Backup {
+        /// Where to write the copy; it must not exist.
+        path: PathBuf,
+    },
     /// Manage outbound event webhook subscriptions and read their delivery log.
     Webhooks {
         /// What to do.
@@ -204,6 +209,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Flows { command } => control::flows(&config, command),
         Command::Audit(args) => control::audit(&config, args),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
+        Command::Backup { path } => backup(&config, &path),
     };
     match result {
         Ok(code) => code,
@@ -305,6 +311,22 @@ fn open_backends(
             Ok(Backends::embedded(&db, retention))
         }
     }
+}
+
+/// `flowgate backup PATH`: a consistent copy of the embedded database.
+fn backup(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
+    if config.storage.backend != crate::config::StorageBackend::Embedded {
+        anyhow::bail!(
+            "backup copies the embedded database; with storage.backend = \"redis\" use Redis's own persistence (RDB or AOF)"
+        );
+    }
+    if path.exists() {
+        anyhow::bail!("{} exists; give a new file", path.display());
+    }
+    let db = crate::backend::sqlite::Database::open(&config.resolve(&config.storage.path), false)?;
+    runtime()?.block_on(db.backup(path))?;
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One shutdown source for the whole process: SIGINT or SIGTERM.

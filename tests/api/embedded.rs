@@ -165,3 +165,164 @@ async fn serve_runs_on_one_file_without_redis_and_owns_it() {
     );
     terminate(server).await;
 }
+
+const SLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"wait\"\nkind = \"delay\"\nduration = \"500ms\"\n";
+
+/// Every listed run of flow `flow`, by id and status, from the admin API.
+async fn statuses(client: &reqwest::Client, base: &str, flow: &str) -> Vec<(String, String)> {
+    let keys = flowgate::token::TokenKeys::new(&flowgate::config::Secret::new(
+        SIGNING_KEY.as_bytes().to_vec(),
+    ));
+    let admin = keys
+        .issue_admin("tester", flowgate::token::Role::Viewer, None)
+        .unwrap();
+    let page: Value = client
+        .get(format!("{base}/v1/admin/runs?flow={flow}&limit=250"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn runs_accepted_before_a_sigkill_run_after_the_restart() {
+    let port = free_port();
+    let dir = project(port);
+    write_files(&dir.path().join("flows"), &[("slow.toml", SLOW.into())]);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut server = serve(&dir);
+    ready(&client, &base).await;
+    let out = command(&dir, &["token", "issue", "slow"]).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut accepted = Vec::new();
+    for n in 0..40 {
+        let answer = client
+            .post(format!("{base}/v1/flow-webhook/slow"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"n": {n}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+        accepted.push(
+            answer.headers()["x-flowgate-run-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Some are running (16 worker slots, 500 ms each), the rest still queued.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let restarted = Instant::now();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs = statuses(&client, &base, "slow").await;
+        let done = runs.iter().filter(|(_, s)| s == "succeeded").count();
+        if done == accepted.len() {
+            let mut ids: Vec<&String> = runs.iter().map(|(id, _)| id).collect();
+            ids.sort();
+            let mut expected: Vec<&String> = accepted.iter().collect();
+            expected.sort();
+            assert_eq!(ids, expected, "exactly the accepted runs, once each");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {} ended: {runs:?}",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The runs the dead process held were taken over at once, not after the reclaim wait.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        restarted.elapsed()
+    );
+    terminate(server).await;
+}
+
+#[tokio::test]
+async fn an_unusable_database_stops_the_start_with_a_clear_line() {
+    let port = free_port();
+    let dir = project(port);
+    // A folder on a read-only file system.
+    let read_only = command(&dir, &["serve"])
+        .env("FLOWGATE_STORAGE__PATH", "/proc/flowgate/flowgate.db")
+        .output()
+        .unwrap();
+    assert!(!read_only.status.success());
+    let stderr = String::from_utf8_lossy(&read_only.stderr);
+    assert!(
+        stderr.contains("/proc/flowgate/flowgate.db")
+            && stderr.contains("cannot create its folder"),
+        "{stderr}"
+    );
+    // A file that is not a database.
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/flowgate.db"),
+        "not a database, just text ".repeat(100),
+    )
+    .unwrap();
+    let corrupt = command(&dir, &["serve"]).output().unwrap();
+    assert!(!corrupt.status.success());
+    let stderr = String::from_utf8_lossy(&corrupt.stderr);
+    assert!(
+        stderr.contains("flowgate.db") && stderr.contains("not a database"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn backup_copies_the_database_while_the_server_runs() {
+    let port = free_port();
+    let dir = project(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    let out = command(&dir, &["flows", "pause", "s"]).output().unwrap();
+    assert!(out.status.success());
+    let out = command(&dir, &["backup", "copy.db"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    terminate(server).await;
+    // The copy is a database holding what the server had: the pause.
+    let copy = dir.path().join("copy.db");
+    let out = command(&dir, &["flows", "status", "s"])
+        .env("FLOWGATE_STORAGE__PATH", &copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("paused (from the override)"), "{text}");
+    let again = command(&dir, &["backup", "copy.db"]).output().unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing file is not overwritten"
+    );
+}

@@ -200,6 +200,16 @@ impl Database {
         };
         let writer = connect(path).map_err(|e| unusable(e.to_string()))?;
         migrate(&writer).map_err(|e| unusable(e.to_string()))?;
+        if own {
+            // Only the owner runs workers, and the one before it is gone:
+            // the runs it held are taken over at once.
+            writer
+                .execute(
+                    "UPDATE queue SET lease_at = 0 WHERE consumer IS NOT NULL",
+                    [],
+                )
+                .map_err(|e| unusable(e.to_string()))?;
+        }
         let (writes, write_queue) = mpsc::sync_channel::<WriteJob>(4096);
         std::thread::Builder::new()
             .name("flowgate-db-writer".into())
@@ -251,6 +261,17 @@ impl Database {
         });
         self.send_write(job).await?;
         result.await.map_err(|_| stopped())?
+    }
+
+    /// Writes a consistent copy of the database to `target` (SQLite's
+    /// `VACUUM INTO`), beside running readers and writers.
+    pub async fn backup(&self, target: &Path) -> Result<(), StorageError> {
+        let target = target.to_string_lossy().into_owned();
+        self.read(move |conn| {
+            conn.execute("VACUUM INTO ?1", [target])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` on a reader connection.
