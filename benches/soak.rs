@@ -123,7 +123,7 @@ fn write_project(dir: &Path, receiver: SocketAddr, gateway_port: u16, redis_port
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\nshutdown_grace = \"10s\"\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}/0\"\n[http]\nallow_private_networks = true\n[runs]\nretention = \"1h\"\n"
+            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\nshutdown_grace = \"10s\"\n[storage]\nbackend = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{redis_port}/0\"\n[http]\nallow_private_networks = true\n[runs]\nretention = \"1h\"\n"
         ),
     )
     .unwrap();

@@ -4,6 +4,8 @@
 # p99 for each, and flowgate's figures as ratios to the bare server. Then holds
 # async traffic at half the measured async maximum for LAG_DURATION and
 # reports the queue lag (acceptance to start) from the gateway's metrics.
+# Then the same sync and async scenarios, and the queue lag, on the embedded
+# backend (one SQLite file, no Redis).
 # Last, with one outbound webhook subscription to the sync flow's run.ended
 # (delivered to the bare server), measures the sync flow again and the
 # delivery lag (event to first attempt) at half the sync maximum.
@@ -135,6 +137,31 @@ lag_pct() { # $1 quantile, $2 metric (default the queue lag)
 lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
 lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
 
+# The embedded backend: the same scenarios on one SQLite file.
+embedded() { FLOWGATE_STORAGE__BACKEND=embedded FLOWGATE_STORAGE__PATH="$work/db/flowgate.db" "$@"; }
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+embedded start_gateway --no-worker
+read -r emb_sync_rps emb_sync_p99 _ emb_sync_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+sleep 3
+read -r emb_async_rps emb_async_p99 emb_async_non2xx emb_async_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway")
+if [ "${emb_async_non2xx:-0}" != "0" ]; then echo "warning: $emb_async_non2xx non-2xx answers in the embedded async scenario" >&2; fi
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+embedded start_gateway
+wait_drained
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+embedded start_gateway
+emb_rate=$(awk -v r="$emb_async_rps" 'BEGIN { printf "%d", r / 2 }')
+sed -e "s|/ ${target_rate} end|/ ${emb_rate} end|" "$work/steady.lua" > "$work/emb.lua"
+wrk -t"$THREADS" -c"$lag_connections" -d"${LAG_SECONDS}s" -s "$work/emb.lua" "http://$GATE_ADDR/v1/flow-webhook/bench-async" > "$work/emb.txt"
+emb_steady=$(awk '/Requests\/sec/ {print $2}' "$work/emb.txt")
+wait_drained
+curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
+emb_lag50=$(lag_pct 0.5); emb_lag99=$(lag_pct 0.99)
+emb_lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
+emb_lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+start_gateway --no-worker
+
 # Outbound webhooks: one subscription to the sync flow's run.ended.
 target/release/flowgate --config benches/config.toml webhooks create --name bench \
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
@@ -170,8 +197,13 @@ row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis"
 row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu" "-"
 row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis"
 row "flowgate sync + webhook" "$hook_rps" "$hook_p99" "$hook_cpu" "$hook_redis"
+row "embedded sync transform" "$emb_sync_rps" "$emb_sync_p99" "$emb_sync_cpu" "-"
+row "embedded async accept" "$emb_async_rps" "$emb_async_p99" "$emb_async_cpu" "-"
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"
 printf '\nsync with one run.ended subscription: %s of the sync req/s without\n' "$(ratio "$hook_rps" "$sync_rps")"
 printf 'delivery lag at %.0f req/s (half the sync maximum) for %ss, %s deliveries (%s succeeded, %s failed):\n' "$hook_steady" "$LAG_SECONDS" "$hook_max" "$delivered" "${failed:-0}"
 printf '  p50 %s ms, p99 %s ms\n' "$(lag_pct 0.5 flowgate_webhook_delivery_lag_seconds)" "$(lag_pct 0.99 flowgate_webhook_delivery_lag_seconds)"
+printf '\nembedded vs Redis: sync %s, async accept %s\n' "$(ratio "$emb_sync_rps" "$sync_rps")" "$(ratio "$emb_async_rps" "$async_rps")"
+printf 'embedded queue lag at %.0f req/s (half its async maximum) for %ss, %s runs:\n' "$emb_steady" "$LAG_SECONDS" "$emb_lag_count"
+printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$emb_lag50" "$emb_lag99" "$emb_lag_max"

@@ -247,7 +247,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
-            backend: StorageBackend::Redis,
+            backend: StorageBackend::Embedded,
             path: PathBuf::from(".flowgate/flowgate.db"),
         }
     }
@@ -668,17 +668,11 @@ mod tests {
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
         assert!(!config.http.allow_private_networks);
         assert!(!config.webhooks.allow_http);
-        assert_eq!(config.storage.backend, StorageBackend::Redis);
-        let env = [(
-            "FLOWGATE_STORAGE__BACKEND".to_owned(),
-            "embedded".to_owned(),
-        )];
-        let embedded = Config::load_with_env(None, &env).unwrap();
-        assert_eq!(embedded.storage.backend, StorageBackend::Embedded);
-        assert_eq!(
-            embedded.storage.path,
-            PathBuf::from(".flowgate/flowgate.db")
-        );
+        assert_eq!(config.storage.backend, StorageBackend::Embedded);
+        assert_eq!(config.storage.path, PathBuf::from(".flowgate/flowgate.db"));
+        let env = [("FLOWGATE_STORAGE__BACKEND".to_owned(), "redis".to_owned())];
+        let redis = Config::load_with_env(None, &env).unwrap();
+        assert_eq!(redis.storage.backend, StorageBackend::Redis);
         assert_eq!(config.webhooks.timeout, Duration::from_secs(15));
         assert_eq!(config.webhooks.retry_schedule.len(), 7);
         let env = [(

@@ -89,7 +89,7 @@ impl TestApp {
             .path()
             .join(format!("process-{}.toml", free_port()));
         let toml = format!(
-            "[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[webhooks]\nallow_http = true\n{extra}",
+            "[storage]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[webhooks]\nallow_http = true\n{extra}",
             self.redis.url()
         );
         std::fs::write(&config, toml).unwrap();

@@ -228,6 +228,7 @@ async fn runs_cli_lists_and_shows_records() {
     app.record_when(&ok, |r| r.status == "succeeded").await;
     let cli = |args: &[&str]| {
         let out = Command::new(binary())
+            .env("FLOWGATE_STORAGE__BACKEND", "redis")
             .env("FLOWGATE_REDIS__URL", app.redis.url())
             .env("RUST_LOG", "error")
             .current_dir(app.dir.path())
