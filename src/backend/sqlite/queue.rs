@@ -60,22 +60,35 @@ impl SqliteQueue {
         Ok(())
     }
 
-    /// Leases up to `max` rows passing `condition` (which may use `bound` as `?4`) to `consumer`.
+    /// Leases to `consumer` up to `max` rows the query `pick` selects:
+    /// new runs in order (`idle_before` = `None`), or runs whose lease went
+    /// quiet before `idle_before` (each on its own index).
     fn lease(
         conn: &Connection,
         consumer: &str,
         max: usize,
-        condition: &str,
-        bound: i64,
-        taken_over: bool,
+        idle_before: Option<i64>,
     ) -> Result<Vec<Delivery>, StorageError> {
         let now = now_ms() as i64;
+        let pick = match idle_before {
+            None => {
+                "SELECT seq FROM queue WHERE consumer IS NULL AND waiting = 0 ORDER BY seq LIMIT ?3"
+            }
+            Some(_) => {
+                "SELECT seq FROM queue WHERE consumer IS NOT NULL AND lease_at <= ?4 ORDER BY lease_at LIMIT ?3"
+            }
+        };
+        let taken_over = idle_before.is_some();
         let mut statement = conn.prepare_cached(&format!(
-            "UPDATE queue SET consumer = ?1, lease_at = ?2
-             WHERE seq IN (SELECT seq FROM queue WHERE {condition} ORDER BY seq LIMIT ?3)
+            "UPDATE queue SET consumer = ?1, lease_at = ?2 WHERE seq IN ({pick})
              RETURNING seq, input, accepted_at, answer"
         ))?;
-        let rows = statement.query_map(params![consumer, now, max as i64, bound], |row| {
+        let values: Vec<rusqlite::types::Value> =
+            [consumer.to_owned().into(), now.into(), (max as i64).into()]
+                .into_iter()
+                .chain(idle_before.map(Into::into))
+                .collect();
+        let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -157,16 +170,7 @@ impl RunQueue for SqliteQueue {
                 let owner = consumer.to_owned();
                 let claimed = self
                     .db
-                    .write(move |conn| {
-                        Self::lease(
-                            conn,
-                            &owner,
-                            max,
-                            "consumer IS NULL AND waiting = 0 AND due_at <= ?4",
-                            now_ms() as i64,
-                            false,
-                        )
-                    })
+                    .write(move |conn| Self::lease(conn, &owner, max, None))
                     .await?;
                 if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
                     return Ok(claimed);
@@ -188,16 +192,10 @@ impl RunQueue for SqliteQueue {
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         let owner = consumer.to_owned();
         let idle_before = now_ms().saturating_sub(idle.as_millis() as u64) as i64;
-        Box::pin(self.db.write(move |conn| {
-            Self::lease(
-                conn,
-                &owner,
-                max,
-                "consumer IS NOT NULL AND lease_at <= ?4",
-                idle_before,
-                true,
-            )
-        }))
+        Box::pin(
+            self.db
+                .write(move |conn| Self::lease(conn, &owner, max, Some(idle_before))),
+        )
     }
 
     fn extend_leases<'a>(
