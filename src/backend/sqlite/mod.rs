@@ -128,7 +128,15 @@ impl From<rusqlite::Error> for StorageError {
 
 /// A write, run inside the group's transaction; it hands back what to tell
 /// its caller once the transaction committed (or failed).
-type WriteJob = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
+struct WriteJob {
+    /// Whether its commit must reach the disk before the caller hears of
+    /// it (`synchronous=FULL`): writes that promise something to a sender.
+    durable: bool,
+    run: WriteFn,
+}
+
+/// What a write does: whether it succeeded, and how to answer its caller.
+type WriteFn = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
 type Finisher = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -238,28 +246,52 @@ impl Database {
         &self.path
     }
 
-    /// Runs `f` in the next group transaction; answers once it committed.
-    /// An `Err` from `f` undoes its own writes only.
+    /// Runs `f` in the next group transaction; answers once it committed
+    /// and reached the disk (`synchronous=FULL`): for writes that promise
+    /// something to a sender (an accepted run, a stored answer, a change an
+    /// operator was told about). An `Err` from `f` undoes its own writes only.
     pub async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        self.write_as(true, f).await
+    }
+
+    /// [`Database::write`] for writes whose loss in a power cut (not a
+    /// crash: the operating system still has them) only repeats work —
+    /// leases, run records, finished runs, delivery attempts. Its group
+    /// commits without waiting for the disk (`synchronous=NORMAL`) unless a
+    /// durable write shares it.
+    pub async fn write_relaxed<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.write_as(false, f).await
+    }
+
+    async fn write_as<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
         let (done, result) = oneshot::channel();
-        let job: WriteJob = Box::new(move |conn| match f(conn) {
-            Ok(value) => (
-                true,
-                Box::new(move |committed: Result<(), StorageError>| {
-                    let _ = done.send(committed.map(|()| value));
-                }),
-            ),
-            Err(e) => (
-                false,
-                Box::new(move |_| {
-                    let _ = done.send(Err(e));
-                }),
-            ),
+        let run = Box::new(move |conn: &Connection| -> (bool, Finisher) {
+            match f(conn) {
+                Ok(value) => (
+                    true,
+                    Box::new(move |committed: Result<(), StorageError>| {
+                        let _ = done.send(committed.map(|()| value));
+                    }),
+                ),
+                Err(e) => (
+                    false,
+                    Box::new(move |_| {
+                        let _ = done.send(Err(e));
+                    }),
+                ),
+            }
         });
-        self.send_write(job).await?;
+        self.send_write(WriteJob { durable, run }).await?;
         result.await.map_err(|_| stopped())?
     }
 
@@ -357,6 +389,7 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
 }
 
 fn write_loop(connection: Connection, queue: mpsc::Receiver<WriteJob>) {
+    let mut durable_now = true;
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -366,11 +399,17 @@ fn write_loop(connection: Connection, queue: mpsc::Receiver<WriteJob>) {
             }
         }
         let mut finishers = Vec::with_capacity(jobs.len());
+        let durable = jobs.iter().any(|job| job.durable);
         let outcome = (|| -> rusqlite::Result<()> {
+            if durable != durable_now {
+                let level = if durable { "FULL" } else { "NORMAL" };
+                connection.pragma_update(None, "synchronous", level)?;
+                durable_now = durable;
+            }
             connection.execute_batch("BEGIN IMMEDIATE")?;
             for job in jobs.drain(..) {
                 connection.execute_batch("SAVEPOINT job")?;
-                let (ok, finisher) = job(&connection);
+                let (ok, finisher) = (job.run)(&connection);
                 finishers.push(finisher);
                 if ok {
                     connection.execute_batch("RELEASE job")?;

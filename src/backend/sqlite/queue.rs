@@ -166,11 +166,14 @@ impl RunQueue for SqliteQueue {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
+                // Registered before looking, so a run stored meanwhile wakes us.
                 let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
                 let owner = consumer.to_owned();
                 let claimed = self
                     .db
-                    .write(move |conn| Self::lease(conn, &owner, max, None))
+                    .write_relaxed(move |conn| Self::lease(conn, &owner, max, None))
                     .await?;
                 if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
                     return Ok(claimed);
@@ -194,7 +197,7 @@ impl RunQueue for SqliteQueue {
         let idle_before = now_ms().saturating_sub(idle.as_millis() as u64) as i64;
         Box::pin(
             self.db
-                .write(move |conn| Self::lease(conn, &owner, max, Some(idle_before))),
+                .write_relaxed(move |conn| Self::lease(conn, &owner, max, Some(idle_before))),
         )
     }
 
@@ -208,7 +211,7 @@ impl RunQueue for SqliteQueue {
         Box::pin(async move {
             let seqs = seqs?;
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     let now = now_ms() as i64;
                     let mut statement = conn.prepare_cached(
                         "UPDATE queue SET lease_at = ?1 WHERE seq = ?2 AND consumer = ?3",
@@ -232,7 +235,7 @@ impl RunQueue for SqliteQueue {
             let record = encoded(record)?;
             let this = self.clone();
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
                         .execute([seq])?;
                     this.write_record(conn, &record)
@@ -255,7 +258,7 @@ impl RunQueue for SqliteQueue {
             let run_id = input.run_id.clone();
             let this = self.clone();
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     // The row keeps its acceptance time and answer; it waits unleased.
                     let changed = conn
                         .prepare_cached(
@@ -286,7 +289,7 @@ impl RunQueue for SqliteQueue {
         Box::pin(async move {
             let moved = self
                 .db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     Ok(conn
                         .prepare_cached(
                             "UPDATE queue SET waiting = 0 WHERE seq IN
@@ -316,7 +319,7 @@ impl RunQueue for SqliteQueue {
             let (run_id, reason) = (delivery.input.run_id.clone(), reason.to_owned());
             let this = self.clone();
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
                         .execute([seq])?;
                     conn.prepare_cached(

@@ -69,7 +69,7 @@ impl SqliteStore {
     /// Deletes expired records and idempotency keys, a bounded number at a time.
     pub async fn prune(&self) -> Result<usize, StorageError> {
         self.db
-            .write(|conn| {
+            .write_relaxed(|conn| {
                 let now = now_ms() as i64;
                 let runs = conn.execute(
                     "DELETE FROM runs WHERE id IN
@@ -99,7 +99,7 @@ impl RunStore for SqliteStore {
         let retention = self.retention;
         Box::pin(async move {
             let json = json?;
-            db.write(move |conn| Self::write_record(conn, &record, &json, retention))
+            db.write_relaxed(move |conn| Self::write_record(conn, &record, &json, retention))
                 .await
         })
     }

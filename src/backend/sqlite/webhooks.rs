@@ -267,7 +267,7 @@ impl WebhookStore for SqliteWebhooks {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, StorageError>> {
         let lease_end = now_ms.saturating_add(lease.as_millis() as u64) as i64;
-        Box::pin(self.db.write(move |conn| {
+        Box::pin(self.db.write_relaxed(move |conn| {
             let mut statement = conn.prepare_cached(
                 "UPDATE deliveries SET due_at = ?2 WHERE id IN
                     (SELECT id FROM deliveries WHERE state = 'pending' AND due_at <= ?1
@@ -303,7 +303,7 @@ impl WebhookStore for SqliteWebhooks {
         Box::pin(async move {
             let (json, entry) = (json?, entry?);
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     Self::finish_on(conn, &delivery, &json, entry.as_deref(), expires)
                 })
                 .await
@@ -323,7 +323,7 @@ impl WebhookStore for SqliteWebhooks {
         Box::pin(async move {
             let (json, entry) = (json?, entry?);
             self.db
-                .write(move |conn| {
+                .write_relaxed(move |conn| {
                     Self::finish_on(conn, &delivery, &json, Some(&entry), expires)?;
                     let failures: Option<i64> = conn
                         .query_row(
@@ -426,7 +426,7 @@ impl WebhookStore for SqliteWebhooks {
     }
 
     fn prune(&self, before_ms: u64) -> BoxFuture<'_, Result<(), StorageError>> {
-        Box::pin(self.db.write(move |conn| {
+        Box::pin(self.db.write_relaxed(move |conn| {
             let before = before_ms as i64;
             conn.execute("DELETE FROM delivery_log WHERE at_ms < ?1", [before])?;
             conn.execute(
