@@ -326,3 +326,54 @@ async fn backup_copies_the_database_while_the_server_runs() {
         "an existing file is not overwritten"
     );
 }
+
+#[tokio::test]
+async fn fifty_concurrent_duplicates_make_one_run() {
+    let port = free_port();
+    let dir = project(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    let out = command(&dir, &["token", "issue", "a"]).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let sends = (0..50).map(|_| {
+        let request = client
+            .post(format!("{base}/v1/flow-webhook/a"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-42")
+            .body(r#"{"n": 1}"#)
+            .send();
+        async move {
+            let answer = request.await.unwrap();
+            let status = answer.status().as_u16();
+            let run = answer
+                .headers()
+                .get("x-flowgate-run-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, run)
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let accepted: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| *status == 202)
+        .filter_map(|(_, run)| run.as_ref())
+        .collect();
+    assert!(!accepted.is_empty(), "{answers:?}");
+    assert!(
+        accepted.iter().all(|run| *run == accepted[0]),
+        "{answers:?}"
+    );
+    // Every repeat waited for the first and got its answer again.
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runs = statuses(&client, &base, "a").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(&runs[0].0, accepted[0]);
+    terminate(server).await;
+}
