@@ -170,6 +170,48 @@ impl TestApp {
     }
 }
 
+/// Which storage backend a test's app uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A `redis-server` of the test's own.
+    Redis,
+    /// A SQLite file in the test's folder.
+    Embedded,
+}
+
+tokio::task_local! {
+    /// The backend [`spawn_app_with`] builds on, set by [`on_both_backends!`].
+    pub static BACKEND: Backend;
+}
+
+/// Runs each named `async fn` (no arguments) as two tests: `on_redis::name`
+/// and `on_embedded::name`, with the app's backend set accordingly.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::BACKEND
+                        .scope($crate::helpers::Backend::Redis, super::$test())
+                        .await
+                }
+            )*
+        }
+        mod on_embedded {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::BACKEND
+                        .scope($crate::helpers::Backend::Embedded, super::$test())
+                        .await
+                }
+            )*
+        }
+    };
+}
+
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
     /// Run an in-process worker.
@@ -262,7 +304,18 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         runs: Duration::from_secs(3600),
         deliveries: options.webhook_settings.retention,
     };
-    let backends = Backends::redis(&redis.url(), retention, &lifecycle).unwrap();
+    let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Redis);
+    let backends = match backend {
+        Backend::Redis => Backends::redis(&redis.url(), retention, &lifecycle).unwrap(),
+        Backend::Embedded => {
+            let db = flowgate::backend::sqlite::Database::open(
+                &dir.path().join("data/flowgate.db"),
+                true,
+            )
+            .unwrap();
+            Backends::embedded(&db, retention)
+        }
+    };
     backends.queue.prepare().await.unwrap();
     let settings = Settings {
         limits: options.limits,

@@ -38,7 +38,6 @@ async fn post_with_key(
         .unwrap()
 }
 
-#[tokio::test]
 async fn a_repeat_gets_the_first_answer_and_starts_nothing() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[("s", calling_flow(&receiver.url("/s"), "sync"))]).await;
@@ -60,7 +59,6 @@ async fn a_repeat_gets_the_first_answer_and_starts_nothing() {
     assert_eq!(receiver.requests().len(), 2);
 }
 
-#[tokio::test]
 async fn concurrent_duplicates_make_exactly_one_run() {
     let receiver = Receiver::start(&[], Duration::from_millis(500)).await;
     let app = spawn_app(&[("s", calling_flow(&receiver.url("/s"), "sync"))]).await;
@@ -92,7 +90,6 @@ async fn concurrent_duplicates_make_exactly_one_run() {
     assert_eq!(receiver.requests().len(), 1);
 }
 
-#[tokio::test]
 async fn async_repeats_and_provider_delivery_ids() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[("a", calling_flow(&receiver.url("/a"), "async"))]).await;
@@ -126,7 +123,6 @@ async fn async_repeats_and_provider_delivery_ids() {
     assert_eq!(receiver.requests().len(), 1);
 }
 
-#[tokio::test]
 async fn keys_are_per_flow_and_a_failed_run_frees_its_key() {
     // The first call answers 503 (the run fails), the retry 200.
     let receiver = Receiver::start(&[503], Duration::ZERO).await;
@@ -145,3 +141,10 @@ async fn keys_are_per_flow_and_a_failed_run_frees_its_key() {
     assert!(!other_flow.headers().contains_key("idempotent-replayed"));
     assert_eq!(receiver.requests().len(), 3);
 }
+
+crate::on_both_backends!(
+    a_repeat_gets_the_first_answer_and_starts_nothing,
+    concurrent_duplicates_make_exactly_one_run,
+    async_repeats_and_provider_delivery_ids,
+    keys_are_per_flow_and_a_failed_run_frees_its_key,
+);

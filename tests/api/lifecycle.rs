@@ -50,7 +50,6 @@ fn run_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-#[tokio::test]
 async fn every_run_transition_is_published() {
     // The first call fails with 503, so the async run retries later once.
     let receiver = Receiver::start(&[503], Duration::ZERO).await;
@@ -108,3 +107,5 @@ async fn every_run_transition_is_published() {
         })
     ));
 }
+
+crate::on_both_backends!(every_run_transition_is_published,);

@@ -20,7 +20,6 @@ ref = "web1"
     )
 }
 
-#[tokio::test]
 async fn method_not_in_methods_is_405_with_allow() {
     let app = spawn_app(&[("f", flow("live", r#"methods = ["PUT", "PATCH"]"#, ""))]).await;
     let response = app
@@ -42,7 +41,6 @@ async fn method_not_in_methods_is_405_with_allow() {
     assert_eq!(ok.status(), 200);
 }
 
-#[tokio::test]
 async fn bodies_over_the_limit_are_413() {
     let app = spawn_app(&[
         ("small", flow("live", "max_body_bytes = 100", "")),
@@ -62,7 +60,6 @@ async fn bodies_over_the_limit_are_413() {
     envelope(app.post_json("big", &huge).await, 413, "payload_too_large").await;
 }
 
-#[tokio::test]
 async fn malformed_and_unsupported_bodies_are_400_and_415() {
     let app = spawn_app(&[
         ("f", flow("live", "", "")),
@@ -122,7 +119,6 @@ async fn malformed_and_unsupported_bodies_are_400_and_415() {
     assert_eq!(ok.text().await.unwrap(), "raw bytes");
 }
 
-#[tokio::test]
 async fn paused_answers_the_fixed_body_and_runs_nothing() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let paused = format!(
@@ -155,7 +151,6 @@ url = "{}"
     assert_eq!(receiver.requests().len(), 1);
 }
 
-#[tokio::test]
 async fn request_data_is_never_template_source() {
     let app = spawn_app(&[(
         "f",
@@ -174,7 +169,6 @@ async fn request_data_is_never_template_source() {
     );
 }
 
-#[tokio::test]
 async fn status_template_outside_http_range_is_a_clear_500() {
     let app = spawn_app(&[("f", flow("live", "", r#"status = "{{ web1.code }}""#))]).await;
     let ok = app.post_json("f", r#"{"code": 418}"#).await;
@@ -192,7 +186,6 @@ async fn status_template_outside_http_range_is_a_clear_500() {
     assert!(body["data"]["run_id"].is_string(), "{body}");
 }
 
-#[tokio::test]
 async fn response_uses_file_templates_headers_and_json_escaping() {
     let templates = vec![(
         "answer.json.j2",
@@ -229,7 +222,6 @@ headers = { "x-customer" = "{{ web1.name | upper }}", "content-type" = "applicat
     );
 }
 
-#[tokio::test]
 async fn form_xml_text_and_empty_bodies_reach_templates() {
     let app = spawn_app(&[(
         "f",
@@ -278,7 +270,6 @@ async fn form_xml_text_and_empty_bodies_reach_templates() {
     assert_eq!(empty.text().await.unwrap(), "{}");
 }
 
-#[tokio::test]
 async fn request_object_hides_authorization() {
     let app = spawn_app(&[(
         "f",
@@ -304,7 +295,6 @@ async fn request_object_hides_authorization() {
     assert!(headers.get("authorization").is_none(), "{headers}");
 }
 
-#[tokio::test]
 async fn cors_is_opt_in() {
     let app = spawn_app(&[
         (
@@ -363,7 +353,6 @@ async fn cors_is_opt_in() {
     );
 }
 
-#[tokio::test]
 async fn unknown_routes_and_health() {
     let app = spawn_app(&[("f", flow("live", "", ""))]).await;
     let response = app
@@ -391,3 +380,17 @@ async fn unknown_routes_and_health() {
         .unwrap();
     assert_eq!(ready["flows"], 1);
 }
+
+crate::on_both_backends!(
+    method_not_in_methods_is_405_with_allow,
+    bodies_over_the_limit_are_413,
+    malformed_and_unsupported_bodies_are_400_and_415,
+    paused_answers_the_fixed_body_and_runs_nothing,
+    request_data_is_never_template_source,
+    status_template_outside_http_range_is_a_clear_500,
+    response_uses_file_templates_headers_and_json_escaping,
+    form_xml_text_and_empty_bodies_reach_templates,
+    request_object_hides_authorization,
+    cors_is_opt_in,
+    unknown_routes_and_health,
+);

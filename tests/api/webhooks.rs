@@ -127,7 +127,6 @@ fn verify(secret: &str, request: &Received) -> bool {
         .any(|candidate| candidate == expected)
 }
 
-#[tokio::test]
 async fn creating_a_subscription_pings_it_with_a_verifiable_signature() {
     let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -195,7 +194,6 @@ async fn creating_a_subscription_pings_it_with_a_verifiable_signature() {
     assert!(requests[0].headers.get("webhook-id").is_some());
 }
 
-#[tokio::test]
 async fn run_events_of_sync_and_async_runs_arrive_and_order_by_sequence() {
     let app = spawn_app(&[("s", SYNC_FLOW.to_owned()), ("a", ASYNC_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -273,7 +271,6 @@ async fn run_events_of_sync_and_async_runs_arrive_and_order_by_sequence() {
     assert_eq!(ids.len(), requests.len());
 }
 
-#[tokio::test]
 async fn filters_by_event_flow_and_status_and_xml_parses() {
     let app = spawn_app(&[
         ("s", SYNC_FLOW.to_owned()),
@@ -345,7 +342,6 @@ async fn filters_by_event_flow_and_status_and_xml_parses() {
     assert_eq!(field(&["data", "status"]), "failed");
 }
 
-#[tokio::test]
 async fn retries_follow_the_schedule_and_honour_retry_after() {
     let app = spawn_app(&[]).await;
     // The ping gets 200; then the event gets 500, 503 + Retry-After: 2, 200.
@@ -416,7 +412,6 @@ async fn retries_follow_the_schedule_and_honour_retry_after() {
     assert_eq!(entries[0]["event"], "flow.created");
 }
 
-#[tokio::test]
 async fn a_redirect_is_a_failure_and_is_not_followed() {
     let app = spawn_app(&[]).await;
     let target = Receiver::start(&[], Duration::ZERO).await;
@@ -437,7 +432,6 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
     assert!(target.requests().is_empty());
 }
 
-#[tokio::test]
 async fn four_failures_in_a_row_disable_a_subscription_and_a_success_resets_the_count() {
     let app = spawn_app(&[]).await;
     // ping 500, test 500, test 200 (resets), then 4 × 500.
@@ -524,7 +518,6 @@ async fn four_failures_in_a_row_disable_a_subscription_and_a_success_resets_the_
     assert_eq!(requests[before].json()["type"], "flow.created");
 }
 
-#[tokio::test]
 async fn an_enabled_subscription_cannot_be_deleted_and_a_flow_takes_at_most_five() {
     let app = spawn_app(&[("s", SYNC_FLOW.to_owned()), ("t", SYNC_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -613,7 +606,6 @@ async fn an_enabled_subscription_cannot_be_deleted_and_a_flow_takes_at_most_five
     assert_eq!(audit["data"][0]["before"]["id"], id);
 }
 
-#[tokio::test]
 async fn bad_subscriptions_and_roles_are_refused_in_the_envelope() {
     let options = AppOptions {
         allow_private_networks: false,
@@ -697,7 +689,6 @@ async fn bad_subscriptions_and_roles_are_refused_in_the_envelope() {
     envelope(refused, 403, "forbidden").await;
 }
 
-#[tokio::test]
 async fn the_log_cuts_big_responses_and_a_delivery_can_be_resent() {
     let app = spawn_app(&[]).await;
     let big = "x".repeat(100 * 1024);
@@ -767,7 +758,6 @@ async fn the_log_cuts_big_responses_and_a_delivery_can_be_resent() {
     );
 }
 
-#[tokio::test]
 async fn a_rotated_secret_signs_alongside_the_new_one_until_its_grace_ends() {
     let app = spawn_app(&[]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -1102,7 +1092,6 @@ async fn tls_receiver(
     (port, bodies)
 }
 
-#[tokio::test]
 async fn deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts() {
     let certs = tempfile::tempdir().unwrap();
     let (ca, leaf, key) = test_ca(certs.path());
@@ -1149,7 +1138,6 @@ async fn deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts
     assert_eq!(bodies.lock().unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn the_delivery_log_is_pruned_past_its_retention() {
     let options = AppOptions {
         webhook_settings: flowgate::webhooks::WebhookSettings {
@@ -1209,3 +1197,18 @@ async fn a_run_never_waits_for_webhooks_and_a_lost_event_is_counted() {
     .await;
     app.redis.restart();
 }
+
+crate::on_both_backends!(
+    creating_a_subscription_pings_it_with_a_verifiable_signature,
+    run_events_of_sync_and_async_runs_arrive_and_order_by_sequence,
+    filters_by_event_flow_and_status_and_xml_parses,
+    retries_follow_the_schedule_and_honour_retry_after,
+    a_redirect_is_a_failure_and_is_not_followed,
+    four_failures_in_a_row_disable_a_subscription_and_a_success_resets_the_count,
+    an_enabled_subscription_cannot_be_deleted_and_a_flow_takes_at_most_five,
+    bad_subscriptions_and_roles_are_refused_in_the_envelope,
+    the_log_cuts_big_responses_and_a_delivery_can_be_resent,
+    a_rotated_secret_signs_alongside_the_new_one_until_its_grace_ends,
+    the_delivery_log_is_pruned_past_its_retention,
+    deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts,
+);
