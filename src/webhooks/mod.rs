@@ -41,6 +41,9 @@ pub use self::settings::WebhookSettings;
 /// At most this many subscriptions may name one flow (one with no flow
 /// filter names every flow).
 pub const MAX_PER_FLOW: usize = 5;
+/// Subscriptions one installation may hold in all (each is loaded by every
+/// process and looked at for every event).
+pub const MAX_SUBSCRIPTIONS: usize = 1000;
 /// Consecutive failed attempts after which a subscription is disabled.
 pub const DISABLE_AFTER: u32 = 4;
 /// How long a rotated-out secret keeps signing, unless asked otherwise.
@@ -729,6 +732,15 @@ fn check_limit(
     others: &[Subscription],
     known_flows: &[String],
 ) -> Result<(), Refusal> {
+    if others.len() >= MAX_SUBSCRIPTIONS {
+        return Err(Refusal::Conflict {
+            code: "too_many_subscriptions",
+            message: format!(
+                "there are {} subscriptions, the most one installation holds; delete unused ones first",
+                others.len()
+            ),
+        });
+    }
     let covers = |sub: &Subscription, flow: &str| {
         sub.flows.is_empty() || sub.flows.iter().any(|f| f == flow)
     };
@@ -774,4 +786,47 @@ fn not_found_text(id: &str) -> String {
 
 fn not_found(id: &str) -> WebhookError {
     WebhookError::NotFound(not_found_text(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, flows: &[&str]) -> Subscription {
+        serde_json::from_value(json!({
+            "id": id, "name": id, "url": "https://example.com/", "events": ["*"],
+            "flows": flows, "format": "json", "enabled": true,
+            "created_at": "t", "updated_at": "t",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flow_takes_five_subscriptions_and_an_installation_a_thousand() {
+        let known = vec!["a".to_owned(), "b".to_owned()];
+        let four_on_a: Vec<_> = (0..4).map(|n| sub(&format!("s{n}"), &["a"])).collect();
+        assert!(check_limit(&sub("new", &["a"]), &four_on_a, &known).is_ok());
+        let mut five = four_on_a.clone();
+        five.push(sub("all", &[]));
+        for candidate in [sub("new", &["a"]), sub("new", &[]), sub("new", &["b", "a"])] {
+            let refused = check_limit(&candidate, &five, &known).unwrap_err();
+            assert!(matches!(
+                refused,
+                Refusal::Conflict {
+                    code: "too_many_subscriptions",
+                    ..
+                }
+            ));
+        }
+        assert!(check_limit(&sub("new", &["b"]), &five, &known).is_ok());
+        let many: Vec<_> = (0..MAX_SUBSCRIPTIONS)
+            .map(|n| sub(&format!("s{n}"), &[&format!("f{n}")]))
+            .collect();
+        let refused = check_limit(&sub("new", &["z"]), &many, &known).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("the most one installation holds")
+        );
+    }
 }
