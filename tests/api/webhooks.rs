@@ -969,74 +969,6 @@ async fn the_cli_manages_subscriptions_and_reads_the_log() {
     );
 }
 
-/// A CA and a certificate it signed for `localhost` and 127.0.0.1, made
-/// with the `openssl` command: (CA PEM, leaf certificate PEM, leaf key PEM).
-fn test_ca(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl command runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=flowgate test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "leaf.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
-    (read("ca.pem"), read("leaf.pem"), read("leaf.key"))
-}
-
 /// An HTTPS receiver on loopback serving `cert`; its port and the bodies it got.
 async fn tls_receiver(
     cert: &[u8],
@@ -1094,7 +1026,7 @@ async fn tls_receiver(
 
 async fn deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, leaf, key) = test_ca(certs.path());
+    let (ca, leaf, key) = test_certificates(certs.path());
     let (port, bodies) = tls_receiver(&leaf, &key).await;
     let url = format!("https://localhost:{port}/tls");
     let trusting = AppOptions {

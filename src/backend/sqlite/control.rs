@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::params;
 use tokio::sync::mpsc;
 
-use super::Database;
+use super::{Database, corrupt};
 use crate::backend::control::{
     ABORT_MEMORY, AUDIT_RETENTION, Applied, AuditDraft, AuditEntry, AuditFilter, Change,
     ControlState, ControlStore, Generation, Page, StatusOverride,
@@ -31,10 +31,6 @@ impl SqliteControl {
     pub fn new(db: Database) -> Self {
         Self { db }
     }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupt(format!("{what}: {e}"))
 }
 
 fn read_version(conn: &rusqlite::Connection) -> Result<u64, StorageError> {

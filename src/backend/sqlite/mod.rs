@@ -345,6 +345,16 @@ impl Database {
     }
 }
 
+/// A stored value that cannot be read back.
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {e}"))
+}
+
+/// A value as the JSON text the database stores.
+fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
+    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
+}
+
 fn stopped() -> StorageError {
     StorageError::Unavailable("the database thread stopped".into())
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
-use super::{Database, SqliteStore};
+use super::{Database, SqliteStore, corrupt, encode};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::record::{RecordedResponse, RunRecord};
@@ -26,14 +26,6 @@ pub struct SqliteQueue {
     db: Database,
     store: SqliteStore,
     arrived: Arc<Notify>,
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupt(format!("{what}: {e}"))
-}
-
-fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
-    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
 }
 
 /// A record and its JSON, encoded before the write.

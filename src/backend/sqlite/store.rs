@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::Database;
+use super::{Database, corrupt, encode};
 use crate::backend::control::Page;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
@@ -20,14 +20,6 @@ use crate::record::RunRecord;
 pub struct SqliteStore {
     db: Database,
     retention: Duration,
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupt(format!("{what}: {e}"))
-}
-
-fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
-    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
 }
 
 impl SqliteStore {

@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Database;
+use super::{Database, corrupt, encode};
 use crate::backend::control::Page;
 use crate::backend::webhooks::{
     Attempt, Decide, Delivery, DeliveryState, Refusal, Subscription, WebhookStore, Write,
@@ -27,14 +27,6 @@ impl SqliteWebhooks {
     pub fn new(db: Database, retention: std::time::Duration) -> Self {
         Self { db, retention }
     }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Corrupt(format!("{what}: {e}"))
-}
-
-fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
-    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
 }
 
 fn state_name(state: DeliveryState) -> &'static str {
