@@ -293,6 +293,81 @@ async fn an_unusable_database_stops_the_start_with_a_clear_line() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // A read-only file system, and a disk too full for the new file.
+    for (options, problem) in [
+        ("ro", "Read-only file system"),
+        ("size=8k", "No space left on device"),
+    ] {
+        let Some(disk) = Mount::tmpfs(options) else {
+            return;
+        };
+        let path = disk.path().join("flowgate.db");
+        let out = command(&dir, &["serve"])
+            .env("FLOWGATE_STORAGE__PATH", &path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{options}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&*path.to_string_lossy()) && stderr.contains(problem),
+            "{options}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_runs_with_503_until_there_is_room_and_loses_none() {
+    let Some(disk) = Mount::tmpfs("size=2m") else {
+        return;
+    };
+    let options = AppOptions {
+        worker: false,
+        database: Some(disk.path().join("flowgate.db")),
+        ..Default::default()
+    };
+    let app = BACKEND
+        .scope(
+            Backend::Embedded,
+            spawn_app_with(&[("a", ASYNC.into())], options),
+        )
+        .await;
+    let body = serde_json::json!({ "n": 1, "pad": "x".repeat(100_000) }).to_string();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let response = app.post_json("a", &body).await;
+        if response.status() == 202 {
+            let answer: Value = response.json().await.unwrap();
+            accepted.push(answer["run_id"].as_str().unwrap().to_owned());
+            continue;
+        }
+        assert_eq!(response.headers()["retry-after"], "5");
+        envelope(response, 503, "queue_unavailable").await;
+        refused += 1;
+        if refused == 3 {
+            break;
+        }
+    }
+    assert_eq!(refused, 3, "the disk never filled up");
+    assert!(!accepted.is_empty());
+
+    // Room again: the same process accepts without a restart.
+    disk.remount("size=64m");
+    let response = app.post_json("a", &body).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    accepted.push(answer["run_id"].as_str().unwrap().to_owned());
+
+    // Every run answered 202 was stored, and runs.
+    app.start_worker(Duration::from_secs(15));
+    for id in &accepted {
+        let record = app
+            .record_when(id, |r| r.status == flowgate::engine::RunState::Succeeded)
+            .await;
+        assert_eq!(record.steps[0].output, serde_json::json!({ "n": 2 }));
+    }
+    app.drained().await;
 }
 
 #[tokio::test]

@@ -227,6 +227,8 @@ pub struct AppOptions {
     pub webhooks: bool,
     /// How webhooks are delivered: plain HTTP allowed, quick retries.
     pub webhook_settings: flowgate::webhooks::WebhookSettings,
+    /// The embedded backend's file, when not in the test's folder.
+    pub database: Option<PathBuf>,
 }
 
 /// Webhook settings for tests: plain HTTP and loopback allowed, a 2 s
@@ -253,6 +255,7 @@ impl Default for AppOptions {
             limits: Default::default(),
             webhooks: true,
             webhook_settings: test_webhook_settings(),
+            database: None,
         }
     }
 }
@@ -308,11 +311,9 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let backends = match backend {
         Backend::Redis => Backends::redis(&redis.url(), retention, &lifecycle).unwrap(),
         Backend::Embedded => {
-            let db = flowgate::backend::sqlite::Database::open(
-                &dir.path().join("data/flowgate.db"),
-                true,
-            )
-            .unwrap();
+            let path =
+                (options.database.clone()).unwrap_or_else(|| dir.path().join("data/flowgate.db"));
+            let db = flowgate::backend::sqlite::Database::open(&path, true).unwrap();
             Backends::embedded(&db, retention)
         }
     };
@@ -625,6 +626,58 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `tmpfs` mounted on a folder of its own, unmounted when dropped: a
+/// real file system the test can fill up or make read-only.
+pub struct Mount {
+    dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts a `tmpfs` with `options` (`size=2m`, `ro`). Mounting needs
+    /// root: elsewhere this says why and gives `None`, except under `CI`,
+    /// where the check must not be skipped and it fails the test.
+    pub fn tmpfs(options: &str) -> Option<Mount> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(Mount { dir });
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mounting a tmpfs failed; this test needs root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        None
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Changes the mount's options in place (`remount,size=64m`).
+    pub fn remount(&self, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }
 
 /// Path of the built `flowgate` binary.

@@ -206,8 +206,8 @@ impl Database {
         } else {
             None
         };
-        let writer = connect(path).map_err(|e| unusable(e.to_string()))?;
-        migrate(&writer).map_err(|e| unusable(e.to_string()))?;
+        let writer = connect(path).map_err(|e| unusable(explain(path, e)))?;
+        migrate(&writer).map_err(|e| unusable(explain(path, e)))?;
         if own {
             // Only the owner runs workers, and the one before it is gone:
             // the runs it held are taken over at once.
@@ -357,6 +357,25 @@ fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
 
 fn stopped() -> StorageError {
     StorageError::Unavailable("the database thread stopped".into())
+}
+
+/// `e` as a line for the operator. SQLite reports a full disk as a bare
+/// "disk I/O error" on some paths; then a 1 MiB probe file written beside
+/// the database tells the operating system's reason, when there is one.
+fn explain(path: &Path, e: rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    let plain = e.to_string();
+    if !matches!(e.sqlite_error_code(), Some(SystemIoFailure | DiskFull)) {
+        return plain;
+    }
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".probe");
+    let written = std::fs::write(&probe, vec![0u8; 1 << 20]);
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(reason) => format!("{plain}: {reason}"),
+        Ok(()) => plain,
+    }
 }
 
 /// The lock file beside the database.
