@@ -300,7 +300,7 @@ fn gateway(
     config: &Config,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Arc<crate::trigger::TriggerState>> {
-    let app = super::build_app(config)?;
+    let app = super::build_app(config, false)?;
     rt.block_on(app.control().refresh())?;
     Ok(app.gateway())
 }

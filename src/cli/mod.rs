@@ -266,13 +266,15 @@ fn load_for_serving(config: &Config) -> SharedCatalog {
     SharedCatalog::new(report.catalog)
 }
 
-/// The app on the configured backends, with the flows loaded for serving.
-fn build_app(config: &Config) -> anyhow::Result<App> {
+/// The app on the configured backends, with the flows loaded for serving;
+/// `own` as for [`open_backends`]: serve and worker own an embedded
+/// database, CLI operations work beside them.
+fn build_app(config: &Config, own: bool) -> anyhow::Result<App> {
     let mut settings = Settings::from_config(config);
     settings.webhooks.load_ca(config)?;
     let keys = TokenKeys::new(&config.signing_key()?);
     let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
-    let backends = open_backends(config, &lifecycle, true)?;
+    let backends = open_backends(config, &lifecycle, own)?;
     Ok(App::new(
         settings,
         keys,
@@ -367,7 +369,7 @@ fn spawn_worker(
 fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let addr = config.server.listen;
     let grace = config.server.shutdown_grace;
-    let app = build_app(&config)?;
+    let app = build_app(&config, true)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         start_background(&app);
@@ -389,7 +391,7 @@ fn worker_only(
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let grace = config.server.shutdown_grace;
-    let app = build_app(&config)?;
+    let app = build_app(&config, true)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
         start_background(&app);

@@ -54,7 +54,6 @@ async fn post_with_auth(app: &TestApp, flow: &str, auth: Option<&str>) -> reqwes
     req.send().await.unwrap()
 }
 
-#[tokio::test]
 async fn valid_token_runs_the_flow() {
     let app = spawn_app(&[("echo", echo_flow())]).await;
     let response = app.post_json("echo", r#"{"n": 5}"#).await;
@@ -63,7 +62,6 @@ async fn valid_token_runs_the_flow() {
     assert_eq!(response.text().await.unwrap(), r#"{"got": 5}"#);
 }
 
-#[tokio::test]
 async fn bad_tokens_get_401_with_www_authenticate() {
     let app = spawn_app(&[("echo", echo_flow()), ("other", echo_flow())]).await;
     let claims = serde_json::json!({"sub": "echo", "iat": now(), "jti": "j1", "ver": 0});
@@ -147,7 +145,6 @@ fn unauthorized_body() -> serde_json::Value {
     })
 }
 
-#[tokio::test]
 async fn unknown_flow_is_401_without_a_token_and_404_with_one() {
     let app = spawn_app(&[("echo", echo_flow())]).await;
     // Without credentials an unknown flow looks exactly like a known one.
@@ -166,7 +163,6 @@ async fn unknown_flow_is_401_without_a_token_and_404_with_one() {
     assert!(body["message"].as_str().unwrap().contains("nope"));
 }
 
-#[tokio::test]
 async fn github_signature_authenticates_and_a_tampered_body_does_not() {
     let secret = "gh-secret-for-tests";
     let flow = r#"
@@ -208,7 +204,6 @@ body_inline = "{{ gh.action }}"
     envelope(bearer, 401, "unauthorized").await;
 }
 
-#[tokio::test]
 async fn standard_webhooks_signature_over_http_with_timestamp_tolerance() {
     let raw_secret = b"standard-webhooks-test-secret-32b";
     let flow = r#"
@@ -255,7 +250,6 @@ body_inline = "{{ evt.type }}"
     assert_eq!(bearer.status(), 200);
 }
 
-#[tokio::test]
 async fn query_token_only_where_the_flow_allows_it() {
     let with_query = r#"
 status = "live"
@@ -279,3 +273,12 @@ body_inline = "{{ request.query | tojson }}"
     )
     .await;
 }
+
+crate::on_both_backends!(
+    valid_token_runs_the_flow,
+    bad_tokens_get_401_with_www_authenticate,
+    unknown_flow_is_401_without_a_token_and_404_with_one,
+    github_signature_authenticates_and_a_tampered_body_does_not,
+    standard_webhooks_signature_over_http_with_timestamp_tolerance,
+    query_token_only_where_the_flow_allows_it,
+);

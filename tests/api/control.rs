@@ -298,7 +298,6 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
     terminate(b).await;
 }
 
-#[tokio::test]
 async fn every_role_gets_what_it_may_and_nothing_else() {
     let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
     let base = format!("http://{}", app.addr);
@@ -489,7 +488,6 @@ async fn a_revoked_admin_token_is_refused_on_every_replica() {
     terminate(b).await;
 }
 
-#[tokio::test]
 async fn queued_runs_of_a_paused_flow_wait_and_run_after_unpause() {
     let flow = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n".to_owned();
     let app = spawn_app_with(
@@ -553,7 +551,6 @@ async fn post_admin(app: &TestApp, path: &str, role: &str) -> reqwest::Response 
     .await
 }
 
-#[tokio::test]
 async fn a_replay_runs_the_recorded_request_again_as_a_linked_run() {
     let sync_flow = "status = \"live\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n * 2 }}\", raw = \"{{ request.raw }}\" }\n".to_owned();
     let async_flow = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n".to_owned();
@@ -627,7 +624,6 @@ async fn a_replay_runs_the_recorded_request_again_as_a_linked_run() {
     assert_eq!(actors, ["cli:alice", "tester"]);
 }
 
-#[tokio::test]
 async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let flow = format!(
@@ -729,3 +725,10 @@ async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
     )
     .await;
 }
+
+crate::on_both_backends!(
+    every_role_gets_what_it_may_and_nothing_else,
+    queued_runs_of_a_paused_flow_wait_and_run_after_unpause,
+    a_replay_runs_the_recorded_request_again_as_a_linked_run,
+    an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one,
+);

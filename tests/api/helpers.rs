@@ -31,6 +31,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: TokenKeys,
     pub redis: RedisServer,
+    /// The backend it stores on.
+    pub backend: Backend,
+    /// The embedded backend's file (unused on Redis).
+    pub database: PathBuf,
     /// The assembled app the gateway serves; workers come from it too.
     pub app: App,
     /// Holds the flows folder as long as the gateway lives.
@@ -76,7 +80,8 @@ impl TestApp {
     }
 
     /// Starts the `flowgate` binary with `args`, configured for this app's
-    /// Redis with outbound calls to loopback (and plain-HTTP webhooks)
+    /// storage (its Redis, or its database file: then only CLI commands,
+    /// since this process owns the file) with outbound calls to loopback (and plain-HTTP webhooks)
     /// allowed; `extra` adds TOML.
     pub fn spawn_process(&self, extra: &str, args: &[&str]) -> std::process::Child {
         self.process(extra, args).spawn().unwrap()
@@ -88,9 +93,18 @@ impl TestApp {
             .dir
             .path()
             .join(format!("process-{}.toml", free_port()));
+        let storage = match self.backend {
+            Backend::Redis => format!(
+                "[storage]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\n",
+                self.redis.url()
+            ),
+            Backend::Embedded => format!(
+                "[storage]\nbackend = \"embedded\"\npath = \"{}\"\n",
+                self.database.display()
+            ),
+        };
         let toml = format!(
-            "[storage]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\n[http]\nallow_private_networks = true\n[webhooks]\nallow_http = true\n{extra}",
-            self.redis.url()
+            "{storage}[http]\nallow_private_networks = true\n[webhooks]\nallow_http = true\n{extra}"
         );
         std::fs::write(&config, toml).unwrap();
         let mut command = std::process::Command::new(binary());
@@ -308,12 +322,12 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         deliveries: options.webhook_settings.retention,
     };
     let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Redis);
+    let database =
+        (options.database.clone()).unwrap_or_else(|| dir.path().join("data/flowgate.db"));
     let backends = match backend {
         Backend::Redis => Backends::redis(&redis.url(), retention, &lifecycle).unwrap(),
         Backend::Embedded => {
-            let path =
-                (options.database.clone()).unwrap_or_else(|| dir.path().join("data/flowgate.db"));
-            let db = flowgate::backend::sqlite::Database::open(&path, true).unwrap();
+            let db = flowgate::backend::sqlite::Database::open(&database, true).unwrap();
             Backends::embedded(&db, retention)
         }
     };
@@ -365,6 +379,8 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         client: reqwest::Client::new(),
         keys,
         redis,
+        backend,
+        database,
         app,
         dir,
         shutdown: tx,
@@ -738,7 +754,7 @@ pub async fn replica(app: &TestApp) -> (std::process::Child, String) {
     (child, base)
 }
 
-/// The flowgate CLI against `app`'s Redis and flows; its stdout, stderr and exit status.
+/// The flowgate CLI against `app`'s storage and flows; its stdout, stderr and exit status.
 pub fn cli(app: &TestApp, args: &[&str]) -> (String, String, i32) {
     let out = app
         .process("", args)

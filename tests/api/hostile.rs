@@ -58,7 +58,6 @@ async fn deeply_nested_xml_is_refused_and_the_gateway_lives_on() {
     assert_eq!(healthz(&app, Duration::from_secs(5)).await, Some(200));
 }
 
-#[tokio::test]
 async fn xml_at_the_depth_bound_is_queued_and_runs() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[("x", echo_async_flow(&receiver.url("/hook")))]).await;
@@ -380,7 +379,6 @@ async fn every_401_is_the_same_whatever_the_flow_or_the_failure() {
     }
 }
 
-#[tokio::test]
 async fn credentials_are_redacted_from_templates_and_records() {
     let flow = r#"
 status = "live"
@@ -764,3 +762,8 @@ async fn an_idle_http2_connection_is_closed() {
     assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
     drop(client);
 }
+
+crate::on_both_backends!(
+    xml_at_the_depth_bound_is_queued_and_runs,
+    credentials_are_redacted_from_templates_and_records,
+);

@@ -52,7 +52,6 @@ pub fn runs_received(receiver: &Receiver) -> HashMap<String, usize> {
     counts
 }
 
-#[tokio::test]
 async fn async_flow_answers_at_once_then_runs() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[("a", async_flow(&receiver.url("/hook"), ""))]).await;
@@ -79,7 +78,6 @@ async fn async_flow_answers_at_once_then_runs() {
     );
 }
 
-#[tokio::test]
 async fn async_response_template_sees_trigger_and_run() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let response = r#"[response]
@@ -94,7 +92,6 @@ body_inline = '{"accepted": {{ web1.n }}, "status": "{{ run.status }}"}'"#;
     );
 }
 
-#[tokio::test]
 async fn two_hundred_async_runs_execute_exactly_once() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[("a", async_flow(&receiver.url("/hook"), ""))]).await;
@@ -240,7 +237,6 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
     assert_eq!(receiver.requests()[1].json()["run"], run_id.as_str());
 }
 
-#[tokio::test]
 async fn metrics_count_requests_runs_and_queue_lag() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = spawn_app(&[
@@ -334,7 +330,6 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
     }
 }
 
-#[tokio::test]
 async fn step_retries_wait_in_the_delayed_queue_not_in_a_worker_slot() {
     let flaky = Receiver::start(&[503, 503], Duration::ZERO).await;
     let quick = Receiver::start(&[], Duration::ZERO).await;
@@ -456,7 +451,6 @@ async fn a_worker_process_exports_its_metrics() {
     assert!(status.success(), "{status:?}");
 }
 
-#[tokio::test]
 async fn a_worker_can_be_driven_one_run_at_a_time() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let app = async_app_without_worker(&receiver).await;
@@ -484,3 +478,12 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
     assert_eq!(worker.try_execute_next().await.unwrap(), Outcome::Idle);
     assert_eq!(receiver.requests().len(), 2);
 }
+
+crate::on_both_backends!(
+    async_flow_answers_at_once_then_runs,
+    async_response_template_sees_trigger_and_run,
+    two_hundred_async_runs_execute_exactly_once,
+    metrics_count_requests_runs_and_queue_lag,
+    step_retries_wait_in_the_delayed_queue_not_in_a_worker_slot,
+    a_worker_can_be_driven_one_run_at_a_time,
+);

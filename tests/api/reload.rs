@@ -39,7 +39,6 @@ async fn answers_within(app: &TestApp, flow: &str, status: u16, body: &str) {
     }
 }
 
-#[tokio::test]
 async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good_version() {
     let app = spawn_app_with(
         &[("a", flow_answering("a")), ("b", flow_answering("b"))],
@@ -141,3 +140,7 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
     let refused = reload(&app, &viewer).await;
     envelope(refused, 403, "forbidden").await;
 }
+
+crate::on_both_backends!(
+    file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good_version,
+);

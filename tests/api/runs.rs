@@ -1,8 +1,6 @@
 //! The run history: what the debugger shows for succeeded, failed,
 //! timed-out and async runs, and what it never shows.
 
-use std::process::Command;
-
 use crate::helpers::*;
 
 const FLOW: &str = r#"
@@ -35,7 +33,6 @@ fn run_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-#[tokio::test]
 async fn succeeded_run_records_steps_request_and_answer() {
     let app = spawn_app(&[("f", FLOW.to_owned())]).await;
     let response = app.post_json("f", r#"{"a": 2, "b": 3}"#).await;
@@ -78,7 +75,6 @@ async fn succeeded_run_records_steps_request_and_answer() {
     assert!(record.error.is_none() && record.ended_at.is_some() && record.duration_ms.is_some());
 }
 
-#[tokio::test]
 async fn failed_and_timed_out_runs_record_why() {
     let app = spawn_app(&[("f", FLOW.to_owned())]).await;
     let failed = app.post_json("f", r#"{"a": 200, "b": 3}"#).await;
@@ -104,7 +100,6 @@ async fn failed_and_timed_out_runs_record_why() {
     assert!(record.error.unwrap().message.contains("timeout of 2s"));
 }
 
-#[tokio::test]
 async fn async_runs_go_from_queued_to_their_end() {
     let flow = FLOW
         .replace("ref = \"web1\"", "ref = \"web1\"\nmode = \"async\"")
@@ -136,7 +131,6 @@ async fn async_runs_go_from_queued_to_their_end() {
     assert!(record.ended_at.is_some());
 }
 
-#[tokio::test]
 async fn paused_flows_and_refused_requests_record_nothing() {
     let paused = FLOW.replace("status = \"live\"", "status = \"paused\"");
     let app = spawn_app(&[("p", paused), ("f", FLOW.to_owned())]).await;
@@ -174,7 +168,6 @@ async fn paused_flows_and_refused_requests_record_nothing() {
     assert_eq!(recorded, vec![later_id]);
 }
 
-#[tokio::test]
 async fn large_bodies_are_truncated_in_the_record() {
     let app = spawn_app(&[("f", FLOW.to_owned())]).await;
     let big = "y".repeat(200 * 1024);
@@ -219,7 +212,6 @@ async fn large_bodies_are_truncated_in_the_record() {
     );
 }
 
-#[tokio::test]
 async fn runs_cli_lists_and_shows_records() {
     let app = spawn_app(&[("f", FLOW.to_owned())]).await;
     let ok = run_id(&app.post_json("f", r#"{"a": 2, "b": 3}"#).await);
@@ -227,20 +219,9 @@ async fn runs_cli_lists_and_shows_records() {
     app.record_when(&failed, |r| r.status == "failed").await;
     app.record_when(&ok, |r| r.status == "succeeded").await;
     let cli = |args: &[&str]| {
-        let out = Command::new(binary())
-            .env("FLOWGATE_STORAGE__BACKEND", "redis")
-            .env("FLOWGATE_REDIS__URL", app.redis.url())
-            .env("RUST_LOG", "error")
-            .current_dir(app.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let (stdout, stderr, code) = cli(&app, args);
+        assert_eq!(code, 0, "{stderr}");
+        stdout
     };
     let list = cli(&["runs", "list", "f"]);
     let lines: Vec<&str> = list.lines().collect();
@@ -266,3 +247,12 @@ async fn runs_cli_lists_and_shows_records() {
         serde_json::from_str(&cli(&["runs", "show", &ok, "--json"])).unwrap();
     assert_eq!(json["steps"][0]["output"]["total"], 5);
 }
+
+crate::on_both_backends!(
+    succeeded_run_records_steps_request_and_answer,
+    failed_and_timed_out_runs_record_why,
+    async_runs_go_from_queued_to_their_end,
+    paused_flows_and_refused_requests_record_nothing,
+    large_bodies_are_truncated_in_the_record,
+    runs_cli_lists_and_shows_records,
+);

@@ -32,7 +32,6 @@ body = {{ amount = "{{{{ prep.amount }}}}", tags = "{{{{ prep.tags }}}}", note =
     )
 }
 
-#[tokio::test]
 async fn http_step_sends_rendered_request_and_exposes_the_response() {
     let receiver = Receiver::start(&[201], Duration::ZERO).await;
     let f = http_flow(
@@ -59,7 +58,6 @@ async fn http_step_sends_rendered_request_and_exposes_the_response() {
     );
 }
 
-#[tokio::test]
 async fn http_step_retries_on_503_then_succeeds() {
     let receiver = Receiver::start(&[503, 503], Duration::ZERO).await;
     let f = http_flow(
@@ -74,7 +72,6 @@ async fn http_step_retries_on_503_then_succeeds() {
     assert_eq!(receiver.requests().len(), 3);
 }
 
-#[tokio::test]
 async fn http_step_failure_answers_500_with_run_id_or_on_error() {
     let receiver = Receiver::start(&[503, 503, 503, 503], Duration::ZERO).await;
     let plain = http_flow(
@@ -115,7 +112,6 @@ body_inline = '{"failed_step": {{ error.step | tojson }}, "run": {{ run.status |
     );
 }
 
-#[tokio::test]
 async fn http_step_timeout_fails_the_step() {
     let receiver = Receiver::start(&[], Duration::from_secs(3)).await;
     let f = http_flow(&receiver.url("/slow"), r#"timeout = "200ms""#, "");
@@ -132,7 +128,6 @@ async fn http_step_timeout_fails_the_step() {
     );
 }
 
-#[tokio::test]
 async fn http_step_to_a_private_address_is_refused_unless_allowed() {
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     let by_ip = http_flow(&receiver.url("/r"), "", "");
@@ -188,7 +183,6 @@ async fn http_step_to_a_private_address_is_refused_unless_allowed() {
     assert!(receiver.requests().is_empty());
 }
 
-#[tokio::test]
 async fn for_each_branch_and_log_steps() {
     let f = r#"
 status = "live"
@@ -223,7 +217,6 @@ else = [ { ref = "small", kind = "log", message = "small order" } ]
     );
 }
 
-#[tokio::test]
 async fn run_past_its_timeout_answers_504_with_run_id() {
     let f = r#"
 status = "live"
@@ -245,7 +238,6 @@ duration = "5s"
     assert!(body["data"]["run_id"].is_string(), "{body}");
 }
 
-#[tokio::test]
 async fn skipped_steps_fail_steps_and_continue_on_error() {
     let f = r#"
 status = "live"
@@ -294,3 +286,14 @@ message = "stopped by request"
     .await;
     assert_eq!(body["message"], "step `stop` failed: stopped by request");
 }
+
+crate::on_both_backends!(
+    http_step_sends_rendered_request_and_exposes_the_response,
+    http_step_retries_on_503_then_succeeds,
+    http_step_failure_answers_500_with_run_id_or_on_error,
+    http_step_timeout_fails_the_step,
+    http_step_to_a_private_address_is_refused_unless_allowed,
+    for_each_branch_and_log_steps,
+    run_past_its_timeout_answers_504_with_run_id,
+    skipped_steps_fail_steps_and_continue_on_error,
+);

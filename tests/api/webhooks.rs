@@ -895,7 +895,6 @@ async fn a_dispatcher_killed_mid_delivery_leaves_it_to_another() {
     terminate(second).await;
 }
 
-#[tokio::test]
 async fn the_cli_manages_subscriptions_and_reads_the_log() {
     let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -1143,4 +1142,5 @@ crate::on_both_backends!(
     a_rotated_secret_signs_alongside_the_new_one_until_its_grace_ends,
     the_delivery_log_is_pruned_past_its_retention,
     deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts,
+    the_cli_manages_subscriptions_and_reads_the_log,
 );
