@@ -11,6 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
+use super::store::RecordRow;
 use super::{Database, SqliteStore, corrupt, encode};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
@@ -28,11 +29,11 @@ pub struct SqliteQueue {
     arrived: Arc<Notify>,
 }
 
-/// A record and its JSON, encoded before the write.
-type Encoded = Option<(RunRecord, String)>;
+/// A record's row, when the write has one, taken before the write.
+type Encoded = Option<RecordRow>;
 
 fn encoded(record: Option<&RunRecord>) -> Result<Encoded, StorageError> {
-    record.map(|r| Ok((r.clone(), encode(r)?))).transpose()
+    record.map(RecordRow::of).transpose()
 }
 
 impl SqliteQueue {
@@ -46,8 +47,8 @@ impl SqliteQueue {
     }
 
     fn write_record(&self, conn: &Connection, record: &Encoded) -> Result<(), StorageError> {
-        if let Some((record, json)) = record {
-            SqliteStore::write_record(conn, record, json, self.store.retention())?;
+        if let Some(row) = record {
+            SqliteStore::write_record(conn, row, self.store.retention())?;
         }
         Ok(())
     }

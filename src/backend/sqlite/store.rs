@@ -28,11 +28,10 @@ impl SqliteStore {
         Self { db, retention }
     }
 
-    /// Writes `record` (JSON `json`) on `conn`, keeping its first acceptance time.
+    /// Writes `row` on `conn`, keeping its first acceptance time.
     pub(super) fn write_record(
         conn: &Connection,
-        record: &RunRecord,
-        json: &str,
+        row: &RecordRow,
         retention: Duration,
     ) -> Result<(), StorageError> {
         let now = now_ms() as i64;
@@ -43,11 +42,11 @@ impl SqliteStore {
                 status = excluded.status, record = excluded.record, expires_at = excluded.expires_at",
         )?
         .execute(params![
-            record.id,
-            record.flow,
+            row.id,
+            row.flow,
             now,
-            record.status.as_str(),
-            json,
+            row.status,
+            row.json,
             now.saturating_add(retention.as_millis() as i64),
         ])?;
         Ok(())
@@ -79,19 +78,40 @@ impl SqliteStore {
     }
 }
 
+/// A record's row, taken from the record before the write: the writer
+/// thread gets a few strings, not the record's tree of values to copy and
+/// then free on a thread that did not allocate it.
+pub(super) struct RecordRow {
+    id: String,
+    flow: String,
+    status: &'static str,
+    json: String,
+}
+
+impl RecordRow {
+    /// `record`'s row, encoded now.
+    pub(super) fn of(record: &RunRecord) -> Result<Self, StorageError> {
+        Ok(Self {
+            id: record.id.clone(),
+            flow: record.flow.clone(),
+            status: record.status.as_str(),
+            json: encode(record)?,
+        })
+    }
+}
+
 fn decode_record(json: &str) -> Result<RunRecord, StorageError> {
     crate::codec::decode(json).map_err(|e| corrupt("run record", e))
 }
 
 impl RunStore for SqliteStore {
     fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
-        let json = encode(record);
-        let record = record.clone();
+        let row = RecordRow::of(record);
         let db = self.db.clone();
         let retention = self.retention;
         Box::pin(async move {
-            let json = json?;
-            db.write_relaxed(move |conn| Self::write_record(conn, &record, &json, retention))
+            let row = row?;
+            db.write_relaxed(move |conn| Self::write_record(conn, &row, retention))
                 .await
         })
     }
