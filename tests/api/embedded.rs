@@ -351,6 +351,9 @@ async fn a_full_disk_refuses_runs_with_503_until_there_is_room_and_loses_none() 
     }
     assert_eq!(refused, 3, "the disk never filled up");
     assert!(!accepted.is_empty());
+    // Reads still work: readiness says nothing of the full disk (the README says so).
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
 
     // Room again: the same process accepts without a restart.
     disk.remount("size=64m");

@@ -171,6 +171,15 @@ impl TestApp {
         self.keys.issue(flow, None, 0).unwrap()
     }
 
+    /// GETs `path` (`/readyz`) from the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// POSTs a JSON body with a valid token for `flow`.
     pub async fn post_json(&self, flow: &str, body: &str) -> reqwest::Response {
         self.client

@@ -150,12 +150,7 @@ async fn redis_down_refuses_async_with_503_but_sync_still_answers() {
     assert!(!response.headers().contains_key("x-flowgate-run-id"));
     envelope(response, 503, "queue_unavailable").await;
     assert_eq!(app.post_json("s", "{}").await.status(), 200);
-    let ready = app
-        .client
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     envelope(ready, 503, "not_ready").await;
     // Back up: accepted again, and executed.
     app.redis.restart();

@@ -355,29 +355,11 @@ async fn cors_is_opt_in() {
 
 async fn unknown_routes_and_health() {
     let app = spawn_app(&[("f", flow("live", "", ""))]).await;
-    let response = app
-        .client
-        .get(format!("http://{}/nope", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/nope").await;
     envelope(response, 404, "not_found").await;
-    let health = app
-        .client
-        .get(format!("http://{}/healthz", app.addr))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready: serde_json::Value = app
-        .client
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["flows"], 1);
 }
 
