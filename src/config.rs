@@ -234,6 +234,25 @@ pub enum StorageBackend {
     Redis,
 }
 
+/// Refuses a config that names a Redis but no backend. Before the embedded
+/// backend existed such a config meant Redis; reading it as the new default
+/// (embedded) would quietly split runs, pauses and tokens between that Redis
+/// and a local file, and each replica would get a file of its own.
+fn check_backend_named(table: &toml::Table, shown: &str) -> Result<(), ConfigError> {
+    let has = |section: &str, key: &str| {
+        table
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(key))
+    };
+    if has("redis", "url") && !has("storage", "backend") {
+        return Err(ConfigError::new(format!(
+            "{shown}: redis.url is set but storage.backend is not; set storage.backend = \"redis\" to keep runs and state in that Redis, or \"embedded\" for one SQLite file (the default when neither is set)"
+        )));
+    }
+    Ok(())
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -406,6 +425,7 @@ impl Config {
         let mut table: toml::Table = toml::from_str(&source)
             .map_err(|e| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
         apply_env_overrides(&mut table, env)?;
+        check_backend_named(&table, &shown)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let message = e.inner().message().trim_end().replace('\n', "; ");
@@ -702,10 +722,13 @@ mod tests {
 
     #[test]
     fn a_redis_password_never_prints() {
-        let vars = env(&[(
-            "FLOWGATE_REDIS__URL",
-            "rediss://user:s3cret@cache.example:6380/0",
-        )]);
+        let vars = env(&[
+            ("FLOWGATE_STORAGE__BACKEND", "redis"),
+            (
+                "FLOWGATE_REDIS__URL",
+                "rediss://user:s3cret@cache.example:6380/0",
+            ),
+        ]);
         let config = Config::load_with_env(None, &vars).unwrap();
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
@@ -713,6 +736,31 @@ mod tests {
             shown.contains("rediss://user:%5Bredacted%5D@cache.example:6380/0"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_redis_url_without_a_backend_is_refused() {
+        // A file of its own: without one, the folder's config.toml is read.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flowgate.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+        let vars = env(&[("FLOWGATE_REDIS__URL", "redis://cache.example:6379/0")]);
+        let err = Config::load_with_env(Some(&file), &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis.url is set but storage.backend is not"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        for backend in ["redis", "embedded"] {
+            let mut vars = vars.clone();
+            vars.push(("FLOWGATE_STORAGE__BACKEND".into(), backend.into()));
+            assert!(
+                Config::load_with_env(Some(&file), &vars).is_ok(),
+                "{backend}"
+            );
+        }
     }
 
     #[test]

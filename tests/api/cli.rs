@@ -179,7 +179,10 @@ fn token_issue_prints_only_the_token() {
     let redis = RedisServer::start(false);
     std::fs::write(
         dir.path().join("config.toml"),
-        format!("[redis]\nurl = \"{}\"\n", redis.url()),
+        format!(
+            "[storage]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\n",
+            redis.url()
+        ),
     )
     .unwrap();
     let out = flowgate(&dir, &["token", "issue", "good", "--ttl", "90d"]);

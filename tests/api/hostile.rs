@@ -639,7 +639,7 @@ async fn rediss_urls_reach_a_tls_redis() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\n[paths]\nflows = \"{0}/flows\"\ntemplates = \"{0}/templates\"\n[redis]\nurl = \"rediss://localhost:{port}/0\"\n[http]\nallow_private_networks = true\n",
+            "[server]\nlisten = \"127.0.0.1:{gateway_port}\"\n[paths]\nflows = \"{0}/flows\"\ntemplates = \"{0}/templates\"\n[storage]\nbackend = \"redis\"\n[redis]\nurl = \"rediss://localhost:{port}/0\"\n[http]\nallow_private_networks = true\n",
             app.dir.path().display()
         ),
     )
