@@ -46,6 +46,7 @@ pub mod backend;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod engine;
 pub mod error;

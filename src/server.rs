@@ -225,6 +225,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
             _ if path.starts_with(crate::admin::PATH_PREFIX) => {
                 crate::admin::handle(state, req).await
             }
+            _ if path
+                .strip_prefix(crate::console::PATH_PREFIX)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
+            {
+                crate::console::handle(state, req).await
+            }
             _ => match path.strip_prefix(trigger::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
                     trigger::handle(state, req, flow_id, &request_id).await

@@ -42,6 +42,28 @@ pub struct FlowClaims {
     /// Present on admin tokens, which are never valid on a trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Present on the console's tokens (see [`ConsoleUse`]), which are
+    /// never valid on the admin API.
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+}
+
+/// What a console token is for. Neither is accepted as an admin API bearer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleUse {
+    /// A one-time sign-in link, exchanged for a session.
+    Link,
+    /// A signed-in console session, carried in its cookie.
+    Session,
+}
+
+impl ConsoleUse {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConsoleUse::Link => "console-link",
+            ConsoleUse::Session => "console-session",
+        }
+    }
 }
 
 /// Why a token was refused. The messages are safe to show the sender: none
@@ -165,7 +187,7 @@ impl TokenKeys {
         ttl: Option<Duration>,
         ver: u64,
     ) -> Result<String, TokenError> {
-        self.mint(flow_id, ttl, ver, None)
+        self.mint(flow_id, ttl, ver, None, None)
     }
 
     /// Mints an admin token for `name` with `role`, expiring after `ttl` when given.
@@ -175,7 +197,19 @@ impl TokenKeys {
         role: Role,
         ttl: Option<Duration>,
     ) -> Result<String, TokenError> {
-        self.mint(name, ttl, 0, Some(role))
+        self.mint(name, ttl, 0, Some(role), None)
+    }
+
+    /// Mints a console token for `name` with `role`, for `purpose`, expiring
+    /// after `ttl`.
+    pub fn issue_console(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Duration,
+        purpose: ConsoleUse,
+    ) -> Result<String, TokenError> {
+        self.mint(name, Some(ttl), 0, Some(role), Some(purpose))
     }
 
     fn mint(
@@ -184,6 +218,7 @@ impl TokenKeys {
         ttl: Option<Duration>,
         ver: u64,
         role: Option<Role>,
+        purpose: Option<ConsoleUse>,
     ) -> Result<String, TokenError> {
         let now = unix_now();
         let claims = FlowClaims {
@@ -193,6 +228,7 @@ impl TokenKeys {
             exp: ttl.map(|ttl| now + ttl.as_secs()),
             ver,
             role: role.map(|r| r.as_str().to_owned()),
+            use_: purpose.map(|p| p.as_str().to_owned()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| TokenError::Signing(e.to_string()))
@@ -202,7 +238,27 @@ impl TokenKeys {
     /// carrying a known role (a flow token carries none). Revocation is the
     /// caller's check.
     pub fn verify_admin(&self, token: &str) -> Result<AdminPrincipal, TokenError> {
+        self.verify_admin_for(token, None)
+    }
+
+    /// Verifies a console token made for `purpose`, as [`TokenKeys::verify_admin`].
+    pub fn verify_console(
+        &self,
+        token: &str,
+        purpose: ConsoleUse,
+    ) -> Result<AdminPrincipal, TokenError> {
+        self.verify_admin_for(token, Some(purpose))
+    }
+
+    fn verify_admin_for(
+        &self,
+        token: &str,
+        purpose: Option<ConsoleUse>,
+    ) -> Result<AdminPrincipal, TokenError> {
         let claims = self.decode(token)?;
+        if claims.use_.as_deref() != purpose.map(ConsoleUse::as_str) {
+            return Err(TokenError::WrongFlow);
+        }
         let role = claims
             .role
             .as_deref()
@@ -310,6 +366,34 @@ mod tests {
     }
 
     #[test]
+    fn console_tokens_are_for_the_console_only() {
+        let k = keys("0123456789abcdef0123456789abcdef");
+        let hour = Duration::from_secs(3600);
+        let link = k
+            .issue_console("alice", Role::Ops, hour, ConsoleUse::Link)
+            .unwrap();
+        let session = k
+            .issue_console("alice", Role::Ops, hour, ConsoleUse::Session)
+            .unwrap();
+        let admin = k.issue_admin("alice", Role::Ops, None).unwrap();
+        let principal = k.verify_console(&link, ConsoleUse::Link).unwrap();
+        assert_eq!(
+            (principal.name.as_str(), principal.role),
+            ("alice", Role::Ops)
+        );
+        assert!(principal.expires.is_some());
+        assert!(k.verify_console(&session, ConsoleUse::Session).is_ok());
+        // Neither is an admin API bearer, nor the other's kind, nor a flow token.
+        for token in [&link, &session] {
+            assert_eq!(k.verify_admin(token), Err(TokenError::WrongFlow));
+            assert_eq!(k.verify(token, "alice", 0), Err(TokenError::WrongFlow));
+        }
+        assert!(k.verify_console(&link, ConsoleUse::Session).is_err());
+        assert!(k.verify_console(&session, ConsoleUse::Link).is_err());
+        assert!(k.verify_console(&admin, ConsoleUse::Session).is_err());
+    }
+
+    #[test]
     fn cached_tokens_still_expire() {
         let k = keys("0123456789abcdef0123456789abcdef");
         let mut claims = FlowClaims {
@@ -319,6 +403,7 @@ mod tests {
             exp: Some(unix_now() + 3600),
             ver: 0,
             role: None,
+            use_: None,
         };
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &k.encoding).unwrap();

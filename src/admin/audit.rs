@@ -1,10 +1,8 @@
 //! `/v1/admin/audit`: who changed what, when.
 
-use http::Response;
-
-use super::{ListPage, Query, json, unavailable};
+use super::{Answer, ListPage, Query, json, unavailable};
 use crate::backend::control::AuditFilter;
-use crate::error::{ApiError, Body};
+use crate::error::ApiError;
 use crate::trigger::TriggerState;
 
 /// `GET /audit?actor=&action=&flow=&after=&before=`, newest first.
@@ -24,7 +22,7 @@ use crate::trigger::TriggerState;
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
     let filter = AuditFilter {
         actor: query.get("actor").map(str::to_owned),
         action: query.get("action").map(str::to_owned),

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json, unavailable};
 use crate::backend::now_ms;
 use crate::engine::RunState;
-use crate::error::{ApiError, Body};
+use crate::error::ApiError;
 use crate::flow::Flow;
 use crate::trigger::{PATH_PREFIX, TriggerState};
 
@@ -128,7 +128,7 @@ fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
     let limit = query.limit()?;
     let after = query.cursor()?;
     let catalog = state.catalog();
@@ -160,7 +160,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
     json(&view(state, &flow).await?)
 }
@@ -179,7 +179,7 @@ pub(super) async fn pause(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     set_paused(state, caller, id, true).await
 }
 
@@ -197,7 +197,7 @@ pub(super) async fn unpause(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     set_paused(state, caller, id, false).await
 }
 
@@ -206,7 +206,7 @@ async fn set_paused(
     caller: &Caller,
     id: &str,
     paused: bool,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
     state
         .control
@@ -214,6 +214,30 @@ async fn set_paused(
         .await
         .map_err(unavailable)?;
     json(&view(state, &flow).await?)
+}
+
+/// The duration `body[key]` gives (absent, `null` or empty: none), above
+/// zero and at most `max` (`max_text` in words); `example` shows the form
+/// in errors.
+fn duration_field(
+    body: &serde_json::Value,
+    key: &str,
+    example: &str,
+    (max, max_text): (Duration, &str),
+) -> Result<Option<Duration>, ApiError> {
+    match body.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) if text.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(text)) => match humantime::parse_duration(text.trim()) {
+            Ok(d) if !d.is_zero() && d <= max => Ok(Some(d)),
+            _ => Err(ApiError::bad_request(format!(
+                "{key} `{text}` is not a duration like \"{example}\" of at most {max_text}"
+            ))),
+        },
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be a string like \"{example}\""
+        ))),
+    }
 }
 
 /// `POST /flows/{id}/tokens/rotate` with an optional `{"grace": "24h"}`.
@@ -232,20 +256,14 @@ pub(super) async fn rotate(
     caller: &Caller,
     id: &str,
     body: &serde_json::Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
-    let grace = match body.get("grace") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(text)) => match humantime::parse_duration(text) {
-            Ok(grace) if !grace.is_zero() && grace <= crate::control::MAX_GRACE => Some(grace),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "grace `{text}` is not a duration like \"24h\" of at most 365 days"
-                )));
-            }
-        },
-        Some(_) => return Err(ApiError::bad_request("grace must be a string like \"24h\"")),
-    };
+    let grace = duration_field(
+        body,
+        "grace",
+        "24h",
+        (crate::control::MAX_GRACE, "365 days"),
+    )?;
     let generation = state
         .control
         .rotate(&flow.id, grace, &caller.actor())
@@ -255,6 +273,43 @@ pub(super) async fn rotate(
         "flow": flow.id,
         "token_generation": generation.current,
         "previous_generation_works_for": grace.map(|g| humantime::format_duration(g).to_string()),
+    }))
+}
+
+/// `POST /flows/{id}/tokens`: a new token for the flow's senders.
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens", tag = "flows",
+    description = "Mints a token for the flow at its current generation, as `flowgate token issue` does; with `ttl`, it expires after that long. The token is in this answer only (role: ops).",
+    params(("id" = String, Path, description = "the flow id")),
+    request_body(content = serde_json::Value, description = "optional: {\"ttl\": \"90d\"}"),
+    responses(
+        (status = 200, description = "the token", body = serde_json::Value),
+        (status = 400, description = "a bad ttl", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such flow", body = serde_json::Value),
+    ))]
+pub(super) async fn issue(
+    state: &TriggerState,
+    id: &str,
+    body: &serde_json::Value,
+) -> Result<Answer, ApiError> {
+    let flow = flow(state, id)?;
+    let ttl = duration_field(
+        body,
+        "ttl",
+        "90d",
+        (Duration::from_secs(10 * 365 * 86_400), "10 years"),
+    )?;
+    let generation = state.control.generation(&flow.id).current;
+    let token = state
+        .keys
+        .issue(&flow.id, ttl, generation)
+        .map_err(|_| ApiError::internal())?;
+    json(&json!({
+        "flow": flow.id,
+        "token": token,
+        "token_generation": generation,
+        "expires_in": ttl.map(|t| humantime::format_duration(t).to_string()),
     }))
 }
 
@@ -272,7 +327,7 @@ pub(super) async fn revoke(
     state: &TriggerState,
     caller: &Caller,
     body: &serde_json::Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let (jti, until_ms) = match (body.get("token"), body.get("jti")) {
         (Some(serde_json::Value::String(token)), _) => {
             let admin = state.keys.verify_admin(token).map_err(|_| {
@@ -297,9 +352,7 @@ pub(super) async fn revoke(
         .revoke(&jti, until_ms, &caller.actor())
         .await
         .map_err(unavailable)?;
-    let mut response = json(&json!({ "revoked": jti }))?;
-    *response.status_mut() = StatusCode::OK;
-    Ok(response)
+    Ok(json(&json!({ "revoked": jti }))?.with_status(StatusCode::OK))
 }
 
 /// `POST /reload`: loads flows and templates again on this replica.
@@ -310,10 +363,7 @@ pub(super) async fn revoke(
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn reload(
-    state: &TriggerState,
-    caller: &Caller,
-) -> Result<Response<Body>, ApiError> {
+pub(super) async fn reload(state: &TriggerState, caller: &Caller) -> Result<Answer, ApiError> {
     let Some(reloader) = &state.reloader else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

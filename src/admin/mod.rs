@@ -56,6 +56,8 @@ pub enum Handler {
     UnpauseFlow,
     /// `POST /flows/{id}/tokens/rotate`
     RotateToken,
+    /// `POST /flows/{id}/tokens`
+    IssueToken,
     /// `POST /tokens/revoke`
     RevokeToken,
     /// `POST /reload`
@@ -100,6 +102,22 @@ pub enum Handler {
     ResendDelivery,
 }
 
+impl Handler {
+    /// Whether the route reads a JSON body.
+    fn takes_body(self) -> bool {
+        matches!(
+            self,
+            Handler::RotateToken
+                | Handler::IssueToken
+                | Handler::RevokeToken
+                | Handler::CreateWebhook
+                | Handler::UpdateWebhook
+                | Handler::RotateWebhookSecret
+                | Handler::RecoverWebhook
+        )
+    }
+}
+
 /// One route: method, path pattern under [`PATH_PREFIX`] (`{id}` matches
 /// one segment), the role it needs, and what it does.
 #[derive(Debug, Clone)]
@@ -135,6 +153,12 @@ pub const ROUTES: &[Route] = &[
         "flows/{id}/tokens/rotate",
         Role::Ops,
         Handler::RotateToken,
+    ),
+    route(
+        Method::POST,
+        "flows/{id}/tokens",
+        Role::Ops,
+        Handler::IssueToken,
     ),
     route(
         Method::POST,
@@ -287,15 +311,12 @@ impl Caller {
 /// Answers an admin request.
 pub async fn handle(state: &TriggerState, req: Request<Incoming>) -> Response<Body> {
     match handle_inner(state, req).await {
-        Ok(response) => response,
+        Ok(answer) => answer.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle_inner(
-    state: &TriggerState,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+async fn handle_inner(state: &TriggerState, req: Request<Incoming>) -> Result<Answer, ApiError> {
     let path = req
         .uri()
         .path()
@@ -303,13 +324,57 @@ async fn handle_inner(
         .unwrap_or_default()
         .to_owned();
     let caller = authenticate(state, &req)?;
-    let (route, id) = match find(req.method(), &path) {
+    let (route, id) = resolve(req.method(), &path, &caller)?;
+    let query = Query::parse(req.uri().query());
+    let body = if route.handler.takes_body() {
+        read_json(req).await?
+    } else {
+        serde_json::Value::Null
+    };
+    dispatch(state, &caller, route.handler, &id, &query, body).await
+}
+
+/// Runs the admin route `method` `path` (under [`PATH_PREFIX`], with its
+/// `query` string) for `caller`, as the HTTP API would: the same routes, the
+/// same role checks, the same answers. The console calls the API this way.
+pub(crate) async fn call(
+    state: &TriggerState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: serde_json::Value,
+) -> Result<Answer, ApiError> {
+    let (route, id) = resolve(method, path, caller)?;
+    dispatch(
+        state,
+        caller,
+        route.handler,
+        &id,
+        &Query::parse(query),
+        body,
+    )
+    .await
+}
+
+/// Whether `caller`'s role may call `method` `path` (under [`PATH_PREFIX`]).
+pub(crate) fn allows(caller: &Caller, method: &Method, path: &str) -> bool {
+    resolve(method, path, caller).is_ok()
+}
+
+/// The route for `method` and `path`, once `caller`'s role allows it.
+fn resolve(
+    method: &Method,
+    path: &str,
+    caller: &Caller,
+) -> Result<(&'static Route, String), ApiError> {
+    let (route, id) = match find(method, path) {
         Ok(found) => found,
         Err(true) => {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                format!("{} is not allowed on {PATH_PREFIX}{path}", req.method()),
+                format!("{method} is not allowed on {PATH_PREFIX}{path}"),
             ));
         }
         Err(false) => {
@@ -329,53 +394,45 @@ async fn handle_inner(
             ),
         ));
     }
-    let id = id.unwrap_or_default();
-    let query = Query::parse(req.uri().query());
-    match route.handler {
-        Handler::ListFlows => flows::list(state, &query).await,
-        Handler::GetFlow => flows::get(state, &id).await,
-        Handler::PauseFlow => flows::pause(state, &caller, &id).await,
-        Handler::UnpauseFlow => flows::unpause(state, &caller, &id).await,
-        Handler::RotateToken => {
-            let body = read_json(req).await?;
-            flows::rotate(state, &caller, &id, &body).await
-        }
-        Handler::RevokeToken => {
-            let body = read_json(req).await?;
-            flows::revoke(state, &caller, &body).await
-        }
-        Handler::Reload => flows::reload(state, &caller).await,
-        Handler::ListRuns => runs::list(state, &query).await,
-        Handler::GetRun => runs::get(state, &id).await,
-        Handler::ReplayRun => runs::replay(state, &caller, &id).await,
-        Handler::AbortRun => runs::abort(state, &caller, &id).await,
-        Handler::ListAudit => audit::list(state, &query).await,
+    Ok((route, id.unwrap_or_default()))
+}
+
+async fn dispatch(
+    state: &TriggerState,
+    caller: &Caller,
+    handler: Handler,
+    id: &str,
+    query: &Query,
+    body: serde_json::Value,
+) -> Result<Answer, ApiError> {
+    match handler {
+        Handler::ListFlows => flows::list(state, query).await,
+        Handler::GetFlow => flows::get(state, id).await,
+        Handler::PauseFlow => flows::pause(state, caller, id).await,
+        Handler::UnpauseFlow => flows::unpause(state, caller, id).await,
+        Handler::RotateToken => flows::rotate(state, caller, id, &body).await,
+        Handler::IssueToken => flows::issue(state, id, &body).await,
+        Handler::RevokeToken => flows::revoke(state, caller, &body).await,
+        Handler::Reload => flows::reload(state, caller).await,
+        Handler::ListRuns => runs::list(state, query).await,
+        Handler::GetRun => runs::get(state, id).await,
+        Handler::ReplayRun => runs::replay(state, caller, id).await,
+        Handler::AbortRun => runs::abort(state, caller, id).await,
+        Handler::ListAudit => audit::list(state, query).await,
         Handler::OpenApi => openapi::openapi().await,
-        Handler::ListWebhooks => webhooks::list(state, &query).await,
-        Handler::CreateWebhook => {
-            let body = read_json(req).await?;
-            webhooks::create(state, &caller, body).await
-        }
-        Handler::GetWebhook => webhooks::get(state, &id).await,
-        Handler::UpdateWebhook => {
-            let body = read_json(req).await?;
-            webhooks::update(state, &caller, &id, body).await
-        }
-        Handler::DeleteWebhook => webhooks::delete(state, &caller, &id).await,
-        Handler::EnableWebhook => webhooks::enable(state, &caller, &id).await,
-        Handler::DisableWebhook => webhooks::disable(state, &caller, &id).await,
-        Handler::PingWebhook => webhooks::ping(state, &caller, &id).await,
-        Handler::TestWebhook => webhooks::test(state, &caller, &id).await,
-        Handler::RotateWebhookSecret => {
-            let body = read_json(req).await?;
-            webhooks::rotate_secret(state, &caller, &id, &body).await
-        }
-        Handler::RecoverWebhook => {
-            let body = read_json(req).await?;
-            webhooks::recover(state, &caller, &id, &body).await
-        }
-        Handler::ListDeliveries => webhooks::deliveries(state, &id, &query).await,
-        Handler::ResendDelivery => webhooks::resend(state, &caller, &id).await,
+        Handler::ListWebhooks => webhooks::list(state, query).await,
+        Handler::CreateWebhook => webhooks::create(state, caller, body).await,
+        Handler::GetWebhook => webhooks::get(state, id).await,
+        Handler::UpdateWebhook => webhooks::update(state, caller, id, body).await,
+        Handler::DeleteWebhook => webhooks::delete(state, caller, id).await,
+        Handler::EnableWebhook => webhooks::enable(state, caller, id).await,
+        Handler::DisableWebhook => webhooks::disable(state, caller, id).await,
+        Handler::PingWebhook => webhooks::ping(state, caller, id).await,
+        Handler::TestWebhook => webhooks::test(state, caller, id).await,
+        Handler::RotateWebhookSecret => webhooks::rotate_secret(state, caller, id, &body).await,
+        Handler::RecoverWebhook => webhooks::recover(state, caller, id, &body).await,
+        Handler::ListDeliveries => webhooks::deliveries(state, id, query).await,
+        Handler::ResendDelivery => webhooks::resend(state, caller, id).await,
     }
 }
 
@@ -491,42 +548,50 @@ impl<T: Serialize> ListPage<T> {
     }
 }
 
+/// What an admin route answers: a status and a JSON value.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The status, 200 unless the route says otherwise.
+    pub status: StatusCode,
+    /// The body.
+    pub value: serde_json::Value,
+}
+
+impl Answer {
+    /// The answer with `status` instead of 200.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// As an HTTP answer: JSON, not to be cached.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self.value).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
 /// A 200 JSON answer.
-pub(crate) fn json(value: &impl Serialize) -> Result<Response<Body>, ApiError> {
-    let body = serde_json::to_vec(value).map_err(|_| ApiError::internal())?;
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+pub(crate) fn json(value: &impl Serialize) -> Result<Answer, ApiError> {
+    let value = serde_json::to_value(value).map_err(|_| ApiError::internal())?;
+    Ok(Answer {
+        status: StatusCode::OK,
+        value,
+    })
 }
 
 /// The request's JSON body; an empty body is `{}`.
 async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            "the body took too long",
-        )
-    })?
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("admin request bodies are at most {MAX_BODY_BYTES} bytes"),
-        )
-    })?
-    .to_bytes();
+    let collected = read_body(req, MAX_BODY_BYTES, "admin request bodies").await?;
     if collected.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::json!({}));
     }
@@ -535,6 +600,34 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError
         Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
         Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
     }
+}
+
+/// A request body of at most `max` bytes (`what` names such bodies in the
+/// error), arriving within [`BODY_TIMEOUT`].
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    Ok(
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), max).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the body took too long",
+                )
+            })?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("{what} are at most {max} bytes"),
+                )
+            })?
+            .to_bytes(),
+    )
 }
 
 /// A storage failure, as an admin answer.
@@ -560,6 +653,7 @@ mod tests {
             PauseFlow,
             UnpauseFlow,
             RotateToken,
+            IssueToken,
             RevokeToken,
             Reload,
             GetRun,
@@ -581,10 +675,10 @@ mod tests {
         for handler in all {
             // Exhaustive: a new handler must be listed above.
             match handler {
-                ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | RevokeToken
-                | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit | OpenApi
-                | ListWebhooks | CreateWebhook | GetWebhook | UpdateWebhook | DeleteWebhook
-                | EnableWebhook | DisableWebhook | PingWebhook | TestWebhook
+                ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | IssueToken
+                | RevokeToken | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit
+                | OpenApi | ListWebhooks | CreateWebhook | GetWebhook | UpdateWebhook
+                | DeleteWebhook | EnableWebhook | DisableWebhook | PingWebhook | TestWebhook
                 | RotateWebhookSecret | RecoverWebhook | ListDeliveries | ResendDelivery => {}
             }
             assert_eq!(

@@ -4,12 +4,11 @@
 
 use std::sync::OnceLock;
 
-use http::Response;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, flows, json, runs, webhooks};
-use crate::error::{ApiError, Body};
+use super::{Answer, audit, flows, json, runs, webhooks};
+use crate::error::ApiError;
 
 /// The admin API's OpenAPI document.
 #[derive(OpenApi)]
@@ -24,6 +23,7 @@ use crate::error::{ApiError, Body};
         flows::pause,
         flows::unpause,
         flows::rotate,
+        flows::issue,
         flows::revoke,
         flows::reload,
         runs::list,
@@ -78,6 +78,6 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 #[utoipa::path(get, path = "/v1/admin/openapi.json", tag = "meta",
     description = "This document (role: viewer).",
     responses((status = 200, description = "the OpenAPI 3.1 document", body = serde_json::Value)))]
-pub(super) async fn openapi() -> Result<Response<Body>, ApiError> {
+pub(super) async fn openapi() -> Result<Answer, ApiError> {
     json(document())
 }

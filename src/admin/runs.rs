@@ -1,11 +1,9 @@
 //! `/v1/admin/runs...`: run records, the flow debugger.
 
-use http::Response;
-
-use super::{Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json, unavailable};
 use crate::backend::RunFilter;
 use crate::engine::RunState;
-use crate::error::{ApiError, Body};
+use crate::error::ApiError;
 use crate::operations::{self, OperationError};
 use crate::trigger::TriggerState;
 
@@ -19,7 +17,7 @@ use crate::trigger::TriggerState;
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such run", body = serde_json::Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
     match state.runs.get(id).await.map_err(unavailable)? {
         Some(record) => json(&record),
         None => Err(ApiError::not_found(format!(
@@ -45,7 +43,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
     let status = query
         .get("status")
         .map(|s| {
@@ -101,7 +99,7 @@ pub(super) async fn replay(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let replayed = operations::replay(state, id, &caller.actor())
         .await
         .map_err(refused)?;
@@ -123,7 +121,7 @@ pub(super) async fn abort(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let before = operations::abort(state, id, &caller.actor())
         .await
         .map_err(refused)?;

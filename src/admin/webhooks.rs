@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json, unavailable};
 use crate::backend::webhooks::Attempt;
-use crate::error::{ApiError, Body};
+use crate::error::ApiError;
 use crate::trigger::TriggerState;
 use crate::webhooks::input::SubscriptionInput;
 use crate::webhooks::{DEFAULT_ROTATION_GRACE, SubscriptionView, WebhookError};
@@ -55,7 +55,7 @@ fn input(body: Value) -> Result<SubscriptionInput, ApiError> {
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses((status = 200, description = "a page of subscriptions", body = ListPage<SubscriptionView>)))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Response<Body>, ApiError> {
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
     let limit = query.limit()?;
     let after = query.cursor()?;
     let all = state.webhooks.list().await?;
@@ -87,17 +87,16 @@ pub(super) async fn create(
     state: &TriggerState,
     caller: &Caller,
     body: Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let (subscription, secret) = state
         .webhooks
         .create(input(body)?, &known_flows(state), &caller.actor())
         .await?;
-    let mut response = json(&Created {
+    Ok(json(&Created {
         subscription,
         secret,
-    })?;
-    *response.status_mut() = StatusCode::CREATED;
-    Ok(response)
+    })?
+    .with_status(StatusCode::CREATED))
 }
 
 /// `GET /webhooks/{id}`.
@@ -108,7 +107,7 @@ pub(super) async fn create(
         (status = 200, description = "the subscription", body = SubscriptionView),
         (status = 404, description = "no such subscription", body = Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
     json(&state.webhooks.get(id).await?)
 }
 
@@ -128,7 +127,7 @@ pub(super) async fn update(
     caller: &Caller,
     id: &str,
     body: Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let view = state
         .webhooks
         .update(id, input(body)?, &known_flows(state), &caller.actor())
@@ -149,7 +148,7 @@ pub(super) async fn delete(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     state.webhooks.delete(id, &caller.actor()).await?;
     json(&json!({ "id": id, "deleted": true }))
 }
@@ -163,7 +162,7 @@ pub(super) async fn enable(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     json(
         &state
             .webhooks
@@ -181,7 +180,7 @@ pub(super) async fn disable(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     json(
         &state
             .webhooks
@@ -199,7 +198,7 @@ pub(super) async fn ping(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     accepted(state.webhooks.send(id, false, &caller.actor()).await?)
 }
 
@@ -212,14 +211,12 @@ pub(super) async fn test(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     accepted(state.webhooks.send(id, true, &caller.actor()).await?)
 }
 
-fn accepted(delivery_id: String) -> Result<Response<Body>, ApiError> {
-    let mut response = json(&json!({ "delivery_id": delivery_id }))?;
-    *response.status_mut() = StatusCode::ACCEPTED;
-    Ok(response)
+fn accepted(delivery_id: String) -> Result<Answer, ApiError> {
+    Ok(json(&json!({ "delivery_id": delivery_id }))?.with_status(StatusCode::ACCEPTED))
 }
 
 /// `POST /webhooks/{id}/rotate-secret`.
@@ -233,7 +230,7 @@ pub(super) async fn rotate_secret(
     caller: &Caller,
     id: &str,
     body: &Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let grace = match body.get("grace") {
         None | Some(Value::Null) => DEFAULT_ROTATION_GRACE,
         Some(Value::String(text)) => humantime::parse_duration(text).map_err(|_| {
@@ -268,7 +265,7 @@ pub(super) async fn recover(
     caller: &Caller,
     id: &str,
     body: &Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let since_ms = match body.get("since") {
         None | Some(Value::Null) => 0,
         Some(Value::String(text)) => humantime::parse_rfc3339_weak(text)
@@ -284,9 +281,7 @@ pub(super) async fn recover(
         .webhooks
         .recover(id, since_ms, &caller.actor())
         .await?;
-    let mut response = json(&json!({ "recovered": n }))?;
-    *response.status_mut() = StatusCode::ACCEPTED;
-    Ok(response)
+    Ok(json(&json!({ "recovered": n }))?.with_status(StatusCode::ACCEPTED))
 }
 
 /// `GET /webhooks/{id}/deliveries`.
@@ -302,7 +297,7 @@ pub(super) async fn deliveries(
     state: &TriggerState,
     id: &str,
     query: &Query,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     let cursor = query.cursor()?;
     let page = state
         .webhooks
@@ -323,7 +318,7 @@ pub(super) async fn resend(
     state: &TriggerState,
     caller: &Caller,
     id: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Answer, ApiError> {
     state.webhooks.resend(id, &caller.actor()).await?;
     accepted(id.to_owned())
 }

@@ -236,6 +236,36 @@ pub fn admin(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flowgate console-link`: a one-time sign-in link to the web console.
+/// The code rides after `#`, which browsers never send to a server.
+pub fn console_link(
+    config: &Config,
+    role: &str,
+    name: Option<&str>,
+    ttl: Duration,
+    url: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(role) = Role::parse(role) else {
+        anyhow::bail!("--role must be ops, author or viewer, not `{role}`");
+    };
+    if ttl.is_zero() || ttl > crate::console::session::MAX_LINK {
+        anyhow::bail!("--ttl must be above zero and at most 24h");
+    }
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let name = name.map(str::to_owned).unwrap_or_else(|| cli_actor().name);
+    let link = keys.issue_console(&name, role, ttl, crate::token::ConsoleUse::Link)?;
+    let base = url
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| format!("http://{}", config.server.listen));
+    println!("{base}/console/sign-in#link={link}");
+    eprintln!(
+        "works once, for {}; it signs in {name} as {}",
+        humantime::format_duration(ttl),
+        role.as_str()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `flowgate token revoke`: refuses an admin token on every replica.
 pub fn revoke(config: &Config, token: &str) -> anyhow::Result<ExitCode> {
     let keys = TokenKeys::new(&config.signing_key()?);

@@ -97,6 +97,21 @@ pub enum Command {
         /// Where to write the copy; it must not exist.
         path: PathBuf,
     },
+    /// Print a one-time sign-in link to the web console (/console).
+    ConsoleLink {
+        /// ops, author or viewer: what the session may do.
+        #[arg(long)]
+        role: String,
+        /// Who signs in, as the audit log names them; defaults to cli:USER (the OS user).
+        #[arg(long, value_name = "NAME")]
+        sub: Option<String>,
+        /// How long the link works, at most 24h; the session it opens lasts up to 12h.
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        ttl: humantime::Duration,
+        /// The console's address as the browser reaches it; defaults to http://<server.listen>.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
     /// Manage outbound event webhook subscriptions and read their delivery log.
     Webhooks {
         /// What to do.
@@ -210,6 +225,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit(args) => control::audit(&config, args),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
         Command::Backup { path } => backup(&config, &path),
+        Command::ConsoleLink {
+            role,
+            sub,
+            ttl,
+            url,
+        } => control::console_link(&config, &role, sub.as_deref(), ttl.into(), url.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -74,6 +74,7 @@ async fn bad_tokens_get_401_with_www_authenticate() {
             exp: Some(now() - 3600),
             ver: 0,
             role: None,
+            use_: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(SIGNING_KEY.as_bytes()),
     )
@@ -124,6 +125,7 @@ async fn bad_tokens_get_401_with_www_authenticate() {
             exp: None,
             ver: 0,
             role: None,
+            use_: None,
         },
         &jsonwebtoken::EncodingKey::from_secret(SIGNING_KEY.as_bytes()),
     )

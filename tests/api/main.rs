@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod conformance;
+mod console;
 mod control;
 mod embedded;
 mod helpers;

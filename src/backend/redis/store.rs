@@ -316,6 +316,13 @@ impl RunStore for RedisStore {
                     flows.iter().map(|f| flow_runs_key(f)).collect()
                 }
             };
+            if indexes.is_empty() {
+                // No run recorded yet (an empty pipeline is an error to Redis).
+                return Ok(Page {
+                    data: Vec::new(),
+                    next_cursor: None,
+                });
+            }
             let mut position = match cursor {
                 Some(c) => Some(parse_cursor(c).ok_or_else(|| {
                     StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
