@@ -32,6 +32,18 @@ pub struct Reloader {
     running: Mutex<()>,
 }
 
+/// How often the folders are checked when the system cannot notify.
+const POLL: Duration = Duration::from_secs(1);
+
+/// `watcher` watching every one of `folders`.
+fn watch_with<W: Watcher>(watcher: notify::Result<W>, folders: &[PathBuf]) -> notify::Result<W> {
+    let mut watcher = watcher?;
+    for folder in folders {
+        watcher.watch(folder, RecursiveMode::Recursive)?;
+    }
+    Ok(watcher)
+}
+
 impl Reloader {
     /// Reloads `catalog` from the folders in `options`, announcing through `lifecycle`.
     pub fn new(catalog: SharedCatalog, options: LoadOptions, lifecycle: Arc<Lifecycle>) -> Self {
@@ -90,27 +102,37 @@ impl Reloader {
     /// until the task is dropped.
     pub async fn watch(self: Arc<Self>) {
         let (tx, mut changes) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let on_event = move |event: notify::Result<notify::Event>| {
             if event.is_ok_and(|e| !e.kind.is_access()) {
                 let _ = tx.send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the flow files; reload with SIGHUP or POST /v1/admin/reload");
-                return;
             }
         };
         let folders: [PathBuf; 2] = [
             self.options.flows_dir.clone(),
             self.options.templates_dir.clone(),
         ];
-        for folder in &folders {
-            if let Err(e) = watcher.watch(folder, RecursiveMode::Recursive) {
-                tracing::warn!(folder = %folder.display(), error = %e, "cannot watch a folder; its changes need SIGHUP or POST /v1/admin/reload");
+        // Kernel notifications where they can be had; where not (a full
+        // inotify table, some network file systems), the folders are polled.
+        let _watcher: Box<dyn Watcher + Send> = match watch_with(
+            notify::recommended_watcher(on_event.clone()),
+            &folders,
+        ) {
+            Ok(watcher) => Box::new(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the flow files for changes; checking them every {POLL:?} instead");
+                let polled = notify::PollWatcher::new(
+                    on_event,
+                    notify::Config::default().with_poll_interval(POLL),
+                );
+                match watch_with(polled, &folders) {
+                    Ok(watcher) => Box::new(watcher),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the flow files for changes; reload with SIGHUP or POST /v1/admin/reload");
+                        return;
+                    }
+                }
             }
-        }
+        };
         while changes.recv().await.is_some() {
             // Wait for the burst to end.
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {}

@@ -2,6 +2,7 @@
 //! real `flowgate` binary for the CLI.
 
 mod auth;
+mod browser;
 mod cli;
 mod conformance;
 mod console;

@@ -35,6 +35,12 @@ document.addEventListener("DOMContentLoaded", () => {
 
   // A sign-in link carries its one-time code after "#", which never
   // reaches a server log: post it, then drop it from the address bar.
+  // (A link opened on this very page changes only the "#" part.)
+  useSignInLink();
+  window.addEventListener("hashchange", useSignInLink);
+});
+
+function useSignInLink() {
   const form = document.getElementById("sign-in");
   const code = new URLSearchParams(window.location.hash.slice(1)).get("link");
   if (form && code) {
@@ -42,4 +48,4 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("link").value = code;
     form.submit();
   }
-});
+}
