@@ -6,9 +6,11 @@
 # reports the queue lag (acceptance to start) from the gateway's metrics.
 # Then the same sync and async scenarios, and the queue lag, on the embedded
 # backend (one SQLite file, no Redis).
-# Last, with one outbound webhook subscription to the sync flow's run.ended
+# Then, with one outbound webhook subscription to the sync flow's run.ended
 # (delivered to the bare server), measures the sync flow again and the
 # delivery lag (event to first attempt) at half the sync maximum.
+# Last, it times the web console's runs pages and a delivery log with
+# everything those scenarios stored (hundreds of thousands of runs).
 # Starts its own redis-server (append-only persistence on) on a free port.
 #
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
@@ -74,6 +76,27 @@ run_wrk() { # $1 url, $2 script, $3 server pid
   non2xx=$(awk '/Non-2xx/ {print $4}' "$work/out.txt")
   awk -v rps="$rps" -v p99="$p99" -v bad="${non2xx:-0}" -v n="$total" -v s=$(( (s1 - s0) * TICK_US )) -v r=$(( (r1 - r0) * TICK_US )) \
     'BEGIN { printf "%s %s %s %.1f %.1f\n", rps, p99, bad, s / n, r / n }'
+}
+
+# A viewer's console session cookie, signed in with a one-time link.
+console_session() {
+  local link
+  link=$(target/release/flowgate --config benches/config.toml console-link --role viewer 2>/dev/null | sed 's/.*#link=//')
+  curl -s -o /dev/null -D - -H "Origin: http://$GATE_ADDR" --data-urlencode "link=$link" "http://$GATE_ADDR/console/sign-in" |
+    tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p'
+}
+# "median slowest" milliseconds of 20 loads of console page $2 with cookie $1
+# (curl on loopback: the server's time plus a connection).
+page_ms() {
+  for _ in $(seq 1 20); do
+    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "Cookie: $1" "http://$GATE_ADDR$2" || echo "curl-$? 0"
+  done | sort -k2 -n | awk -v page="$2" '$1 != 200 { bad = $1 } { v[NR] = $2 * 1000 } END {
+    if (bad) { print "warning: " page " answered " bad > "/dev/stderr" }
+    printf "%.1f %.1f\n", v[int((NR + 1) / 2)], v[NR] }'
+}
+console_row() { # label path cookie
+  read -r med worst < <(page_ms "$3" "$2")
+  printf '  %-34s %8s ms %8s ms\n' "$1" "$med" "$worst"
 }
 
 mkdir -p "$work/redis"
@@ -159,6 +182,13 @@ curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
 emb_lag50=$(lag_pct 0.5); emb_lag99=$(lag_pct 0.99)
 emb_lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
 emb_lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
+emb_runs=$(python3 -c "import sqlite3; print(sqlite3.connect('file:$work/db/flowgate.db?mode=ro', uri=True).execute('select count(*) from runs').fetchone()[0])" 2>/dev/null || echo "?")
+emb_cookie=$(console_session)
+{
+  console_row "runs, newest" "/console/runs" "$emb_cookie"
+  console_row "runs of one flow" "/console/runs?flow=bench-sync" "$emb_cookie"
+  console_row "failed runs (none stored)" "/console/runs?status=failed" "$emb_cookie"
+} > "$work/emb-console.txt"
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 start_gateway --no-worker
 
@@ -185,6 +215,16 @@ curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
 delivered=$(awk '/^flowgate_webhook_deliveries_total\{outcome="succeeded"\}/ { print $2 }' "$work/metrics.txt")
 failed=$(awk '/^flowgate_webhook_deliveries_total\{outcome="failed"\}/ { print $2 }' "$work/metrics.txt")
 hook_max=$(awk '/^flowgate_webhook_delivery_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
+redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
+hook_id=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'flowgate:{flowgate}:webhooks:log:*' | head -1 | sed 's/.*:log://')
+hook_log=$(redis-cli -p "$REDIS_PORT" xlen "flowgate:{flowgate}:webhooks:log:$hook_id")
+cookie=$(console_session)
+{
+  console_row "runs, newest" "/console/runs" "$cookie"
+  console_row "runs of one flow" "/console/runs?flow=bench-sync" "$cookie"
+  console_row "failed runs (none stored)" "/console/runs?status=failed" "$cookie"
+  console_row "a webhook's delivery log" "/console/webhooks/$hook_id" "$cookie"
+} > "$work/console.txt"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 printf '\n%-28s %10s %8s %8s %8s %13s %11s\n' scenario "req/s" "p99 ms" "req/s" "p99" "server cpu" "redis cpu"
@@ -207,3 +247,8 @@ printf '  p50 %s ms, p99 %s ms\n' "$(lag_pct 0.5 flowgate_webhook_delivery_lag_s
 printf '\nembedded vs Redis: sync %s, async accept %s\n' "$(ratio "$emb_sync_rps" "$sync_rps")" "$(ratio "$emb_async_rps" "$async_rps")"
 printf 'embedded queue lag at %.0f req/s (half its async maximum) for %ss, %s runs:\n' "$emb_steady" "$LAG_SECONDS" "$emb_lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$emb_lag50" "$emb_lag99" "$emb_lag_max"
+printf '\nconsole pages, 20 loads each (median, slowest):\n'
+printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$hook_log"
+cat "$work/console.txt"
+printf ' embedded, %s runs stored:\n' "$emb_runs"
+cat "$work/emb-console.txt"

@@ -118,6 +118,11 @@ CREATE TABLE delivery_log (
 CREATE INDEX delivery_log_by_subscription ON delivery_log (subscription, seq);
 CREATE INDEX delivery_log_by_time ON delivery_log (at_ms);
 ",
+    // Listing runs by state (the console's "failed runs") walks an index
+    // instead of every record.
+    r"
+CREATE INDEX runs_by_status ON runs (status, accepted_at DESC, id DESC);
+",
 ];
 
 impl From<rusqlite::Error> for StorageError {

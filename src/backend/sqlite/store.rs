@@ -147,36 +147,43 @@ impl RunStore for SqliteStore {
             self.db
                 .read(move |conn| {
                     let (at, id) = position.unwrap_or((i64::MAX, String::new()));
-                    let mut statement = conn.prepare_cached(
+                    // Only the filters given, so SQLite walks the index that
+                    // fits (by flow, by state, or by time) and stops at `limit`.
+                    let mut sql = String::from(
                         "SELECT accepted_at, id, record FROM runs
-                         WHERE expires_at > ?1
-                           AND (accepted_at < ?2 OR (accepted_at = ?2 AND id < ?3))
-                           AND (?4 IS NULL OR flow = ?4)
-                           AND (?5 IS NULL OR status = ?5)
-                           AND (?6 IS NULL OR accepted_at >= ?6)
-                           AND (?7 IS NULL OR accepted_at < ?7)
-                         ORDER BY accepted_at DESC, id DESC
-                         LIMIT ?8",
-                    )?;
-                    let rows = statement.query_map(
-                        params![
-                            now_ms() as i64,
-                            at,
-                            id,
-                            filter.flow,
-                            filter.status.map(|s| s.as_str()),
-                            filter.after_ms.map(|t| t as i64),
-                            filter.before_ms.map(|t| t as i64),
-                            limit as i64 + 1,
-                        ],
-                        |row| {
-                            Ok((
-                                row.get::<_, i64>(0)?,
-                                row.get::<_, String>(1)?,
-                                row.get::<_, String>(2)?,
-                            ))
-                        },
-                    )?;
+                         WHERE expires_at > ?1 AND (accepted_at, id) < (?2, ?3)",
+                    );
+                    let mut values: Vec<rusqlite::types::Value> =
+                        vec![(now_ms() as i64).into(), at.into(), id.into()];
+                    let mut and = |clause: &str, value: rusqlite::types::Value| {
+                        values.push(value);
+                        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+                    };
+                    if let Some(flow) = &filter.flow {
+                        and("flow =", flow.clone().into());
+                    }
+                    if let Some(status) = filter.status {
+                        and("status =", status.as_str().to_owned().into());
+                    }
+                    if let Some(after) = filter.after_ms {
+                        and("accepted_at >=", (after as i64).into());
+                    }
+                    if let Some(before) = filter.before_ms {
+                        and("accepted_at <", (before as i64).into());
+                    }
+                    values.push((limit as i64 + 1).into());
+                    sql.push_str(&format!(
+                        " ORDER BY accepted_at DESC, id DESC LIMIT ?{}",
+                        values.len()
+                    ));
+                    let mut statement = conn.prepare_cached(&sql)?;
+                    let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, String>(2)?,
+                        ))
+                    })?;
                     let mut data = Vec::new();
                     let mut more = false;
                     let mut last = None;
