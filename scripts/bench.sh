@@ -9,8 +9,9 @@
 # Then, with one outbound webhook subscription to the sync flow's run.ended
 # (delivered to the bare server), measures the sync flow again and the
 # delivery lag (event to first attempt) at half the sync maximum.
-# Last, it times the web console's runs pages and a delivery log with
-# everything those scenarios stored (hundreds of thousands of runs).
+# Last, on each backend, it times the web console's runs pages and a
+# webhook's delivery log with everything those scenarios stored, topped up
+# to at least 100,000 runs and 100,000 delivery attempts.
 # Starts its own redis-server (append-only persistence on) on a free port.
 #
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
@@ -76,6 +77,21 @@ run_wrk() { # $1 url, $2 script, $3 server pid
   non2xx=$(awk '/Non-2xx/ {print $4}' "$work/out.txt")
   awk -v rps="$rps" -v p99="$p99" -v bad="${non2xx:-0}" -v n="$total" -v s=$(( (s1 - s0) * TICK_US )) -v r=$(( (r1 - r0) * TICK_US )) \
     'BEGIN { printf "%s %s %s %.1f %.1f\n", rps, p99, bad, s / n, r / n }'
+}
+
+# Sync runs of the flow with a webhook subscription, 3 s at a time, until
+# the command $1 prints at least 100,000 (delivery log entries plus
+# deliveries waiting); then waits until the command $2 (deliveries
+# waiting) prints 0.
+fill_log() {
+  local sync_lua
+  sync_lua=$(lua "Bearer $token")
+  for _ in $(seq 1 60); do
+    [ "$(eval "$1")" -ge 100000 ] && break
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$sync_lua" "http://$GATE_ADDR/v1/flow-webhook/bench-sync" >/dev/null
+  done
+  for _ in $(seq 1 600); do [ "$(eval "$2")" = "0" ] && return 0; sleep 0.5; done
+  echo "warning: the webhook outbox did not drain" >&2
 }
 
 # A viewer's console session cookie, signed in with a one-time link.
@@ -182,12 +198,27 @@ curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
 emb_lag50=$(lag_pct 0.5); emb_lag99=$(lag_pct 0.99)
 emb_lag_max=$(awk '/^flowgate_queue_lag_seconds_max/ { printf "%.1f", $2 * 1000 }' "$work/metrics.txt")
 emb_lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
-emb_runs=$(python3 -c "import sqlite3; print(sqlite3.connect('file:$work/db/flowgate.db?mode=ro', uri=True).execute('select count(*) from runs').fetchone()[0])" 2>/dev/null || echo "?")
+# The console on the embedded backend: at least 100,000 runs and a
+# webhook's delivery log of at least 100,000 attempts.
+emb_count() { # an SQL query's one value, read-only beside the running server
+  python3 -c 'import sqlite3, sys; print(sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True).execute(sys.argv[2]).fetchone()[0])' \
+    "$work/db/flowgate.db" "$1" 2>/dev/null || echo 0
+}
+embedded target/release/flowgate --config benches/config.toml webhooks create --name bench \
+  --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+embedded start_gateway
+fill_log "emb_count \"select (select count(*) from delivery_log) + (select count(*) from deliveries where state = 'pending')\"" \
+  "emb_count \"select count(*) from deliveries where state = 'pending'\""
+emb_runs=$(emb_count 'select count(*) from runs')
+emb_log=$(emb_count 'select count(*) from delivery_log')
+emb_hook=$(emb_count 'select subscription from delivery_log limit 1')
 emb_cookie=$(console_session)
 {
   console_row "runs, newest" "/console/runs" "$emb_cookie"
   console_row "runs of one flow" "/console/runs?flow=bench-sync" "$emb_cookie"
   console_row "failed runs (none stored)" "/console/runs?status=failed" "$emb_cookie"
+  console_row "a webhook's delivery log" "/console/webhooks/$emb_hook" "$emb_cookie"
 } > "$work/emb-console.txt"
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 start_gateway --no-worker
@@ -215,9 +246,11 @@ curl -s "http://$GATE_ADDR/metrics" > "$work/metrics.txt"
 delivered=$(awk '/^flowgate_webhook_deliveries_total\{outcome="succeeded"\}/ { print $2 }' "$work/metrics.txt")
 failed=$(awk '/^flowgate_webhook_deliveries_total\{outcome="failed"\}/ { print $2 }' "$work/metrics.txt")
 hook_max=$(awk '/^flowgate_webhook_delivery_lag_seconds_count/ { print $2 }' "$work/metrics.txt")
-redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
 hook_id=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'flowgate:{flowgate}:webhooks:log:*' | head -1 | sed 's/.*:log://')
-hook_log=$(redis-cli -p "$REDIS_PORT" xlen "flowgate:{flowgate}:webhooks:log:$hook_id")
+hook_log() { redis-cli -p "$REDIS_PORT" xlen "flowgate:{flowgate}:webhooks:log:$hook_id"; }
+fill_log 'echo $(( $(hook_log) + $(outbox) ))' outbox
+redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
+redis_log=$(hook_log)
 cookie=$(console_session)
 {
   console_row "runs, newest" "/console/runs" "$cookie"
@@ -248,7 +281,7 @@ printf '\nembedded vs Redis: sync %s, async accept %s\n' "$(ratio "$emb_sync_rps
 printf 'embedded queue lag at %.0f req/s (half its async maximum) for %ss, %s runs:\n' "$emb_steady" "$LAG_SECONDS" "$emb_lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$emb_lag50" "$emb_lag99" "$emb_lag_max"
 printf '\nconsole pages, 20 loads each (median, slowest):\n'
-printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$hook_log"
+printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$redis_log"
 cat "$work/console.txt"
-printf ' embedded, %s runs stored:\n' "$emb_runs"
+printf ' embedded, %s runs stored, %s delivery log entries:\n' "$emb_runs" "$emb_log"
 cat "$work/emb-console.txt"

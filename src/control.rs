@@ -274,6 +274,25 @@ impl Control {
         }))
     }
 
+    /// Writes to the audit log that `actor` minted a sender token for
+    /// `flow_id` at `generation`, expiring after `ttl` (the token itself is
+    /// never stored).
+    pub async fn record_issue(
+        &self,
+        flow_id: &str,
+        generation: u64,
+        ttl: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        let mut audit = draft(actor, "token.issue");
+        audit.flow = Some(flow_id.to_owned());
+        audit.after = Some(json!({
+            "generation": generation,
+            "expires_in": ttl.map(|t| humantime::format_duration(t).to_string()),
+        }));
+        self.apply(Change::Nothing, audit).await.map(|_| ())
+    }
+
     /// Refuses admin token `jti` on every replica from now on; `until_ms`
     /// is when it expires anyway (`u64::MAX` for never).
     pub async fn revoke(

@@ -290,6 +290,7 @@ pub(super) async fn rotate(
     ))]
 pub(super) async fn issue(
     state: &TriggerState,
+    caller: &Caller,
     id: &str,
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
@@ -305,6 +306,12 @@ pub(super) async fn issue(
         .keys
         .issue(&flow.id, ttl, generation)
         .map_err(|_| ApiError::internal())?;
+    // A token nobody can account for is worse than none: no audit entry, no token.
+    state
+        .control
+        .record_issue(&flow.id, generation, ttl, &caller.actor())
+        .await
+        .map_err(unavailable)?;
     json(&json!({
         "flow": flow.id,
         "token": token,

@@ -411,7 +411,7 @@ async fn dispatch(
         Handler::PauseFlow => flows::pause(state, caller, id).await,
         Handler::UnpauseFlow => flows::unpause(state, caller, id).await,
         Handler::RotateToken => flows::rotate(state, caller, id, &body).await,
-        Handler::IssueToken => flows::issue(state, id, &body).await,
+        Handler::IssueToken => flows::issue(state, caller, id, &body).await,
         Handler::RevokeToken => flows::revoke(state, caller, &body).await,
         Handler::Reload => flows::reload(state, caller).await,
         Handler::ListRuns => runs::list(state, query).await,

@@ -124,8 +124,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// With which role.
     pub role: String,
-    /// What: `flow.pause`, `flow.unpause`, `token.rotate`, `token.revoke`,
-    /// `flows.reload`, `run.replay`, `run.abort`.
+    /// What: `flow.pause`, `flow.unpause`, `token.issue`, `token.rotate`,
+    /// `token.revoke`, `flows.reload`, `run.replay`, `run.abort`.
     pub action: String,
     /// The flow it concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -192,7 +192,11 @@ pub fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::R
         .block_on(control.refresh())
         .map_err(|e| anyhow::anyhow!("cannot read the flow's token generation: {e}"))?;
     let generation = control.generation(flow_id).current;
-    println!("{}", keys.issue(flow_id, ttl, generation)?);
+    let token = keys.issue(flow_id, ttl, generation)?;
+    runtime()?
+        .block_on(control.record_issue(flow_id, generation, ttl, &cli_actor()))
+        .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
+    println!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 

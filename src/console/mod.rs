@@ -293,6 +293,16 @@ fn shows_once(answer: &Answer) -> bool {
 fn form_body(form: &[(String, String)]) -> serde_json::Value {
     const LISTS: &[&str] = &["events", "flows", "statuses"];
     let mut body = serde_json::Map::new();
+    // An edit form names its list fields in `_lists`, so that a list the user
+    // emptied (no box checked, an empty text field) is sent as `[]` and
+    // clears the filter instead of leaving it as it was.
+    for (_, names) in form.iter().filter(|(k, _)| k == "_lists") {
+        for name in names.split(',').map(str::trim) {
+            if LISTS.contains(&name) {
+                body.insert(name.to_owned(), serde_json::Value::Array(Vec::new()));
+            }
+        }
+    }
     for (key, value) in form.iter().filter(|(k, _)| !k.starts_with('_')) {
         let value = value.trim();
         if value.is_empty() {
@@ -482,6 +492,22 @@ mod tests {
                 "secret": true,
                 "enabled": false,
             })
+        );
+    }
+
+    #[test]
+    fn an_edit_form_clears_the_lists_it_names() {
+        let form: Vec<(String, String)> = [
+            ("_lists", "events,flows,statuses"),
+            ("events", "run.ended"),
+            ("flows", " "),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            form_body(&form),
+            serde_json::json!({"events": ["run.ended"], "flows": [], "statuses": []})
         );
     }
 }

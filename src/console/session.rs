@@ -28,6 +28,12 @@ pub const MAX_SESSION: Duration = Duration::from_secs(12 * 3600);
 /// The longest a sign-in link works.
 pub const MAX_LINK: Duration = Duration::from_secs(24 * 3600);
 
+/// Where used sign-in links are remembered: the idempotency store, under a
+/// name no flow can have. It remembers them for a day, as long as a link
+/// can work ([`MAX_LINK`]).
+const LINK_CLAIMS: &str = "@console-links";
+const _: () = assert!(MAX_LINK.as_secs() <= crate::backend::IDEMPOTENCY_TTL.as_secs());
+
 /// A signed-in user.
 pub(crate) struct Session {
     /// The admin identity the console acts as.
@@ -78,7 +84,19 @@ pub(crate) async fn sign_in(
         ));
     }
     if link.is_some() && admin_token.is_none() {
-        // One use: the link is revoked as it is exchanged.
+        // One use. Claiming the link's id is atomic in the store, so two
+        // sign-ins racing with the same link (on one replica or several)
+        // open one session; the revocation then shows in the audit log.
+        let claim = state
+            .idempotency
+            .reserve(LINK_CLAIMS, &principal.token_id, "")
+            .await
+            .map_err(crate::admin::unavailable)?;
+        if claim != crate::backend::Reservation::Reserved {
+            return Err(ApiError::unauthorized(
+                "that sign-in link was used already; ask for a new one",
+            ));
+        }
         revoke(state, &principal, MAX_LINK).await?;
     }
     // A link's own expiry is for the link; the session it opens lasts the

@@ -184,6 +184,21 @@ async fn console_sign_in_with_a_one_time_link_sets_a_strict_cookie_and_signs_out
     let response = again.sign_in("link", code).await;
     assert_eq!(response.status(), 401);
     assert!(response.text().await.unwrap().contains("used already"));
+    // Eight sign-ins racing with one fresh link open one session.
+    let fresh = link(&app, Role::Ops);
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let request = Browser::new(&app)
+            .client
+            .post(format!("http://{}/console/sign-in", app.addr))
+            .header("origin", format!("http://{}", app.addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encoded(&[("link", fresh.as_str())]));
+        racers.spawn(async move { request.send().await.unwrap().status().as_u16() });
+    }
+    let mut statuses = racers.join_all().await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [303, 401, 401, 401, 401, 401, 401, 401]);
 
     // Behind a TLS proxy the cookie is Secure.
     let response = Browser::new(&app)
@@ -420,6 +435,25 @@ async fn console_webhooks_are_created_from_the_form_and_their_log_opens() {
         page.contains("webhook-signature"),
         "the request headers are shown"
     );
+    // The edit form sets a flow filter, and emptying the field clears it.
+    let flows_field = |page: &str| {
+        let marker = "id=\"wh-flows\" name=\"flows\" value=\"";
+        let at = page.find(marker).unwrap() + marker.len();
+        page[at..at + page[at..].find('"').unwrap()].to_owned()
+    };
+    for flows in ["f", ""] {
+        let csrf = ops.csrf(path).await;
+        let edit = [
+            ("_csrf", csrf.as_str()),
+            ("_back", path),
+            ("_method", "PATCH"),
+            ("_lists", "events,flows,statuses"),
+            ("events", "run.ended"),
+            ("flows", flows),
+        ];
+        assert_eq!(ops.post(path, &edit).await.status(), 303);
+        assert_eq!(flows_field(&ops.page(path).await), flows);
+    }
     // Enabled: delete says why it cannot, and a viewer sees none of the buttons.
     assert!(page.contains("Disable it first"), "{page}");
     let viewer = signed_in(&app, Role::Viewer).await;
@@ -463,7 +497,42 @@ async fn console_runs_are_paged_by_cursor_newest_first() {
     assert!(second.contains(&ids[0]) && !second.contains("rel=\"next\""));
 }
 
+async fn console_pages_refresh_themselves_while_a_run_is_going() {
+    let flow = r#"
+status = "live"
+[trigger]
+ref = "web1"
+mode = "async"
+[[steps]]
+ref = "nap"
+kind = "delay"
+if = "web1.slow"
+duration = "1500ms"
+"#;
+    let app = spawn_app(&[("a", flow.to_owned())]).await;
+    let response = app.post_json("a", r#"{"slow": true}"#).await;
+    assert_eq!(response.status(), 202);
+    let id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&id, |r| r.status == "running").await;
+    let refresh = "<meta http-equiv=\"refresh\"";
+    let browser = signed_in(&app, Role::Viewer).await;
+    let run = format!("/console/runs/{id}");
+    for path in ["/console/runs", run.as_str()] {
+        let page = browser.page(path).await;
+        assert!(page.contains(refresh), "{path} while running: {page}");
+    }
+    app.record_when(&id, |r| r.status == "succeeded").await;
+    for path in ["/console/runs", run.as_str()] {
+        let page = browser.page(path).await;
+        assert!(!page.contains(refresh), "{path} once ended: {page}");
+    }
+}
+
 crate::on_both_backends!(
+    console_pages_refresh_themselves_while_a_run_is_going,
     console_sign_in_with_a_one_time_link_sets_a_strict_cookie_and_signs_out,
     console_a_pasted_admin_token_signs_in_and_bad_ones_say_why,
     console_roles_decide_the_buttons_and_the_server_refuses_the_rest,
