@@ -54,15 +54,21 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver must be installed (scripts/test.sh installs it)");
+        let mut options = json!({ "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--hide-scrollbars",
+            format!("--window-size={width},{height}"),
+        ] });
+        if width < 600 {
+            // A window is never narrower than 500 pixels; a phone's screen
+            // is emulated instead (its viewport, as a phone reads `<meta
+            // name="viewport">`).
+            options["mobileEmulation"] = json!({ "deviceMetrics": {
+                "width": width, "height": height, "pixelRatio": 1, "mobile": true, "touch": true,
+            } });
+        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({ "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu",
-                "--disable-dev-shm-usage", "--hide-scrollbars",
-                format!("--window-size={width},{height}"),
-            ] }),
-        );
+        capabilities.insert("goog:chromeOptions".into(), options);
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let mut client = None;
         for _ in 0..100 {
@@ -396,6 +402,69 @@ async fn browser_viewer_sees_no_actions_and_a_cross_site_form_is_refused() {
 }
 
 impl Browser {
+    /// Opens `path` and checks that it fits the (phone-sized) window's
+    /// width and that every control a person can reach has a name a screen
+    /// reader reads (a label, or a button's own text); saves it as
+    /// `phone-<name>`.
+    async fn check_phone_page(&self, name: &str, path: &str) {
+        self.go(path).await;
+        self.wait_for_path(path).await;
+        self.wait_for("main").await;
+        let overflow = self
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{path} is wider than a phone by {overflow}px"
+        );
+        // Nothing to read or press hides past the right edge (in a table
+        // that scrolls sideways, say).
+        let hidden = self
+            .client
+            .execute(
+                r#"return [...document.querySelectorAll('main a, main button, main input, main select, main code')]
+                     .filter(e => { const r = e.getBoundingClientRect();
+                                    return r.width > 0 && r.right > window.innerWidth + 1; })
+                     .map(e => e.outerHTML);"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(hidden, json!([]), "{path}: past the right edge");
+        let unlabelled = self
+            .client
+            .execute(
+                r#"return [...document.querySelectorAll(
+                       'input:not([type=hidden]), select, textarea, button, summary')]
+                     .filter(e => e.tagName === 'BUTTON' || e.tagName === 'SUMMARY'
+                       ? !(e.textContent.trim() || e.getAttribute('aria-label'))
+                       : !((e.labels && e.labels.length) || e.getAttribute('aria-label')))
+                     .map(e => e.outerHTML);"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(unlabelled, json!([]), "{path}");
+        let controls = self
+            .client
+            .execute(
+                "return document.querySelectorAll('main input:not([type=hidden]), main button').length;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            controls.as_u64().unwrap() > 0,
+            "{path} has no controls to check"
+        );
+        self.screenshot(&format!("phone-{name}")).await;
+    }
+
     async fn click_header(&self, label: &str) {
         self.client
             .find(Locator::XPath(&format!(
@@ -409,7 +478,84 @@ impl Browser {
     }
 }
 
+async fn browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboard() {
+    let app = spawn_app(&[("signup", FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let url = receiver.url("/hooks");
+    let args = ["webhooks", "create", "--name", "Billing", "--url", &url];
+    let (stdout, stderr, code) = cli(&app, &args);
+    assert_eq!(code, 0, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let hook = created["id"].as_str().unwrap();
+    let response = app.post_json("signup", r#"{"fail": true}"#).await;
+    let run_id = response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&run_id, |r| r.status == "failed").await;
+
+    let phone = Browser::open(&app, 390, 844).await;
+    phone.check_phone_page("sign-in", "/console/sign-in").await;
+    phone.sign_in(&app, Role::Ops).await;
+    for (name, path) in [
+        ("flows", "/console/flows".to_owned()),
+        ("runs", "/console/runs".to_owned()),
+        ("run", format!("/console/runs/{run_id}")),
+        ("webhooks", "/console/webhooks".to_owned()),
+        ("webhook", format!("/console/webhooks/{hook}")),
+        ("audit", "/console/audit".to_owned()),
+    ] {
+        phone.check_phone_page(name, &path).await;
+    }
+
+    // By keyboard alone: Tab to the flow's Pause button and press Enter.
+    let laptop = Browser::open(&app, 1280, 800).await;
+    laptop.sign_in(&app, Role::Ops).await;
+    let tab = String::from(char::from(fantoccini::key::Key::Tab));
+    let mut reached = false;
+    for _ in 0..60 {
+        laptop
+            .client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(&tab)
+            .await
+            .unwrap();
+        let focused = laptop
+            .client
+            .execute("return document.activeElement.textContent.trim();", vec![])
+            .await
+            .unwrap();
+        if focused == json!("Pause") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the Pause button");
+    let page = laptop.client.find(Locator::Css("html")).await.unwrap();
+    let enter = String::from(char::from(fantoccini::key::Key::Enter));
+    laptop
+        .client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&enter)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if page.tag_name().await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    laptop.wait_for("main").await;
+    let paused = app.post_json("signup", "{}").await;
+    assert_eq!(paused.text().await.unwrap(), PAUSED_BODY);
+}
+
 crate::on_both_backends!(
+    browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboard,
     browser_signs_in_with_a_link_and_pauses_a_flow,
     browser_shows_a_failed_runs_step_error_and_sender_html_as_text,
     browser_creates_a_webhook_and_views_its_ping,
