@@ -210,6 +210,8 @@ kill "$gateway"; wait "$gateway" 2>/dev/null || true
 embedded start_gateway
 fill_log "emb_count \"select (select count(*) from delivery_log) + (select count(*) from deliveries where state = 'pending')\"" \
   "emb_count \"select count(*) from deliveries where state = 'pending'\""
+lost() { curl -s "http://$GATE_ADDR/metrics" | awk '/^flowgate_webhook_events_lost_total/ { print $2 }'; }
+emb_lost=$(lost)
 emb_runs=$(emb_count 'select count(*) from runs')
 emb_log=$(emb_count 'select count(*) from delivery_log')
 emb_hook=$(emb_count 'select subscription from delivery_log limit 1')
@@ -249,6 +251,7 @@ hook_max=$(awk '/^flowgate_webhook_delivery_lag_seconds_count/ { print $2 }' "$w
 hook_id=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'flowgate:{flowgate}:webhooks:log:*' | head -1 | sed 's/.*:log://')
 hook_log() { redis-cli -p "$REDIS_PORT" xlen "flowgate:{flowgate}:webhooks:log:$hook_id"; }
 fill_log 'echo $(( $(hook_log) + $(outbox) ))' outbox
+redis_lost=$(lost)
 redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
 redis_log=$(hook_log)
 cookie=$(console_session)
@@ -285,3 +288,5 @@ printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$redi
 cat "$work/console.txt"
 printf ' embedded, %s runs stored, %s delivery log entries:\n' "$emb_runs" "$emb_log"
 cat "$work/emb-console.txt"
+printf 'run.ended events the fan-out dropped while the stores were topped up at full sync load\n'
+printf '(flowgate_webhook_events_lost_total): Redis %s, embedded %s\n' "${redis_lost:-0}" "${emb_lost:-0}"

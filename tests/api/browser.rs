@@ -285,20 +285,9 @@ async fn browser_shows_a_failed_runs_step_error_and_sender_html_as_text() {
     // On a phone-sized screen the page still fits its width.
     let phone = Browser::open(&app, 390, 844).await;
     phone.sign_in(&app, Role::Viewer).await;
-    phone.go(&format!("/console/runs/{run_id}")).await;
-    let overflow = phone
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth - window.innerWidth;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(
-        overflow.as_i64().unwrap() <= 0,
-        "wider than the screen by {overflow}px"
-    );
-    phone.screenshot("run-phone").await;
+    phone
+        .check_phone_page("run-failed", &format!("/console/runs/{run_id}"))
+        .await;
 }
 
 async fn browser_creates_a_webhook_and_views_its_ping() {
@@ -411,13 +400,8 @@ impl Browser {
         self.wait_for_path(path).await;
         self.wait_for("main").await;
         let overflow = self
-            .client
-            .execute(
-                "return document.documentElement.scrollWidth - window.innerWidth;",
-                vec![],
-            )
-            .await
-            .unwrap();
+            .js("return document.documentElement.scrollWidth - window.innerWidth;")
+            .await;
         assert!(
             overflow.as_i64().unwrap() <= 0,
             "{path} is wider than a phone by {overflow}px"
@@ -425,44 +409,34 @@ impl Browser {
         // Nothing to read or press hides past the right edge (in a table
         // that scrolls sideways, say).
         let hidden = self
-            .client
-            .execute(
-                r#"return [...document.querySelectorAll('main a, main button, main input, main select, main code')]
+            .js(r#"return [...document.querySelectorAll('main a, main button, main input, main select, main code')]
                      .filter(e => { const r = e.getBoundingClientRect();
                                     return r.width > 0 && r.right > window.innerWidth + 1; })
-                     .map(e => e.outerHTML);"#,
-                vec![],
-            )
-            .await
-            .unwrap();
+                     .map(e => e.outerHTML);"#)
+            .await;
         assert_eq!(hidden, json!([]), "{path}: past the right edge");
         let unlabelled = self
-            .client
-            .execute(
-                r#"return [...document.querySelectorAll(
+            .js(r#"return [...document.querySelectorAll(
                        'input:not([type=hidden]), select, textarea, button, summary')]
                      .filter(e => e.tagName === 'BUTTON' || e.tagName === 'SUMMARY'
                        ? !(e.textContent.trim() || e.getAttribute('aria-label'))
                        : !((e.labels && e.labels.length) || e.getAttribute('aria-label')))
-                     .map(e => e.outerHTML);"#,
-                vec![],
-            )
-            .await
-            .unwrap();
+                     .map(e => e.outerHTML);"#)
+            .await;
         assert_eq!(unlabelled, json!([]), "{path}");
         let controls = self
-            .client
-            .execute(
-                "return document.querySelectorAll('main input:not([type=hidden]), main button').length;",
-                vec![],
-            )
-            .await
-            .unwrap();
+            .js("return document.querySelectorAll('main a, main button, main input:not([type=hidden]), main summary').length;")
+            .await;
         assert!(
             controls.as_u64().unwrap() > 0,
-            "{path} has no controls to check"
+            "{path} has nothing to check"
         );
         self.screenshot(&format!("phone-{name}")).await;
+    }
+
+    /// What `script` returns, run in the page.
+    async fn js(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap()
     }
 
     async fn click_header(&self, label: &str) {
@@ -523,10 +497,8 @@ async fn browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboa
             .await
             .unwrap();
         let focused = laptop
-            .client
-            .execute("return document.activeElement.textContent.trim();", vec![])
-            .await
-            .unwrap();
+            .js("return document.activeElement.textContent.trim();")
+            .await;
         if focused == json!("Pause") {
             reached = true;
             break;
