@@ -288,5 +288,5 @@ printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$redi
 cat "$work/console.txt"
 printf ' embedded, %s runs stored, %s delivery log entries:\n' "$emb_runs" "$emb_log"
 cat "$work/emb-console.txt"
-printf 'run.ended events the fan-out dropped while the stores were topped up at full sync load\n'
+printf 'lifecycle events (of every type) the webhook fan-out dropped while the stores were topped up at full sync load\n'
 printf '(flowgate_webhook_events_lost_total): Redis %s, embedded %s\n' "${redis_lost:-0}" "${emb_lost:-0}"
