@@ -368,7 +368,15 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 
 /// What every serving process runs beside its work: the control state kept
 /// current, outbound event webhooks, and flows reloaded on file changes and SIGHUP.
-fn start_background(app: &App) {
+fn start_background(app: &App, config: &Config) {
+    if config.storage.backend == crate::config::StorageBackend::Redis {
+        let url = config.redis.url.clone();
+        tokio::spawn(async move {
+            if let Some(risk) = crate::backend::redis::eviction_risk(&url).await {
+                tracing::warn!("{risk}");
+            }
+        });
+    }
     tokio::spawn(app.control().clone().keep_current());
     tokio::spawn(app.backends().clone().maintain());
     app.start_webhooks();
@@ -393,7 +401,7 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let app = build_app(&config, true)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        start_background(&app);
+        start_background(&app, &config);
         let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -415,7 +423,7 @@ fn worker_only(
     let app = build_app(&config, true)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_channel();
-        start_background(&app);
+        start_background(&app, &config);
         if let Some(addr) = metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

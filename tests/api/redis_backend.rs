@@ -134,3 +134,55 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     let text = app.text_when(&metrics, aborted).await;
     assert!(text.contains(aborted), "{text}");
 }
+
+/// A gateway on `app`'s Redis, started, ready and stopped; what it logged.
+async fn startup_log(app: &TestApp) -> String {
+    let port = free_port();
+    let mut child = app
+        .process(
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            &["serve", "--no-worker"],
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    app.text_when(&format!("http://127.0.0.1:{port}/readyz"), "ready")
+        .await;
+    // The check runs beside start-up; give it its two-second budget.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    terminate_and_read(&mut child)
+}
+
+fn terminate_and_read(child: &mut std::process::Child) -> String {
+    use std::io::Read as _;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    log
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_is_named_at_start() {
+    let app = spawn_app(&[]).await;
+    assert!(
+        !startup_log(&app).await.contains("maxmemory-policy"),
+        "noeviction, Redis's default, is safe"
+    );
+    let set = std::process::Command::new("redis-cli")
+        .args(["-p", &app.redis.port().to_string()])
+        .args(["config", "set", "maxmemory-policy", "allkeys-lru"])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    let log = startup_log(&app).await;
+    assert!(
+        log.contains("maxmemory-policy is `allkeys-lru`") && log.contains("noeviction"),
+        "{log}"
+    );
+}

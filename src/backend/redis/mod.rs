@@ -58,6 +58,34 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<String, StorageError> {
     crate::codec::encode(value).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
+/// Why the Redis at `url` could silently drop accepted runs, if it could:
+/// a `maxmemory-policy` other than `noeviction` lets Redis evict queue
+/// entries when it fills up. `None` when the policy is safe, or when it
+/// cannot be read (some managed services refuse `CONFIG`).
+pub async fn eviction_risk(url: &str) -> Option<String> {
+    let pool = connect(url).ok()?;
+    let read = async {
+        let mut conn = pool.get().await.ok()?;
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        reply.get(1).cloned()
+    };
+    let policy = tokio::time::timeout(CONNECTION_TIMEOUT * 2, read)
+        .await
+        .ok()??;
+    (policy != "noeviction").then(|| {
+        format!(
+            "Redis maxmemory-policy is `{policy}`: when Redis fills up it may evict queued runs, \
+             which are then lost without an error; set `maxmemory-policy noeviction` (Redis then \
+             refuses writes when full, and flowgate answers 503 instead of losing a run)"
+        )
+    })
+}
+
 /// A connection pool to the Redis at `url`; connects lazily.
 pub fn connect(url: &str) -> Result<Pool, StorageError> {
     let mut settings = PoolSettings::from_url(url);
