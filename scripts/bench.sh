@@ -254,6 +254,7 @@ fill_log 'echo $(( $(hook_log) + $(outbox) ))' outbox
 redis_lost=$(lost)
 redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
 redis_log=$(hook_log)
+redis_memory=$(redis-cli -p "$REDIS_PORT" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }')
 cookie=$(console_session)
 {
   console_row "runs, newest" "/console/runs" "$cookie"
@@ -283,6 +284,9 @@ printf '  p50 %s ms, p99 %s ms\n' "$(lag_pct 0.5 flowgate_webhook_delivery_lag_s
 printf '\nembedded vs Redis: sync %s, async accept %s\n' "$(ratio "$emb_sync_rps" "$sync_rps")" "$(ratio "$emb_async_rps" "$async_rps")"
 printf 'embedded queue lag at %.0f req/s (half its async maximum) for %ss, %s runs:\n' "$emb_steady" "$LAG_SECONDS" "$emb_lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$emb_lag50" "$emb_lag99" "$emb_lag_max"
+printf '\nRedis memory: %.0f MB with %s runs kept (and %s delivery log entries): %.0f MB per 100,000 runs\n' \
+  "$(awk -v b="$redis_memory" 'BEGIN { print b / 1048576 }')" "$redis_runs" "$redis_log" \
+  "$(awk -v b="$redis_memory" -v n="$redis_runs" 'BEGIN { print b / 1048576 / n * 100000 }')"
 printf '\nconsole pages, 20 loads each (median, slowest):\n'
 printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$redis_log"
 cat "$work/console.txt"
