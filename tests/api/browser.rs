@@ -253,10 +253,7 @@ async fn browser_shows_a_failed_runs_step_error_and_sender_html_as_text() {
             &json!({ "fail": true, "name": hostile }).to_string(),
         )
         .await;
-    let run_id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id(&response);
     app.record_when(&run_id, |r| r.status == "failed").await;
     let browser = Browser::open(&app, 1280, 1000).await;
     browser.sign_in(&app, Role::Author).await;
@@ -462,10 +459,7 @@ async fn browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboa
     let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let hook = created["id"].as_str().unwrap();
     let response = app.post_json("signup", r#"{"fail": true}"#).await;
-    let run_id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id(&response);
     app.record_when(&run_id, |r| r.status == "failed").await;
 
     let phone = Browser::open(&app, 390, 844).await;

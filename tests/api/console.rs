@@ -356,10 +356,7 @@ async fn console_run_detail_shows_the_failing_step_and_escapes_what_senders_wrot
     let body = serde_json::json!({ "fail": true, "name": hostile }).to_string();
     let response = app.post_json("f", &body).await;
     assert_eq!(response.status(), 500);
-    let run_id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id(&response);
     app.record_when(&run_id, |r| r.status == "failed").await;
 
     let browser = signed_in(&app, Role::Author).await;
@@ -468,12 +465,7 @@ async fn console_runs_are_paged_by_cursor_newest_first() {
     let mut ids = Vec::new();
     for n in 0..55 {
         let response = app.post_json("f", &format!(r#"{{"n": {n}}}"#)).await;
-        ids.push(
-            response.headers()["x-flowgate-run-id"]
-                .to_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(run_id(&response));
     }
     for id in &ids {
         app.record_when(id, |r| r.status == "succeeded").await;
@@ -512,10 +504,7 @@ duration = "1500ms"
     let app = spawn_app(&[("a", flow.to_owned())]).await;
     let response = app.post_json("a", r#"{"slow": true}"#).await;
     assert_eq!(response.status(), 202);
-    let id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = run_id(&response);
     app.record_when(&id, |r| r.status == "running").await;
     let refresh = "<meta http-equiv=\"refresh\"";
     let browser = signed_in(&app, Role::Viewer).await;

@@ -860,3 +860,11 @@ pub fn test_certificates(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
     (read("ca.pem"), read("server.pem"), read("server.key"))
 }
+
+/// The run id a trigger answer names (`X-Flowgate-Run-Id`).
+pub fn run_id(response: &reqwest::Response) -> String {
+    response.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}

@@ -43,13 +43,6 @@ fn shape(events: &[RunEvent]) -> Vec<String> {
         .collect()
 }
 
-fn run_id(response: &reqwest::Response) -> String {
-    response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn every_run_transition_is_published() {
     // The first call fails with 503, so the async run retries later once.
     let receiver = Receiver::start(&[503], Duration::ZERO).await;

@@ -26,13 +26,6 @@ if = "web1.slow"
 duration = "10s"
 "#;
 
-fn run_id(response: &reqwest::Response) -> String {
-    response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn succeeded_run_records_steps_request_and_answer() {
     let app = spawn_app(&[("f", FLOW.to_owned())]).await;
     let response = app.post_json("f", r#"{"a": 2, "b": 3}"#).await;

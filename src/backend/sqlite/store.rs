@@ -146,8 +146,8 @@ impl RunStore for SqliteStore {
             let position = position.transpose()?;
             self.db
                 .read(move |conn| {
-                    let (at, id) = position.unwrap_or((i64::MAX, String::new()));
-                    let (sql, values) = page_query(&filter, (at, id), limit);
+                    let start = position.unwrap_or((i64::MAX, String::new()));
+                    let (sql, values) = page_query(&filter, start, limit);
                     let mut statement = conn.prepare_cached(&sql)?;
                     let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
                         Ok((
