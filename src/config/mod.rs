@@ -15,6 +15,9 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+mod key_file;
+mod parse;
+
 /// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
 pub const SIGNING_KEY_ENV: &str = "FLOWGATE_SIGNING_KEY";
 /// Prefix of the environment variables that override config keys.
@@ -539,7 +542,7 @@ impl Config {
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound && self.auth.generate_missing_key =>
             {
-                generate_key_file(&path)
+                key_file::generate_key_file(&path)
             }
             Err(e) => Err(ConfigError::new(format!(
                 "cannot read signing key file {}: {e}",
@@ -547,42 +550,6 @@ impl Config {
             ))),
         }
     }
-}
-
-fn generate_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw)
-        .map_err(|e| ConfigError::new(format!("cannot generate a signing key: {e}")))?;
-    let key = hex::encode(raw);
-    let fail = |e: std::io::Error| {
-        ConfigError::new(format!(
-            "cannot write signing key file {}: {e}",
-            path.display()
-        ))
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    write_private(path, key.as_bytes()).map_err(fail)?;
-    tracing::warn!(path = %path.display(), "generated a new signing key");
-    Ok(key.into_bytes())
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 fn apply_env_overrides(
@@ -612,61 +579,6 @@ fn apply_env_overrides(
         section_table.insert(key, parsed);
     }
     Ok(())
-}
-
-/// Deserializers for config values written as text: each value is parsed
-/// once, at load, and a bad one names its key (through the path the loader adds).
-mod parse {
-    use std::net::SocketAddr;
-    use std::time::Duration;
-
-    use http::HeaderName;
-    use serde::de::{Deserialize, Deserializer, Error};
-
-    /// `"30s"`, `"5m"`, `"7d"`, `"1h 30m"`.
-    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}")))
-    }
-
-    /// A list of durations.
-    pub fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|text| {
-                humantime::parse_duration(text).map_err(|e| {
-                    D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}"))
-                })
-            })
-            .collect()
-    }
-
-    /// A [`duration`] above zero.
-    pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match duration(d)? {
-            zero if zero.is_zero() => Err(D::Error::custom("must be above zero")),
-            duration => Ok(duration),
-        }
-    }
-
-    /// `"127.0.0.1:8080"`, `"[::]:8080"`.
-    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|_| D::Error::custom(format!("`{text}` is not a host:port address")))
-    }
-
-    /// A list of header names, kept lower case.
-    pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|name| {
-                HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| D::Error::custom(format!("`{name}` is not a header name")))
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]

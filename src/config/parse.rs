@@ -1,0 +1,53 @@
+//! Deserializers for config values written as text: each value is parsed
+//! once, at load, and a bad one names its key (through the path the loader adds).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::de::{Deserialize, Deserializer, Error};
+
+/// `"30s"`, `"5m"`, `"7d"`, `"1h 30m"`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}")))
+}
+
+/// A list of durations.
+pub fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|e| {
+                D::Error::custom(format!("`{text}` is not a duration like \"30s\": {e}"))
+            })
+        })
+        .collect()
+}
+
+/// A [`duration`] above zero.
+pub fn positive_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match duration(d)? {
+        zero if zero.is_zero() => Err(D::Error::custom("must be above zero")),
+        duration => Ok(duration),
+    }
+}
+
+/// `"127.0.0.1:8080"`, `"[::]:8080"`.
+pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|_| D::Error::custom(format!("`{text}` is not a host:port address")))
+}
+
+/// A list of header names, kept lower case.
+pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| D::Error::custom(format!("`{name}` is not a header name")))
+        })
+        .collect()
+}
