@@ -3,6 +3,7 @@
 //! on loopback. Each test saves screenshots of the pages it visits under
 //! `target/console-screenshots/`.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -30,7 +31,10 @@ if = "web1.fail"
 message = "refused {{ web1.name }}"
 "#;
 
-/// A headless Chromium under `chromedriver`, closed when dropped.
+/// A headless Chromium under `chromedriver`, closed when dropped: the
+/// driver runs in a process group of its own, and dropping the browser
+/// kills the whole group, so no Chromium outlives its test, even one that
+/// panics.
 struct Browser {
     client: Client,
     driver: Child,
@@ -39,6 +43,10 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The group's id is the driver's pid (`process_group(0)`).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -50,6 +58,7 @@ impl Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
