@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark: wrk against a bare hyper server and against flowgate, in the same
-# run with the same connections and the same ~1 KB JSON body. Prints req/s and
-# p99 for each, and flowgate's figures as ratios to the bare server. Then holds
+# Benchmark: wrk against a bare hyper server, a floor server and flowgate, in
+# the same run with the same connections and the same ~1 KB JSON body. The
+# floor (benches/floor.rs) does only what no gateway can skip: verify the
+# JWT, parse the JSON, XADD the body to Redis. Prints req/s and p99 for each,
+# and flowgate's figures as ratios to the bare server and to the floor, with
+# CPU per request of the server and of Redis, and Redis commands per request
+# (INFO commandstats). Then holds
 # async traffic at half the measured async maximum for LAG_DURATION and
 # reports the queue lag (acceptance to start) from the gateway's metrics.
 # Then the same sync and async scenarios, and the queue lag, on the embedded
@@ -16,13 +20,16 @@
 #
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench.sh
+#   ONLY=requests scripts/bench.sh   # the request scenarios on Redis only (about a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 LAG_SECONDS=${LAG_SECONDS:-20}
+ONLY=${ONLY:-all}
 BARE_ADDR=127.0.0.1:18090
+FLOOR_ADDR=127.0.0.1:18091
 GATE_ADDR=127.0.0.1:18080
 REDIS_PORT=${REDIS_PORT:-18379}
 
@@ -33,7 +40,7 @@ for tool in wrk redis-server redis-cli:redis-tools; do
     (apt-get install -y "$package" || (apt-get update && apt-get install -y "$package")) >/dev/null
   fi
 done
-cargo build --release --quiet --bin flowgate --example bare-hyper
+cargo build --release --quiet --bin flowgate --example bare-hyper --example floor
 
 work=$(mktemp -d)
 pids=()
@@ -64,19 +71,32 @@ wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/${1%:*}/${1#*:}") 2>/d
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
 
-# Prints "req_per_sec p99_ms non_2xx server_cpu_us_per_req redis_cpu_us_per_req".
-run_wrk() { # $1 url, $2 script, $3 server pid
+# Redis's per-command call counts, "command calls" per line.
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' |
+    sed -n 's/^cmdstat_\([^:]*\):calls=\([0-9]*\).*/\1 \2/p' | sort
+}
+
+# Prints "req_per_sec p99_ms non_2xx server_cpu_us_per_req redis_cpu_us_per_req
+# redis_commands_per_req", and writes the commands per request, by command,
+# to $work/cmds-<label>.txt.
+run_wrk() { # $1 url, $2 script, $3 server pid, $4 label
   local s0 r0 s1 r1
+  redis_calls > "$work/calls0.txt"
   s0=$(cpu_ticks "$3"); r0=$(cpu_ticks "$redis")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$2" "$1" > "$work/out.txt"
   s1=$(cpu_ticks "$3"); r1=$(cpu_ticks "$redis")
+  redis_calls > "$work/calls1.txt"
   local rps p99 total
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/out.txt")
   total=$(awk '/requests in/ {print $1}' "$work/out.txt")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/out.txt")
   non2xx=$(awk '/Non-2xx/ {print $4}' "$work/out.txt")
+  join -a2 -e0 -o 0,1.2,2.2 "$work/calls0.txt" "$work/calls1.txt" |
+    awk -v n="$total" '($3 - $2) / n >= 0.005 && $1 != "info" { printf "%s %.2f\n", $1, ($3 - $2) / n }' > "$work/cmds-${4:-x}.txt"
   awk -v rps="$rps" -v p99="$p99" -v bad="${non2xx:-0}" -v n="$total" -v s=$(( (s1 - s0) * TICK_US )) -v r=$(( (r1 - r0) * TICK_US )) \
-    'BEGIN { printf "%s %s %s %.1f %.1f\n", rps, p99, bad, s / n, r / n }'
+    -v c="$(awk '{ t += $2 } END { printf "%.2f", t }' "$work/cmds-${4:-x}.txt")" \
+    'BEGIN { printf "%s %s %s %.1f %.1f %s\n", rps, p99, bad, s / n, r / n, c }'
 }
 
 # Sync runs of the flow with a webhook subscription, 3 s at a time, until
@@ -122,6 +142,7 @@ wait_port "127.0.0.1:$REDIS_PORT"
 token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
 async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & bare=$!; pids+=($bare)
+target/release/examples/floor "$FLOOR_ADDR" "$FLOWGATE_REDIS__URL" 2>/dev/null & floor=$!; pids+=($floor)
 start_gateway() { # extra serve flags
   RUST_LOG=warn target/release/flowgate --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
   wait_port "$GATE_ADDR"
@@ -129,16 +150,48 @@ start_gateway() { # extra serve flags
 restart_gateway() { kill "$gateway"; wait "$gateway" 2>/dev/null || true; start_gateway "$@"; }
 # The request scenarios measure the gateway alone, as deployed beside
 # separate workers; workers start for the queue lag phase.
-wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; start_gateway --no-worker
+wait_port "127.0.0.1:$REDIS_PORT"; wait_port "$BARE_ADDR"; wait_port "$FLOOR_ADDR"; start_gateway --no-worker
 
 printf 'body: %d bytes, %s connections, %s threads, %s per scenario\n' "${#body}" "$CONNECTIONS" "$THREADS" "$DURATION"
-read -r bare_rps bare_p99 _ bare_cpu _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')" "$bare")
-read -r sync_rps sync_p99 sync_non2xx sync_cpu sync_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+read -r bare_rps bare_p99 _ bare_cpu _ _ < <(run_wrk "http://$BARE_ADDR/" "$(lua '')" "$bare" bare)
+read -r floor_rps floor_p99 floor_non2xx floor_cpu floor_redis floor_cmds < <(run_wrk "http://$FLOOR_ADDR/" "$(lua "Bearer $token")" "$floor" floor)
+redis-cli -p "$REDIS_PORT" del floor:runs >/dev/null
+read -r sync_rps sync_p99 sync_non2xx sync_cpu sync_redis sync_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway" sync)
 sleep 3 # run records of the sync scenario are written in the background: let them land
-read -r rej_rps rej_p99 _ rej_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")" "$gateway")
-read -r async_rps async_p99 async_non2xx async_cpu async_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway")
-if [ "${sync_non2xx:-0}" != "0" ]; then echo "warning: $sync_non2xx non-2xx answers in the sync scenario" >&2; fi
-if [ "${async_non2xx:-0}" != "0" ]; then echo "warning: $async_non2xx non-2xx answers in the async scenario" >&2; fi
+read -r rej_rps rej_p99 _ rej_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")" "$gateway" rejected)
+read -r async_rps async_p99 async_non2xx async_cpu async_redis async_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway" async)
+# Peak resident memory of the gateway through the request scenarios.
+gateway_rss=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$gateway/status")
+for scenario in floor sync async; do
+  eval "bad=\${${scenario}_non2xx:-0}"
+  if [ "$bad" != "0" ]; then echo "warning: $bad non-2xx answers in the $scenario scenario" >&2; fi
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+# The table of request scenarios; rows of scenarios not run are left out.
+print_requests() {
+  printf '\n%-28s %9s %7s %7s %7s %7s %7s %9s %9s %8s\n' scenario "req/s" "p99 ms" "req/s" "p99" "req/s" "p99" "server" "redis" "redis"
+  printf '%-28s %9s %7s %7s %7s %7s %7s %9s %9s %8s\n' "" "" "" "/bare" "/bare" "/floor" "/floor" "cpu us/r" "cpu us/r" "cmds/r"
+  row() { # name rps p99 cpu redis_cpu redis_cmds
+    [ -n "$2" ] || return 0
+    printf '%-28s %9.0f %7.2f %7s %7s %7s %7s %9s %9s %8s\n' "$1" "$2" "$3" "$(ratio "$2" "$bare_rps")" "$(ratio "$3" "$bare_p99")" \
+      "$(ratio "$2" "$floor_rps")" "$(ratio "$3" "$floor_p99")" "$4" "${5:--}" "${6:--}"
+  }
+  row "bare hyper (baseline)" "$bare_rps" "$bare_p99" "$bare_cpu"
+  row "floor (jwt+json+xadd)" "$floor_rps" "$floor_p99" "$floor_cpu" "$floor_redis" "$floor_cmds"
+  row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis" "$sync_cmds"
+  row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu"
+  row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis" "$async_cmds"
+  row "flowgate sync + webhook" "${hook_rps:-}" "${hook_p99:-}" "${hook_cpu:-}" "${hook_redis:-}" "${hook_cmds:-}"
+  row "embedded sync transform" "${emb_sync_rps:-}" "${emb_sync_p99:-}" "${emb_sync_cpu:-}"
+  row "embedded async accept" "${emb_async_rps:-}" "${emb_async_p99:-}" "${emb_async_cpu:-}"
+  printf '\ngateway peak RSS through the request scenarios: %s MiB\n' "$gateway_rss"
+  printf 'Redis commands per request, by command:\n'
+  for scenario in floor sync async; do
+    printf '  %-6s %s\n' "$scenario" "$(tr '\n' ' ' < "$work/cmds-$scenario.txt")"
+  done
+}
+if [ "$ONLY" = requests ]; then print_requests; exit 0; fi
 
 queue_depth() { curl -s "http://$GATE_ADDR/readyz" | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }
 wait_drained() {
@@ -180,9 +233,9 @@ lag_count=$(awk '/^flowgate_queue_lag_seconds_count/ { print $2 }' "$work/metric
 embedded() { FLOWGATE_STORAGE__BACKEND=embedded FLOWGATE_STORAGE__PATH="$work/db/flowgate.db" "$@"; }
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 embedded start_gateway --no-worker
-read -r emb_sync_rps emb_sync_p99 _ emb_sync_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+read -r emb_sync_rps emb_sync_p99 _ emb_sync_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
 sleep 3
-read -r emb_async_rps emb_async_p99 emb_async_non2xx emb_async_cpu _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway")
+read -r emb_async_rps emb_async_p99 emb_async_non2xx emb_async_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway")
 if [ "${emb_async_non2xx:-0}" != "0" ]; then echo "warning: $emb_async_non2xx non-2xx answers in the embedded async scenario" >&2; fi
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 embedded start_gateway
@@ -230,7 +283,7 @@ target/release/flowgate --config benches/config.toml webhooks create --name benc
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
 restart_gateway --no-worker
 sleep 2
-read -r hook_rps hook_p99 hook_non2xx hook_cpu hook_redis < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+read -r hook_rps hook_p99 hook_non2xx hook_cpu hook_redis hook_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
 outbox() { redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:outbox'; }
 wait_delivered() {
   for _ in $(seq 1 600); do [ "$(outbox)" = "0" ] && return 0; sleep 0.5; done
@@ -263,19 +316,7 @@ cookie=$(console_session)
   console_row "a webhook's delivery log" "/console/webhooks/$hook_id" "$cookie"
 } > "$work/console.txt"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
-printf '\n%-28s %10s %8s %8s %8s %13s %11s\n' scenario "req/s" "p99 ms" "req/s" "p99" "server cpu" "redis cpu"
-printf '%-28s %10s %8s %8s %8s %13s %11s\n' "" "" "" "vs bare" "vs bare" "us/request" "us/request"
-row() { # name rps p99 cpu redis_cpu
-  printf '%-28s %10.0f %8.2f %8s %8s %13s %11s\n' "$1" "$2" "$3" "$(ratio "$2" "$bare_rps")" "$(ratio "$3" "$bare_p99")" "$4" "$5"
-}
-row "bare hyper (baseline)" "$bare_rps" "$bare_p99" "$bare_cpu" "-"
-row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis"
-row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu" "-"
-row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis"
-row "flowgate sync + webhook" "$hook_rps" "$hook_p99" "$hook_cpu" "$hook_redis"
-row "embedded sync transform" "$emb_sync_rps" "$emb_sync_p99" "$emb_sync_cpu" "-"
-row "embedded async accept" "$emb_async_rps" "$emb_async_p99" "$emb_async_cpu" "-"
+print_requests
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"
 printf '\nsync with one run.ended subscription: %s of the sync req/s without\n' "$(ratio "$hook_rps" "$sync_rps")"

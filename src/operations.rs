@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::backend::StorageError;
 use crate::backend::control::{Actor, Change};
 use crate::control::draft;
-use crate::engine::{RunInput, RunState, is_json_request};
+use crate::engine::{RunInput, RunState};
 use crate::flow::{FlowStatus, Mode};
 use crate::record::RunRecord;
 use crate::trigger::TriggerState;
@@ -129,6 +129,7 @@ pub async fn replay(
         ));
     }
     let mut request = (*original.request).clone();
+    let mut raw_is_body = false;
     if let Some(fields) = request.as_object_mut() {
         fields.insert(
             "received_at".into(),
@@ -136,9 +137,11 @@ pub async fn replay(
                 humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             ),
         );
-        // A JSON body is recorded once, parsed; templates see it as `raw` too.
-        if is_json_request(&Value::Object(fields.clone())) && !fields.contains_key("raw") {
+        // A JSON body is recorded once, parsed, without its `raw` text;
+        // templates see it as `raw` too.
+        if !fields.contains_key("raw") {
             fields.insert("raw".into(), Value::String(original.body.to_string()));
+            raw_is_body = true;
         }
     }
     let input = RunInput {
@@ -147,6 +150,7 @@ pub async fn replay(
         mode: flow.trigger.mode.as_str().to_owned(),
         live: status == FlowStatus::Live,
         body: original.body.clone(),
+        raw_is_body,
         request: Arc::new(request),
         resume: None,
         replay_of: Some(original.id.clone()),

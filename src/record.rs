@@ -148,7 +148,7 @@ impl RunRecord {
             next_attempt_at: None,
             duration_ms: None,
             request: RecordedRequest {
-                omit_raw: crate::engine::is_json_request(&input.request),
+                omit_raw: input.raw_is_body,
                 value: bounded_shared(&input.request),
             },
             body: bounded_shared(&input.body),

@@ -494,8 +494,9 @@ fn render(
             Some("form") => "application/x-www-form-urlencoded",
             _ => "text/plain",
         });
-    let body = crate::trigger::body::parse(Some(content_type), &raw, flow.trigger.accept_any)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let body =
+        crate::trigger::body::parse_with_kind(Some(content_type), &raw, flow.trigger.accept_any)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let run_id = "render".to_owned();
     // As if POSTed to the flow's URL, so templates see what a sender's request gives them.
     let (parts, ()) = http::Request::post(format!("{}{}", crate::trigger::PATH_PREFIX, flow.id))

@@ -4,6 +4,10 @@
 //! body was JSON, the parsed body is left out of the queued form and parsed
 //! again from the raw text on the way out: the queue then holds each payload
 //! once, and the worker still sees the exact bytes that arrived.
+//!
+//! [`RunInput::queued_parts`] splits the queued form further, for queues
+//! that can store bytes beside the JSON: the raw text travels as it
+//! arrived, with no JSON escaping on the request path.
 
 use std::sync::Arc;
 
@@ -25,22 +29,16 @@ pub struct RunInput {
     pub live: bool,
     /// The parsed request body, exposed under the trigger's ref-id.
     pub body: Arc<Value>,
+    /// Whether `request.raw` is the body's JSON text: `body` was parsed,
+    /// whole, from it. The queue and the run record then keep the text
+    /// alone.
+    pub raw_is_body: bool,
     /// The `request` object of the template context.
     pub request: Arc<Value>,
     /// Where to pick up a run whose step is waiting for a retry.
     pub resume: Option<Resume>,
     /// The run this one replays, for a replay.
     pub replay_of: Option<String>,
-}
-
-/// Whether a `request` object's content type says JSON, so its body is the
-/// raw text parsed as JSON.
-pub fn is_json_request(request: &Value) -> bool {
-    let Some(content_type) = request["headers"]["content-type"].as_str() else {
-        return false;
-    };
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    mime.eq_ignore_ascii_case("application/json") || mime.to_ascii_lowercase().ends_with("+json")
 }
 
 #[derive(Serialize)]
@@ -51,7 +49,7 @@ struct Queued<'a> {
     live: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<&'a Value>,
-    request: &'a Value,
+    request: RequestHead<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resume: Option<&'a Resume>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,47 +71,110 @@ struct Dequeued {
     replay_of: Option<String>,
 }
 
-impl Serialize for RunInput {
+/// The request object, whole or with its `raw` text left as `null` (its
+/// place kept, so the object comes back in the same order).
+struct RequestHead<'a> {
+    request: &'a Value,
+    without_raw: bool,
+}
+
+impl Serialize for RequestHead<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let body_in_raw = is_json_request(&self.request) && self.request["raw"].is_string();
+        use serde::ser::SerializeMap;
+        match self.request.as_object() {
+            Some(fields) if self.without_raw => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, value) in fields {
+                    match key.as_str() {
+                        "raw" => map.serialize_entry(key, &Value::Null)?,
+                        _ => map.serialize_entry(key, value)?,
+                    }
+                }
+                map.end()
+            }
+            _ => self.request.serialize(serializer),
+        }
+    }
+}
+
+impl RunInput {
+    fn queued(&self, without_raw: bool) -> Queued<'_> {
+        let body_in_raw = self.raw_is_body && self.request["raw"].is_string();
         Queued {
             run_id: &self.run_id,
             flow_id: &self.flow_id,
             mode: &self.mode,
             live: self.live,
             body: (!body_in_raw).then_some(&*self.body),
-            request: &self.request,
+            request: RequestHead {
+                request: &self.request,
+                without_raw,
+            },
             resume: self.resume.as_ref(),
             replay_of: self.replay_of.as_deref(),
         }
-        .serialize(serializer)
+    }
+
+    /// The queued form in two parts: JSON without the request's raw body
+    /// text, and that text. [`RunInput::from_queued_parts`] reverses it.
+    pub fn queued_parts(&self) -> Result<(String, Option<&str>), crate::codec::CodecError> {
+        let raw = self.request["raw"].as_str();
+        Ok((crate::codec::encode(&self.queued(raw.is_some()))?, raw))
+    }
+
+    /// The input [`RunInput::queued_parts`] split into `head` and `raw`.
+    pub fn from_queued_parts(
+        head: &str,
+        raw: Option<String>,
+    ) -> Result<Self, crate::codec::CodecError> {
+        let mut queued: Dequeued = crate::codec::decode(head)?;
+        if let (Some(raw), Some(slot)) = (raw, queued.request.get_mut("raw")) {
+            *slot = Value::String(raw);
+        }
+        queued
+            .into_input()
+            .map_err(|e| crate::codec::CodecError::Invalid(e.to_string()))
+    }
+}
+
+impl Serialize for RunInput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.queued(false).serialize(serializer)
+    }
+}
+
+impl Dequeued {
+    fn into_input(self) -> Result<RunInput, serde_json::Error> {
+        let (body, raw_is_body) = match self.body {
+            Some(body) => (body, false),
+            None => {
+                let raw = self.request["raw"].as_str().unwrap_or("");
+                if raw.trim().is_empty() {
+                    (Value::Object(Default::default()), false)
+                } else {
+                    (serde_json::from_str(raw)?, true)
+                }
+            }
+        };
+        Ok(RunInput {
+            run_id: self.run_id,
+            flow_id: self.flow_id,
+            mode: self.mode,
+            live: self.live,
+            body: Arc::new(body),
+            raw_is_body,
+            request: Arc::new(self.request),
+            resume: self.resume,
+            replay_of: self.replay_of,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for RunInput {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let queued = Dequeued::deserialize(deserializer)?;
-        let body = match queued.body {
-            Some(body) => body,
-            None => {
-                let raw = queued.request["raw"].as_str().unwrap_or("");
-                if raw.trim().is_empty() {
-                    Value::Object(Default::default())
-                } else {
-                    serde_json::from_str(raw).map_err(serde::de::Error::custom)?
-                }
-            }
-        };
-        Ok(Self {
-            run_id: queued.run_id,
-            flow_id: queued.flow_id,
-            mode: queued.mode,
-            live: queued.live,
-            body: Arc::new(body),
-            request: Arc::new(queued.request),
-            resume: queued.resume,
-            replay_of: queued.replay_of,
-        })
+        Dequeued::deserialize(deserializer)?
+            .into_input()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -129,6 +190,7 @@ mod tests {
             flow_id: "f".into(),
             mode: "async".into(),
             live: true,
+            raw_is_body: content_type.contains("json") && !raw.trim().is_empty(),
             body: Arc::new(body),
             request: Arc::new(json!({"headers": {"content-type": content_type}, "raw": raw})),
             resume: None,
@@ -155,6 +217,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(*empty.body, json!({}));
+    }
+
+    #[test]
+    fn split_inputs_keep_the_raw_text_apart_and_entries_written_whole_still_read() {
+        let raw = "{\"b\": \"\\\"quoted\\\"\", \"a\": 1}";
+        let queued = input("application/json", raw, json!({"b": "\"quoted\"", "a": 1}));
+        let (head, text) = queued.queued_parts().unwrap();
+        assert_eq!(text, Some(raw));
+        assert!(!head.contains("quoted"), "{head}");
+        let back = RunInput::from_queued_parts(&head, text.map(str::to_owned)).unwrap();
+        assert_eq!(*back.request, *queued.request, "same fields, same order");
+        assert_eq!(*back.body, *queued.body);
+        assert!(back.raw_is_body);
+        // An entry written whole (before the split) reads as it did.
+        let whole = serde_json::to_string(&queued).unwrap();
+        let back = RunInput::from_queued_parts(&whole, None).unwrap();
+        assert_eq!(*back.request, *queued.request);
+        assert_eq!(*back.body, *queued.body);
     }
 
     #[test]
@@ -247,7 +327,7 @@ mod round_trip {
         /// whole, and so does a record or step output wrapping it.
         #[test]
         fn accepted_bodies_round_trip_through_the_queue((content_type, raw) in body_case()) {
-            let Ok(parsed) = body::parse(Some(content_type), raw.as_bytes(), false) else {
+            let Ok((parsed, raw_is_body)) = body::parse_with_kind(Some(content_type), raw.as_bytes(), false) else {
                 return Ok(());
             };
             prop_assert!(codec::nesting_depth(parsed.to_string().as_bytes()) <= MAX_BODY_DEPTH);
@@ -257,6 +337,7 @@ mod round_trip {
                 mode: "async".into(),
                 live: true,
                 body: Arc::new(parsed.clone()),
+                raw_is_body,
                 request: Arc::new(json!({"headers": {"content-type": content_type}, "raw": raw})),
                 resume: None,
                 replay_of: None,
@@ -265,6 +346,13 @@ mod round_trip {
             let back: RunInput = codec::decode(&text).expect("and decodes");
             prop_assert_eq!(&*back.body, &parsed);
             prop_assert_eq!(&*back.request, &*input.request);
+            prop_assert_eq!(back.raw_is_body, raw_is_body);
+            // Split, as the Redis queue stores it: the same run comes back.
+            let (head, raw_part) = input.queued_parts().expect("an accepted body encodes");
+            let back = RunInput::from_queued_parts(&head, raw_part.map(str::to_owned)).expect("and decodes");
+            prop_assert_eq!(&*back.body, &parsed);
+            prop_assert_eq!(&*back.request, &*input.request);
+            prop_assert_eq!(back.raw_is_body, raw_is_body);
             let wrapped = json!({"steps": [{"output": {"each": {"results": [{"x": parsed}]}}}]});
             let back: Value = codec::decode(&codec::encode(&wrapped).unwrap()).unwrap();
             prop_assert_eq!(back, wrapped);

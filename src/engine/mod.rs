@@ -21,7 +21,7 @@ mod input;
 mod state;
 
 pub use crate::outbound::HttpClient;
-pub use input::{RunInput, is_json_request};
+pub use input::RunInput;
 pub use state::{RunState, StepState};
 
 /// The state of a run that stopped to wait for a step's retry: it starts

@@ -70,8 +70,18 @@ fn unsupported_encoding(encoding: &str) -> ApiError {
 /// Parses `raw` according to `content_type`. With `accept_any`, a type
 /// flowgate cannot parse yields `null` (the body stays in `request.raw`).
 pub fn parse(content_type: Option<&str>, raw: &[u8], accept_any: bool) -> Result<Value, ApiError> {
+    parse_with_kind(content_type, raw, accept_any).map(|(value, _)| value)
+}
+
+/// As [`parse`], and whether the body was JSON: then `raw` is exactly the
+/// value's JSON text (it parsed, whole, as the value).
+pub fn parse_with_kind(
+    content_type: Option<&str>,
+    raw: &[u8],
+    accept_any: bool,
+) -> Result<(Value, bool), ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Map::new()));
+        return Ok((Value::Object(Map::new()), false));
     }
     let mime = content_type
         .map(|ct| {
@@ -82,18 +92,23 @@ pub fn parse(content_type: Option<&str>, raw: &[u8], accept_any: bool) -> Result
                 .to_ascii_lowercase()
         })
         .filter(|m| !m.is_empty());
+    let other = |value: Result<Value, ApiError>| value.map(|v| (v, false));
     match mime.as_deref() {
-        Some("application/json") => json(raw),
-        Some(m) if m.ends_with("+json") => json(raw),
-        Some("application/x-www-form-urlencoded") => Ok(form(raw)),
-        Some("application/xml" | "text/xml") => xml(raw),
-        Some(m) if m.ends_with("+xml") => xml(raw),
-        Some(m) if m.starts_with("text/") => std::str::from_utf8(raw)
-            .map(|s| Value::String(s.to_owned()))
-            .map_err(|_| ApiError::bad_request("the text body is not valid UTF-8")),
-        _ if accept_any => Ok(Value::Null),
+        Some("application/json") => json(raw).map(|v| (v, true)),
+        Some(m) if m.ends_with("+json") => json(raw).map(|v| (v, true)),
+        Some("application/x-www-form-urlencoded") => other(Ok(form(raw))),
+        Some("application/xml" | "text/xml") => other(xml(raw)),
+        Some(m) if m.ends_with("+xml") => other(xml(raw)),
+        Some(m) if m.starts_with("text/") => other(
+            std::str::from_utf8(raw)
+                .map(|s| Value::String(s.to_owned()))
+                .map_err(|_| ApiError::bad_request("the text body is not valid UTF-8")),
+        ),
+        _ if accept_any => other(Ok(Value::Null)),
         // Senders that omit the header almost always send JSON.
-        None => json(raw).map_err(|_| unsupported("no content-type")),
+        None => json(raw)
+            .map(|v| (v, true))
+            .map_err(|_| unsupported("no content-type")),
         Some(m) => Err(unsupported(m)),
     }
 }

@@ -217,7 +217,7 @@ async fn handle_inner(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let parsed = body::parse(content_type, &raw, flow.trigger.accept_any)?;
+    let parsed = body::parse_with_kind(content_type, &raw, flow.trigger.accept_any)?;
     let run_id = uuid::Uuid::now_v7().to_string();
     // An unpaused flow whose file says `paused` runs as live.
     let input = run_input(
@@ -589,7 +589,8 @@ fn unix_now() -> u64 {
 }
 
 /// The run a trigger request starts, from the request's head, its body as
-/// received and as parsed: the one place a [`RunInput`] comes from HTTP.
+/// received and as parsed (with whether it was parsed as JSON, from
+/// [`body::parse_with_kind`]): the one place a [`RunInput`] comes from HTTP.
 /// `status` is the flow's status in force (the file's, or an override).
 #[allow(clippy::too_many_arguments)]
 pub fn run_input(
@@ -597,7 +598,7 @@ pub fn run_input(
     status: FlowStatus,
     parts: &Parts,
     raw: &[u8],
-    body: Value,
+    (body, raw_is_body): (Value, bool),
     run_id: String,
     request_id: &str,
     redaction: &redact::Redaction,
@@ -608,6 +609,7 @@ pub fn run_input(
         mode: flow.trigger.mode.as_str().to_owned(),
         live: status == FlowStatus::Live,
         body: Arc::new(body),
+        raw_is_body,
         request: Arc::new(request_object(
             parts,
             raw,

@@ -64,6 +64,7 @@ fn input(run_id: &str) -> RunInput {
         mode: "async".into(),
         live: true,
         body: Arc::new(json!({"n": 1})),
+        raw_is_body: false,
         request: Arc::new(json!({"headers": {"content-type": "text/plain"}, "raw": "n"})),
         resume: None,
         replay_of: None,

@@ -474,7 +474,83 @@ async fn a_worker_can_be_driven_one_run_at_a_time() {
     assert_eq!(receiver.requests().len(), 2);
 }
 
+/// Bodies of every kind reach the worker as they were accepted: the queue
+/// keeps a JSON body once, as its raw text, and every other body parsed. A
+/// request whose repeated `Content-Type` headers disagree is read by its
+/// first one, in the gateway and in the worker alike.
+async fn queued_bodies_of_every_kind_run_as_accepted() {
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let flow = format!(
+        r#"
+status = "live"
+[trigger]
+ref = "web1"
+mode = "async"
+[[steps]]
+ref = "notify"
+kind = "http"
+url = "{}"
+body = {{ run = "{{{{ run.id }}}}", seen = "{{{{ web1 | tojson }}}}", raw = "{{{{ request.raw }}}}" }}
+"#,
+        receiver.url("/hook")
+    );
+    let app = spawn_app(&[("a", flow)]).await;
+    let cases: [(&[&str], &str, serde_json::Value); 4] = [
+        (
+            &["application/json"],
+            "{\"n\": 1, \"z\": [1, 2.5], \"a\": \"x\\\"y\\u00e9\"}",
+            serde_json::json!({"n": 1, "z": [1, 2.5], "a": "x\"yé"}),
+        ),
+        (
+            &["application/x-www-form-urlencoded"],
+            "n=1&n=2",
+            serde_json::json!({"n": ["1", "2"]}),
+        ),
+        (
+            &["text/plain", "application/json"],
+            "hello",
+            serde_json::json!("hello"),
+        ),
+        (&[], "[true, null]", serde_json::json!([true, null])),
+    ];
+    let client = reqwest::Client::new();
+    for (content_types, raw, parsed) in cases {
+        let mut request = client
+            .post(app.url("a"))
+            .bearer_auth(app.token("a"))
+            .body(raw);
+        for content_type in content_types {
+            request = request.header("content-type", *content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 202, "{content_types:?}");
+        let run_id = run_id(&response);
+        let record = app
+            .record_when(&run_id, |r| r.status == RunState::Succeeded)
+            .await;
+        assert_eq!(*record.body, parsed, "{content_types:?}");
+        let sent = receiver
+            .requests()
+            .into_iter()
+            .map(|r| r.json())
+            .find(|r| r["run"] == run_id.as_str())
+            .expect("the run reached the receiver");
+        let seen: serde_json::Value = match &sent["seen"] {
+            serde_json::Value::String(text) => serde_json::from_str(text).unwrap(),
+            other => other.clone(),
+        };
+        assert_eq!(seen, parsed, "{content_types:?}");
+        assert_eq!(
+            serde_json::to_string(&seen).unwrap(),
+            serde_json::to_string(&parsed).unwrap(),
+            "the sender's key order is kept"
+        );
+        assert_eq!(sent["raw"], raw, "{content_types:?}");
+    }
+}
+
 crate::on_both_backends!(
+    queued_bodies_of_every_kind_run_as_accepted,
     async_flow_answers_at_once_then_runs,
     async_response_template_sees_trigger_and_run,
     two_hundred_async_runs_execute_exactly_once,

@@ -8,7 +8,7 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`crate::engine::RunInput`] as JSON; a JSON body travels once, as the request's raw text), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
+//! | `flowgate:{flowgate}:runs` | stream | one entry per accepted run: fields `input` (the [`crate::engine::RunInput`] as JSON, its request's `raw` body text left `null`; a JSON body travels once, as that text), `raw` (the raw body text as received), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
 //! | `flowgate:{flowgate}:delayed` | sorted set | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
 //! | `flowgate:{flowgate}:dead` | list | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
 //! | `flowgate:{flowgate}:run:<run id>` | string | the run record as JSON (see [`crate::record::RunRecord`]); expires after the runs retention |

@@ -130,7 +130,14 @@ impl RedisQueue {
         let run_id: Option<String> = entry.get("run").filter(|id: &String| !id.is_empty());
         let reason = format!("dead-lettered: the queued run cannot be decoded ({error})");
         tracing::error!(entry = %entry.id, run_id, %reason, "queue entry dead-lettered");
+        // The input whole again, when its head still decodes.
         let input: Option<String> = entry.get("input");
+        let input = input.map(|head| {
+            match RunInput::from_queued_parts(&head, entry.get("raw")).map(|i| to_json(&i)) {
+                Ok(Ok(whole)) => whole,
+                _ => head,
+            }
+        });
         let letter = dead_letter_json(&entry.id, run_id.as_deref(), &reason, input.as_deref());
         if let Err(e) = query_pipeline::<()>(&self.pool, &move_to_dead(&letter, &entry.id)).await {
             // Still pending: the next worker to see it tries again.
@@ -195,7 +202,7 @@ fn decode(entry: &StreamId, taken_over: bool) -> Result<Delivery, StorageError> 
     let input: String = entry
         .get("input")
         .ok_or_else(|| StorageError::Corrupt(format!("entry {} has no input", entry.id)))?;
-    let input: RunInput = crate::codec::decode(&input).map_err(corrupt)?;
+    let input = RunInput::from_queued_parts(&input, entry.get("raw")).map_err(corrupt)?;
     let answer = match entry.get::<String>("answer") {
         Some(json) => crate::codec::decode(&json).map_err(corrupt)?,
         None => None,
@@ -220,14 +227,19 @@ impl RunQueue for RedisQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            let json = to_json(input)?;
+            let (head, raw) = input
+                .queued_parts()
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
             let mut pipe = redis::pipe();
             pipe.cmd("XADD")
                 .arg(STREAM_KEY)
                 .arg("*")
                 .arg("input")
-                .arg(json)
-                .arg("run")
+                .arg(head);
+            if let Some(raw) = raw {
+                pipe.arg("raw").arg(raw);
+            }
+            pipe.arg("run")
                 .arg(&input.run_id)
                 .arg("accepted_at")
                 .arg(now_ms());
