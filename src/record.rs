@@ -4,6 +4,11 @@
 //! worker starts it (`running`) and when it ends. Large values are cut to
 //! [`MAX_VALUE_BYTES`] with a marker, so one huge payload cannot bloat the
 //! history.
+//!
+//! Which records are kept is each flow's [`RecordPolicy`]: all of them,
+//! only those of runs that went wrong, or none, and at most so many per
+//! flow. A run in progress always keeps its record: the queue and the
+//! debugger need it until the run ends.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -65,6 +70,65 @@ pub struct RunRecord {
     /// The run this one replays (`flowgate runs replay`, `POST /v1/admin/runs/{id}/replay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// Whether and how this record is kept when written: its flow's policy
+    /// where the writer knows the flow, otherwise kept with no count cap.
+    #[serde(skip)]
+    pub policy: RecordPolicy,
+}
+
+/// Which run records a flow keeps (`keep` under `[runs]` in the flow file
+/// or the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// Every run's.
+    #[default]
+    All,
+    /// Only those of runs that ended `failed`, `timed_out` or `aborted`.
+    Failed,
+    /// None once the run has ended.
+    None,
+}
+
+impl Keep {
+    /// The rule written as `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "all" => Keep::All,
+            "failed" => Keep::Failed,
+            "none" => Keep::None,
+            _ => return None,
+        })
+    }
+
+    /// The rule as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::All => "all",
+            Keep::Failed => "failed",
+            Keep::None => "none",
+        }
+    }
+}
+
+/// A flow's record keeping: which runs, and at most how many records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordPolicy {
+    /// Which runs keep their record once ended.
+    pub keep: Keep,
+    /// Most records kept for the flow; the oldest go first. `None`: no cap.
+    pub max: Option<u64>,
+}
+
+impl RecordPolicy {
+    /// Whether a record in `status` is kept: always while the run is in
+    /// progress, and after it as [`RecordPolicy::keep`] says.
+    pub fn keeps(&self, status: RunState) -> bool {
+        match status {
+            RunState::Queued | RunState::Running | RunState::Waiting => true,
+            RunState::Succeeded => self.keep == Keep::All,
+            RunState::Failed | RunState::TimedOut | RunState::Aborted => self.keep != Keep::None,
+        }
+    }
 }
 
 /// The trigger request of a record. Its `raw` body text is left out of the
@@ -157,7 +221,13 @@ impl RunRecord {
             response: None,
             error: None,
             replay_of: input.replay_of.clone(),
+            policy: flow.records,
         }
+    }
+
+    /// Whether this record is kept when written, by its policy.
+    pub fn kept(&self) -> bool {
+        self.policy.keeps(self.status)
     }
 
     /// Marks the run as given up on, for `reason`.

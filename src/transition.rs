@@ -73,10 +73,14 @@ impl Transitions {
 
     /// A sync run ended: announced, and its record (`record`, with the
     /// answer) written in the background so the answer does not wait for
-    /// it. When the store is down the record is lost: the loss is counted
-    /// and logged, and the sender still gets its answer.
+    /// it, unless its flow keeps no record of a run that ended so. When the
+    /// store is down the record is lost: the loss is counted and logged, and
+    /// the sender still gets its answer.
     pub async fn ended_in_request(&self, record: RunRecord, report: &RunReport) {
         self.announce_end(&record.id, &record.flow, report);
+        if !record.kept() {
+            return;
+        }
         let slot = self
             .record_slots
             .clone()

@@ -388,6 +388,7 @@ impl Worker {
             record.attempt += 1;
             record.interrupted += 1;
         }
+        record.policy = flow.records;
         record
     }
 

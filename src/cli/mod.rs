@@ -254,6 +254,7 @@ fn load_options(config: &Config) -> LoadOptions {
         flows_dir: config.flows_dir(),
         templates_dir: config.templates_dir(),
         default_max_body_bytes: config.server.max_body_bytes,
+        default_records: config.runs.records(),
         secrets: Default::default(),
     }
 }

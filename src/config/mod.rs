@@ -15,6 +15,8 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+use crate::record::{Keep, RecordPolicy};
+
 mod key_file;
 mod parse;
 
@@ -342,12 +344,35 @@ pub struct RunsConfig {
     /// How long run records are kept, e.g. `"7d"`.
     #[serde(deserialize_with = "parse::positive_duration")]
     pub retention: Duration,
+    /// Which runs keep their record once ended, for flows that do not say
+    /// (`[runs] keep` in a flow file): `all`, `failed` (failed, timed out
+    /// or aborted runs only) or `none`.
+    #[serde(deserialize_with = "parse::keep")]
+    pub keep: Keep,
+    /// Most records kept per flow, for flows that do not say (`[runs]
+    /// max`); the oldest go first. 0: no cap.
+    pub max_per_flow: u64,
 }
+
+/// Default of [`RunsConfig::max_per_flow`].
+pub const DEFAULT_MAX_RECORDS_PER_FLOW: u64 = 10_000;
 
 impl Default for RunsConfig {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(7 * 24 * 3600),
+            keep: Keep::All,
+            max_per_flow: DEFAULT_MAX_RECORDS_PER_FLOW,
+        }
+    }
+}
+
+impl RunsConfig {
+    /// The record keeping of flows that set none.
+    pub fn records(&self) -> RecordPolicy {
+        RecordPolicy {
+            keep: self.keep,
+            max: (self.max_per_flow > 0).then_some(self.max_per_flow),
         }
     }
 }
@@ -597,6 +622,13 @@ mod tests {
         let config = Config::load_with_env(None, &[]).unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.runs.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(
+            config.runs.records(),
+            RecordPolicy {
+                keep: Keep::All,
+                max: Some(DEFAULT_MAX_RECORDS_PER_FLOW)
+            }
+        );
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
         assert!(!config.http.allow_private_networks);
         assert!(!config.webhooks.allow_http);
@@ -717,6 +749,11 @@ mod tests {
                 "FLOWGATE_WEBHOOKS__TIMEOUT",
                 "0s",
                 "webhooks.timeout: must be above zero",
+            ),
+            (
+                "FLOWGATE_RUNS__KEEP",
+                "successes",
+                "runs.keep: `successes` must be all, failed or none",
             ),
         ] {
             let err = Config::load_with_env(None, &env(&[(key, value)]))

@@ -99,6 +99,8 @@ pub struct Flow {
     pub response: ResponseSpec,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// Which of its run records are kept, and how many (`[runs]`).
+    pub records: crate::record::RecordPolicy,
 }
 
 /// A flow's status.

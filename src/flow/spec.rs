@@ -19,9 +19,17 @@ pub(super) struct FlowFile {
     pub timeout: Option<Spanned<String>>,
     pub trigger: Spanned<TriggerFile>,
     pub response: Option<ResponseFile>,
+    pub runs: Option<RunsFile>,
     /// `[[steps]]`, each a table read by [`super::step`].
     #[serde(default)]
     pub steps: Vec<Spanned<Node>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunsFile {
+    pub keep: Option<Spanned<String>>,
+    pub max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -312,6 +312,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         flows_dir: dir.path().join("flows"),
         templates_dir: dir.path().join("templates"),
         default_max_body_bytes: 1024 * 1024,
+        default_records: Default::default(),
         secrets: options
             .secrets
             .iter()
@@ -358,6 +359,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         flows_dir: dir.path().join("flows"),
         templates_dir: dir.path().join("templates"),
         default_max_body_bytes: 1024 * 1024,
+        default_records: Default::default(),
         secrets: options
             .secrets
             .iter()

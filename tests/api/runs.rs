@@ -241,7 +241,111 @@ async fn runs_cli_lists_and_shows_records() {
     assert_eq!(json["steps"][0]["output"]["total"], 5);
 }
 
+/// `FLOW` with `[runs]` set to `runs`.
+fn flow_keeping(runs: &str) -> String {
+    format!("{FLOW}\n[runs]\n{runs}\n")
+}
+
+async fn a_flow_that_keeps_failed_runs_records_no_successes() {
+    let app = spawn_app(&[("f", flow_keeping(r#"keep = "failed""#))]).await;
+    let ok = app.post_json("f", r#"{"a": 2, "b": 3}"#).await;
+    assert_eq!(ok.status(), 200);
+    let ok = run_id(&ok);
+    let failed = app.post_json("f", r#"{"a": 200, "b": 3}"#).await;
+    assert_eq!(failed.status(), 500);
+    let failed = run_id(&failed);
+    let record = app.record_when(&failed, |r| r.status == "failed").await;
+    assert_eq!(record.error.unwrap().step.as_deref(), Some("check"));
+    // A success is never written, so its absence is final.
+    assert!(app.store().get(&ok).await.unwrap().is_none());
+    let listed: Vec<String> = app
+        .store()
+        .list("f", 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, [failed]);
+}
+
+async fn an_async_run_of_a_flow_that_keeps_none_has_a_record_only_until_it_ends() {
+    let receiver = Receiver::start(&[], std::time::Duration::ZERO).await;
+    let flow = format!(
+        "{}\n[runs]\nkeep = \"none\"\n",
+        crate::queue::async_flow(&receiver.url("/hook"), "")
+    );
+    let options = AppOptions {
+        worker: false,
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("a", flow)], options).await;
+    let response = app.post_json("a", r#"{"n": 1}"#).await;
+    assert_eq!(response.status(), 202);
+    let id = run_id(&response);
+    let queued = app.record_when(&id, |r| r.status == "queued").await;
+    assert_eq!(queued.body["n"], 1, "the debugger shows a queued run");
+    app.start_worker(std::time::Duration::from_secs(15));
+    assert_eventually(
+        std::time::Duration::from_secs(10),
+        "the run reached the receiver",
+        || receiver.requests().len() == 1,
+    )
+    .await;
+    let store = app.store();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.get(&id).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the record of an ended run of a flow keeping none was not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(store.list("a", 50).await.unwrap().is_empty());
+}
+
+async fn a_flow_keeps_at_most_its_cap_of_records_the_newest() {
+    const RUNS: usize = 600;
+    const MAX: usize = 5;
+    // Trims run every so many writes (64 on Redis, 256 embedded), never
+    // on every one: a flow may be that many over its cap between two.
+    const SLACK: usize = 256;
+    let app = spawn_app(&[("f", flow_keeping(&format!("max = {MAX}")))]).await;
+    let client = reqwest::Client::new();
+    let token = app.token("f");
+    let mut ids = Vec::new();
+    for chunk in 0..RUNS / 50 {
+        let requests = (0..50).map(|i| {
+            client
+                .post(app.url("f"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"a": chunk, "b": i}))
+                .send()
+        });
+        for response in futures_util::future::join_all(requests).await {
+            let response = response.unwrap();
+            assert_eq!(response.status(), 200);
+            ids.push(run_id(&response));
+        }
+    }
+    let newest = ids.last().unwrap();
+    app.record_when(newest, |r| r.status == "succeeded").await;
+    let kept = app.store().list("f", 1000).await.unwrap();
+    assert!(
+        kept.len() <= MAX + SLACK,
+        "{} records kept of {RUNS}, cap {MAX}",
+        kept.len()
+    );
+    assert!(
+        app.store().get(&ids[0]).await.unwrap().is_none(),
+        "the oldest record went first"
+    );
+}
+
 crate::on_both_backends!(
+    a_flow_that_keeps_failed_runs_records_no_successes,
+    an_async_run_of_a_flow_that_keeps_none_has_a_record_only_until_it_ends,
+    a_flow_keeps_at_most_its_cap_of_records_the_newest,
     succeeded_run_records_steps_request_and_answer,
     failed_and_timed_out_runs_record_why,
     async_runs_go_from_queued_to_their_end,

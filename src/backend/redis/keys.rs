@@ -106,8 +106,11 @@ pub fn delivery_log_key(id: &str) -> String {
 
 /// The record of run `run_id`.
 pub fn run_key(run_id: &str) -> String {
-    format!("flowgate:{{flowgate}}:run:{run_id}")
+    format!("{RUN_KEY_PREFIX}{run_id}")
 }
+
+/// What every [`run_key`] starts with.
+pub const RUN_KEY_PREFIX: &str = "flowgate:{flowgate}:run:";
 
 /// The flows with runs.
 pub const FLOWS_KEY: &str = "flowgate:{flowgate}:index:flows";

@@ -6,7 +6,7 @@ use std::time::Duration;
 use deadpool_redis::Pool;
 use deadpool_redis::redis;
 
-use super::keys::{FLOWS_KEY, flow_runs_key, idempotency_key, run_key};
+use super::keys::{FLOWS_KEY, RUN_KEY_PREFIX, flow_runs_key, idempotency_key, run_key};
 use super::{Batcher, query, query_pipeline, to_json};
 use crate::backend::control::Page;
 use crate::backend::{
@@ -20,6 +20,22 @@ const PENDING_PREFIX: &str = "pending:";
 /// Index trimming runs on one record write in this many: expired entries
 /// only cost a little space until then, and every write stays cheap.
 const TRIM_EVERY: u64 = 64;
+
+/// Most records one trim deletes to bring a flow back under its cap; the
+/// next trim goes on, so no single call holds Redis for long.
+const TRIM_BATCH: u64 = 1000;
+
+/// Deletes a flow's oldest records beyond its cap. KEYS[1]: the flow's
+/// index; ARGV: the cap, the run key prefix, the most to delete now.
+const TRIM_TO_CAP: &str = r"
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if excess <= 0 then return 0 end
+excess = math.min(excess, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
+for _, id in ipairs(ids) do redis.call('UNLINK', ARGV[2] .. id) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, excess - 1)
+return excess
+";
 
 /// Stores on Redis.
 #[derive(Clone)]
@@ -145,6 +161,16 @@ impl RedisStore {
         record: &RunRecord,
         only_if_new: bool,
     ) -> Result<(), StorageError> {
+        if !only_if_new && !record.kept() {
+            // Its flow keeps no record of a run that ended so: any earlier
+            // one (queued, running) goes.
+            pipe.cmd("UNLINK").arg(run_key(&record.id)).ignore();
+            pipe.cmd("ZREM")
+                .arg(flow_runs_key(&record.flow))
+                .arg(&record.id)
+                .ignore();
+            return Ok(());
+        }
         let json = to_json(record)?;
         pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
         if only_if_new {
@@ -158,7 +184,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Indexes a record under its flow and, now and then, drops index entries past retention.
+    /// Indexes a record under its flow and, now and then, drops index
+    /// entries past retention and the oldest records past the flow's cap.
     fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
         let index = flow_runs_key(&record.flow);
         let retention_ms = self.retention.as_millis() as u64;
@@ -180,6 +207,16 @@ impl RedisStore {
                 .arg(now.saturating_sub(retention_ms))
                 .ignore();
             pipe.cmd("PEXPIRE").arg(&index).arg(retention_ms).ignore();
+            if let Some(max) = record.policy.max {
+                pipe.cmd("EVAL")
+                    .arg(TRIM_TO_CAP)
+                    .arg(1)
+                    .arg(&index)
+                    .arg(max)
+                    .arg(RUN_KEY_PREFIX)
+                    .arg(TRIM_BATCH)
+                    .ignore();
+            }
         }
         // The set of flows with runs, for listing across flows: written once
         // per flow and process, and again now and then in case it was lost.

@@ -28,12 +28,25 @@ impl SqliteStore {
         Self { db, retention }
     }
 
-    /// Writes `row` on `conn`, keeping its first acceptance time.
+    /// Writes `row` on `conn`, keeping its first acceptance time; or
+    /// deletes the run's record when its flow keeps none of a run that
+    /// ended so. Now and then, deletes the flow's oldest records past its cap.
     pub(super) fn write_record(
         conn: &Connection,
         row: &RecordRow,
         retention: Duration,
     ) -> Result<(), StorageError> {
+        let Some(json) = &row.json else {
+            conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
+                .execute([&row.id])?;
+            return Ok(());
+        };
+        if let Some(max) = row.max {
+            let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if writes.is_multiple_of(TRIM_EVERY) {
+                Self::trim_to_cap(conn, &row.flow, max)?;
+            }
+        }
         let now = now_ms() as i64;
         conn.prepare_cached(
             "INSERT INTO runs (id, flow, accepted_at, status, record, expires_at)
@@ -46,10 +59,23 @@ impl SqliteStore {
             row.flow,
             now,
             row.status,
-            row.json,
+            json,
             now.saturating_add(retention.as_millis() as i64),
         ])?;
         Ok(())
+    }
+
+    /// Deletes up to [`TRIM_BATCH`] of `flow`'s records older than its
+    /// newest `max`, leaving those of runs still in progress.
+    fn trim_to_cap(conn: &Connection, flow: &str, max: u64) -> Result<usize, StorageError> {
+        let deleted = conn
+            .prepare_cached(
+                "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND id IN
+                    (SELECT id FROM runs WHERE flow = ?1
+                     ORDER BY accepted_at DESC, id DESC LIMIT ?2 OFFSET ?3)",
+            )?
+            .execute(params![flow, TRIM_BATCH, max.min(i64::MAX as u64) as i64])?;
+        Ok(deleted)
     }
 
     /// The retention records are kept for.
@@ -78,6 +104,13 @@ impl SqliteStore {
     }
 }
 
+/// Record writes between two trims of a flow to its cap (each trim is of
+/// the flow written at that moment, so busy flows are trimmed most).
+const TRIM_EVERY: u64 = 256;
+/// Most records one trim deletes; above [`TRIM_EVERY`], so trims keep up.
+const TRIM_BATCH: i64 = 512;
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A record's row, taken from the record before the write: the writer
 /// thread gets a few strings, not the record's tree of values to copy and
 /// then free on a thread that did not allocate it.
@@ -85,7 +118,10 @@ pub(super) struct RecordRow {
     id: String,
     flow: String,
     status: &'static str,
-    json: String,
+    /// The record; `None` when it is not kept (it is deleted instead).
+    json: Option<String>,
+    /// The flow's cap on records.
+    max: Option<u64>,
 }
 
 impl RecordRow {
@@ -95,7 +131,8 @@ impl RecordRow {
             id: record.id.clone(),
             flow: record.flow.clone(),
             status: record.status.as_str(),
-            json: encode(record)?,
+            json: record.kept().then(|| encode(record)).transpose()?,
+            max: record.policy.max,
         })
     }
 }

@@ -50,6 +50,8 @@ pub struct LoadOptions {
     pub templates_dir: PathBuf,
     /// Body limit for flows that set none.
     pub default_max_body_bytes: usize,
+    /// Record keeping for flows that set none (`[runs]` of the config).
+    pub default_records: crate::record::RecordPolicy,
     /// Values for signature `secret_env` names, consulted before the process
     /// environment (embedders and tests pass secrets here).
     pub secrets: HashMap<String, String>,
@@ -116,7 +118,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
             warnings: Vec::new(),
             refs: HashSet::new(),
         };
-        let flow = builder.build(options.default_max_body_bytes);
+        let flow = builder.build(options.default_max_body_bytes, options.default_records);
         let (file_problems, file_warnings) = (builder.problems, builder.warnings);
         warnings.extend(file_warnings);
         match flow {
@@ -304,7 +306,11 @@ impl FlowBuilder<'_> {
         }
     }
 
-    fn build(&mut self, default_max_body: usize) -> Option<Flow> {
+    fn build(
+        &mut self,
+        default_max_body: usize,
+        default_records: crate::record::RecordPolicy,
+    ) -> Option<Flow> {
         let id = flow_id_of(self.path).unwrap_or_default();
         if !is_valid_flow_id(&id) {
             self.problem(
@@ -341,6 +347,7 @@ impl FlowBuilder<'_> {
             None => DEFAULT_RUN_TIMEOUT,
         };
         let trigger = self.trigger(&file.trigger, default_max_body);
+        let records = self.records(file.runs.as_ref(), default_records);
         let trigger_ref = trigger.ref_id.clone();
 
         let mut allowed: HashSet<String> = [trigger_ref.as_str(), "request", "run"]
@@ -379,7 +386,38 @@ impl FlowBuilder<'_> {
             trigger,
             response,
             steps,
+            records,
         })
+    }
+
+    /// `[runs]`: which records to keep and how many, over the config's.
+    fn records(
+        &mut self,
+        runs: Option<&super::spec::RunsFile>,
+        default: crate::record::RecordPolicy,
+    ) -> crate::record::RecordPolicy {
+        let mut policy = default;
+        let Some(runs) = runs else { return policy };
+        if let Some(keep) = &runs.keep {
+            match crate::record::Keep::parse(keep.get_ref()) {
+                Some(rule) => policy.keep = rule,
+                None => self.problem(
+                    keep.span().start,
+                    format!("runs.keep `{}` must be all, failed or none", keep.get_ref()),
+                ),
+            }
+        }
+        if let Some(max) = &runs.max {
+            match u64::try_from(*max.get_ref()) {
+                Ok(0) => policy.max = None,
+                Ok(n) => policy.max = Some(n),
+                Err(_) => self.problem(
+                    max.span().start,
+                    "runs.max must be 0 (no cap) or more".to_owned(),
+                ),
+            }
+        }
+        policy
     }
 
     /// Compiles an inline text template; false when it has problems.

@@ -491,6 +491,7 @@ mod tests {
             flows_dir: dir.path().join("flows"),
             templates_dir: dir.path().join("templates"),
             default_max_body_bytes: 1024,
+            default_records: Default::default(),
             secrets: HashMap::new(),
         });
         report
@@ -529,6 +530,22 @@ steps = [{ ref = "d", kind = "delay", duration = "1ms" }]
 "#,
         );
         assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn runs_keep_and_max_are_checked_where_written() {
+        let found = problems("[runs]\nkeep = \"some\"\nmax = -1\n");
+        assert_eq!(
+            found,
+            [
+                "5: runs.keep `some` must be all, failed or none",
+                "6: runs.max must be 0 (no cap) or more"
+            ]
+        );
+        assert_eq!(
+            problems("[runs]\nkeep = \"failed\"\nmax = 0\n"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
