@@ -35,10 +35,15 @@ pub(super) struct FlowView {
     /// Until when (RFC 3339) tokens of the generation before still work.
     token_grace_until: Option<String>,
     last_run: Option<LastRun>,
-    /// Runs accepted in the last hour (at most 250 are counted).
+    /// Recorded runs accepted in the last hour (at most 250 are counted).
+    /// A flow keeping only some records (`keep_runs`) counts only those.
     runs_last_hour: usize,
     /// Of those, how many failed, timed out or were aborted.
     failures_last_hour: usize,
+    /// Which ended runs keep their record: `all`, `failed` or `none`.
+    keep_runs: &'static str,
+    /// Most records kept for the flow; `null`: no cap.
+    max_runs: Option<u64>,
 }
 
 /// A flow's newest run.
@@ -105,6 +110,8 @@ async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
         }),
         runs_last_hour: in_last_hour.len(),
         failures_last_hour: failures,
+        keep_runs: flow.records.keep.as_str(),
+        max_runs: flow.records.max,
     })
 }
 

@@ -267,6 +267,24 @@ async fn a_flow_that_keeps_failed_runs_records_no_successes() {
         .map(|r| r.id)
         .collect();
     assert_eq!(listed, [failed]);
+    // The admin API (and the console's Flows page) say why successes are missing.
+    let viewer = app
+        .keys
+        .issue_admin("tester", flowgate::token::Role::Viewer, None)
+        .unwrap();
+    let flow: serde_json::Value = app
+        .client
+        .get(format!("http://{}/v1/admin/flows/f", app.addr))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(flow["keep_runs"], "failed", "{flow}");
+    assert_eq!(flow["max_runs"], serde_json::Value::Null, "no cap in tests");
+    assert_eq!(flow["runs_last_hour"], 1);
 }
 
 async fn an_async_run_of_a_flow_that_keeps_none_has_a_record_only_until_it_ends() {
