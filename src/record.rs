@@ -58,6 +58,7 @@ pub struct RunRecord {
     /// and the raw body unless it was JSON (then `body` holds the same data).
     pub request: RecordedRequest,
     /// The parsed body, as the flow saw it under its trigger ref.
+    #[serde(skip_serializing_if = "body_spliced")]
     pub body: Arc<Value>,
     /// Each step execution.
     pub steps: Vec<StepTrace>,
@@ -128,6 +129,32 @@ impl RecordPolicy {
             RunState::Succeeded => self.keep == Keep::All,
             RunState::Failed | RunState::TimedOut | RunState::Aborted => self.keep != Keep::None,
         }
+    }
+}
+
+thread_local! {
+    /// Set while [`RunRecord::encode`] writes a record whose body it puts
+    /// in as the sender's text: the derived encoding then leaves it out.
+    static BODY_SPLICED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn body_spliced(_: &Arc<Value>) -> bool {
+    BODY_SPLICED.with(std::cell::Cell::get)
+}
+
+/// Clears [`BODY_SPLICED`] when dropped, even if encoding panicked.
+struct SplicingBody;
+
+impl SplicingBody {
+    fn start() -> Self {
+        BODY_SPLICED.with(|flag| flag.set(true));
+        SplicingBody
+    }
+}
+
+impl Drop for SplicingBody {
+    fn drop(&mut self) {
+        BODY_SPLICED.with(|flag| flag.set(false));
     }
 }
 
@@ -223,6 +250,38 @@ impl RunRecord {
             replay_of: input.replay_of.clone(),
             policy: flow.records,
         }
+    }
+
+    /// The record as stored: its JSON text. A JSON body that fits in
+    /// [`MAX_VALUE_BYTES`] is written as the sender's own text, which is the
+    /// same data ([`RunInput::raw_is_body`]: it parsed, whole, as the body)
+    /// and costs a copy instead of a second encoding.
+    pub fn encode(&self) -> Result<String, crate::codec::CodecError> {
+        let Some(text) = self.body_as_sent() else {
+            return crate::codec::encode(self);
+        };
+        let rest = {
+            let _splicing = SplicingBody::start();
+            crate::codec::encode(self)?
+        };
+        // `rest` is the object without `body`, never empty (`id` is always
+        // there): the body goes in as its first member.
+        let mut out = String::with_capacity(rest.len() + text.len() + 9);
+        out.push_str("{\"body\":");
+        out.push_str(text);
+        out.push(',');
+        out.push_str(&rest[1..]);
+        Ok(out)
+    }
+
+    /// The sender's JSON text of the body, when the body is exactly that
+    /// text parsed and the text was kept whole.
+    fn body_as_sent(&self) -> Option<&str> {
+        if !self.request.omit_raw {
+            return None;
+        }
+        let text = self.request.value.get("raw")?.as_str()?.trim();
+        (!text.is_empty() && text.len() <= MAX_VALUE_BYTES).then_some(text)
     }
 
     /// Whether this record is kept when written, by its policy.
@@ -393,6 +452,59 @@ fn json_len(value: &Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record_with(raw: &str, omit_raw: bool, body: Value) -> RunRecord {
+        let mut record: RunRecord = serde_json::from_value(serde_json::json!({
+            "id": "r1", "flow": "f", "flow_version": "v", "mode": "sync", "live": true,
+            "status": "succeeded", "created_at": "2026-01-01T00:00:00.000Z",
+            "started_at": null, "ended_at": null, "attempt": 1, "duration_ms": 3,
+            "request": {}, "body": null, "steps": [], "logs": [],
+            "response": null, "error": null,
+        }))
+        .unwrap();
+        record.request = RecordedRequest {
+            value: Arc::new(serde_json::json!({"method": "POST", "raw": raw})),
+            omit_raw,
+        };
+        record.body = Arc::new(body);
+        record
+    }
+
+    #[test]
+    fn a_json_body_is_stored_as_sent_and_reads_back_the_same() {
+        let raw = " {\"z\": 1,\n \"a\": [\"x\\\"y\", 2.5e3]} ";
+        let body: Value = serde_json::from_str(raw).unwrap();
+        let record = record_with(raw, true, body.clone());
+        let text = record.encode().unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"body\":{},", raw.trim())),
+            "{text}"
+        );
+        let back: RunRecord = crate::codec::decode(&text).unwrap();
+        assert_eq!(*back.body, body);
+        assert_eq!(back.id, "r1");
+        assert!(back.request.get("raw").is_none(), "the text is kept once");
+        // Everything else encodes the body as usual, the flag cleared.
+        let plain = serde_json::to_string(&record).unwrap();
+        assert!(
+            plain.contains(r#""body":{"z":1,"a":["x\"y",2500.0]}"#),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn other_bodies_are_encoded_as_values() {
+        // Not the body's JSON text (a text body, say): encoded as the value.
+        let record = record_with("hello", false, Value::String("hello".into()));
+        let text = record.encode().unwrap();
+        let back: RunRecord = crate::codec::decode(&text).unwrap();
+        assert_eq!(*back.body, Value::String("hello".into()));
+        assert_eq!(back.request["raw"], "hello");
+        // An empty JSON body has no text to splice.
+        let empty = record_with("  ", true, serde_json::json!({}));
+        let back: RunRecord = crate::codec::decode(&empty.encode().unwrap()).unwrap();
+        assert_eq!(*back.body, serde_json::json!({}));
+    }
 
     #[test]
     fn large_values_are_cut_with_a_marker() {

@@ -171,7 +171,9 @@ impl RedisStore {
                 .ignore();
             return Ok(());
         }
-        let json = to_json(record)?;
+        let json = record
+            .encode()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
         if only_if_new {
             pipe.arg("NX");

@@ -131,7 +131,10 @@ impl RecordRow {
             id: record.id.clone(),
             flow: record.flow.clone(),
             status: record.status.as_str(),
-            json: record.kept().then(|| encode(record)).transpose()?,
+            json: record
+                .kept()
+                .then(|| record.encode().map_err(|e| corrupt("run record", e)))
+                .transpose()?,
             max: record.policy.max,
         })
     }
