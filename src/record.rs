@@ -242,7 +242,12 @@ impl RunRecord {
                 omit_raw: input.raw_is_body,
                 value: bounded_shared(&input.request),
             },
-            body: bounded_shared(&input.body),
+            // A body stored as the sender's text (see `encode`) is bounded
+            // by that text's length, with no need to measure the value.
+            body: match Self::text_fits(input) {
+                true => Arc::clone(&input.body),
+                false => bounded_shared(&input.body),
+            },
             steps: Vec::new(),
             logs: Vec::new(),
             response: None,
@@ -272,6 +277,14 @@ impl RunRecord {
         out.push(',');
         out.push_str(&rest[1..]);
         Ok(out)
+    }
+
+    /// Whether `input`'s body is its JSON text and that text fits whole.
+    fn text_fits(input: &RunInput) -> bool {
+        input.raw_is_body
+            && input.request["raw"]
+                .as_str()
+                .is_some_and(|raw| raw.len() <= MAX_VALUE_BYTES)
     }
 
     /// The sender's JSON text of the body, when the body is exactly that
