@@ -88,11 +88,14 @@ pub struct RunFilter {
     pub before_ms: Option<u64>,
 }
 
-/// Keeps run records for the configured retention.
+/// Keeps run records for the configured retention, and as each record's
+/// [`crate::record::RecordPolicy`] says: an ended run its flow keeps no
+/// record of is deleted, and a flow's oldest records go past its cap.
 pub trait RunStore: Send + Sync {
-    /// Writes a record, replacing any earlier version. The record is encoded
-    /// at once; the future only writes it, so it can be spawned while the
-    /// caller keeps (or drops) the record.
+    /// Writes a record, replacing any earlier version, or deletes it when
+    /// its policy does not keep it ([`RunRecord::kept`]). The record is
+    /// encoded at once; the future only writes it, so it can be spawned
+    /// while the caller keeps (or drops) the record.
     fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>>;
 
     /// The record of `run_id`.
