@@ -132,6 +132,12 @@ DROP INDEX runs_by_status;
 CREATE INDEX runs_not_succeeded ON runs (status, accepted_at DESC, id DESC)
     WHERE status <> 'succeeded';
 ",
+    // A queued run's raw body text apart from its input, as it arrived:
+    // not escaped into the input's JSON on the request path. Rows from
+    // before keep it inside `input` (`raw` NULL), and read as they did.
+    r"
+ALTER TABLE queue ADD COLUMN raw TEXT;
+",
 ];
 
 impl From<rusqlite::Error> for StorageError {

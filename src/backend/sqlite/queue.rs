@@ -29,6 +29,13 @@ pub struct SqliteQueue {
     arrived: Arc<Notify>,
 }
 
+/// A run input as its queue row holds it: the JSON without the raw body
+/// text, and that text (see [`RunInput::queued_parts`]).
+fn queued(input: &RunInput) -> Result<(String, Option<String>), StorageError> {
+    let (head, raw) = input.queued_parts().map_err(|e| corrupt("encoding", e))?;
+    Ok((head, raw.map(str::to_owned)))
+}
+
 /// A record's row, when the write has one, taken before the write.
 type Encoded = Option<RecordRow>;
 
@@ -74,7 +81,7 @@ impl SqliteQueue {
         let taken_over = idle_before.is_some();
         let mut statement = conn.prepare_cached(&format!(
             "UPDATE queue SET consumer = ?1, lease_at = ?2 WHERE seq IN ({pick})
-             RETURNING seq, input, accepted_at, answer"
+             RETURNING seq, input, raw, accepted_at, answer"
         ))?;
         let values: Vec<rusqlite::types::Value> =
             [consumer.to_owned().into(), now.into(), (max as i64).into()]
@@ -85,15 +92,16 @@ impl SqliteQueue {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<String>>(4)?,
             ))
         })?;
         let mut deliveries = Vec::new();
         for row in rows {
-            let (seq, input, accepted_at, answer) = row?;
-            let input: RunInput =
-                crate::codec::decode(&input).map_err(|e| corrupt("queued run", e))?;
+            let (seq, input, raw, accepted_at, answer) = row?;
+            let input =
+                RunInput::from_queued_parts(&input, raw).map_err(|e| corrupt("queued run", e))?;
             let answer: Option<RecordedResponse> = answer
                 .map(|a| crate::codec::decode(&a).map_err(|e| corrupt("queued answer", e)))
                 .transpose()?;
@@ -126,7 +134,7 @@ impl RunQueue for SqliteQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            let json = encode(input)?;
+            let (json, raw) = queued(input)?;
             let answer = record
                 .and_then(|r| r.response.as_ref())
                 .map(encode)
@@ -138,10 +146,10 @@ impl RunQueue for SqliteQueue {
                 .write(move |conn| {
                     let now = now_ms() as i64;
                     conn.prepare_cached(
-                        "INSERT INTO queue (run_id, input, accepted_at, answer, due_at)
-                         VALUES (?1, ?2, ?3, ?4, ?3)",
+                        "INSERT INTO queue (run_id, input, raw, accepted_at, answer, due_at)
+                         VALUES (?1, ?2, ?5, ?3, ?4, ?3)",
                     )?
-                    .execute(params![run_id, json, now, answer])?;
+                    .execute(params![run_id, json, now, answer, raw])?;
                     this.write_record(conn, &record)
                 })
                 .await?;
@@ -246,7 +254,7 @@ impl RunQueue for SqliteQueue {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let seq = seq(id)?;
-            let json = encode(input)?;
+            let (json, raw) = queued(input)?;
             let record = encoded(record)?;
             let run_id = input.run_id.clone();
             let this = self.clone();
@@ -255,21 +263,22 @@ impl RunQueue for SqliteQueue {
                     // The row keeps its acceptance time and answer; it waits unleased.
                     let changed = conn
                         .prepare_cached(
-                            "UPDATE queue SET input = ?2, waiting = 1, due_at = ?3,
+                            "UPDATE queue SET input = ?2, raw = ?4, waiting = 1, due_at = ?3,
                                 consumer = NULL, lease_at = NULL
                              WHERE seq = ?1",
                         )?
-                        .execute(params![seq, json, due_ms as i64])?;
+                        .execute(params![seq, json, due_ms as i64, raw])?;
                     if changed == 0 {
                         conn.prepare_cached(
-                            "INSERT INTO queue (run_id, input, accepted_at, waiting, due_at)
-                             VALUES (?1, ?2, ?3, 1, ?4)",
+                            "INSERT INTO queue (run_id, input, raw, accepted_at, waiting, due_at)
+                             VALUES (?1, ?2, ?5, ?3, 1, ?4)",
                         )?
                         .execute(params![
                             run_id,
                             json,
                             now_ms() as i64,
-                            due_ms as i64
+                            due_ms as i64,
+                            raw
                         ])?;
                     }
                     this.write_record(conn, &record)
@@ -330,5 +339,72 @@ impl RunQueue for SqliteQueue {
             let n: i64 = conn.query_row("SELECT count(*) FROM queue", [], |row| row.get(0))?;
             Ok(n as u64)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rusqlite::params;
+    use serde_json::json;
+
+    use super::{SqliteQueue, SqliteStore};
+    use crate::backend::RunQueue;
+    use crate::backend::sqlite::{Database, MIGRATIONS};
+    use crate::engine::RunInput;
+
+    fn input(run_id: &str, raw: &str) -> RunInput {
+        RunInput {
+            run_id: run_id.into(),
+            flow_id: "f".into(),
+            mode: "async".into(),
+            live: true,
+            body: Arc::new(serde_json::from_str(raw).unwrap()),
+            raw_is_body: true,
+            request: Arc::new(json!({"headers": {"content-type": "application/json"}, "raw": raw})),
+            resume: None,
+            replay_of: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_queued_before_the_raw_column_are_claimed_whole_and_new_ones_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flowgate.db");
+        let old = input("old", r#"{"b": "\"q\"", "a": 1}"#);
+        {
+            // A file at the schema before the `raw` column, with a run queued then.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..5] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO queue (run_id, input, accepted_at, due_at) VALUES ('old', ?1, 1, 1)",
+                params![crate::codec::encode(&old).unwrap()],
+            )
+            .unwrap();
+        }
+        let db = Database::open(&path, true).unwrap();
+        let queue = SqliteQueue::new(db.clone(), SqliteStore::new(db, Duration::from_secs(60)));
+        let new = input("new", r#"{"z": [1, 2.5], "y": "é"}"#);
+        queue.enqueue(&new, None).await.unwrap();
+        let claimed = queue.claim("c", 10, Duration::ZERO).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        for (delivery, sent) in claimed.iter().zip([&old, &new]) {
+            assert_eq!(delivery.input.run_id, sent.run_id);
+            assert_eq!(*delivery.input.body, *sent.body);
+            assert_eq!(*delivery.input.request, *sent.request, "fields and order");
+            assert!(delivery.input.raw_is_body);
+        }
+        let raw: Option<String> = rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT raw FROM queue WHERE run_id = 'new'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(raw.as_deref(), new.request["raw"].as_str());
     }
 }
