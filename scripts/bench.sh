@@ -140,6 +140,7 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save ""
 wait_port "127.0.0.1:$REDIS_PORT"
 # Tokens are minted for each flow's current generation, read from Redis.
 token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
+failed_token=$(target/release/flowgate --config benches/config.toml token issue bench-sync-failed)
 async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & bare=$!; pids+=($bare)
 target/release/examples/floor "$FLOOR_ADDR" "$FLOWGATE_REDIS__URL" 2>/dev/null & floor=$!; pids+=($floor)
@@ -158,11 +159,12 @@ read -r floor_rps floor_p99 floor_non2xx floor_cpu floor_redis floor_cmds < <(ru
 redis-cli -p "$REDIS_PORT" del floor:runs >/dev/null
 read -r sync_rps sync_p99 sync_non2xx sync_cpu sync_redis sync_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway" sync)
 sleep 3 # run records of the sync scenario are written in the background: let them land
+read -r lean_rps lean_p99 lean_non2xx lean_cpu lean_redis lean_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync-failed" "$(lua "Bearer $failed_token")" "$gateway" lean)
 read -r rej_rps rej_p99 _ rej_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer forged.token.value")" "$gateway" rejected)
 read -r async_rps async_p99 async_non2xx async_cpu async_redis async_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway" async)
 # Peak resident memory of the gateway through the request scenarios.
 gateway_rss=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$gateway/status")
-for scenario in floor sync async; do
+for scenario in floor sync lean async; do
   eval "bad=\${${scenario}_non2xx:-0}"
   if [ "$bad" != "0" ]; then echo "warning: $bad non-2xx answers in the $scenario scenario" >&2; fi
 done
@@ -180,6 +182,7 @@ print_requests() {
   row "bare hyper (baseline)" "$bare_rps" "$bare_p99" "$bare_cpu"
   row "floor (jwt+json+xadd)" "$floor_rps" "$floor_p99" "$floor_cpu" "$floor_redis" "$floor_cmds"
   row "flowgate sync transform" "$sync_rps" "$sync_p99" "$sync_cpu" "$sync_redis" "$sync_cmds"
+  row "flowgate sync, keep=failed" "$lean_rps" "$lean_p99" "$lean_cpu" "$lean_redis" "$lean_cmds"
   row "flowgate 401 rejection" "$rej_rps" "$rej_p99" "$rej_cpu"
   row "flowgate async accept" "$async_rps" "$async_p99" "$async_cpu" "$async_redis" "$async_cmds"
   row "flowgate sync + webhook" "${hook_rps:-}" "${hook_p99:-}" "${hook_cpu:-}" "${hook_redis:-}" "${hook_cmds:-}"
@@ -187,7 +190,7 @@ print_requests() {
   row "embedded async accept" "${emb_async_rps:-}" "${emb_async_p99:-}" "${emb_async_cpu:-}"
   printf '\ngateway peak RSS through the request scenarios: %s MiB\n' "$gateway_rss"
   printf 'Redis commands per request, by command:\n'
-  for scenario in floor sync async; do
+  for scenario in floor sync lean async; do
     printf '  %-6s %s\n' "$scenario" "$(tr '\n' ' ' < "$work/cmds-$scenario.txt")"
   done
 }
