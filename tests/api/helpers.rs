@@ -180,6 +180,26 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GETs admin API `path` (`/v1/admin/...`) as a `role` token of
+    /// `name`; the answer's JSON.
+    pub async fn admin_json(
+        &self,
+        name: &str,
+        role: flowgate::token::Role,
+        path: &str,
+    ) -> serde_json::Value {
+        let token = self.keys.issue_admin(name, role, None).unwrap();
+        self.client
+            .get(format!("http://{}{path}", self.addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// POSTs a JSON body with a valid token for `flow`.
     pub async fn post_json(&self, flow: &str, body: &str) -> reqwest::Response {
         self.client

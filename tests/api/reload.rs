@@ -108,23 +108,13 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
         "{seen:?}"
     );
 
-    let ops = app
-        .keys
-        .issue_admin("olga", flowgate::token::Role::Ops, None)
-        .unwrap();
-    let audit: Value = app
-        .client
-        .get(format!(
-            "http://{}/v1/admin/audit?action=flows.reload",
-            app.addr
-        ))
-        .bearer_auth(&ops)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = app
+        .admin_json(
+            "olga",
+            flowgate::token::Role::Ops,
+            "/v1/admin/audit?action=flows.reload",
+        )
+        .await;
     assert_eq!(audit["data"][0]["actor"], "ann");
     // A symlinked folder looping back is not followed.
     #[cfg(unix)]

@@ -268,20 +268,9 @@ async fn a_flow_that_keeps_failed_runs_records_no_successes() {
         .collect();
     assert_eq!(listed, [failed]);
     // The admin API (and the console's Flows page) say why successes are missing.
-    let viewer = app
-        .keys
-        .issue_admin("tester", flowgate::token::Role::Viewer, None)
-        .unwrap();
-    let flow: serde_json::Value = app
-        .client
-        .get(format!("http://{}/v1/admin/flows/f", app.addr))
-        .bearer_auth(viewer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let flow = app
+        .admin_json("tester", flowgate::token::Role::Viewer, "/v1/admin/flows/f")
+        .await;
     assert_eq!(flow["keep_runs"], "failed", "{flow}");
     assert_eq!(flow["max_runs"], serde_json::Value::Null, "no cap in tests");
     assert_eq!(flow["runs_last_hour"], 1);
