@@ -167,6 +167,18 @@ pub struct RecordedRequest {
     omit_raw: bool,
 }
 
+impl RecordedRequest {
+    /// The sender's JSON text of the body, when the body is exactly that
+    /// text parsed (`omit_raw`) and the text was kept whole.
+    fn body_text(&self) -> Option<&str> {
+        if !self.omit_raw {
+            return None;
+        }
+        let text = self.value.get("raw")?.as_str()?.trim();
+        (!text.is_empty() && text.len() <= MAX_VALUE_BYTES).then_some(text)
+    }
+}
+
 impl std::ops::Deref for RecordedRequest {
     type Target = Value;
 
@@ -224,6 +236,16 @@ impl RunRecord {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(now_rfc3339);
+        let request = RecordedRequest {
+            omit_raw: input.raw_is_body,
+            value: bounded_shared(&input.request),
+        };
+        // A body stored as the sender's text (see `encode`) is bounded by
+        // that text's length, with no need to measure the value.
+        let body = match request.body_text() {
+            Some(_) => Arc::clone(&input.body),
+            None => bounded_shared(&input.body),
+        };
         Self {
             id: input.run_id.clone(),
             flow: flow.id.clone(),
@@ -238,16 +260,8 @@ impl RunRecord {
             interrupted: 0,
             next_attempt_at: None,
             duration_ms: None,
-            request: RecordedRequest {
-                omit_raw: input.raw_is_body,
-                value: bounded_shared(&input.request),
-            },
-            // A body stored as the sender's text (see `encode`) is bounded
-            // by that text's length, with no need to measure the value.
-            body: match Self::text_fits(input) {
-                true => Arc::clone(&input.body),
-                false => bounded_shared(&input.body),
-            },
+            request,
+            body,
             steps: Vec::new(),
             logs: Vec::new(),
             response: None,
@@ -262,7 +276,7 @@ impl RunRecord {
     /// same data ([`RunInput::raw_is_body`]: it parsed, whole, as the body)
     /// and costs a copy instead of a second encoding.
     pub fn encode(&self) -> Result<String, crate::codec::CodecError> {
-        let Some(text) = self.body_as_sent() else {
+        let Some(text) = self.request.body_text() else {
             return crate::codec::encode(self);
         };
         let rest = {
@@ -277,24 +291,6 @@ impl RunRecord {
         out.push(',');
         out.push_str(&rest[1..]);
         Ok(out)
-    }
-
-    /// Whether `input`'s body is its JSON text and that text fits whole.
-    fn text_fits(input: &RunInput) -> bool {
-        input.raw_is_body
-            && input.request["raw"]
-                .as_str()
-                .is_some_and(|raw| raw.len() <= MAX_VALUE_BYTES)
-    }
-
-    /// The sender's JSON text of the body, when the body is exactly that
-    /// text parsed and the text was kept whole.
-    fn body_as_sent(&self) -> Option<&str> {
-        if !self.request.omit_raw {
-            return None;
-        }
-        let text = self.request.value.get("raw")?.as_str()?.trim();
-        (!text.is_empty() && text.len() <= MAX_VALUE_BYTES).then_some(text)
     }
 
     /// Whether this record is kept when written, by its policy.

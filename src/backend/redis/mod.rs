@@ -55,7 +55,12 @@ pub async fn query_pipeline<T: redis::FromRedisValue>(
 
 /// A value as the JSON text Redis stores.
 pub fn to_json(value: &impl serde::Serialize) -> Result<String, StorageError> {
-    crate::codec::encode(value).map_err(|e| StorageError::Corrupt(e.to_string()))
+    crate::codec::encode(value).map_err(unencodable)
+}
+
+/// Why a value could not be encoded for Redis.
+pub fn unencodable(e: crate::codec::CodecError) -> StorageError {
+    StorageError::Corrupt(e.to_string())
 }
 
 /// Why the Redis at `url` could silently drop accepted runs, if it could:

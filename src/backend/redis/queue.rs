@@ -8,7 +8,7 @@ use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::keys::{DEAD_LETTER_KEY, DELAYED_KEY, GROUP, STREAM_KEY};
-use super::{Batcher, RedisStore, query, query_pipeline, to_json};
+use super::{Batcher, RedisStore, query, query_pipeline, to_json, unencodable};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::lifecycle::Lifecycle;
@@ -133,10 +133,10 @@ impl RedisQueue {
         // The input whole again, when its head still decodes.
         let input: Option<String> = entry.get("input");
         let input = input.map(|head| {
-            match RunInput::from_queued_parts(&head, entry.get("raw")).map(|i| to_json(&i)) {
-                Ok(Ok(whole)) => whole,
-                _ => head,
-            }
+            RunInput::from_queued_parts(&head, entry.get("raw"))
+                .ok()
+                .and_then(|whole| to_json(&whole).ok())
+                .unwrap_or(head)
         });
         let letter = dead_letter_json(&entry.id, run_id.as_deref(), &reason, input.as_deref());
         if let Err(e) = query_pipeline::<()>(&self.pool, &move_to_dead(&letter, &entry.id)).await {
@@ -227,9 +227,7 @@ impl RunQueue for RedisQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            let (head, raw) = input
-                .queued_parts()
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let (head, raw) = input.queued_parts().map_err(unencodable)?;
             let mut pipe = redis::pipe();
             pipe.cmd("XADD")
                 .arg(STREAM_KEY)

@@ -7,7 +7,7 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis;
 
 use super::keys::{FLOWS_KEY, RUN_KEY_PREFIX, flow_runs_key, idempotency_key, run_key};
-use super::{Batcher, query, query_pipeline, to_json};
+use super::{Batcher, query, query_pipeline, to_json, unencodable};
 use crate::backend::control::Page;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
@@ -171,9 +171,7 @@ impl RedisStore {
                 .ignore();
             return Ok(());
         }
-        let json = record
-            .encode()
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let json = record.encode().map_err(unencodable)?;
         pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
         if only_if_new {
             pipe.arg("NX");

@@ -67,15 +67,14 @@ impl SqliteStore {
 
     /// Deletes up to [`TRIM_BATCH`] of `flow`'s records older than its
     /// newest `max`, leaving those of runs still in progress.
-    fn trim_to_cap(conn: &Connection, flow: &str, max: u64) -> Result<usize, StorageError> {
-        let deleted = conn
-            .prepare_cached(
-                "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND id IN
+    fn trim_to_cap(conn: &Connection, flow: &str, max: u64) -> Result<(), StorageError> {
+        conn.prepare_cached(
+            "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND id IN
                     (SELECT id FROM runs WHERE flow = ?1
                      ORDER BY accepted_at DESC, id DESC LIMIT ?2 OFFSET ?3)",
-            )?
-            .execute(params![flow, TRIM_BATCH, max.min(i64::MAX as u64) as i64])?;
-        Ok(deleted)
+        )?
+        .execute(params![flow, TRIM_BATCH, max.min(i64::MAX as u64) as i64])?;
+        Ok(())
     }
 
     /// The retention records are kept for.
