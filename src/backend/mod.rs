@@ -76,16 +76,17 @@ pub struct Retention {
 }
 
 impl Backends {
-    /// Redis at `url`, one connection pool shared by the queue and the
-    /// stores; history is kept as `retention` says. Runs dead-lettered by
-    /// the queue itself are announced through `lifecycle`.
+    /// Redis (a single one or a cluster) as `settings` say, one connection
+    /// pool shared by the queue and the stores; history is kept as
+    /// `retention` says. Runs dead-lettered by the queue itself are
+    /// announced through `lifecycle`.
     pub fn redis(
-        url: &str,
+        settings: &redis::Settings,
         retention: Retention,
         lifecycle: &Arc<Lifecycle>,
     ) -> Result<Self, StorageError> {
-        let pool = redis::connect(url)?;
-        let control = redis::RedisControl::new(pool.clone(), url)?;
+        let pool = redis::connect_with(settings)?;
+        let control = redis::RedisControl::new(pool.clone(), &settings.urls)?;
         let webhooks = redis::RedisWebhooks::new(pool.clone(), retention.deliveries);
         let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention.runs));
         let queue =

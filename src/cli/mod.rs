@@ -326,7 +326,7 @@ fn open_backends(
     };
     match config.storage.backend {
         crate::config::StorageBackend::Redis => {
-            Backends::redis(&config.redis.url, retention, lifecycle)
+            Backends::redis(&config.redis.settings(), retention, lifecycle)
                 .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
         }
         crate::config::StorageBackend::Embedded => {
@@ -371,9 +371,9 @@ async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// current, outbound event webhooks, and flows reloaded on file changes and SIGHUP.
 fn start_background(app: &App, config: &Config) {
     if config.storage.backend == crate::config::StorageBackend::Redis {
-        let url = config.redis.url.clone();
+        let settings = config.redis.settings();
         tokio::spawn(async move {
-            if let Some(risk) = crate::backend::redis::eviction_risk(&url).await {
+            if let Some(risk) = crate::backend::redis::eviction_risk(&settings).await {
                 tracing::warn!("{risk}");
             }
         });

@@ -21,6 +21,7 @@ const RETENTION: Duration = Duration::from_secs(2);
 pub struct Subject {
     pub backends: Backends,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -32,11 +33,33 @@ pub async fn redis() -> Subject {
         runs: RETENTION,
         deliveries: RETENTION,
     };
-    let backends = Backends::redis(&redis.url(), retention, &lifecycle).unwrap();
+    let settings = flowgate::backend::redis::Settings::single(&redis.url());
+    let backends = Backends::redis(&settings, retention, &lifecycle).unwrap();
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
         _redis: Some(redis),
+        _cluster: None,
+        _dir: None,
+    }
+}
+
+/// A Redis Cluster of three masters of the test's own, the queue in 16
+/// partitions spread over them.
+pub async fn redis_cluster() -> Subject {
+    let cluster = RedisCluster::start(3, 0);
+    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
+    let retention = flowgate::backend::Retention {
+        runs: RETENTION,
+        deliveries: RETENTION,
+    };
+    let settings = flowgate::backend::redis::Settings::cluster(cluster.urls(), CLUSTER_PARTITIONS);
+    let backends = Backends::redis(&settings, retention, &lifecycle).unwrap();
+    backends.queue.prepare().await.unwrap();
+    Subject {
+        backends,
+        _redis: None,
+        _cluster: Some(cluster),
         _dir: None,
     }
 }
@@ -53,6 +76,7 @@ pub async fn embedded() -> Subject {
     Subject {
         backends: Backends::embedded(&db, retention),
         _redis: None,
+        _cluster: None,
         _dir: Some(dir),
     }
 }
@@ -692,6 +716,22 @@ macro_rules! conformance {
 }
 
 conformance!(redis:
+    a_run_is_delivered_until_it_is_acknowledged,
+    an_extended_lease_keeps_a_run_from_being_taken_over,
+    claim_hands_out_no_more_than_asked,
+    a_retry_waits_until_due_then_resumes,
+    a_dead_lettered_run_leaves_the_queue,
+    queue_transitions_write_the_run_record,
+    an_idempotency_key_is_reserved_once_under_concurrency,
+    a_released_key_can_be_reserved_again,
+    records_list_newest_first_and_expire,
+    pages_walk_every_record_once_newest_first,
+    a_subscription_limit_holds_under_concurrent_writers,
+    an_outbox_delivery_is_stored_once_and_leased,
+    skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
+);
+
+conformance!(redis_cluster:
     a_run_is_delivered_until_it_is_acknowledged,
     an_extended_lease_keeps_a_run_from_being_taken_over,
     claim_hands_out_no_more_than_asked,

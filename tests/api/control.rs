@@ -732,3 +732,8 @@ crate::on_both_backends!(
     a_replay_runs_the_recorded_request_again_as_a_linked_run,
     an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one,
 );
+
+crate::on_cluster!(
+    queued_runs_of_a_paused_flow_wait_and_run_after_unpause,
+    an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one,
+);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flowgate::app::{App, Settings};
 use flowgate::backend::Backends;
+use flowgate::backend::redis::Settings as RedisSettings;
 use flowgate::config::Secret;
 use flowgate::flow::{LoadOptions, SharedCatalog, load_catalog};
 use flowgate::lifecycle::Lifecycle;
@@ -31,6 +32,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub keys: TokenKeys,
     pub redis: RedisServer,
+    /// The Redis Cluster it stores on, with [`Backend::Cluster`].
+    pub cluster: Option<RedisCluster>,
     /// The backend it stores on.
     pub backend: Backend,
     /// The embedded backend's file (unused on Redis).
@@ -98,6 +101,14 @@ impl TestApp {
                 "[storage]\nbackend = \"redis\"\n[redis]\nurl = \"{}\"\n",
                 self.redis.url()
             ),
+            Backend::Cluster => {
+                let urls = self.cluster.as_ref().expect("a cluster").urls();
+                format!(
+                    "[storage]\nbackend = \"redis\"\n[redis]\ncluster = true\nurl = \"{}\"\nnodes = {:?}\npartitions = {CLUSTER_PARTITIONS}\n",
+                    urls[0],
+                    &urls[1..]
+                )
+            }
             Backend::Embedded => format!(
                 "[storage]\nbackend = \"embedded\"\npath = \"{}\"\n",
                 self.database.display()
@@ -220,7 +231,12 @@ pub enum Backend {
     Redis,
     /// A SQLite file in the test's folder.
     Embedded,
+    /// A Redis Cluster of three masters of the test's own.
+    Cluster,
 }
+
+/// Partitions of the queue on a test cluster.
+pub const CLUSTER_PARTITIONS: u16 = 16;
 
 tokio::task_local! {
     /// The backend [`spawn_app_with`] builds on, set by [`on_both_backends!`].
@@ -255,6 +271,24 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each named `async fn` (no arguments) once more as
+/// `on_cluster::name`, the app on a Redis Cluster of its own.
+#[macro_export]
+macro_rules! on_cluster {
+    ($($test:ident),* $(,)?) => {
+        mod on_cluster {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::BACKEND
+                        .scope($crate::helpers::Backend::Cluster, super::$test())
+                        .await
+                }
+            )*
+        }
+    };
+}
+
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
     /// Run an in-process worker.
@@ -272,6 +306,10 @@ pub struct AppOptions {
     pub webhook_settings: flowgate::webhooks::WebhookSettings,
     /// The embedded backend's file, when not in the test's folder.
     pub database: Option<PathBuf>,
+    /// Replicas of each of the three masters, with [`Backend::Cluster`].
+    pub cluster_replicas: usize,
+    /// Replicas that must confirm every batch of run writes.
+    pub replica_acks: u8,
 }
 
 /// Webhook settings for tests: plain HTTP and loopback allowed, a 2 s
@@ -299,6 +337,8 @@ impl Default for AppOptions {
             webhooks: true,
             webhook_settings: test_webhook_settings(),
             database: None,
+            cluster_replicas: 0,
+            replica_acks: 0,
         }
     }
 }
@@ -354,8 +394,18 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let backend = BACKEND.try_with(|b| *b).unwrap_or(Backend::Redis);
     let database =
         (options.database.clone()).unwrap_or_else(|| dir.path().join("data/flowgate.db"));
+    let cluster =
+        (backend == Backend::Cluster).then(|| RedisCluster::start(3, options.cluster_replicas));
     let backends = match backend {
-        Backend::Redis => Backends::redis(&redis.url(), retention, &lifecycle).unwrap(),
+        Backend::Redis => {
+            Backends::redis(&RedisSettings::single(&redis.url()), retention, &lifecycle).unwrap()
+        }
+        Backend::Cluster => {
+            let urls = cluster.as_ref().unwrap().urls();
+            let settings = RedisSettings::cluster(urls, CLUSTER_PARTITIONS)
+                .with_replica_acks(options.replica_acks);
+            Backends::redis(&settings, retention, &lifecycle).unwrap()
+        }
         Backend::Embedded => {
             let db = flowgate::backend::sqlite::Database::open(&database, true).unwrap();
             Backends::embedded(&db, retention)
@@ -410,6 +460,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         client: reqwest::Client::new(),
         keys,
         redis,
+        cluster,
         backend,
         database,
         app,
@@ -506,6 +557,172 @@ impl Drop for RedisServer {
             let _ = child.wait();
         }
     }
+}
+
+/// A Redis Cluster of the test's own: `redis-server --cluster-enabled yes`
+/// processes on free loopback ports, joined by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisCluster {
+    /// `masters` masters with `replicas` replicas each, every slot served.
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let count = masters * (1 + replicas);
+        let nodes: Vec<ClusterNode> = (0..count)
+            .map(|_| {
+                let port = free_port();
+                let mut node = ClusterNode { port, child: None };
+                node.spawn(dir.path());
+                node
+            })
+            .collect();
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_until_ok(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter(|n| redis_cli(n.port, &["ROLE"]).starts_with("master"))
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Kills the node on `port` at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether every live node reports the cluster `ok` (all slots served)
+    /// and every replica is in sync with its master.
+    pub fn is_ok(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            let replica = redis_cli(n.port, &["ROLE"]).starts_with("slave");
+            redis_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && (!replica
+                    || redis_cli(n.port, &["INFO", "replication"])
+                        .contains("master_link_status:up"))
+        })
+    }
+
+    /// Waits until [`RedisCluster::is_ok`].
+    fn wait_until_ok(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not become ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// How many keys each live master holds.
+    pub fn key_count(&self) -> Vec<u64> {
+        self.masters()
+            .iter()
+            .map(|port| redis_cli(*port, &["DBSIZE"]).trim().parse().unwrap_or(0))
+            .collect()
+    }
+}
+
+impl ClusterNode {
+    fn spawn(&mut self, dir: &Path) {
+        let bus = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .args([
+                "--cluster-config-file",
+                &format!("nodes-{}.conf", self.port),
+            ])
+            .args(["--cluster-node-timeout", "1000", "--save", ""])
+            // Replicas sync at once rather than after the default 5 s.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ping(self.port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// `redis-cli -p port args...`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn ping(port: u16) -> bool {

@@ -148,3 +148,8 @@ crate::on_both_backends!(
     async_repeats_and_provider_delivery_ids,
     keys_are_per_flow_and_a_failed_run_frees_its_key,
 );
+
+crate::on_cluster!(
+    concurrent_duplicates_make_exactly_one_run,
+    async_repeats_and_provider_delivery_ids,
+);

@@ -4,6 +4,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod cluster;
 mod conformance;
 mod console;
 mod control;

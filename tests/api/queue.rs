@@ -200,6 +200,10 @@ async fn runs_accepted_before_a_redis_restart_still_execute() {
 
 #[tokio::test]
 async fn a_run_of_a_killed_worker_is_taken_over() {
+    killed_worker_is_taken_over().await;
+}
+
+async fn killed_worker_is_taken_over() {
     // Every call takes 2 s, so the worker is killed while the run is in progress.
     let receiver = Receiver::start(&[], Duration::from_secs(2)).await;
     let app = async_app_without_worker(&receiver).await;
@@ -557,4 +561,13 @@ crate::on_both_backends!(
     metrics_count_requests_runs_and_queue_lag,
     step_retries_wait_in_the_delayed_queue_not_in_a_worker_slot,
     a_worker_can_be_driven_one_run_at_a_time,
+);
+
+crate::on_cluster!(
+    queued_bodies_of_every_kind_run_as_accepted,
+    async_flow_answers_at_once_then_runs,
+    two_hundred_async_runs_execute_exactly_once,
+    metrics_count_requests_runs_and_queue_lag,
+    step_retries_wait_in_the_delayed_queue_not_in_a_worker_slot,
+    killed_worker_is_taken_over,
 );

@@ -360,3 +360,9 @@ crate::on_both_backends!(
     large_bodies_are_truncated_in_the_record,
     runs_cli_lists_and_shows_records,
 );
+
+crate::on_cluster!(
+    a_flow_keeps_at_most_its_cap_of_records_the_newest,
+    async_runs_go_from_queued_to_their_end,
+    runs_cli_lists_and_shows_records,
+);

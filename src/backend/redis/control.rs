@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use deadpool_redis::Pool;
+use super::Pool;
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -29,16 +29,50 @@ const AUDIT_SCAN_BATCH: usize = 500;
 #[derive(Clone)]
 pub struct RedisControl {
     pool: Pool,
-    client: redis::Client,
+    /// One client per URL, for the notification connection: on a cluster
+    /// any node relays every `PUBLISH`, so each new subscription tries the
+    /// next seed node until one answers.
+    clients: std::sync::Arc<[redis::Client]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RedisControl {
-    /// Control state on `pool`; `url` opens the notification connection.
-    pub fn new(pool: Pool, url: &str) -> Result<Self, StorageError> {
+    /// Control state on `pool`; `urls` (a single Redis, or a cluster's
+    /// seed nodes) open the notification connection.
+    pub fn new(pool: Pool, urls: &[String]) -> Result<Self, StorageError> {
+        let clients = urls
+            .iter()
+            .map(|url| redis::Client::open(url.as_str()).map_err(unavailable))
+            .collect::<Result<Vec<_>, _>>()?;
+        if clients.is_empty() {
+            return Err(unavailable("no Redis URL"));
+        }
         Ok(Self {
             pool,
-            client: redis::Client::open(url).map_err(unavailable)?,
+            clients: clients.into(),
+            next: Default::default(),
         })
+    }
+
+    /// A subscription to the control channel, from the first seed node
+    /// that answers.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, StorageError> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.clients.len() {
+            let client = &self.clients[(start + i) % self.clients.len()];
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(CONTROL_CHANNEL).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(super::CONNECTION_TIMEOUT, subscribed).await {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some("timed out".to_owned()),
+            }
+        }
+        Err(unavailable(last.expect("at least one client")))
     }
 }
 
@@ -296,11 +330,7 @@ impl ControlStore for RedisControl {
 
     fn watch(&self) -> BoxFuture<'_, Result<mpsc::Receiver<()>, StorageError>> {
         Box::pin(async move {
-            let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
-            pubsub
-                .subscribe(CONTROL_CHANNEL)
-                .await
-                .map_err(unavailable)?;
+            let mut pubsub = self.subscribe().await?;
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(async move {
                 let mut messages = pubsub.on_message();

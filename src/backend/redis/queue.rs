@@ -1,14 +1,15 @@
-//! [`RunQueue`] on Redis Streams; its keys are in [`super::keys`].
+//! [`RunQueue`] on Redis Streams, one stream per partition; its keys are in
+//! [`super::keys`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
-use super::keys::{DEAD_LETTER_KEY, DELAYED_KEY, GROUP, STREAM_KEY};
-use super::{Batcher, RedisStore, query, query_pipeline, to_json, unencodable};
+use super::keys::{GROUP, Partition};
+use super::{Batcher, Pool, RedisStore, query, query_all, query_pipeline, to_json, unencodable};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::lifecycle::Lifecycle;
@@ -24,8 +25,11 @@ for _, input in ipairs(due) do
 end
 return #due
 "#;
-/// Entries kept in the dead-letter list.
+/// Entries kept in each partition's dead-letter list.
 const DEAD_LETTER_MAX: i64 = 10_000;
+/// Longest block on one partition's stream when every partition was empty:
+/// a run arriving in another partition meanwhile waits at most this long.
+const PARTITIONED_BLOCK: Duration = Duration::from_millis(50);
 /// [`RunQueue`] on Redis Streams.
 #[derive(Clone)]
 pub struct RedisQueue {
@@ -34,6 +38,8 @@ pub struct RedisQueue {
     batcher: Batcher,
     /// Announces runs dead-lettered for an undecodable entry, when set.
     lifecycle: Option<Arc<Lifecycle>>,
+    /// Where the next sweep of the partitions starts, so none is favoured.
+    sweep: Arc<AtomicUsize>,
 }
 
 impl RedisQueue {
@@ -46,6 +52,7 @@ impl RedisQueue {
             pool,
             records,
             lifecycle: None,
+            sweep: Arc::default(),
         }
     }
 
@@ -56,13 +63,20 @@ impl RedisQueue {
         self
     }
 
-    /// Creates the consumer group if it does not exist yet.
+    /// Creates every partition's consumer group that does not exist yet.
     pub async fn ensure_group(&self) -> Result<(), StorageError> {
+        for p in 0..self.pool.layout().count() {
+            self.ensure_group_of(p).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_group_of(&self, p: usize) -> Result<(), StorageError> {
         let created = query::<()>(
             &self.pool,
             redis::cmd("XGROUP")
                 .arg("CREATE")
-                .arg(STREAM_KEY)
+                .arg(&self.part(p).stream)
                 .arg(GROUP)
                 .arg("0")
                 .arg("MKSTREAM"),
@@ -74,59 +88,120 @@ impl RedisQueue {
         }
     }
 
+    fn part(&self, p: usize) -> &Partition {
+        self.pool.layout().partition(p)
+    }
+
+    /// The partition and entry of delivery `id`.
+    fn entry_of<'a>(&self, id: &'a str) -> Result<(usize, &'a str), StorageError> {
+        self.pool
+            .layout()
+            .entry_of(id)
+            .ok_or_else(|| StorageError::Corrupt(format!("`{id}` is no queue entry here")))
+    }
+
+    /// Every partition once, from a start that moves on with each call.
+    fn sweep_order(&self) -> impl Iterator<Item = usize> {
+        let n = self.pool.layout().count();
+        let start = self.sweep.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(move |i| (start + i) % n)
+    }
+
+    /// Up to `max` new entries: on a single Redis one read that blocks up
+    /// to `wait`; on a cluster a sweep of the partitions without blocking,
+    /// then, when all were empty, a short block on one of them.
     async fn read_group(
         &self,
         consumer: &str,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>, StorageError> {
-        let reply = query::<Option<StreamReadReply>>(
-            &self.pool,
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(max)
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(STREAM_KEY)
-                .arg(">"),
-        )
-        .await;
-        let reply = match reply {
+        if self.pool.layout().count() == 1 {
+            return self.read_partition(0, consumer, max, Some(wait)).await;
+        }
+        let order: Vec<usize> = self.sweep_order().collect();
+        let mut deliveries = Vec::new();
+        let mut failed = None;
+        for &p in &order {
+            if deliveries.len() == max {
+                break;
+            }
+            let left = max - deliveries.len();
+            match self.read_partition(p, consumer, left, None).await {
+                Ok(more) => deliveries.extend(more),
+                // A partition whose node is down (a failover under way)
+                // holds up none of the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = p, "cannot read a queue partition");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            // What was read is this consumer's now: hand it out.
+            _ if !deliveries.is_empty() => Ok(deliveries),
+            Some(e) => Err(e),
+            None => {
+                let block = wait.min(PARTITIONED_BLOCK);
+                self.read_partition(order[0], consumer, max, Some(block))
+                    .await
+            }
+        }
+    }
+
+    /// Up to `max` new entries of partition `p`, blocking up to `block` for
+    /// the first when given.
+    async fn read_partition(
+        &self,
+        p: usize,
+        consumer: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.part(p).stream).arg(">");
+        let reply = match query::<Option<StreamReadReply>>(&self.pool, &cmd).await {
             // The stream or group vanished (a Redis without persistence restarted).
             Err(StorageError::Unavailable(e)) if e.contains("NOGROUP") => {
-                self.ensure_group().await?;
+                self.ensure_group_of(p).await?;
                 return Ok(Vec::new());
             }
             other => other?,
         };
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        Ok(self.decode_all(entries, false).await)
+        Ok(self.decode_all(p, entries, false).await)
     }
 
-    /// Decodes a batch of entries. One that cannot be decoded is
-    /// dead-lettered at once, so it never holds up the others.
+    /// Decodes a batch of partition `p`'s entries. One that cannot be
+    /// decoded is dead-lettered at once, so it never holds up the others.
     async fn decode_all(
         &self,
+        p: usize,
         entries: impl IntoIterator<Item = StreamId>,
         taken_over: bool,
     ) -> Vec<Delivery> {
         let mut deliveries = Vec::new();
         for entry in entries {
-            match decode(&entry, taken_over) {
+            let id = self.pool.layout().delivery_id(p, &entry.id);
+            match decode(id, &entry, taken_over) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err(e) => self.bury(entry, e).await,
+                Err(e) => self.bury(p, entry, e).await,
             }
         }
         deliveries
     }
 
-    /// Dead-letters an entry no worker can decode, and records its run (when
-    /// the entry names it) as aborted with the reason.
-    async fn bury(&self, entry: StreamId, error: StorageError) {
+    /// Dead-letters an entry of partition `p` no worker can decode, and
+    /// records its run (when the entry names it) as aborted with the reason.
+    async fn bury(&self, p: usize, entry: StreamId, error: StorageError) {
         let run_id: Option<String> = entry.get("run").filter(|id: &String| !id.is_empty());
         let reason = format!("dead-lettered: the queued run cannot be decoded ({error})");
         tracing::error!(entry = %entry.id, run_id, %reason, "queue entry dead-lettered");
@@ -139,7 +214,8 @@ impl RedisQueue {
                 .unwrap_or(head)
         });
         let letter = dead_letter_json(&entry.id, run_id.as_deref(), &reason, input.as_deref());
-        if let Err(e) = query_pipeline::<()>(&self.pool, &move_to_dead(&letter, &entry.id)).await {
+        let pipe = move_to_dead(self.part(p), &letter, &entry.id);
+        if let Err(e) = query_pipeline::<()>(&self.pool, &pipe).await {
             // Still pending: the next worker to see it tries again.
             tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter an entry");
             return;
@@ -171,32 +247,36 @@ fn dead_letter_json(
         .to_string()
 }
 
-/// One transaction (every key shares a slot) that moves entry `id` to the
-/// dead-letter list as `letter`.
-fn move_to_dead(letter: &str, id: &str) -> redis::Pipeline {
+/// One transaction (every key shares the partition's slot) that moves entry
+/// `entry` of `part` to its dead-letter list as `letter`.
+fn move_to_dead(part: &Partition, letter: &str, entry: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic()
         .cmd("LPUSH")
-        .arg(DEAD_LETTER_KEY)
+        .arg(&part.dead)
         .arg(letter)
         .ignore()
         .cmd("LTRIM")
-        .arg(DEAD_LETTER_KEY)
+        .arg(&part.dead)
         .arg(0)
         .arg(DEAD_LETTER_MAX - 1)
         .ignore();
-    acknowledge(&mut pipe, id);
+    acknowledge(&mut pipe, part, entry);
     pipe
 }
 
 /// Adds the end of a delivery to `pipe`: acknowledged, and removed from the
 /// stream so it stays short.
-fn acknowledge(pipe: &mut redis::Pipeline, id: &str) {
-    pipe.cmd("XACK").arg(STREAM_KEY).arg(GROUP).arg(id).ignore();
-    pipe.cmd("XDEL").arg(STREAM_KEY).arg(id).ignore();
+fn acknowledge(pipe: &mut redis::Pipeline, part: &Partition, entry: &str) {
+    pipe.cmd("XACK")
+        .arg(&part.stream)
+        .arg(GROUP)
+        .arg(entry)
+        .ignore();
+    pipe.cmd("XDEL").arg(&part.stream).arg(entry).ignore();
 }
 
-fn decode(entry: &StreamId, taken_over: bool) -> Result<Delivery, StorageError> {
+fn decode(id: String, entry: &StreamId, taken_over: bool) -> Result<Delivery, StorageError> {
     let corrupt =
         |e: crate::codec::CodecError| StorageError::Corrupt(format!("entry {}: {e}", entry.id));
     let input: String = entry
@@ -210,7 +290,7 @@ fn decode(entry: &StreamId, taken_over: bool) -> Result<Delivery, StorageError> 
     Ok(Delivery {
         answer,
         accepted_at_ms: entry.get("accepted_at").unwrap_or(0),
-        id: entry.id.clone(),
+        id,
         input,
         taken_over,
     })
@@ -228,9 +308,10 @@ impl RunQueue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let (head, raw) = input.queued_parts().map_err(unencodable)?;
+            let p = self.pool.layout().partition_of(&input.run_id);
             let mut pipe = redis::pipe();
             pipe.cmd("XADD")
-                .arg(STREAM_KEY)
+                .arg(&self.part(p).stream)
                 .arg("*")
                 .arg("input")
                 .arg(head);
@@ -247,7 +328,7 @@ impl RunQueue for RedisQueue {
                 }
                 self.records.write_record(&mut pipe, record, true)?;
             }
-            self.batcher.run(&pipe).await
+            self.batcher.run(p, &pipe).await
         })
     }
 
@@ -267,19 +348,36 @@ impl RunQueue for RedisQueue {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         Box::pin(async move {
-            let reply: StreamAutoClaimReply = query(
-                &self.pool,
-                redis::cmd("XAUTOCLAIM")
-                    .arg(STREAM_KEY)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(max),
-            )
-            .await?;
-            Ok(self.decode_all(reply.claimed, true).await)
+            let mut deliveries = Vec::new();
+            let mut failed = None;
+            for p in self.sweep_order() {
+                if deliveries.len() >= max {
+                    break;
+                }
+                let reply: Result<StreamAutoClaimReply, _> = query(
+                    &self.pool,
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&self.part(p).stream)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(idle.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(max - deliveries.len()),
+                )
+                .await;
+                match reply {
+                    Ok(reply) => deliveries.extend(self.decode_all(p, reply.claimed, true).await),
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = p, "cannot take over runs of a partition");
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            match failed {
+                Some(e) if deliveries.is_empty() => Err(e),
+                _ => Ok(deliveries),
+            }
         })
     }
 
@@ -289,21 +387,29 @@ impl RunQueue for RedisQueue {
         ids: &'a [String],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            if ids.is_empty() {
-                return Ok(());
+            let mut by_partition = vec![Vec::new(); self.pool.layout().count()];
+            for id in ids {
+                let (p, entry) = self.entry_of(id)?;
+                by_partition[p].push(entry);
             }
-            query::<redis::Value>(
-                &self.pool,
-                redis::cmd("XCLAIM")
-                    .arg(STREAM_KEY)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(0)
-                    .arg(ids)
-                    .arg("JUSTID"),
-            )
-            .await
-            .map(drop)
+            let claims: Vec<redis::Cmd> = by_partition
+                .iter()
+                .enumerate()
+                .filter(|(_, entries)| !entries.is_empty())
+                .map(|(p, entries)| {
+                    let mut cmd = redis::cmd("XCLAIM");
+                    cmd.arg(&self.part(p).stream)
+                        .arg(GROUP)
+                        .arg(consumer)
+                        .arg(0)
+                        .arg(entries)
+                        .arg("JUSTID");
+                    cmd
+                })
+                .collect();
+            query_all::<redis::Value>(&self.pool, &claims)
+                .await
+                .map(drop)
         })
     }
 
@@ -313,12 +419,13 @@ impl RunQueue for RedisQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let (p, entry) = self.entry_of(id)?;
             let mut pipe = redis::pipe();
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
-            acknowledge(&mut pipe, id);
-            self.batcher.run(&pipe).await
+            acknowledge(&mut pipe, self.part(p), entry);
+            self.batcher.run(p, &pipe).await
         })
     }
 
@@ -336,7 +443,8 @@ impl RunQueue for RedisQueue {
                 reason,
                 Some(&input),
             );
-            let mut pipe = move_to_dead(&letter, &delivery.id);
+            let (p, entry) = self.entry_of(&delivery.id)?;
+            let mut pipe = move_to_dead(self.part(p), &letter, entry);
             self.records.write_record(&mut pipe, record, false)?;
             query_pipeline(&self.pool, &pipe).await
         })
@@ -344,16 +452,19 @@ impl RunQueue for RedisQueue {
 
     fn depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
         Box::pin(async move {
-            let (queued, waiting): (u64, u64) = query_pipeline(
-                &self.pool,
-                redis::pipe()
-                    .cmd("XLEN")
-                    .arg(STREAM_KEY)
-                    .cmd("ZCARD")
-                    .arg(DELAYED_KEY),
-            )
-            .await?;
-            Ok(queued + waiting)
+            let lengths: Vec<redis::Cmd> = self
+                .pool
+                .layout()
+                .all()
+                .flat_map(|(_, part)| {
+                    [
+                        redis::cmd("XLEN").arg(&part.stream).clone(),
+                        redis::cmd("ZCARD").arg(&part.delayed).clone(),
+                    ]
+                })
+                .collect();
+            let lengths: Vec<u64> = query_all(&self.pool, &lengths).await?;
+            Ok(lengths.iter().sum())
         })
     }
 
@@ -366,35 +477,43 @@ impl RunQueue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let json = to_json(input)?;
+            let (p, entry) = self.entry_of(id)?;
             let mut pipe = redis::pipe();
             // One slot: the hand-over from the stream to the delayed set is one transaction.
             pipe.atomic();
             pipe.cmd("ZADD")
-                .arg(DELAYED_KEY)
+                .arg(&self.part(p).delayed)
                 .arg(due_ms)
                 .arg(json)
                 .ignore();
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
-            acknowledge(&mut pipe, id);
+            acknowledge(&mut pipe, self.part(p), entry);
             query_pipeline(&self.pool, &pipe).await
         })
     }
 
     fn requeue_due_retries(&self, max: usize) -> BoxFuture<'_, Result<usize, StorageError>> {
         Box::pin(async move {
-            query(
-                &self.pool,
-                redis::cmd("EVAL")
-                    .arg(PROMOTE_SCRIPT)
-                    .arg(2)
-                    .arg(DELAYED_KEY)
-                    .arg(STREAM_KEY)
-                    .arg(now_ms())
-                    .arg(max),
-            )
-            .await
+            let now = now_ms();
+            let promotions: Vec<redis::Cmd> = self
+                .pool
+                .layout()
+                .all()
+                .map(|(_, part)| {
+                    redis::cmd("EVAL")
+                        .arg(PROMOTE_SCRIPT)
+                        .arg(2)
+                        .arg(&part.delayed)
+                        .arg(&part.stream)
+                        .arg(now)
+                        .arg(max)
+                        .clone()
+                })
+                .collect();
+            let moved: Vec<usize> = query_all(&self.pool, &promotions).await?;
+            Ok(moved.iter().sum())
         })
     }
 }

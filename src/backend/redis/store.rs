@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use std::collections::HashSet;
+use std::sync::RwLock;
+
 use deadpool_redis::redis;
 
-use super::keys::{FLOWS_KEY, RUN_KEY_PREFIX, flow_runs_key, idempotency_key, run_key};
-use super::{Batcher, query, query_pipeline, to_json, unencodable};
+use super::{Batcher, Pool, query, query_all, to_json, unencodable};
 use crate::backend::control::Page;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
@@ -18,7 +19,9 @@ use crate::record::RunRecord;
 const PENDING_PREFIX: &str = "pending:";
 
 /// Index trimming runs on one record write in this many: expired entries
-/// only cost a little space until then, and every write stays cheap.
+/// only cost a little space until then, and every write stays cheap. With
+/// several partitions each is trimmed that many times more often, so the
+/// rate stays the same and a flow is never more than this over its cap.
 const TRIM_EVERY: u64 = 64;
 
 /// Most records one trim deletes to bring a flow back under its cap; the
@@ -26,7 +29,8 @@ const TRIM_EVERY: u64 = 64;
 const TRIM_BATCH: u64 = 1000;
 
 /// Deletes a flow's oldest records beyond its cap. KEYS[1]: the flow's
-/// index; ARGV: the cap, the run key prefix, the most to delete now.
+/// index (in one partition); ARGV: the cap, the partition's run key prefix
+/// (the records share the index's slot), the most to delete now.
 const TRIM_TO_CAP: &str = r"
 local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if excess <= 0 then return 0 end
@@ -43,20 +47,28 @@ pub struct RedisStore {
     pool: Pool,
     batcher: Batcher,
     retention: Duration,
-    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Flows this process has registered in the set of flows with runs.
-    registered: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// Record writes by partition, for trimming.
+    writes: std::sync::Arc<[std::sync::atomic::AtomicU64]>,
+    /// Flows this process has registered in each partition's set of flows
+    /// with runs.
+    registered: std::sync::Arc<[RwLock<HashSet<String>>]>,
 }
 
 impl RedisStore {
     /// A store on an existing pool, keeping run records for `retention`.
     pub fn with_pool(pool: Pool, retention: Duration) -> Self {
+        let writes = (0..pool.layout().count())
+            .map(|_| Default::default())
+            .collect();
+        let registered = (0..pool.layout().count())
+            .map(|_| RwLock::default())
+            .collect();
         Self {
             batcher: Batcher::new(pool.clone()),
             pool,
             retention,
-            writes: Default::default(),
-            registered: Default::default(),
+            writes,
+            registered,
         }
     }
 }
@@ -84,7 +96,7 @@ impl IdempotencyStore for RedisStore {
             let existing: Option<String> = query(
                 &self.pool,
                 redis::cmd("SET")
-                    .arg(idempotency_key(flow_id, key))
+                    .arg(self.pool.layout().idempotency_key(flow_id, key))
                     .arg(format!("{PENDING_PREFIX}{run_id}"))
                     .arg("NX")
                     .arg("GET")
@@ -107,7 +119,7 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             let value: Option<String> = query(
                 &self.pool,
-                redis::cmd("GET").arg(idempotency_key(flow_id, key)),
+                redis::cmd("GET").arg(self.pool.layout().idempotency_key(flow_id, key)),
             )
             .await?;
             value.as_deref().map(parse).transpose()
@@ -124,7 +136,7 @@ impl IdempotencyStore for RedisStore {
             query::<Option<String>>(
                 &self.pool,
                 redis::cmd("SET")
-                    .arg(idempotency_key(flow_id, key))
+                    .arg(self.pool.layout().idempotency_key(flow_id, key))
                     .arg(to_json(answer)?)
                     .arg("XX")
                     .arg("EX")
@@ -143,7 +155,7 @@ impl IdempotencyStore for RedisStore {
         Box::pin(async move {
             query::<i64>(
                 &self.pool,
-                redis::cmd("DEL").arg(idempotency_key(flow_id, key)),
+                redis::cmd("DEL").arg(self.pool.layout().idempotency_key(flow_id, key)),
             )
             .await
             .map(drop)
@@ -154,25 +166,29 @@ impl IdempotencyStore for RedisStore {
 impl RedisStore {
     /// Adds the commands writing `record` to `pipe`: the record itself (only
     /// when absent, with `only_if_new`; its reply is the pipeline's one
-    /// non-ignored reply) and its entry in the flow's index.
+    /// non-ignored reply) and its entry in the flow's index. Every key is
+    /// in the partition of the record's run (see [`super::Layout::partition_of`]).
     pub fn write_record(
         &self,
         pipe: &mut redis::Pipeline,
         record: &RunRecord,
         only_if_new: bool,
     ) -> Result<(), StorageError> {
+        let layout = self.pool.layout();
+        let p = layout.partition_of(&record.id);
+        let run_key = format!("{}{}", layout.partition(p).run_prefix, record.id);
         if !only_if_new && !record.kept() {
             // Its flow keeps no record of a run that ended so: any earlier
             // one (queued, running) goes.
-            pipe.cmd("UNLINK").arg(run_key(&record.id)).ignore();
+            pipe.cmd("UNLINK").arg(run_key).ignore();
             pipe.cmd("ZREM")
-                .arg(flow_runs_key(&record.flow))
+                .arg(layout.partition(p).flow_runs(&record.flow))
                 .arg(&record.id)
                 .ignore();
             return Ok(());
         }
         let json = record.encode().map_err(unencodable)?;
-        pipe.cmd("SET").arg(run_key(&record.id)).arg(json);
+        pipe.cmd("SET").arg(run_key).arg(json);
         if only_if_new {
             pipe.arg("NX");
         }
@@ -180,14 +196,18 @@ impl RedisStore {
         if !only_if_new {
             pipe.ignore();
         }
-        self.index(pipe, record);
+        self.index(pipe, p, record);
         Ok(())
     }
 
-    /// Indexes a record under its flow and, now and then, drops index
-    /// entries past retention and the oldest records past the flow's cap.
-    fn index(&self, pipe: &mut redis::Pipeline, record: &RunRecord) {
-        let index = flow_runs_key(&record.flow);
+    /// Indexes a record under its flow in partition `p` and, now and then,
+    /// drops index entries past retention and the oldest records past the
+    /// flow's cap. The cap is split evenly over the partitions, which runs
+    /// fill evenly.
+    fn index(&self, pipe: &mut redis::Pipeline, p: usize, record: &RunRecord) {
+        let layout = self.pool.layout();
+        let part = layout.partition(p);
+        let index = part.flow_runs(&record.flow);
         let retention_ms = self.retention.as_millis() as u64;
         let now = now_ms();
         pipe.cmd("ZADD")
@@ -196,10 +216,10 @@ impl RedisStore {
             .arg(now)
             .arg(&record.id)
             .ignore();
-        let trim = self
-            .writes
+        let trim_every = (TRIM_EVERY / layout.count() as u64).max(1);
+        let trim = self.writes[p]
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .is_multiple_of(TRIM_EVERY);
+            .is_multiple_of(trim_every);
         if trim {
             pipe.cmd("ZREMRANGEBYSCORE")
                 .arg(&index)
@@ -212,22 +232,21 @@ impl RedisStore {
                     .arg(TRIM_TO_CAP)
                     .arg(1)
                     .arg(&index)
-                    .arg(max)
-                    .arg(RUN_KEY_PREFIX)
+                    .arg(max.div_ceil(layout.count() as u64))
+                    .arg(&part.run_prefix)
                     .arg(TRIM_BATCH)
                     .ignore();
             }
         }
         // The set of flows with runs, for listing across flows: written once
         // per flow and process, and again now and then in case it was lost.
-        let known = self
-            .registered
+        let known = self.registered[p]
             .read()
             .expect("registered flows lock")
             .contains(&record.flow);
         if !known || trim {
-            pipe.cmd("SADD").arg(FLOWS_KEY).arg(&record.flow).ignore();
-            self.registered
+            pipe.cmd("SADD").arg(&part.flows).arg(&record.flow).ignore();
+            self.registered[p]
                 .write()
                 .expect("registered flows lock")
                 .insert(record.flow.clone());
@@ -289,16 +308,17 @@ impl RedisStore {
                     .map_or("+inf".to_owned(), |t| format!("({t}")),
             ),
         };
-        let mut pipe = redis::pipe();
+        let mut ranges = Vec::with_capacity(indexes.len() * 2);
         for index in indexes {
             // Runs at the position's own time, then everything older.
-            pipe.cmd("ZRANGE")
-                .arg(index)
+            let mut ties = redis::cmd("ZRANGE");
+            ties.arg(index)
                 .arg(&ties_at)
                 .arg(&ties_at)
                 .arg("BYSCORE")
                 .arg("WITHSCORES");
-            pipe.cmd("ZRANGE")
+            let mut older = redis::cmd("ZRANGE");
+            older
                 .arg(index)
                 .arg(&max)
                 .arg(&min)
@@ -308,8 +328,9 @@ impl RedisStore {
                 .arg(0)
                 .arg(batch)
                 .arg("WITHSCORES");
+            ranges.extend([ties, older]);
         }
-        let replies: Vec<Vec<(String, u64)>> = query_pipeline(&self.pool, &pipe).await?;
+        let replies: Vec<Vec<(String, u64)>> = query_all(&self.pool, &ranges).await?;
         let mut candidates: Vec<Position> = Vec::new();
         // The highest entry below which some index may hold more, unread.
         let mut horizon: Option<Position> = None;
@@ -339,6 +360,40 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The run indexes of flow `flow` in every partition, or of every flow
+    /// with runs when `None`.
+    async fn indexes(&self, flow: Option<&str>) -> Result<Vec<String>, StorageError> {
+        let layout = self.pool.layout();
+        if let Some(flow) = flow {
+            return Ok(layout.all().map(|(_, part)| part.flow_runs(flow)).collect());
+        }
+        let members: Vec<redis::Cmd> = layout
+            .all()
+            .map(|(_, part)| redis::cmd("SMEMBERS").arg(&part.flows).clone())
+            .collect();
+        let flows: Vec<Vec<String>> = query_all(&self.pool, &members).await?;
+        Ok(layout
+            .all()
+            .zip(flows)
+            .flat_map(|((_, part), flows)| flows.into_iter().map(|f| part.flow_runs(&f)))
+            .collect())
+    }
+
+    /// The stored records of runs `ids`, in order (`None` where gone).
+    async fn records_of(
+        &self,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Vec<Option<String>>, StorageError> {
+        let keys: Vec<String> = ids.map(|id| self.pool.layout().run_key(id)).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // On a cluster the client splits MGET by slot and puts the replies back in order.
+        query(&self.pool, redis::cmd("MGET").arg(keys)).await
+    }
+}
+
 impl RunStore for RedisStore {
     fn page<'a>(
         &'a self,
@@ -347,14 +402,7 @@ impl RunStore for RedisStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
         Box::pin(async move {
-            let indexes: Vec<String> = match &filter.flow {
-                Some(flow) => vec![flow_runs_key(flow)],
-                None => {
-                    let flows: Vec<String> =
-                        query(&self.pool, redis::cmd("SMEMBERS").arg(FLOWS_KEY)).await?;
-                    flows.iter().map(|f| flow_runs_key(f)).collect()
-                }
-            };
+            let indexes = self.indexes(filter.flow.as_deref()).await?;
             if indexes.is_empty() {
                 // No run recorded yet (an empty pipeline is an error to Redis).
                 return Ok(Page {
@@ -381,9 +429,8 @@ impl RunStore for RedisStore {
                         next_cursor: None,
                     });
                 }
-                let keys: Vec<String> = entries.iter().map(|(_, id)| run_key(id)).collect();
-                let values: Vec<Option<String>> =
-                    query(&self.pool, redis::cmd("MGET").arg(keys)).await?;
+                let ids = entries.iter().map(|(_, id)| id.as_str());
+                let values = self.records_of(ids).await?;
                 for (entry, value) in entries.into_iter().zip(values) {
                     scanned += 1;
                     let here = format!("{}:{}", entry.0, entry.1);
@@ -422,10 +469,11 @@ impl RunStore for RedisStore {
         let mut pipe = redis::pipe();
         let encoded = self.write_record(&mut pipe, record, false);
         let batcher = self.batcher.clone();
+        let p = self.pool.layout().partition_of(&record.id);
         Box::pin(async move {
             encoded?;
             // Batched with other writes: a busy gateway makes one round trip for many records.
-            batcher.run(&pipe).await
+            batcher.run(p, &pipe).await
         })
     }
 
@@ -434,8 +482,8 @@ impl RunStore for RedisStore {
         run_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
         Box::pin(async move {
-            let json: Option<String> =
-                query(&self.pool, redis::cmd("GET").arg(run_key(run_id))).await?;
+            let key = self.pool.layout().run_key(run_id);
+            let json: Option<String> = query(&self.pool, redis::cmd("GET").arg(key)).await?;
             json.as_deref().map(decode).transpose()
         })
     }
@@ -446,25 +494,35 @@ impl RunStore for RedisStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<RunRecord>, StorageError>> {
         Box::pin(async move {
-            let ids: Vec<String> = query(
-                &self.pool,
-                redis::cmd("ZRANGE")
-                    .arg(flow_runs_key(flow_id))
-                    .arg("+inf")
-                    .arg("-inf")
-                    .arg("BYSCORE")
-                    .arg("REV")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit.max(1)),
-            )
-            .await?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = ids.iter().map(|id| run_key(id)).collect();
-            let values: Vec<Option<String>> =
-                query(&self.pool, redis::cmd("MGET").arg(keys)).await?;
+            let newest: Vec<redis::Cmd> = self
+                .pool
+                .layout()
+                .all()
+                .map(|(_, part)| {
+                    redis::cmd("ZRANGE")
+                        .arg(part.flow_runs(flow_id))
+                        .arg("+inf")
+                        .arg("-inf")
+                        .arg("BYSCORE")
+                        .arg("REV")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit.max(1))
+                        .arg("WITHSCORES")
+                        .clone()
+                })
+                .collect();
+            let replies: Vec<Vec<(String, u64)>> = query_all(&self.pool, &newest).await?;
+            let mut entries: Vec<(u64, String)> = replies
+                .into_iter()
+                .flatten()
+                .map(|(id, at)| (at, id))
+                .collect();
+            entries.sort_by(|a, b| b.cmp(a));
+            entries.truncate(limit.max(1));
+            let values = self
+                .records_of(entries.iter().map(|(_, id)| id.as_str()))
+                .await?;
             values
                 .into_iter()
                 .flatten()
