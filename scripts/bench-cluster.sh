@@ -32,7 +32,7 @@ cargo build --release --quiet --bin flowgate
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; [ -s "$work/gateway.log" ] && tail -5 "$work/gateway.log" >&2; rm -rf "$work"; }
 trap cleanup EXIT
 
 items=$(printf '{"sku":"SKU-%04d","qty":%d,"price":19.99},' $(seq 1 22 | awk '{print $1, $1}') | sed 's/,$//')
@@ -60,20 +60,21 @@ done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
 until redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q cluster_state:ok; do sleep 0.2; done
 
-single_env() { env FLOWGATE_REDIS__URL="redis://127.0.0.1:$SINGLE_PORT/0" "$@"; }
+single_env() { export FLOWGATE_REDIS__URL="redis://127.0.0.1:$SINGLE_PORT/0"; }
 cluster_env() {
-  env FLOWGATE_REDIS__URL="redis://127.0.0.1:${CLUSTER_PORTS[0]}" FLOWGATE_REDIS__CLUSTER=true \
+  export FLOWGATE_REDIS__URL="redis://127.0.0.1:${CLUSTER_PORTS[0]}" FLOWGATE_REDIS__CLUSTER=true \
     FLOWGATE_REDIS__NODES="[\"redis://127.0.0.1:${CLUSTER_PORTS[1]}\", \"redis://127.0.0.1:${CLUSTER_PORTS[2]}\"]" \
-    FLOWGATE_REDIS__PARTITIONS="$PARTITIONS" "$@"
+    FLOWGATE_REDIS__PARTITIONS="$PARTITIONS"
 }
-gateway() { # env wrapper, listen address
-  $1 env FLOWGATE_SERVER__LISTEN="$2" RUST_LOG=warn target/release/flowgate --config benches/config.toml serve --no-worker 2>>"$work/gateway.log" &
+gateway() { # single_env or cluster_env, listen address
+  ( $1; export FLOWGATE_SERVER__LISTEN="$2" RUST_LOG=warn
+    exec target/release/flowgate --config benches/config.toml serve --no-worker 2>>"$work/gateway.log" ) &
   pids+=($!)
   wait_port "$2"
 }
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 
-token=$(single_env target/release/flowgate --config benches/config.toml token issue bench-async)
+token=$(single_env; target/release/flowgate --config benches/config.toml token issue bench-async)
 cat > "$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = [[${body}]]
@@ -106,8 +107,8 @@ measure() { # "gateway pids" "redis pids" addresses...
   bad=$(awk '/Non-2xx/ { s += $4 } END { print s + 0 }' "$work/out.txt")
   for k in "${!r0[@]}"; do rsum=$((rsum + r1[k] - r0[k])); done
   for k in "${!r0[@]}"; do split+="$(awk -v a=$((r1[k] - r0[k])) -v t=$rsum 'BEGIN { printf "%.0f%%", t ? 100 * a / t : 0 }')/"; done
-  awk -v rps="$rps" -v p99="$p99" -v bad="$bad" -v n="$total" -v g=$(( (g1 - g0) * TICK_US )) -v r=$(( rsum * TICK_US )) -v split="${split%/}" \
-    'BEGIN { printf "%s %s %s %.1f %.1f %s\n", rps, p99, bad, g / n, r / n, split }'
+  awk -v rps="$rps" -v p99="$p99" -v bad="$bad" -v n="$total" -v g=$(( (g1 - g0) * TICK_US )) -v r=$(( rsum * TICK_US )) -v sp="${split%/}" \
+    'BEGIN { printf "%s %s %s %.1f %.1f %s\n", rps, p99, bad, g / n, r / n, sp }'
 }
 
 printf 'body: %d bytes, %s connections, %s threads, %s per scenario, %s partitions\n' "${#body}" "$CONNECTIONS" "$THREADS" "$DURATION" "$PARTITIONS"

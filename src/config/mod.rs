@@ -720,6 +720,60 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_come_from_url_nodes_and_partitions() {
+        let vars = env(&[
+            ("FLOWGATE_STORAGE__BACKEND", "redis"),
+            ("FLOWGATE_REDIS__URL", "redis://10.0.0.1:6379"),
+            ("FLOWGATE_REDIS__CLUSTER", "true"),
+            (
+                "FLOWGATE_REDIS__NODES",
+                r#"["redis://:hunter2@10.0.0.2:6379"]"#,
+            ),
+            ("FLOWGATE_REDIS__PARTITIONS", "32"),
+            ("FLOWGATE_REDIS__REPLICA_ACKS", "1"),
+        ]);
+        let config = Config::load_with_env(None, &vars).unwrap();
+        let settings = config.redis.settings();
+        assert!(settings.cluster);
+        assert_eq!(
+            settings.urls,
+            ["redis://10.0.0.1:6379", "redis://:hunter2@10.0.0.2:6379"]
+        );
+        assert_eq!((settings.partitions, settings.replica_acks), (32, 1));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // A single Redis is one partition whatever the setting says.
+        let single = Config::load_with_env(None, &env(&[("FLOWGATE_STORAGE__BACKEND", "redis")]))
+            .unwrap()
+            .redis
+            .settings();
+        assert_eq!((single.cluster, single.partitions), (false, 1));
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_refused() {
+        for (pairs, expected) in [
+            (
+                vec![("FLOWGATE_REDIS__PARTITIONS", "0")],
+                "redis.partitions must be 1 to 1024",
+            ),
+            (
+                vec![("FLOWGATE_REDIS__PARTITIONS", "5000")],
+                "redis.partitions must be 1 to 1024",
+            ),
+            (
+                vec![("FLOWGATE_REDIS__NODES", r#"["redis://10.0.0.2:6379"]"#)],
+                "redis.nodes lists cluster nodes but redis.cluster is false",
+            ),
+        ] {
+            let mut vars = env(&pairs);
+            vars.push(("FLOWGATE_STORAGE__BACKEND".into(), "redis".into()));
+            let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
     fn a_redis_password_never_prints() {
         let vars = env(&[
             ("FLOWGATE_STORAGE__BACKEND", "redis"),
