@@ -174,15 +174,42 @@ async fn a_redis_that_may_evict_is_named_at_start() {
         !startup_log(&app).await.contains("maxmemory-policy"),
         "noeviction, Redis's default, is safe"
     );
-    let set = std::process::Command::new("redis-cli")
-        .args(["-p", &app.redis.port().to_string()])
-        .args(["config", "set", "maxmemory-policy", "allkeys-lru"])
-        .output()
-        .unwrap();
-    assert!(set.status.success());
+    set_policy(app.redis.port(), "allkeys-lru");
     let log = startup_log(&app).await;
     assert!(
         log.contains("maxmemory-policy is `allkeys-lru`") && log.contains("noeviction"),
         "{log}"
     );
 }
+
+fn set_policy(port: u16, policy: &str) {
+    let set = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(["config", "set", "maxmemory-policy", policy])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+}
+
+/// On a cluster every node listed is asked, not only the first.
+async fn a_cluster_node_that_may_evict_is_named_at_start() {
+    let app = spawn_app(&[]).await;
+    assert!(!startup_log(&app).await.contains("maxmemory-policy"));
+    let urls = app.cluster.as_ref().unwrap().urls();
+    let last: u16 = urls
+        .last()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    set_policy(last, "volatile-lru");
+    let log = startup_log(&app).await;
+    assert!(
+        log.contains("maxmemory-policy of a cluster node is `volatile-lru`"),
+        "{log}"
+    );
+}
+
+crate::on_cluster!(a_cluster_node_that_may_evict_is_named_at_start);

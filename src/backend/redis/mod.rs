@@ -264,12 +264,35 @@ pub fn unencodable(e: crate::codec::CodecError) -> StorageError {
     StorageError::Corrupt(e.to_string())
 }
 
-/// Why the Redis at `url` could silently drop accepted runs, if it could:
-/// a `maxmemory-policy` other than `noeviction` lets Redis evict queue
-/// entries when it fills up. `None` when the policy is safe, or when it
-/// cannot be read (some managed services refuse `CONFIG`).
+/// Why the Redis `settings` name could silently drop accepted runs, if it
+/// could: a `maxmemory-policy` other than `noeviction` lets Redis evict
+/// queue entries when it fills up. On a cluster each listed node is asked
+/// (a cluster's nodes are configured one by one). `None` when every policy
+/// read is safe, or none can be read (some managed services refuse `CONFIG`).
 pub async fn eviction_risk(settings: &Settings) -> Option<String> {
-    let pool = connect_with(settings).ok()?;
+    for url in &settings.urls {
+        let Some(policy) = maxmemory_policy(url).await else {
+            continue;
+        };
+        if policy != "noeviction" {
+            let node = if settings.cluster {
+                " of a cluster node"
+            } else {
+                ""
+            };
+            return Some(format!(
+                "Redis maxmemory-policy{node} is `{policy}`: when Redis fills up it may evict queued runs, \
+                 which are then lost without an error; set `maxmemory-policy noeviction` (Redis then \
+                 refuses writes when full, and flowgate answers 503 instead of losing a run)"
+            ));
+        }
+    }
+    None
+}
+
+/// The `maxmemory-policy` of the one Redis at `url`, when it answers.
+async fn maxmemory_policy(url: &str) -> Option<String> {
+    let pool = connect(url).ok()?;
     let read = async {
         let mut conn = pool.get().await.ok()?;
         let reply: Vec<String> = redis::cmd("CONFIG")
@@ -280,16 +303,9 @@ pub async fn eviction_risk(settings: &Settings) -> Option<String> {
             .ok()?;
         reply.get(1).cloned()
     };
-    let policy = tokio::time::timeout(CONNECTION_TIMEOUT * 2, read)
+    tokio::time::timeout(CONNECTION_TIMEOUT * 2, read)
         .await
-        .ok()??;
-    (policy != "noeviction").then(|| {
-        format!(
-            "Redis maxmemory-policy is `{policy}`: when Redis fills up it may evict queued runs, \
-             which are then lost without an error; set `maxmemory-policy noeviction` (Redis then \
-             refuses writes when full, and flowgate answers 503 instead of losing a run)"
-        )
-    })
+        .ok()?
 }
 
 /// A connection pool to the single Redis at `url`; connects lazily.
