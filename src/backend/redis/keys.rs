@@ -53,7 +53,7 @@
 //! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
 //! entry stays in the group's pending list until the run ends (`XACK`, then
 //! `XDEL` to keep the stream short). Concurrent enqueues are batched: one
-//! task sends every waiting `XADD` (with the run's first record) in a single
+//! task per partition sends every waiting `XADD` (with the run's first record) in a single
 //! pipeline, so a busy gateway makes one round trip for many runs. A running worker heartbeats its entries
 //! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
 //! the reclaim threshold belong to a worker that died and are taken over
