@@ -21,13 +21,7 @@ GATE2_ADDR=127.0.0.1:18081
 SINGLE_PORT=${SINGLE_PORT:-18379}
 CLUSTER_PORTS=(18401 18402 18403)
 
-for tool in wrk redis-server redis-cli:redis-tools; do
-  command=${tool%%:*} package=${tool#*:}
-  if ! command -v "$command" >/dev/null 2>&1; then
-    echo "installing $package..." >&2
-    (apt-get install -y "$package" || (apt-get update && apt-get install -y "$package")) >/dev/null
-  fi
-done
+source scripts/bench-common.sh
 cargo build --release --quiet --bin flowgate
 
 work=$(mktemp -d)
@@ -35,13 +29,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; [ -s "$work/gateway.log" ] && tail -5 "$work/gateway.log" >&2; rm -rf "$work"; }
 trap cleanup EXIT
 
-items=$(printf '{"sku":"SKU-%04d","qty":%d,"price":19.99},' $(seq 1 22 | awk '{print $1, $1}') | sed 's/,$//')
-body="{\"email\":\"Ada.Lovelace@Example.com\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\",\"company_id\":4242,\"plan\":\"enterprise\",\"source\":\"benchmark\",\"items\":[${items}]}"
-export FLOWGATE_SIGNING_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-wait_port() { for _ in $(seq 1 100); do (echo > "/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "no server on $1" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
 
 redis_node() { # port, extra args...
   local port=$1; shift

@@ -7,18 +7,20 @@
 //! never live in the file: the signing key comes from `FLOWGATE_SIGNING_KEY`
 //! or from the file named by `auth.signing_key_file`.
 
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::HeaderName;
 use serde::Deserialize;
 
 use crate::record::{Keep, RecordPolicy};
 
 mod key_file;
 mod parse;
+mod redis;
+mod server;
+
+pub use self::redis::RedisConfig;
+pub use self::server::{ServerConfig, ServerLimits};
 
 /// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
 pub const SIGNING_KEY_ENV: &str = "FLOWGATE_SIGNING_KEY";
@@ -82,121 +84,6 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             base_dir: PathBuf::new(),
         }
-    }
-}
-
-/// `[server]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address to listen on, `host:port`.
-    #[serde(deserialize_with = "parse::socket_addr")]
-    pub listen: SocketAddr,
-    /// Default request body limit in bytes; a flow may set its own `[trigger] max_body_bytes`.
-    pub max_body_bytes: usize,
-    /// How long `serve` waits for in-flight requests after SIGTERM/SIGINT, e.g. `"30s"`.
-    #[serde(deserialize_with = "parse::duration")]
-    pub shutdown_grace: Duration,
-    /// Request headers carrying an idempotency key, first match wins: a
-    /// repeat within 24 h for the same flow starts no run and gets the first answer.
-    #[serde(deserialize_with = "parse::header_names")]
-    pub idempotency_headers: Vec<HeaderName>,
-    /// A request's head must arrive within this, e.g. `"10s"`; an idle HTTP/1
-    /// keep-alive connection waiting for its next request is closed after it too.
-    #[serde(deserialize_with = "parse::positive_duration")]
-    pub header_read_timeout: Duration,
-    /// A request's whole body must arrive within this, e.g. `"30s"`; a slower
-    /// sender gets 408.
-    #[serde(deserialize_with = "parse::positive_duration")]
-    pub body_read_timeout: Duration,
-    /// A connection with no request in progress for this long is closed
-    /// (HTTP/2 connections included), e.g. `"60s"`.
-    #[serde(deserialize_with = "parse::positive_duration")]
-    pub idle_timeout: Duration,
-    /// Open connections at most; at the limit the gateway stops accepting
-    /// until one closes (and logs it). Keep it under the process's file limit.
-    pub max_connections: usize,
-    /// Authenticated trigger requests handled at once; more wait for a slot.
-    /// Health, readiness and metrics never wait for one.
-    pub max_requests: usize,
-    /// Bodies read at once before their sender is authenticated (flows with
-    /// `[trigger.signature]`); beyond it such requests get 503 with `Retry-After`.
-    pub max_unauthenticated_reads: usize,
-    /// Bytes all bodies read before their sender is authenticated may hold
-    /// together; each read reserves its `Content-Length` (or `max_body_bytes`).
-    pub unauthenticated_body_budget: usize,
-    /// Streams one HTTP/2 connection may have open at once.
-    pub http2_max_concurrent_streams: u32,
-    /// How often an HTTP/2 connection is pinged; a peer that does not answer
-    /// within the same time is disconnected, e.g. `"20s"`.
-    #[serde(deserialize_with = "parse::positive_duration")]
-    pub http2_keep_alive_interval: Duration,
-    /// Request headers whose values are replaced by `[redacted]` in what
-    /// templates see, run records and logs, on top of the built-in list
-    /// (`authorization`, `cookie`, `proxy-authorization`, `x-api-key`, ...).
-    pub redact_headers: Vec<String>,
-    /// Query parameters redacted the same way, on top of the built-in list
-    /// (`access_token`, `token`, `api_key`, `password`, ...).
-    pub redact_query: Vec<String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_body_bytes: 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-            idempotency_headers: [
-                "idempotency-key",
-                "webhook-id",
-                "x-github-delivery",
-                "x-shopify-webhook-id",
-            ]
-            .map(HeaderName::from_static)
-            .to_vec(),
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            max_requests: 4096,
-            max_unauthenticated_reads: 256,
-            unauthenticated_body_budget: 64 * 1024 * 1024,
-            http2_max_concurrent_streams: 100,
-            http2_keep_alive_interval: Duration::from_secs(20),
-            redact_headers: Vec::new(),
-            redact_query: Vec::new(),
-        }
-    }
-}
-
-/// `[server]` limits and timeouts, parsed.
-#[derive(Debug, Clone)]
-pub struct ServerLimits {
-    /// See [`ServerConfig::max_body_bytes`].
-    pub max_body_bytes: usize,
-    /// See [`ServerConfig::header_read_timeout`].
-    pub header_read_timeout: Duration,
-    /// See [`ServerConfig::body_read_timeout`].
-    pub body_read_timeout: Duration,
-    /// See [`ServerConfig::idle_timeout`].
-    pub idle_timeout: Duration,
-    /// See [`ServerConfig::max_connections`].
-    pub max_connections: usize,
-    /// See [`ServerConfig::max_requests`].
-    pub max_requests: usize,
-    /// See [`ServerConfig::max_unauthenticated_reads`].
-    pub max_unauthenticated_reads: usize,
-    /// See [`ServerConfig::unauthenticated_body_budget`].
-    pub unauthenticated_body_budget: usize,
-    /// See [`ServerConfig::http2_max_concurrent_streams`].
-    pub http2_max_concurrent_streams: u32,
-    /// See [`ServerConfig::http2_keep_alive_interval`].
-    pub http2_keep_alive_interval: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Config::default().server_limits()
     }
 }
 
@@ -274,81 +161,6 @@ impl Default for StorageConfig {
             backend: StorageBackend::Embedded,
             path: PathBuf::from(".flowgate/flowgate.db"),
         }
-    }
-}
-
-/// `[redis]`
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// Redis connection URL; put a password in the environment override, not in the file.
-    /// On a cluster, one of its nodes.
-    pub url: String,
-    /// `url` (with `nodes`) is a node of a Redis Cluster: the queue and run
-    /// records are split into `partitions` spread over the cluster's nodes.
-    pub cluster: bool,
-    /// More nodes of the cluster to connect through, besides `url` (any one
-    /// that answers is enough to find the rest).
-    pub nodes: Vec<String>,
-    /// Partitions of the queue and run records on a cluster, 1 to 1024; a
-    /// single Redis always has one. Change it only with the queue drained.
-    pub partitions: u16,
-    /// Replicas that must confirm the writes accepting a run (Redis `WAIT`,
-    /// at most 250 ms) before the sender gets its 202; with 1 or more an
-    /// accepted run survives a master's failover. 0 trusts the master alone.
-    pub replica_acks: u8,
-}
-
-/// `url` without its password, which must never reach a log.
-fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "[unparsable url]".to_owned(),
-    }
-}
-
-impl fmt::Debug for RedisConfig {
-    /// The URLs without their passwords.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nodes: Vec<String> = self.nodes.iter().map(|n| shown_url(n)).collect();
-        f.debug_struct("RedisConfig")
-            .field("url", &shown_url(&self.url))
-            .field("cluster", &self.cluster)
-            .field("nodes", &nodes)
-            .field("partitions", &self.partitions)
-            .field("replica_acks", &self.replica_acks)
-            .finish()
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379/0".into(),
-            cluster: false,
-            nodes: Vec::new(),
-            partitions: 16,
-            replica_acks: 0,
-        }
-    }
-}
-
-impl RedisConfig {
-    /// Where the Redis backend connects, and how it lays out its keys.
-    pub fn settings(&self) -> crate::backend::redis::Settings {
-        use crate::backend::redis::Settings;
-        let settings = if self.cluster {
-            let mut urls = vec![self.url.clone()];
-            urls.extend(self.nodes.iter().cloned());
-            Settings::cluster(urls, self.partitions)
-        } else {
-            Settings::single(&self.url)
-        };
-        settings.with_replica_acks(self.replica_acks)
     }
 }
 

@@ -243,31 +243,31 @@ tokio::task_local! {
     pub static BACKEND: Backend;
 }
 
+/// Runs each named `async fn` (no arguments) as a test in module
+/// `$module`, the app's backend set to [`Backend`]`::$backend`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($module:ident, $backend:ident: $($test:ident),* $(,)?) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    $crate::helpers::BACKEND
+                        .scope($crate::helpers::Backend::$backend, super::$test())
+                        .await
+                }
+            )*
+        }
+    };
+}
+
 /// Runs each named `async fn` (no arguments) as two tests: `on_redis::name`
 /// and `on_embedded::name`, with the app's backend set accordingly.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    $crate::helpers::BACKEND
-                        .scope($crate::helpers::Backend::Redis, super::$test())
-                        .await
-                }
-            )*
-        }
-        mod on_embedded {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    $crate::helpers::BACKEND
-                        .scope($crate::helpers::Backend::Embedded, super::$test())
-                        .await
-                }
-            )*
-        }
+        $crate::backend_tests!(on_redis, Redis: $($test),*);
+        $crate::backend_tests!(on_embedded, Embedded: $($test),*);
     };
 }
 
@@ -276,16 +276,7 @@ macro_rules! on_both_backends {
 #[macro_export]
 macro_rules! on_cluster {
     ($($test:ident),* $(,)?) => {
-        mod on_cluster {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    $crate::helpers::BACKEND
-                        .scope($crate::helpers::Backend::Cluster, super::$test())
-                        .await
-                }
-            )*
-        }
+        $crate::backend_tests!(on_cluster, Cluster: $($test),*);
     };
 }
 

@@ -162,6 +162,11 @@ impl Partition {
         }
     }
 
+    /// The record of run `run_id`, which must belong to this partition.
+    pub fn run_key(&self, run_id: &str) -> String {
+        format!("{}{run_id}", self.run_prefix)
+    }
+
     /// The index of flow `flow_id`'s runs in this partition.
     pub fn flow_runs(&self, flow_id: &str) -> String {
         format!("{}{flow_id}", self.flow_runs_prefix)
@@ -227,8 +232,7 @@ impl Layout {
 
     /// The record of run `run_id`.
     pub fn run_key(&self, run_id: &str) -> String {
-        let p = self.partition_of(run_id);
-        format!("{}{run_id}", self.partitions[p].run_prefix)
+        self.partitions[self.partition_of(run_id)].run_key(run_id)
     }
 
     /// Idempotency key `key` of flow `flow_id` (hashed, so any sender's key

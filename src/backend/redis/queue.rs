@@ -120,17 +120,42 @@ impl RedisQueue {
             return self.read_partition(0, consumer, max, Some(wait)).await;
         }
         let order: Vec<usize> = self.sweep_order().collect();
+        let found = self
+            .sweep(order.iter().copied(), max, |p, left| {
+                self.read_partition(p, consumer, left, None)
+            })
+            .await?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let block = wait.min(PARTITIONED_BLOCK);
+        self.read_partition(order[0], consumer, max, Some(block))
+            .await
+    }
+
+    /// Up to `max` deliveries gathered from the partitions in `order`,
+    /// `read(p, left)` reading at most `left` from partition `p`. A
+    /// partition that fails (its node down, a failover under way) holds up
+    /// none of the others: what was read is this consumer's now and is
+    /// handed out; the first failure is returned only when nothing was.
+    async fn sweep<F, Fut>(
+        &self,
+        order: impl Iterator<Item = usize>,
+        max: usize,
+        read: F,
+    ) -> Result<Vec<Delivery>, StorageError>
+    where
+        F: Fn(usize, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<Delivery>, StorageError>>,
+    {
         let mut deliveries = Vec::new();
         let mut failed = None;
-        for &p in &order {
-            if deliveries.len() == max {
+        for p in order {
+            if deliveries.len() >= max {
                 break;
             }
-            let left = max - deliveries.len();
-            match self.read_partition(p, consumer, left, None).await {
+            match read(p, max - deliveries.len()).await {
                 Ok(more) => deliveries.extend(more),
-                // A partition whose node is down (a failover under way)
-                // holds up none of the others.
                 Err(e) => {
                     tracing::warn!(error = %e, partition = p, "cannot read a queue partition");
                     failed.get_or_insert(e);
@@ -138,14 +163,8 @@ impl RedisQueue {
             }
         }
         match failed {
-            // What was read is this consumer's now: hand it out.
-            _ if !deliveries.is_empty() => Ok(deliveries),
-            Some(e) => Err(e),
-            None => {
-                let block = wait.min(PARTITIONED_BLOCK);
-                self.read_partition(order[0], consumer, max, Some(block))
-                    .await
-            }
+            Some(e) if deliveries.is_empty() => Err(e),
+            _ => Ok(deliveries),
         }
     }
 
@@ -348,13 +367,8 @@ impl RunQueue for RedisQueue {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         Box::pin(async move {
-            let mut deliveries = Vec::new();
-            let mut failed = None;
-            for p in self.sweep_order() {
-                if deliveries.len() >= max {
-                    break;
-                }
-                let reply: Result<StreamAutoClaimReply, _> = query(
+            self.sweep(self.sweep_order(), max, |p, left| async move {
+                let reply: StreamAutoClaimReply = query(
                     &self.pool,
                     redis::cmd("XAUTOCLAIM")
                         .arg(&self.part(p).stream)
@@ -363,21 +377,12 @@ impl RunQueue for RedisQueue {
                         .arg(idle.as_millis() as u64)
                         .arg("0-0")
                         .arg("COUNT")
-                        .arg(max - deliveries.len()),
+                        .arg(left),
                 )
-                .await;
-                match reply {
-                    Ok(reply) => deliveries.extend(self.decode_all(p, reply.claimed, true).await),
-                    Err(e) => {
-                        tracing::warn!(error = %e, partition = p, "cannot take over runs of a partition");
-                        failed.get_or_insert(e);
-                    }
-                }
-            }
-            match failed {
-                Some(e) if deliveries.is_empty() => Err(e),
-                _ => Ok(deliveries),
-            }
+                .await?;
+                Ok(self.decode_all(p, reply.claimed, true).await)
+            })
+            .await
         })
     }
 

@@ -167,16 +167,17 @@ impl RedisStore {
     /// Adds the commands writing `record` to `pipe`: the record itself (only
     /// when absent, with `only_if_new`; its reply is the pipeline's one
     /// non-ignored reply) and its entry in the flow's index. Every key is
-    /// in the partition of the record's run (see [`super::Layout::partition_of`]).
+    /// in the partition of the record's run (see [`super::Layout::partition_of`]),
+    /// which it returns.
     pub fn write_record(
         &self,
         pipe: &mut redis::Pipeline,
         record: &RunRecord,
         only_if_new: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<usize, StorageError> {
         let layout = self.pool.layout();
         let p = layout.partition_of(&record.id);
-        let run_key = format!("{}{}", layout.partition(p).run_prefix, record.id);
+        let run_key = layout.partition(p).run_key(&record.id);
         if !only_if_new && !record.kept() {
             // Its flow keeps no record of a run that ended so: any earlier
             // one (queued, running) goes.
@@ -185,7 +186,7 @@ impl RedisStore {
                 .arg(layout.partition(p).flow_runs(&record.flow))
                 .arg(&record.id)
                 .ignore();
-            return Ok(());
+            return Ok(p);
         }
         let json = record.encode().map_err(unencodable)?;
         pipe.cmd("SET").arg(run_key).arg(json);
@@ -197,7 +198,7 @@ impl RedisStore {
             pipe.ignore();
         }
         self.index(pipe, p, record);
-        Ok(())
+        Ok(p)
     }
 
     /// Indexes a record under its flow in partition `p` and, now and then,
@@ -467,11 +468,10 @@ impl RunStore for RedisStore {
 
     fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
         let mut pipe = redis::pipe();
-        let encoded = self.write_record(&mut pipe, record, false);
+        let written = self.write_record(&mut pipe, record, false);
         let batcher = self.batcher.clone();
-        let p = self.pool.layout().partition_of(&record.id);
         Box::pin(async move {
-            encoded?;
+            let p = written?;
             // Batched with other writes: a busy gateway makes one round trip for many records.
             batcher.run(p, &pipe).await
         })
