@@ -376,6 +376,9 @@ fn start_background(app: &App, config: &Config) {
             if let Some(risk) = crate::backend::redis::eviction_risk(&settings).await {
                 tracing::warn!("{risk}");
             }
+            if let Some(mismatch) = crate::backend::redis::cluster_mismatch(&settings).await {
+                tracing::warn!("{mismatch}");
+            }
         });
     }
     tokio::spawn(app.control().clone().keep_current());

@@ -357,18 +357,7 @@ impl Config {
                 "server.unauthenticated_body_budget must be at least server.max_body_bytes",
             ));
         }
-        let max = crate::backend::redis::keys::MAX_PARTITIONS;
-        if !(1..=max).contains(&self.redis.partitions) {
-            return Err(ConfigError::new(format!(
-                "redis.partitions must be 1 to {max}"
-            )));
-        }
-        if !self.redis.nodes.is_empty() && !self.redis.cluster {
-            return Err(ConfigError::new(
-                "redis.nodes lists cluster nodes but redis.cluster is false; set redis.cluster = true, or put the one Redis in redis.url",
-            ));
-        }
-        Ok(())
+        self.redis.validate().map_err(ConfigError::new)
     }
 
     /// The `[server]` limits and timeouts the listener and the trigger enforce.
@@ -576,6 +565,13 @@ mod tests {
             (
                 vec![("FLOWGATE_REDIS__NODES", r#"["redis://10.0.0.2:6379"]"#)],
                 "redis.nodes lists cluster nodes but redis.cluster is false",
+            ),
+            (
+                vec![
+                    ("FLOWGATE_REDIS__CLUSTER", "true"),
+                    ("FLOWGATE_REDIS__NODES", r#"["http://:pw@10.0.0.2"]"#),
+                ],
+                "redis.nodes: `http://:%5Bredacted%5D@10.0.0.2/` is not a redis:// or rediss:// URL",
             ),
         ] {
             let mut vars = env(&pairs);

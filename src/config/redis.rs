@@ -65,6 +65,27 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// Checks what the keys' types cannot; the reason, naming the key.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let max = crate::backend::redis::keys::MAX_PARTITIONS;
+        if !(1..=max).contains(&self.partitions) {
+            return Err(format!("redis.partitions must be 1 to {max}"));
+        }
+        if !self.nodes.is_empty() && !self.cluster {
+            return Err("redis.nodes lists cluster nodes but redis.cluster is false; set redis.cluster = true, or put the one Redis in redis.url".into());
+        }
+        for node in &self.nodes {
+            let scheme = url::Url::parse(node).map(|u| u.scheme().to_owned());
+            if !matches!(scheme.as_deref(), Ok("redis" | "rediss")) {
+                return Err(format!(
+                    "redis.nodes: `{}` is not a redis:// or rediss:// URL",
+                    shown_url(node)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Where the Redis backend connects, and how it lays out its keys.
     pub fn settings(&self) -> crate::backend::redis::Settings {
         use crate::backend::redis::Settings;

@@ -212,4 +212,30 @@ async fn a_cluster_node_that_may_evict_is_named_at_start() {
     );
 }
 
-crate::on_cluster!(a_cluster_node_that_may_evict_is_named_at_start);
+/// A cluster node configured as a single Redis is named at start.
+async fn a_cluster_configured_as_one_redis_is_named_at_start() {
+    let app = spawn_app(&[]).await;
+    let mut child = app
+        .process(
+            &format!("[server]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
+            &["serve", "--no-worker"],
+        )
+        .env("FLOWGATE_REDIS__CLUSTER", "false")
+        .env("FLOWGATE_REDIS__NODES", "[]")
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The check runs beside start-up within its two-second budget.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let log = terminate_and_read(&mut child);
+    assert!(
+        log.contains("redis.url is a node of a Redis Cluster but redis.cluster is false"),
+        "{log}"
+    );
+}
+
+crate::on_cluster!(
+    a_cluster_node_that_may_evict_is_named_at_start,
+    a_cluster_configured_as_one_redis_is_named_at_start,
+);

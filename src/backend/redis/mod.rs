@@ -290,6 +290,39 @@ pub async fn eviction_risk(settings: &Settings) -> Option<String> {
     None
 }
 
+/// Why the Redis `settings` name is not what they say, if it is not: a
+/// node of a Redis Cluster configured as a single Redis (commands on keys
+/// of other nodes' slots then fail with `MOVED`), or the reverse. `None`
+/// when it matches or cannot be read.
+pub async fn cluster_mismatch(settings: &Settings) -> Option<String> {
+    let url = settings.urls.first()?;
+    let pool = connect(url).ok()?;
+    let read = async {
+        let mut conn = pool.get().await.ok()?;
+        redis::cmd("INFO")
+            .arg("cluster")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    let info = tokio::time::timeout(CONNECTION_TIMEOUT * 2, read)
+        .await
+        .ok()??;
+    let is_cluster = info.contains("cluster_enabled:1");
+    match (is_cluster, settings.cluster) {
+        (true, false) => Some(
+            "redis.url is a node of a Redis Cluster but redis.cluster is false: set redis.cluster = true, \
+             or runs whose keys live on other nodes fail"
+                .to_owned(),
+        ),
+        (false, true) => Some(
+            "redis.cluster is true but redis.url is a Redis without cluster support: set redis.cluster = false"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// The `maxmemory-policy` of the one Redis at `url`, when it answers.
 async fn maxmemory_policy(url: &str) -> Option<String> {
     let pool = connect(url).ok()?;
