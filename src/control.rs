@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 use crate::backend::StorageError;
 use crate::backend::control::{
-    Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation,
+    Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation, MAX_SESSIONS,
+    SessionEntry,
 };
 use crate::flow::{Flow, FlowStatus, SharedCatalog};
 use crate::lifecycle::{Event, FlowEvent, Lifecycle};
@@ -98,6 +99,65 @@ impl Control {
     /// Has the admin token `jti` been revoked?
     pub fn is_revoked(&self, jti: &str) -> bool {
         self.state().revoked.contains_key(jti)
+    }
+
+    /// The console session `id`, while it is open: opened here or on
+    /// another replica, not expired, not revoked, and (for a session made
+    /// from a pasted admin token) that token not revoked either.
+    pub fn session(&self, id: &str) -> Option<SessionEntry> {
+        let state = self.state.read().expect("control lock poisoned");
+        state
+            .sessions
+            .get(id)
+            .filter(|session| is_open(&state, session, crate::backend::now_ms()))
+            .cloned()
+    }
+
+    /// Every open console session, newest first.
+    pub fn sessions(&self) -> Vec<SessionEntry> {
+        let state = self.state();
+        let now = crate::backend::now_ms();
+        let mut open: Vec<SessionEntry> = state
+            .sessions
+            .values()
+            .filter(|session| is_open(&state, session, now))
+            .cloned()
+            .collect();
+        open.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+        open
+    }
+
+    /// Remembers `session`, which `actor` just opened, on every replica.
+    /// Refused while [`MAX_SESSIONS`] are open.
+    pub async fn open_session(
+        &self,
+        session: SessionEntry,
+        actor: &Actor,
+    ) -> Result<(), SessionError> {
+        if self.sessions().len() >= MAX_SESSIONS {
+            return Err(SessionError::TooMany);
+        }
+        let mut audit = draft(actor, "session.open");
+        audit.after = Some(json!({
+            "session": session.id,
+            "role": session.role,
+            "from": session.source.kind,
+        }));
+        self.apply(Change::OpenSession(session), audit).await?;
+        Ok(())
+    }
+
+    /// Ends the console session `id` on every replica, on behalf of `actor`.
+    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<(), SessionError> {
+        let session = self.session(id).ok_or(SessionError::NotFound)?;
+        let mut audit = draft(actor, "session.revoke");
+        audit.before = Some(json!({ "session": session.id, "subject": session.subject }));
+        let change = Change::Revoke {
+            jti: session.id,
+            until_ms: session.expires_ms,
+        };
+        self.apply(change, audit).await?;
+        Ok(())
     }
 
     /// Has run `run_id` been aborted?
@@ -302,7 +362,18 @@ impl Control {
         actor: &Actor,
     ) -> Result<(), StorageError> {
         let mut audit = draft(actor, "token.revoke");
-        audit.after = Some(json!({ "jti": jti }));
+        // The sessions made from it end with it: the audit names them.
+        let ended: Vec<String> = self
+            .sessions()
+            .into_iter()
+            .filter(|s| s.source.kind == "token" && s.source.jti == jti)
+            .map(|s| s.id)
+            .collect();
+        audit.after = Some(if ended.is_empty() {
+            json!({ "jti": jti })
+        } else {
+            json!({ "jti": jti, "sessions_ended": ended })
+        });
         let change = Change::Revoke {
             jti: jti.to_owned(),
             until_ms,
@@ -314,6 +385,29 @@ impl Control {
     pub fn store(&self) -> &Arc<dyn ControlStore> {
         &self.store
     }
+}
+
+/// Whether `session` is open at `now_ms` in `state`.
+fn is_open(state: &ControlState, session: &SessionEntry, now_ms: u64) -> bool {
+    session.expires_ms > now_ms
+        && !state.revoked.contains_key(&session.id)
+        && !(session.source.kind == "token" && state.revoked.contains_key(&session.source.jti))
+}
+
+/// Why a console session could not be opened or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// [`MAX_SESSIONS`] are open already.
+    #[error(
+        "{MAX_SESSIONS} console sessions are open already; revoke some (flowgate sessions list) or wait for them to end"
+    )]
+    TooMany,
+    /// No open session has that id.
+    #[error("no open console session has that id")]
+    NotFound,
+    /// The store did not answer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// A flow's status before and after a pause or unpause.

@@ -212,6 +212,26 @@ impl TokenKeys {
         self.mint(name, Some(ttl), 0, Some(role), Some(purpose))
     }
 
+    /// Mints a console session token for `name` with `role`, expiring after
+    /// `ttl`: the token and its id (`jti`), by which it is listed and revoked.
+    pub fn issue_session(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<(String, String), TokenError> {
+        let jti = new_token_id();
+        let token = self.mint_with_id(
+            name,
+            Some(ttl),
+            0,
+            Some(role),
+            Some(ConsoleUse::Session),
+            jti.clone(),
+        )?;
+        Ok((token, jti))
+    }
+
     fn mint(
         &self,
         sub: &str,
@@ -220,11 +240,23 @@ impl TokenKeys {
         role: Option<Role>,
         purpose: Option<ConsoleUse>,
     ) -> Result<String, TokenError> {
+        self.mint_with_id(sub, ttl, ver, role, purpose, new_token_id())
+    }
+
+    fn mint_with_id(
+        &self,
+        sub: &str,
+        ttl: Option<Duration>,
+        ver: u64,
+        role: Option<Role>,
+        purpose: Option<ConsoleUse>,
+        jti: String,
+    ) -> Result<String, TokenError> {
         let now = unix_now();
         let claims = FlowClaims {
             sub: sub.to_owned(),
             iat: now,
-            jti: uuid::Uuid::new_v4().simple().to_string(),
+            jti,
             exp: ttl.map(|ttl| now + ttl.as_secs()),
             ver,
             role: role.map(|r| r.as_str().to_owned()),
@@ -328,6 +360,10 @@ impl TokenKeys {
                 _ => TokenError::Malformed,
             })
     }
+}
+
+fn new_token_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn unix_now() -> u64 {

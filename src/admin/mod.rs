@@ -5,7 +5,7 @@
 //! [`crate::token`]): no valid token is 401, a role too low for the route
 //! is 403, both in the error envelope. Roles nest: `viewer` reads, `author`
 //! also reloads and replays, `ops` also pauses, unpauses, rotates,
-//! revokes and manages webhook subscriptions. Lists answer `{"data": [...], "next_cursor", "has_more"}` and
+//! revokes tokens and console sessions and manages webhook subscriptions. Lists answer `{"data": [...], "next_cursor", "has_more"}` and
 //! take `limit` (default 50, at most 250) and the opaque `cursor` of the
 //! page before.
 //!
@@ -30,6 +30,7 @@ mod audit;
 mod flows;
 pub mod openapi;
 mod runs;
+mod sessions;
 mod webhooks;
 
 /// Where the admin API lives.
@@ -60,6 +61,10 @@ pub enum Handler {
     IssueToken,
     /// `POST /tokens/revoke`
     RevokeToken,
+    /// `GET /sessions`
+    ListSessions,
+    /// `DELETE /sessions/{id}`
+    RevokeSession,
     /// `POST /reload`
     Reload,
     /// `GET /runs`
@@ -165,6 +170,13 @@ pub const ROUTES: &[Route] = &[
         "tokens/revoke",
         Role::Ops,
         Handler::RevokeToken,
+    ),
+    route(Method::GET, "sessions", Role::Ops, Handler::ListSessions),
+    route(
+        Method::DELETE,
+        "sessions/{id}",
+        Role::Ops,
+        Handler::RevokeSession,
     ),
     route(Method::POST, "reload", Role::Author, Handler::Reload),
     route(Method::GET, "runs", Role::Viewer, Handler::ListRuns),
@@ -413,6 +425,8 @@ async fn dispatch(
         Handler::RotateToken => flows::rotate(state, caller, id, &body).await,
         Handler::IssueToken => flows::issue(state, caller, id, &body).await,
         Handler::RevokeToken => flows::revoke(state, caller, &body).await,
+        Handler::ListSessions => sessions::list(state, query).await,
+        Handler::RevokeSession => sessions::revoke(state, caller, id).await,
         Handler::Reload => flows::reload(state, caller).await,
         Handler::ListRuns => runs::list(state, query).await,
         Handler::GetRun => runs::get(state, id).await,
@@ -655,6 +669,8 @@ mod tests {
             RotateToken,
             IssueToken,
             RevokeToken,
+            ListSessions,
+            RevokeSession,
             Reload,
             GetRun,
             ListAudit,
@@ -676,10 +692,11 @@ mod tests {
             // Exhaustive: a new handler must be listed above.
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | IssueToken
-                | RevokeToken | Reload | ListRuns | GetRun | ReplayRun | AbortRun | ListAudit
-                | OpenApi | ListWebhooks | CreateWebhook | GetWebhook | UpdateWebhook
-                | DeleteWebhook | EnableWebhook | DisableWebhook | PingWebhook | TestWebhook
-                | RotateWebhookSecret | RecoverWebhook | ListDeliveries | ResendDelivery => {}
+                | RevokeToken | ListSessions | RevokeSession | Reload | ListRuns | GetRun
+                | ReplayRun | AbortRun | ListAudit | OpenApi | ListWebhooks | CreateWebhook
+                | GetWebhook | UpdateWebhook | DeleteWebhook | EnableWebhook | DisableWebhook
+                | PingWebhook | TestWebhook | RotateWebhookSecret | RecoverWebhook
+                | ListDeliveries | ResendDelivery => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),

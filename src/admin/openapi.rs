@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{Answer, audit, flows, json, runs, webhooks};
+use super::{Answer, audit, flows, json, runs, sessions, webhooks};
 use crate::error::ApiError;
 
 /// The admin API's OpenAPI document.
@@ -15,7 +15,7 @@ use crate::error::ApiError;
 #[openapi(
     info(
         title = "flowgate admin API",
-        description = "Flows, pauses, token rotation, runs, the audit log and outbound event webhooks. Every route takes `Authorization: Bearer <admin token>` (`flowgate token admin --role ops|author|viewer`); roles nest: viewer < author < ops. Errors use the envelope `{\"status\", \"error\", \"message\", \"data\"}`. Lists answer `{\"data\", \"next_cursor\", \"has_more\"}`."
+        description = "Flows, pauses, token rotation, console sessions, runs, the audit log and outbound event webhooks. Every route takes `Authorization: Bearer <admin token>` (`flowgate token admin --role ops|author|viewer`); roles nest: viewer < author < ops. Errors use the envelope `{\"status\", \"error\", \"message\", \"data\"}`. Lists answer `{\"data\", \"next_cursor\", \"has_more\"}`."
     ),
     paths(
         flows::list,
@@ -26,6 +26,8 @@ use crate::error::ApiError;
         flows::issue,
         flows::revoke,
         flows::reload,
+        sessions::list,
+        sessions::revoke,
         runs::list,
         runs::get,
         runs::replay,

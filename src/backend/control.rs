@@ -1,6 +1,7 @@
 //! Control-plane state shared by every replica: flow status overrides
 //! (pause and unpause), token generations (rotation, with a grace period),
-//! revoked admin tokens, aborted runs, and the audit log of every change.
+//! revoked admin tokens, console sessions, aborted runs, and the audit log
+//! of every change.
 //!
 //! Every change goes through [`ControlStore::apply`], which stores the
 //! change and its audit entry in one step and bumps a version number. A
@@ -22,6 +23,9 @@ use crate::flow::FlowStatus;
 pub const AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long an abort is remembered, for a worker that has not seen it yet.
 pub const ABORT_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Most console sessions open at once; a sign-in beyond is refused until
+/// some end or are revoked, so the state every replica holds stays small.
+pub const MAX_SESSIONS: usize = 1_000;
 
 /// The whole control state, as one replica caches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +41,37 @@ pub struct ControlState {
     pub revoked: HashMap<String, u64>,
     /// Runs aborted in the last day, with when they were aborted (ms).
     pub aborted: HashMap<String, u64>,
+    /// Console sessions not yet expired, by session id (revoked ones
+    /// included: [`ControlState::revoked`] says which).
+    pub sessions: HashMap<String, SessionEntry>,
+}
+
+/// A console session as the control state remembers it: enough to list it,
+/// to end it, and to end it with the token it was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionEntry {
+    /// The session's id (its token's `jti`).
+    pub id: String,
+    /// Who: the admin token's or link's subject.
+    pub subject: String,
+    /// `ops`, `author` or `viewer`.
+    pub role: String,
+    /// When it opened, ms since the epoch.
+    pub created_ms: u64,
+    /// When it ends by itself, ms since the epoch.
+    pub expires_ms: u64,
+    /// What it was made from.
+    pub source: SessionSource,
+}
+
+/// What a console session was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SessionSource {
+    /// `token` (a pasted admin token) or `link` (a one-time sign-in link).
+    pub kind: String,
+    /// That token's or link's `jti`: revoking an admin token ends every
+    /// session made from it.
+    pub jti: String,
 }
 
 /// A flow's stored status, which wins over the file's.
@@ -104,6 +139,8 @@ pub enum Change {
         /// When the token expires anyway (ms), so the revocation can be forgotten then.
         until_ms: u64,
     },
+    /// Remembers a console session that just opened.
+    OpenSession(SessionEntry),
     /// Marks a run aborted, for whichever worker holds or will claim it.
     Abort {
         /// The run.
@@ -125,7 +162,8 @@ pub struct AuditEntry {
     /// With which role.
     pub role: String,
     /// What: `flow.pause`, `flow.unpause`, `token.issue`, `token.rotate`,
-    /// `token.revoke`, `flows.reload`, `run.replay`, `run.abort`.
+    /// `token.revoke`, `session.open`, `session.revoke`, `flows.reload`,
+    /// `run.replay`, `run.abort`.
     pub action: String,
     /// The flow it concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -290,6 +290,62 @@ pub fn revoke(config: &Config, token: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flowgate sessions ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Open console sessions, newest first: id, who, role, until when, and
+    /// the admin token or sign-in link each was made from.
+    List {
+        /// Print each session as JSON, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a console session on every replica.
+    Revoke {
+        /// The session's id, as `sessions list` shows it.
+        id: String,
+    },
+}
+
+/// `flowgate sessions ...`
+pub fn sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
+    let control = control(config)?;
+    let rt = runtime()?;
+    rt.block_on(control.refresh())?;
+    match command {
+        SessionsCommand::List { json } => {
+            let open = control.sessions();
+            if open.is_empty() && !json {
+                eprintln!("no console session is open");
+            }
+            for session in open {
+                if json {
+                    println!("{}", serde_json::to_string(&session)?);
+                    continue;
+                }
+                let line = format!(
+                    "{}  {:<20} {:<7} until {}  from {} {}",
+                    session.id,
+                    session.subject,
+                    session.role,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(session.expires_ms)
+                    ),
+                    session.source.kind,
+                    session.source.jti,
+                );
+                // Subjects come from tokens: no control characters reach the terminal.
+                println!("{}", line.replace(|c: char| c.is_control(), "?"));
+            }
+        }
+        SessionsCommand::Revoke { id } => {
+            rt.block_on(control.revoke_session(&id, &cli_actor()))?;
+            eprintln!("console session {id} ended");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `flowgate audit`.
 pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
     let control = control(config)?;

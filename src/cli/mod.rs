@@ -112,6 +112,12 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// List open console sessions and end them on every replica.
+    Sessions {
+        /// What to do.
+        #[command(subcommand)]
+        command: control::SessionsCommand,
+    },
     /// Manage outbound event webhook subscriptions and read their delivery log.
     Webhooks {
         /// What to do.
@@ -223,6 +229,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Runs { command } => runs(&config, command),
         Command::Flows { command } => control::flows(&config, command),
         Command::Audit(args) => control::audit(&config, args),
+        Command::Sessions { command } => control::sessions(&config, command),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
         Command::Backup { path } => backup(&config, &path),
         Command::ConsoleLink {

@@ -1,6 +1,6 @@
 //! The web console at `/console`: flows, runs (the flow debugger),
-//! outbound webhooks and their delivery log, and the audit log, for ops
-//! and flow authors.
+//! outbound webhooks and their delivery log, the audit log and (for ops)
+//! open console sessions, for ops and flow authors.
 //!
 //! Pages are HTML rendered on the server from templates built into the
 //! binary (minijinja, auto-escaped), with one small script for what HTML
@@ -60,6 +60,7 @@ fn templates() -> &'static Environment<'static> {
             ("webhooks.html", include_str!("templates/webhooks.html")),
             ("webhook.html", include_str!("templates/webhook.html")),
             ("audit.html", include_str!("templates/audit.html")),
+            ("sessions.html", include_str!("templates/sessions.html")),
             ("done.html", include_str!("templates/done.html")),
             ("problem.html", include_str!("templates/problem.html")),
         ] {
@@ -187,6 +188,10 @@ async fn view(
             )
         }
         ["audit"] => ("audit.html", get("audit".into(), Some(paged(query))).await?),
+        ["sessions"] => (
+            "sessions.html",
+            get("sessions".into(), Some("limit=250".into())).await?,
+        ),
         _ => {
             return Err(ApiError::not_found(format!(
                 "no console page {PATH_PREFIX}{path}"
@@ -378,6 +383,7 @@ fn page(template: &str, ctx: Value, session: Option<&Session>) -> Result<Respons
             name => principal.name.clone(),
             role => principal.role.as_str(),
             csrf => s.csrf.clone(),
+            session => principal.token_id.clone(),
             can => Value::from(Serde(permissions(&s.caller))),
         }
     });
@@ -409,6 +415,7 @@ fn permissions(caller: &Caller) -> std::collections::BTreeMap<&'static str, bool
     ]
     .into_iter()
     .map(|(name, path)| (name, admin::allows(caller, &Method::POST, path)))
+    .chain([("sessions", admin::allows(caller, &Method::GET, "sessions"))])
     .collect()
 }
 

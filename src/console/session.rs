@@ -5,7 +5,13 @@
 //! in an `HttpOnly`, `SameSite=Strict` cookie scoped to `/console`. It
 //! carries the role and name of the admin token it was made from and
 //! expires with it (12 hours at most). It is not an admin API bearer.
-//! Signing out revokes it on every replica, like any admin token.
+//!
+//! Every session is remembered in the control state with what it was made
+//! from ([`crate::backend::control::SessionEntry`]), and a cookie is honoured
+//! only while its session is there and open: signing out, revoking the
+//! session (`DELETE /v1/admin/sessions/{id}`) or revoking the admin token it
+//! was made from ends it on every replica within the control plane's
+//! refresh period.
 //!
 //! Forms carry a token derived from the session (`_csrf`); a POST without
 //! it, or from another origin, is refused before anything happens.
@@ -16,7 +22,9 @@ use http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
 use crate::admin::Caller;
+use crate::backend::control::{SessionEntry, SessionSource};
 use crate::backend::now_ms;
+use crate::control::SessionError;
 use crate::error::ApiError;
 use crate::token::{AdminPrincipal, ConsoleUse};
 use crate::trigger::TriggerState;
@@ -42,13 +50,11 @@ pub(crate) struct Session {
     pub csrf: String,
 }
 
-/// The session the request's cookie carries, if it is valid and not revoked.
+/// The session the request's cookie carries, if it is valid and open.
 pub(crate) fn current(state: &TriggerState, headers: &HeaderMap) -> Option<Session> {
     let token = cookie(headers, COOKIE)?;
     let principal = state.keys.verify_console(token, ConsoleUse::Session).ok()?;
-    if state.control.is_revoked(&principal.token_id) {
-        return None;
-    }
+    state.control.session(&principal.token_id)?;
     Some(Session {
         csrf: csrf_for(&principal.token_id),
         caller: Caller { principal },
@@ -106,16 +112,59 @@ pub(crate) async fn sign_in(
     } else {
         MAX_SESSION
     };
-    let session = state
+    let (session, id) = state
         .keys
-        .issue_console(&principal.name, principal.role, ttl, ConsoleUse::Session)
+        .issue_session(&principal.name, principal.role, ttl)
         .map_err(|_| ApiError::internal())?;
+    let now = now_ms();
+    let entry = SessionEntry {
+        id,
+        subject: principal.name.clone(),
+        role: principal.role.as_str().to_owned(),
+        created_ms: now,
+        expires_ms: now + ttl.as_millis() as u64,
+        source: SessionSource {
+            kind: if admin_token.is_some() {
+                "token"
+            } else {
+                "link"
+            }
+            .to_owned(),
+            jti: principal.token_id.clone(),
+        },
+    };
+    let actor = Caller {
+        principal: principal.clone(),
+    }
+    .actor();
+    state
+        .control
+        .open_session(entry, &actor)
+        .await
+        .map_err(session_error)?;
     Ok((session, ttl))
+}
+
+/// The answer for a session that could not be opened or ended.
+pub(crate) fn session_error(e: SessionError) -> ApiError {
+    match e {
+        SessionError::TooMany => ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            e.to_string(),
+        ),
+        SessionError::NotFound => ApiError::not_found(e.to_string()),
+        SessionError::Storage(e) => crate::admin::unavailable(e),
+    }
 }
 
 /// Ends `session` on every replica.
 pub(crate) async fn sign_out(state: &TriggerState, session: &Session) -> Result<(), ApiError> {
-    revoke(state, &session.caller.principal, MAX_SESSION).await
+    state
+        .control
+        .revoke_session(&session.caller.principal.token_id, &session.caller.actor())
+        .await
+        .map_err(session_error)
 }
 
 /// Revokes `principal`'s token on every replica, until it expires (or for

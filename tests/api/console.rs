@@ -72,6 +72,10 @@ impl<'a> Browser<'a> {
         request.send().await.unwrap()
     }
 
+    async fn page_status_ok(&self, path: &str) -> bool {
+        self.get(path).await.status() == 200
+    }
+
     async fn page(&self, path: &str) -> String {
         let response = self.get(path).await;
         let status = response.status();
@@ -520,7 +524,197 @@ duration = "1500ms"
     }
 }
 
+/// An admin API call as `token`; its status and JSON.
+async fn api(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = app
+        .client
+        .request(method, format!("http://{}/v1/admin/{path}", app.addr))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Waits until `browser`'s cookie no longer opens a page (within a second).
+async fn signed_out_within_a_second(browser: &Browser<'_>) {
+    let started = std::time::Instant::now();
+    loop {
+        let response = browser.get("/console/flows").await;
+        if response.status() == 303 {
+            assert_eq!(response.headers()["location"], "/console/sign-in");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the session still opens pages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_sessions() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let ops = app.keys.issue_admin("ops-bot", Role::Ops, None).unwrap();
+    let carol_token = app.keys.issue_admin("carol", Role::Ops, None).unwrap();
+    let carol_jti = app.keys.verify_admin(&carol_token).unwrap().token_id;
+    let mut carol = Browser::new(&app);
+    assert_eq!(carol.sign_in("token", &carol_token).await.status(), 303);
+    let linked = signed_in(&app, Role::Viewer).await;
+    assert_eq!(carol.get("/console/flows").await.status(), 200);
+
+    // Ops list both sessions, with what each was made from; lower roles may not.
+    let (status, list) = api(&app, reqwest::Method::GET, "sessions", &ops, None).await;
+    assert_eq!(status, 200, "{list}");
+    let sessions = list["data"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{list}");
+    let from_token = sessions
+        .iter()
+        .find(|s| s["from"]["kind"] == "token")
+        .expect("carol's session");
+    assert_eq!(from_token["subject"], "carol");
+    assert_eq!(from_token["role"], "ops");
+    assert_eq!(from_token["from"]["jti"], carol_jti.as_str());
+    for field in ["id", "created_at", "expires_at"] {
+        assert!(from_token[field].is_string(), "{field}: {from_token}");
+    }
+    let from_link = sessions
+        .iter()
+        .find(|s| s["from"]["kind"] == "link")
+        .expect("the link's session");
+    assert_eq!(from_link["role"], "viewer");
+    let author = app.keys.issue_admin("dan", Role::Author, None).unwrap();
+    let (status, _) = api(&app, reqwest::Method::GET, "sessions", &author, None).await;
+    assert_eq!(status, 403);
+
+    // Revoking carol's token ends the console session made from it: pages
+    // send to sign-in and a forged-free post is refused.
+    let csrf = carol.csrf("/console/flows").await;
+    let (status, revoked) = api(
+        &app,
+        reqwest::Method::POST,
+        "tokens/revoke",
+        &ops,
+        Some(serde_json::json!({ "token": carol_token })),
+    )
+    .await;
+    assert_eq!(status, 200, "{revoked}");
+    signed_out_within_a_second(&carol).await;
+    let response = carol
+        .post("/console/flows/f/pause", &[("_csrf", &csrf)])
+        .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        app.app
+            .control()
+            .status(app.app.catalog().get().get("f").unwrap()),
+        flowgate::flow::FlowStatus::Live,
+        "the revoked session paused nothing"
+    );
+    // Signing in again with the revoked token is refused too.
+    assert_eq!(
+        Browser::new(&app)
+            .sign_in("token", &carol_token)
+            .await
+            .status(),
+        401
+    );
+    let (_, list) = api(&app, reqwest::Method::GET, "sessions", &ops, None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+
+    // Ending one session by id, from the API.
+    let link_session = from_link["id"].as_str().unwrap().to_owned();
+    let path = format!("sessions/{link_session}");
+    let (status, _) = api(&app, reqwest::Method::DELETE, &path, &author, None).await;
+    assert_eq!(status, 403, "authors may not end sessions");
+    let (status, ended) = api(&app, reqwest::Method::DELETE, &path, &ops, None).await;
+    assert_eq!(status, 200, "{ended}");
+    signed_out_within_a_second(&linked).await;
+    let (status, again) = api(&app, reqwest::Method::DELETE, &path, &ops, None).await;
+    assert_eq!(status, 404, "{again}");
+    assert_eq!(again["error"], "not_found");
+
+    // From the CLI, and from the console's own Sessions page.
+    let erin = signed_in(&app, Role::Ops).await;
+    let frank = signed_in(&app, Role::Author).await;
+    let (stdout, stderr, code) = cli(&app, &["sessions", "list", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{stdout}");
+    let frank_session = listed.iter().find(|s| s["role"] == "author").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = erin.page("/console/sessions").await;
+    assert!(
+        page.contains(&frank_session) && page.contains("this one"),
+        "{page}"
+    );
+    let csrf = erin.csrf("/console/sessions").await;
+    let response = erin
+        .post(
+            &format!("/console/sessions/{frank_session}"),
+            &[
+                ("_csrf", &csrf),
+                ("_method", "DELETE"),
+                ("_back", "/console/sessions"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), 303);
+    signed_out_within_a_second(&frank).await;
+    assert!(!frank.page_status_ok("/console/sessions").await);
+    let (stdout, _, _) = cli(&app, &["sessions", "list"]);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let erin_session = stdout.split_whitespace().next().unwrap().to_owned();
+    let (_, stderr, code) = cli(&app, &["sessions", "revoke", &erin_session]);
+    assert_eq!(code, 0, "{stderr}");
+    signed_out_within_a_second(&erin).await;
+    let (_, stderr, code) = cli(&app, &["sessions", "revoke", &erin_session]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no open console session"), "{stderr}");
+
+    // Every step is in the audit log, with who did it.
+    let audit = app
+        .admin_json("ops-bot", Role::Ops, "/v1/admin/audit?limit=250")
+        .await;
+    let entries = audit["data"].as_array().unwrap();
+    let actions = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(actions("session.open").len(), 4, "{audit}");
+    let revoke = actions("token.revoke")
+        .into_iter()
+        .find(|e| e["after"]["jti"] == carol_jti.as_str())
+        .expect("carol's token revoked");
+    assert_eq!(
+        revoke["after"]["sessions_ended"],
+        serde_json::json!([from_token["id"]]),
+        "{revoke}"
+    );
+    let ended = actions("session.revoke");
+    assert_eq!(ended.len(), 3, "{audit}");
+    assert!(ended.iter().any(|e| e["actor"] == "cli:alice"), "{audit}");
+    assert!(ended.iter().any(|e| e["actor"] == "ops-bot"), "{audit}");
+}
+
 crate::on_both_backends!(
+    console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_sessions,
     console_pages_refresh_themselves_while_a_run_is_going,
     console_sign_in_with_a_one_time_link_sets_a_strict_cookie_and_signs_out,
     console_a_pasted_admin_token_signs_in_and_bad_ones_say_why,

@@ -488,6 +488,77 @@ async fn a_revoked_admin_token_is_refused_on_every_replica() {
     terminate(b).await;
 }
 
+#[tokio::test]
+async fn a_revoked_admin_token_ends_its_console_sessions_on_every_replica() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let (b, b_url) = replica(&app).await;
+    let a_url = format!("http://{}", app.addr);
+    let ops = admin_token(&app, "ops");
+    let doomed = admin_token(&app, "ops");
+    // Signed in on replica B with the doomed token.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{b_url}/console/sign-in"))
+        .header("origin", &b_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={doomed}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |base: String| {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        async move {
+            client
+                .get(format!("{base}/console/flows"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(page(b_url.clone()).await, 200);
+    // Replica A lists it, though B opened it.
+    let listed: Value = admin(&app, &a_url, "GET", "sessions", Some(&ops))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    // Revoked on A: the session ends on B within a second.
+    let revoked = app
+        .client
+        .post(format!("{a_url}/v1/admin/tokens/revoke"))
+        .bearer_auth(&ops)
+        .body(serde_json::json!({ "token": doomed }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let started = Instant::now();
+    loop {
+        let status = page(b_url.clone()).await;
+        if status == 303 {
+            break;
+        }
+        assert!(started.elapsed() < PROPAGATION, "still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(page(a_url.clone()).await, 303);
+    terminate(b).await;
+}
+
 async fn queued_runs_of_a_paused_flow_wait_and_run_after_unpause() {
     let flow = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n".to_owned();
     let app = spawn_app_with(

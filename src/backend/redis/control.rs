@@ -11,12 +11,12 @@ use tokio::sync::mpsc;
 
 use super::keys::{
     ABORTED_KEY, AUDIT_KEY, CONTROL_CHANNEL, CONTROL_VERSION_KEY, GENERATIONS_KEY, GRACE_KEY,
-    REVOKED_KEY, STATUS_KEY,
+    REVOKED_KEY, SESSIONS_KEY, STATUS_KEY,
 };
 use super::{query, query_pipeline, to_json, unavailable};
 use crate::backend::control::{
     ABORT_MEMORY, AUDIT_RETENTION, Applied, AuditDraft, AuditEntry, AuditFilter, Change,
-    ControlState, ControlStore, Generation, Page, StatusOverride,
+    ControlState, ControlStore, Generation, Page, SessionEntry, StatusOverride,
 };
 use crate::backend::{BoxFuture, StorageError, now_ms};
 
@@ -102,19 +102,29 @@ impl ControlStore for RedisControl {
         Box::pin(async move {
             type Texts = HashMap<String, String>;
             type Numbers = HashMap<String, u64>;
-            type Loaded = (Option<u64>, Texts, Numbers, Numbers, Numbers, Numbers);
-            let (version, statuses, generations, grace, revoked, aborted): Loaded = query_pipeline(
-                &self.pool,
-                redis::pipe()
-                    .atomic()
-                    .get(CONTROL_VERSION_KEY)
-                    .hgetall(STATUS_KEY)
-                    .hgetall(GENERATIONS_KEY)
-                    .hgetall(GRACE_KEY)
-                    .hgetall(REVOKED_KEY)
-                    .hgetall(ABORTED_KEY),
-            )
-            .await?;
+            type Loaded = (
+                Option<u64>,
+                Texts,
+                Numbers,
+                Numbers,
+                Numbers,
+                Numbers,
+                Texts,
+            );
+            let (version, statuses, generations, grace, revoked, aborted, sessions): Loaded =
+                query_pipeline(
+                    &self.pool,
+                    redis::pipe()
+                        .atomic()
+                        .get(CONTROL_VERSION_KEY)
+                        .hgetall(STATUS_KEY)
+                        .hgetall(GENERATIONS_KEY)
+                        .hgetall(GRACE_KEY)
+                        .hgetall(REVOKED_KEY)
+                        .hgetall(ABORTED_KEY)
+                        .hgetall(SESSIONS_KEY),
+                )
+                .await?;
             let statuses = statuses
                 .into_iter()
                 .map(|(flow, json)| {
@@ -138,6 +148,14 @@ impl ControlStore for RedisControl {
                 .collect();
             let now = now_ms();
             let forget_before = now.saturating_sub(ABORT_MEMORY.as_millis() as u64);
+            let mut open = HashMap::new();
+            for json in sessions.values() {
+                let session: SessionEntry =
+                    crate::codec::decode(json).map_err(|e| corrupt("console session", e))?;
+                if session.expires_ms > now {
+                    open.insert(session.id.clone(), session);
+                }
+            }
             Ok(ControlState {
                 version: version.unwrap_or(0),
                 statuses,
@@ -150,6 +168,7 @@ impl ControlStore for RedisControl {
                     .into_iter()
                     .filter(|(_, at)| *at > forget_before)
                     .collect(),
+                sessions: open,
             })
         })
     }
@@ -201,6 +220,25 @@ impl ControlStore for RedisControl {
                 }
                 Change::Revoke { jti, until_ms } => {
                     pipe.hset(REVOKED_KEY, jti, *until_ms).ignore();
+                }
+                Change::OpenSession(session) => {
+                    // Sessions end by themselves: drop the expired ones
+                    // whenever a new one opens, so the hash stays small.
+                    let stored: HashMap<String, String> =
+                        query(&self.pool, redis::cmd("HGETALL").arg(SESSIONS_KEY)).await?;
+                    let expired: Vec<&String> = stored
+                        .iter()
+                        .filter(|(_, json)| {
+                            crate::codec::decode::<SessionEntry>(json)
+                                .map_or(true, |s| s.expires_ms <= now)
+                        })
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !expired.is_empty() {
+                        pipe.hdel(SESSIONS_KEY, expired).ignore();
+                    }
+                    pipe.hset(SESSIONS_KEY, &session.id, to_json(session)?)
+                        .ignore();
                 }
                 Change::Abort { run_id } => {
                     pipe.hset(ABORTED_KEY, run_id, now).ignore();

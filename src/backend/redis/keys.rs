@@ -33,6 +33,7 @@
 //! | `flowgate:{flowgate}:control:generations` | hash | flow id → its token generation (`HINCRBY` on rotation) |
 //! | `flowgate:{flowgate}:control:grace` | hash | flow id → until when (ms) tokens of the generation before the current one still work |
 //! | `flowgate:{flowgate}:control:revoked` | hash | revoked admin token `jti` → when the revocation may be forgotten (ms) |
+//! | `flowgate:{flowgate}:control:sessions` | hash | console session id → its [`crate::backend::control::SessionEntry`] as JSON; expired ones are dropped when the next session opens |
 //! | `flowgate:{flowgate}:control:aborted` | hash | aborted run id → when it was aborted (ms); forgotten after a day |
 //! | `flowgate:{flowgate}:audit` | stream | the audit log, one entry per change: field `entry`, the [`crate::backend::control::AuditEntry`] as JSON; trimmed to 365 days by entry id (`XADD ... MINID`) |
 //! | `flowgate:{flowgate}:webhooks` | hash | subscription id → the [`crate::backend::webhooks::Subscription`] as JSON (signing secrets included); changed with `WATCH`/`MULTI` so the per-flow limit holds |
@@ -85,6 +86,8 @@ pub const GENERATIONS_KEY: &str = "flowgate:{flowgate}:control:generations";
 pub const GRACE_KEY: &str = "flowgate:{flowgate}:control:grace";
 /// Revoked admin tokens.
 pub const REVOKED_KEY: &str = "flowgate:{flowgate}:control:revoked";
+/// Console sessions.
+pub const SESSIONS_KEY: &str = "flowgate:{flowgate}:control:sessions";
 /// Recently aborted runs.
 pub const ABORTED_KEY: &str = "flowgate:{flowgate}:control:aborted";
 /// The audit log.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{Database, corrupt};
 use crate::backend::control::{
     ABORT_MEMORY, AUDIT_RETENTION, Applied, AuditDraft, AuditEntry, AuditFilter, Change,
-    ControlState, ControlStore, Generation, Page, StatusOverride,
+    ControlState, ControlStore, Generation, Page, SessionEntry, StatusOverride,
 };
 use crate::backend::{BoxFuture, StorageError, now_ms};
 
@@ -94,6 +94,13 @@ impl ControlStore for SqliteControl {
                 let (run, at): (String, i64) = row?;
                 state.aborted.insert(run, at as u64);
             }
+            let mut statement =
+                conn.prepare_cached("SELECT entry FROM sessions WHERE expires_ms > ?1")?;
+            for row in statement.query_map([now], |row| row.get::<_, String>(0))? {
+                let session: SessionEntry =
+                    crate::codec::decode(&row?).map_err(|e| corrupt("console session", e))?;
+                state.sessions.insert(session.id.clone(), session);
+            }
             Ok(state)
         }))
     }
@@ -150,6 +157,15 @@ impl ControlStore for SqliteControl {
                     conn.execute(
                         "INSERT OR REPLACE INTO revoked (jti, until_ms) VALUES (?1, ?2)",
                         params![jti, (*until_ms).min(i64::MAX as u64) as i64],
+                    )?;
+                }
+                Change::OpenSession(session) => {
+                    let json =
+                        crate::codec::encode(session).map_err(|e| corrupt("console session", e))?;
+                    conn.execute("DELETE FROM sessions WHERE expires_ms <= ?1", [now as i64])?;
+                    conn.execute(
+                        "INSERT OR REPLACE INTO sessions (id, expires_ms, entry) VALUES (?1, ?2, ?3)",
+                        params![session.id, session.expires_ms.min(i64::MAX as u64) as i64, json],
                     )?;
                 }
                 Change::Abort { run_id } => {

@@ -138,6 +138,11 @@ CREATE INDEX runs_not_succeeded ON runs (status, accepted_at DESC, id DESC)
     r"
 ALTER TABLE queue ADD COLUMN raw TEXT;
 ",
+    // Console sessions, so ops can list them and revoking the token a
+    // session was made from ends it.
+    r"
+CREATE TABLE sessions (id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL, entry TEXT NOT NULL);
+",
 ];
 
 impl From<rusqlite::Error> for StorageError {

@@ -1,0 +1,102 @@
+//! `/v1/admin/sessions`: the console sessions open on every replica, and
+//! ending one.
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Answer, Caller, ListPage, Query, json};
+use crate::backend::control::SessionEntry;
+use crate::console::session::session_error;
+use crate::error::ApiError;
+use crate::trigger::TriggerState;
+
+/// A console session as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionView {
+    /// The session's id.
+    pub id: String,
+    /// Who is signed in.
+    pub subject: String,
+    /// With which role.
+    pub role: String,
+    /// When it opened, RFC 3339.
+    pub created_at: String,
+    /// When it ends by itself, RFC 3339.
+    pub expires_at: String,
+    /// What it was made from: `{"kind": "token" | "link", "jti": ...}`.
+    /// Revoking that admin token ends the session.
+    pub from: crate::backend::control::SessionSource,
+}
+
+impl From<SessionEntry> for SessionView {
+    fn from(session: SessionEntry) -> Self {
+        Self {
+            id: session.id,
+            subject: session.subject,
+            role: session.role,
+            created_at: rfc3339(session.created_ms),
+            expires_at: rfc3339(session.expires_ms),
+            from: session.source,
+        }
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// `GET /sessions`: open console sessions, newest first.
+#[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions",
+    description = "Console sessions open on any replica, newest first: who, with which role, since and until when, and the admin token or sign-in link each was made from (role: ops).",
+    params(
+        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
+    ),
+    responses(
+        (status = 200, description = "a page of sessions", body = ListPage<SessionView>),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+    ))]
+pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+    let limit = query.limit()?;
+    let skip = match query.cursor()? {
+        None => 0,
+        Some(position) => position
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
+    };
+    let open = state.control.sessions();
+    let next = (open.len() > skip + limit).then(|| (skip + limit).to_string());
+    let page: Vec<SessionView> = open
+        .into_iter()
+        .skip(skip)
+        .take(limit)
+        .map(SessionView::from)
+        .collect();
+    json(&ListPage::new(page, next))
+}
+
+/// `DELETE /sessions/{id}`: ends a console session on every replica.
+#[utoipa::path(delete, path = "/v1/admin/sessions/{id}", tag = "sessions",
+    description = "Ends a console session on every replica within a second; its cookie then signs in no more (role: ops).",
+    params(("id" = String, Path, description = "the session's id")),
+    responses(
+        (status = 200, description = "ended", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no open session has that id", body = serde_json::Value),
+    ))]
+pub(super) async fn revoke(
+    state: &TriggerState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Answer, ApiError> {
+    state
+        .control
+        .revoke_session(id, &caller.actor())
+        .await
+        .map_err(session_error)?;
+    Ok(json(&json!({ "revoked": id }))?.with_status(StatusCode::OK))
+}
