@@ -102,10 +102,16 @@ impl Backends {
     }
 
     /// The embedded backend: every store in the SQLite file `db`.
-    pub fn embedded(db: &sqlite::Database, retention: Retention) -> Self {
+    pub fn embedded(
+        db: &sqlite::Database,
+        retention: Retention,
+        lifecycle: &Arc<crate::lifecycle::Lifecycle>,
+    ) -> Self {
         let store = sqlite::SqliteStore::new(db.clone(), retention.runs);
+        let queue =
+            sqlite::SqliteQueue::new(db.clone(), store.clone()).with_lifecycle(lifecycle.clone());
         Self {
-            queue: Arc::new(sqlite::SqliteQueue::new(db.clone(), store.clone())),
+            queue: Arc::new(queue),
             runs: Arc::new(store.clone()),
             idempotency: Arc::new(store.clone()),
             control: Arc::new(sqlite::SqliteControl::new(db.clone())),

@@ -339,7 +339,7 @@ fn open_backends(
         crate::config::StorageBackend::Embedded => {
             let path = config.resolve(&config.storage.path);
             let db = crate::backend::sqlite::Database::open(&path, own)?;
-            Ok(Backends::embedded(&db, retention))
+            Ok(Backends::embedded(&db, retention, lifecycle))
         }
     }
 }

@@ -20,9 +20,27 @@ const RETENTION: Duration = Duration::from_secs(2);
 /// A backend under test and whatever keeps it alive.
 pub struct Subject {
     pub backends: Backends,
+    /// Its storage as written beside the traits, for what no trait writes.
+    raw: Raw,
     _redis: Option<RedisServer>,
     _cluster: Option<RedisCluster>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Subject {
+    type Target = Backends;
+
+    fn deref(&self) -> &Backends {
+        &self.backends
+    }
+}
+
+/// Where a backend keeps its queue, for writing rows no gateway would.
+enum Raw {
+    /// A Redis (one port) or a cluster (its masters' ports), and its layout.
+    Redis(u16, flowgate::backend::redis::Layout),
+    /// The embedded database file.
+    Embedded(std::path::PathBuf),
 }
 
 /// Redis: a server of the test's own.
@@ -38,6 +56,7 @@ pub async fn redis() -> Subject {
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
+        raw: Raw::Redis(redis.port(), flowgate::backend::redis::Layout::single()),
         _redis: Some(redis),
         _cluster: None,
         _dir: None,
@@ -58,6 +77,10 @@ pub async fn redis_cluster() -> Subject {
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
+        raw: Raw::Redis(
+            cluster.masters()[0],
+            flowgate::backend::redis::Layout::cluster(CLUSTER_PARTITIONS),
+        ),
         _redis: None,
         _cluster: Some(cluster),
         _dir: None,
@@ -67,14 +90,16 @@ pub async fn redis_cluster() -> Subject {
 /// The embedded backend: a SQLite file in a folder of the test's own.
 pub async fn embedded() -> Subject {
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        flowgate::backend::sqlite::Database::open(&dir.path().join("flowgate.db"), true).unwrap();
+    let path = dir.path().join("flowgate.db");
+    let db = flowgate::backend::sqlite::Database::open(&path, true).unwrap();
     let retention = flowgate::backend::Retention {
         runs: RETENTION,
         deliveries: RETENTION,
     };
+    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
     Subject {
-        backends: Backends::embedded(&db, retention),
+        backends: Backends::embedded(&db, retention, &lifecycle),
+        raw: Raw::Embedded(path),
         _redis: None,
         _cluster: None,
         _dir: Some(dir),
@@ -286,6 +311,105 @@ pub async fn a_dead_lettered_run_leaves_the_queue(b: &Backends) {
         RunState::Aborted,
         "the aborted record is written with the move"
     );
+    assert_nothing_left(b, "b").await;
+}
+
+/// Queued rows no gateway writes but a bad disk, an old version or a hand
+/// can leave: each is the run's input as stored.
+fn undecodable_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("wrong type", b"42".to_vec()),
+        ("truncated", br#"{"run_id": "x", "flow_id": "#.to_vec()),
+        ("too deep", "[".repeat(200_000).into_bytes()),
+        ("not UTF-8", b"{\"run_id\": \"\xff\xfe\"}".to_vec()),
+        ("empty object", b"{}".to_vec()),
+        ("empty", Vec::new()),
+    ]
+}
+
+/// Stores `input` as run `run_id`'s queued input, as the backend would
+/// have stored a run, but undecodable.
+fn queue_raw(subject: &Subject, run_id: &str, input: &[u8]) {
+    match &subject.raw {
+        Raw::Redis(port, layout) => {
+            let stream = &layout.partition(layout.partition_of(run_id)).stream;
+            let mut child = std::process::Command::new("redis-cli")
+                .args(["-c", "-p", &port.to_string(), "-x", "XADD", stream, "*"])
+                .args(["run", run_id, "accepted_at", &now_ms().to_string(), "input"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        Raw::Embedded(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            // The wrong type is a number in the column; the rest are bytes.
+            let value: rusqlite::types::Value = if input == b"42" {
+                42.into()
+            } else {
+                match String::from_utf8(input.to_vec()) {
+                    Ok(text) => text.into(),
+                    Err(_) => input.to_vec().into(),
+                }
+            };
+            conn.execute(
+                "INSERT INTO queue (run_id, input, accepted_at, due_at) VALUES (?1, ?2, ?3, ?3)",
+                rusqlite::params![run_id, value, now_ms() as i64],
+            )
+            .unwrap();
+        }
+    }
+}
+
+pub async fn undecodable_queued_runs_are_dead_lettered_and_the_rest_delivered(s: &Subject) {
+    let b = &s.backends;
+    b.queue
+        .enqueue(&input("good-1"), Some(&record("good-1", RunState::Queued)))
+        .await
+        .unwrap();
+    let shapes = undecodable_inputs();
+    for (i, (_, bytes)) in shapes.iter().enumerate() {
+        let run_id = format!("bad-{i}");
+        b.runs
+            .save(&record(&run_id, RunState::Queued))
+            .await
+            .unwrap();
+        queue_raw(s, &run_id, bytes);
+    }
+    b.queue
+        .enqueue(&input("good-2"), Some(&record("good-2", RunState::Queued)))
+        .await
+        .unwrap();
+    // Both good runs come out; no claim fails for the bad ones.
+    let mut delivered = Vec::new();
+    let started = std::time::Instant::now();
+    while delivered.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "{delivered:?}");
+        for d in b
+            .queue
+            .claim("a", 10, Duration::from_millis(100))
+            .await
+            .unwrap()
+        {
+            delivered.push(d.input.run_id.clone());
+            b.queue.complete(&d.id, None).await.unwrap();
+        }
+    }
+    delivered.sort();
+    assert_eq!(delivered, ["good-1", "good-2"]);
+    assert_eq!(depth(b).await, 0, "the bad rows left the queue");
+    // Each bad run is recorded aborted with the reason.
+    for (i, (shape, _)) in shapes.iter().enumerate() {
+        let stored = b.runs.get(&format!("bad-{i}")).await.unwrap().unwrap();
+        assert_eq!(stored.status, RunState::Aborted, "{shape}");
+        let error = stored.error.expect(shape).message;
+        assert!(error.contains("cannot be decoded"), "{shape}: {error}");
+    }
     assert_nothing_left(b, "b").await;
 }
 
@@ -711,7 +835,7 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $test() {
                     let subject = super::$backend().await;
-                    super::$test(&subject.backends).await;
+                    super::$test(&subject).await;
                 }
             )*
         }
@@ -724,6 +848,7 @@ conformance!(redis, redis_cluster, embedded => [
     claim_hands_out_no_more_than_asked,
     a_retry_waits_until_due_then_resumes,
     a_dead_lettered_run_leaves_the_queue,
+    undecodable_queued_runs_are_dead_lettered_and_the_rest_delivered,
     queue_transitions_write_the_run_record,
     an_idempotency_key_is_reserved_once_under_concurrency,
     a_released_key_can_be_reserved_again,

@@ -399,7 +399,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         }
         Backend::Embedded => {
             let db = flowgate::backend::sqlite::Database::open(&database, true).unwrap();
-            Backends::embedded(&db, retention)
+            Backends::embedded(&db, retention, &lifecycle)
         }
     };
     backends.queue.prepare().await.unwrap();

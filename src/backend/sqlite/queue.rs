@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::store::RecordRow;
 use super::{Database, SqliteStore, corrupt, encode};
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
+use crate::lifecycle::Lifecycle;
 use crate::record::{RecordedResponse, RunRecord};
 
 /// How often a claim waiting for work looks again for runs stored by
@@ -27,6 +28,7 @@ pub struct SqliteQueue {
     db: Database,
     store: SqliteStore,
     arrived: Arc<Notify>,
+    lifecycle: Option<Arc<Lifecycle>>,
 }
 
 /// A run input as its queue row holds it: the JSON without the raw body
@@ -50,7 +52,15 @@ impl SqliteQueue {
             db,
             store,
             arrived: Arc::new(Notify::new()),
+            lifecycle: None,
         }
+    }
+
+    /// Announces runs the queue itself gives up on (a row that cannot be
+    /// decoded) through `lifecycle`, like every other run.
+    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
     }
 
     fn write_record(&self, conn: &Connection, record: &Encoded) -> Result<(), StorageError> {
@@ -62,13 +72,17 @@ impl SqliteQueue {
 
     /// Leases to `consumer` up to `max` rows the query `pick` selects:
     /// new runs in order (`idle_before` = `None`), or runs whose lease went
-    /// quiet before `idle_before` (each on its own index).
+    /// quiet before `idle_before` (each on its own index). A row that
+    /// cannot be decoded is dead-lettered in the same transaction and its
+    /// run recorded aborted, so it never holds up the others; those runs
+    /// come back apart, to be announced.
     fn lease(
         conn: &Connection,
         consumer: &str,
         max: usize,
         idle_before: Option<i64>,
-    ) -> Result<Vec<Delivery>, StorageError> {
+        retention: Duration,
+    ) -> Result<Leased, StorageError> {
         let now = now_ms() as i64;
         let pick = match idle_before {
             None => {
@@ -81,41 +95,165 @@ impl SqliteQueue {
         let taken_over = idle_before.is_some();
         let mut statement = conn.prepare_cached(&format!(
             "UPDATE queue SET consumer = ?1, lease_at = ?2 WHERE seq IN ({pick})
-             RETURNING seq, input, raw, accepted_at, answer"
+             RETURNING seq, run_id, input, raw, accepted_at, answer"
         ))?;
         let values: Vec<rusqlite::types::Value> =
             [consumer.to_owned().into(), now.into(), (max as i64).into()]
                 .into_iter()
                 .chain(idle_before.map(Into::into))
                 .collect();
+        // Read as stored, whatever the column holds: a value of the wrong
+        // type or bytes that are not UTF-8 are that row's problem alone.
         let rows = statement.query_map(rusqlite::params_from_iter(values), |row| {
             Ok((
                 row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, Option<String>>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, Option<String>>(4)?,
+                row.get::<_, rusqlite::types::Value>(1)?,
+                row.get::<_, rusqlite::types::Value>(2)?,
+                row.get::<_, rusqlite::types::Value>(3)?,
+                row.get::<_, rusqlite::types::Value>(4)?,
+                row.get::<_, rusqlite::types::Value>(5)?,
             ))
         })?;
-        let mut deliveries = Vec::new();
+        let mut leased = Leased::default();
+        let mut bad = Vec::new();
         for row in rows {
-            let (seq, input, raw, accepted_at, answer) = row?;
-            let input =
-                RunInput::from_queued_parts(&input, raw).map_err(|e| corrupt("queued run", e))?;
-            let answer: Option<RecordedResponse> = answer
-                .map(|a| crate::codec::decode(&a).map_err(|e| corrupt("queued answer", e)))
-                .transpose()?;
-            deliveries.push(Delivery {
-                id: seq.to_string(),
-                input,
-                accepted_at_ms: accepted_at as u64,
-                taken_over,
-                answer,
-            });
+            let (seq, run_id, input, raw, accepted_at, answer) = row?;
+            match decode_row(&input, raw, &accepted_at, answer) {
+                Ok((input, accepted_at_ms, answer)) => leased.deliveries.push(Delivery {
+                    id: seq.to_string(),
+                    input,
+                    accepted_at_ms,
+                    taken_over,
+                    answer,
+                }),
+                Err(problem) => bad.push((seq, text_of(&run_id), text_of(&input), problem)),
+            }
         }
-        deliveries.sort_by_key(|d| d.id.parse::<i64>().unwrap_or(0));
-        Ok(deliveries)
+        drop(statement);
+        for (seq, run_id, input, problem) in bad {
+            leased
+                .buried
+                .push(bury(conn, seq, run_id, &input, &problem, retention)?);
+        }
+        leased
+            .deliveries
+            .sort_by_key(|d| d.id.parse::<i64>().unwrap_or(0));
+        Ok(leased)
     }
+
+    /// Announces the runs a lease dead-lettered, as the workers would.
+    fn announce(&self, buried: &[Buried]) {
+        for run in buried {
+            tracing::error!(run_id = %run.run_id, reason = %run.reason, "queue row dead-lettered");
+            if let (Some(lifecycle), Some(flow)) = (&self.lifecycle, &run.flow) {
+                let aborted = crate::engine::RunState::Aborted;
+                lifecycle.ended(
+                    &run.run_id,
+                    flow,
+                    aborted,
+                    Duration::ZERO,
+                    Some(&run.reason),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// What a lease handed out, and what it dead-lettered instead.
+#[derive(Default)]
+struct Leased {
+    deliveries: Vec<Delivery>,
+    buried: Vec<Buried>,
+}
+
+/// A run whose queue row could not be decoded.
+struct Buried {
+    run_id: String,
+    /// Its flow, when its record says.
+    flow: Option<String>,
+    reason: String,
+}
+
+/// A queue row's run input, acceptance time and answer.
+fn decode_row(
+    input: &rusqlite::types::Value,
+    raw: rusqlite::types::Value,
+    accepted_at: &rusqlite::types::Value,
+    answer: rusqlite::types::Value,
+) -> Result<(RunInput, u64, Option<RecordedResponse>), String> {
+    use rusqlite::types::Value;
+    let rusqlite::types::Value::Text(input) = input else {
+        return Err("the input is not text".to_owned());
+    };
+    let raw = match raw {
+        Value::Null => None,
+        Value::Text(raw) => Some(raw),
+        _ => return Err("the raw body is not text".to_owned()),
+    };
+    let Value::Integer(accepted_at) = accepted_at else {
+        return Err("the acceptance time is not a number".to_owned());
+    };
+    let input = RunInput::from_queued_parts(input, raw).map_err(|e| e.to_string())?;
+    let answer = match answer {
+        Value::Null => None,
+        Value::Text(answer) => Some(crate::codec::decode(&answer).map_err(|e| e.to_string())?),
+        _ => return Err("the answer is not text".to_owned()),
+    };
+    Ok((input, (*accepted_at).max(0) as u64, answer))
+}
+
+/// A column as text for a dead letter, whatever it holds.
+fn text_of(value: &rusqlite::types::Value) -> String {
+    use rusqlite::types::Value;
+    match value {
+        Value::Null => String::new(),
+        Value::Integer(n) => n.to_string(),
+        Value::Real(n) => n.to_string(),
+        Value::Text(text) => text.clone(),
+        Value::Blob(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// Most of an undecodable input kept in its dead letter.
+const DEAD_INPUT_MAX: usize = 64 * 1024;
+
+/// Moves queue row `seq` to the dead letters for `problem` and records its
+/// run (when it has a record) as aborted with the reason.
+fn bury(
+    conn: &Connection,
+    seq: i64,
+    run_id: String,
+    input: &str,
+    problem: &str,
+    retention: Duration,
+) -> Result<Buried, StorageError> {
+    let reason = format!("dead-lettered: the queued run cannot be decoded ({problem})");
+    let mut kept = input.len().min(DEAD_INPUT_MAX);
+    while !input.is_char_boundary(kept) {
+        kept -= 1;
+    }
+    conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
+        .execute([seq])?;
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (run_id, reason, input, at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![run_id, reason, &input[..kept], now_ms() as i64])?;
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT record FROM runs WHERE id = ?1")?
+        .query_row([&run_id], |row| row.get(0))
+        .optional()?;
+    let mut flow = None;
+    if let Some(Ok(mut record)) = stored.map(|json| crate::codec::decode::<RunRecord>(&json)) {
+        record.abort(&reason);
+        flow = Some(record.flow.clone());
+        SqliteStore::write_record(conn, &RecordRow::of(&record)?, retention)?;
+    }
+    Ok(Buried {
+        run_id,
+        flow,
+        reason,
+    })
 }
 
 fn seq(id: &str) -> Result<i64, StorageError> {
@@ -172,10 +310,13 @@ impl RunQueue for SqliteQueue {
                 tokio::pin!(arrived);
                 arrived.as_mut().enable();
                 let owner = consumer.to_owned();
-                let claimed = self
+                let retention = self.store.retention();
+                let leased = self
                     .db
-                    .write_relaxed(move |conn| Self::lease(conn, &owner, max, None))
+                    .write_relaxed(move |conn| Self::lease(conn, &owner, max, None, retention))
                     .await?;
+                self.announce(&leased.buried);
+                let claimed = leased.deliveries;
                 if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
                     return Ok(claimed);
                 }
@@ -196,10 +337,17 @@ impl RunQueue for SqliteQueue {
     ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
         let owner = consumer.to_owned();
         let idle_before = now_ms().saturating_sub(idle.as_millis() as u64) as i64;
-        Box::pin(
-            self.db
-                .write_relaxed(move |conn| Self::lease(conn, &owner, max, Some(idle_before))),
-        )
+        let retention = self.store.retention();
+        Box::pin(async move {
+            let leased = self
+                .db
+                .write_relaxed(move |conn| {
+                    Self::lease(conn, &owner, max, Some(idle_before), retention)
+                })
+                .await?;
+            self.announce(&leased.buried);
+            Ok(leased.deliveries)
+        })
     }
 
     fn extend_leases<'a>(
