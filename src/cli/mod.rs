@@ -263,6 +263,7 @@ fn load_options(config: &Config) -> LoadOptions {
         default_max_body_bytes: config.server.max_body_bytes,
         default_records: config.runs.records(),
         secrets: Default::default(),
+        render: config.templates.budget(),
     }
 }
 
@@ -527,7 +528,8 @@ fn render(
     );
     let catalog = report.catalog;
     let engine = Engine::new(HttpClient::new(false));
-    let run = runtime()?.block_on(engine.run(
+    let runtime = runtime()?;
+    let run = runtime.block_on(engine.run(
         &catalog,
         &flow,
         &input,
@@ -560,7 +562,7 @@ fn render(
                 .unwrap_or_default()
         );
     }
-    let response = match crate::trigger::answer(&catalog, &flow, &run_id, &run) {
+    let response = match runtime.block_on(crate::trigger::answer(&catalog, &flow, &run_id, &run)) {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
@@ -569,7 +571,7 @@ fn render(
         println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
     }
     println!();
-    let body = runtime()?
+    let body = runtime
         .block_on(http_body_util::BodyExt::collect(response.into_body()))?
         .to_bytes();
     println!("{}", String::from_utf8_lossy(&body));

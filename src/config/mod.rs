@@ -59,6 +59,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Outbound HTTP made by `http` steps.
     pub http: HttpConfig,
+    /// What rendering one template may cost.
+    pub templates: TemplatesConfig,
     /// Workers executing async runs.
     pub worker: WorkerConfig,
     /// The run history.
@@ -79,6 +81,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             redis: RedisConfig::default(),
             http: HttpConfig::default(),
+            templates: TemplatesConfig::default(),
             worker: WorkerConfig::default(),
             runs: RunsConfig::default(),
             webhooks: WebhooksConfig::default(),
@@ -170,6 +173,39 @@ impl Default for StorageConfig {
 pub struct HttpConfig {
     /// Let `http` steps reach loopback, private, link-local and metadata addresses.
     pub allow_private_networks: bool,
+}
+
+/// `[templates]`: the budget of every render (steps, answers, headers).
+/// Over budget, the step fails (or the answer is a `500 response_invalid`)
+/// with an error naming the template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplatesConfig {
+    /// Work one render may do: about one unit per template instruction and
+    /// per 64 bytes of data it makes, so it bounds time and memory alike.
+    pub fuel: u64,
+    /// Bytes one render may produce.
+    pub max_output_bytes: usize,
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        let budget = crate::template::RenderBudget::default();
+        Self {
+            fuel: budget.fuel,
+            max_output_bytes: budget.max_output_bytes,
+        }
+    }
+}
+
+impl TemplatesConfig {
+    /// The budget each render gets.
+    pub fn budget(&self) -> crate::template::RenderBudget {
+        crate::template::RenderBudget {
+            fuel: self.fuel,
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
 }
 
 /// `[worker]`
@@ -347,6 +383,14 @@ impl Config {
                 s.http2_max_concurrent_streams as usize,
             ),
             ("worker.concurrency", self.worker.concurrency),
+            (
+                "templates.max_output_bytes",
+                self.templates.max_output_bytes,
+            ),
+            (
+                "templates.fuel",
+                usize::try_from(self.templates.fuel).unwrap_or(usize::MAX),
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(format!("{key} must be above 0")));

@@ -142,7 +142,7 @@ impl Halt {
 
 /// What one execution of a run carries while its steps run.
 struct Execution<'a> {
-    env: &'a template::Env,
+    env: &'a template::Templates,
     options: RunOptions,
     traces: Vec<StepTrace>,
     logs: Vec<String>,
@@ -349,7 +349,7 @@ impl Engine {
         };
         if let Some(condition) = &step.condition {
             let ctx = scope.context();
-            match template::eval(state.env, condition, &ctx) {
+            match state.env.eval(condition, &ctx).await {
                 Ok(value) if value.is_true() => {}
                 Ok(_) => {
                     trace.status = StepState::Skipped;
@@ -481,7 +481,7 @@ struct StepRunner<'r, 'x> {
 }
 
 impl Runner for StepRunner<'_, '_> {
-    fn env(&self) -> &template::Env {
+    fn env(&self) -> &template::Templates {
         self.state.env
     }
 

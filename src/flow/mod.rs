@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::secret::Secret;
-use crate::template::Env;
+use crate::template::{RenderBudget, Templates};
 
 pub mod load;
 pub mod reload;
@@ -27,20 +27,20 @@ pub use step::{Action, OnError, Retry, Step};
 /// One load of all flows and templates.
 #[derive(Debug)]
 pub struct Catalog {
-    /// The template environment holding every template the flows use.
-    pub env: Arc<Env>,
+    /// Every template the flows use, with what a render may cost.
+    pub env: Templates,
     /// Valid flows by id.
     pub flows: HashMap<String, Arc<Flow>>,
     /// Flows kept from an earlier load because their new version failed
     /// validation, with the template environment they were validated against.
-    pub kept: HashMap<String, Arc<Env>>,
+    pub kept: HashMap<String, Templates>,
 }
 
 impl Catalog {
     /// A catalog with no flows.
     pub fn empty() -> Self {
         Self {
-            env: Arc::new(crate::template::new_environment()),
+            env: Templates::new(crate::template::new_environment(), RenderBudget::default()),
             flows: HashMap::new(),
             kept: HashMap::new(),
         }
@@ -52,7 +52,7 @@ impl Catalog {
     }
 
     /// The template environment flow `id` renders with.
-    pub fn env_of(&self, id: &str) -> &Arc<Env> {
+    pub fn env_of(&self, id: &str) -> &Templates {
         self.kept.get(id).unwrap_or(&self.env)
     }
 }

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, ObjectRepr};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
+mod budget;
 pub mod json;
+
+pub use budget::{INLINE_FUEL, RenderBudget, Templates, heavy_renders};
 
 /// The template environment shared by all flows of one load.
 pub type Env = Environment<'static>;
@@ -49,6 +52,9 @@ pub fn new_environment() -> Env {
 
 /// Describes a minijinja error without its location, which the caller reports itself.
 pub fn describe(err: &minijinja::Error) -> String {
+    if err.kind() == minijinja::ErrorKind::OutOfFuel {
+        return "the render passed its work budget (templates.fuel)".to_owned();
+    }
     match err.detail() {
         Some(detail) => format!("{}: {detail}", err.kind()),
         None => err.kind().to_string(),
@@ -95,24 +101,39 @@ pub enum TemplateValue {
 }
 
 impl TemplateValue {
-    /// Renders the value against `ctx`.
-    pub fn render(&self, env: &Env, ctx: &Value) -> Result<serde_json::Value, minijinja::Error> {
+    /// Renders the value against `ctx` with `env`'s fuel, its strings
+    /// together at most `remaining` bytes (what is left is written back).
+    /// Flows render through [`Templates::render`], which picks the thread.
+    pub fn render_within(
+        &self,
+        env: &Env,
+        ctx: &Value,
+        remaining: &mut usize,
+    ) -> Result<serde_json::Value, minijinja::Error> {
         Ok(match self {
             TemplateValue::Literal(v) => v.clone(),
             TemplateValue::Text(name) => {
-                serde_json::Value::String(env.get_template(name)?.render(ctx)?)
+                serde_json::Value::String(render_text(env, name, ctx, remaining)?)
             }
-            TemplateValue::Expr(name) => to_json(&eval(env, name, ctx)?),
+            TemplateValue::Expr(name) => {
+                let value = to_json(&eval(env, name, ctx)?);
+                let size = json_size(&value);
+                if size > *remaining {
+                    return Err(over_budget(name));
+                }
+                *remaining -= size;
+                value
+            }
             TemplateValue::List(items) => serde_json::Value::Array(
                 items
                     .iter()
-                    .map(|item| item.render(env, ctx))
+                    .map(|item| item.render_within(env, ctx, remaining))
                     .collect::<Result<_, _>>()?,
             ),
             TemplateValue::Map(entries) => {
                 let mut map = serde_json::Map::with_capacity(entries.len());
                 for (key, value) in entries {
-                    map.insert(key.clone(), value.render(env, ctx)?);
+                    map.insert(key.clone(), value.render_within(env, ctx, remaining)?);
                 }
                 serde_json::Value::Object(map)
             }
@@ -158,6 +179,81 @@ pub fn eval(env: &Env, name: &str, ctx: &Value) -> Result<Value, minijinja::Erro
         .state()
         .lookup(EXPRESSION_RESULT)
         .unwrap_or(Value::UNDEFINED))
+}
+
+/// Renders the text template `name` against `ctx`, stopping as soon as
+/// its output passes `remaining` bytes (what is left is written back).
+pub fn render_text(
+    env: &Env,
+    name: &str,
+    ctx: &Value,
+    remaining: &mut usize,
+) -> Result<String, minijinja::Error> {
+    let mut out = BoundedOutput {
+        text: Vec::new(),
+        max: *remaining,
+        overflowed: false,
+    };
+    match env.get_template(name)?.render_captured_to(ctx, &mut out) {
+        Ok(_) => {
+            *remaining -= out.text.len();
+            // Templates write only text.
+            Ok(String::from_utf8_lossy(&out.text).into_owned())
+        }
+        Err(_) if out.overflowed => Err(over_budget(name)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error for a render whose output passed its budget.
+fn over_budget(name: &str) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("the output of {name} passed the render budget (templates.max_output_bytes)"),
+    )
+}
+
+/// A writer that refuses to hold more than `max` bytes.
+struct BoundedOutput {
+    text: Vec<u8>,
+    max: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.max {
+            self.overflowed = true;
+            return Err(std::io::Error::other("over the output budget"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// About how many bytes `value` takes as JSON text, without writing it.
+fn json_size(value: &serde_json::Value) -> usize {
+    let mut size = 0;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        size += match value {
+            serde_json::Value::String(s) => s.len() + 2,
+            serde_json::Value::Array(items) => {
+                stack.extend(items);
+                items.len() + 2
+            }
+            serde_json::Value::Object(map) => {
+                stack.extend(map.values());
+                map.keys().map(|k| k.len() + 4).sum::<usize>() + 2
+            }
+            _ => 8,
+        };
+    }
+    size
 }
 
 /// Converts a template value to JSON; undefined becomes `null`.
@@ -356,7 +452,7 @@ mod tests {
             ("missing".into(), TemplateValue::Expr("deep".into())),
         ]);
         assert_eq!(
-            value.render(&env, &ctx).unwrap(),
+            value.render_within(&env, &ctx, &mut 1024).unwrap(),
             serde_json::json!({"n": 14, "tags": ["a"], "text": "id-7", "missing": null})
         );
     }

@@ -274,12 +274,14 @@ pub(crate) async fn run_sync(
             &state.transitions.steps(run_id, &flow.id),
         )
         .await;
-    let mut response = answer(catalog, flow, run_id, &report).unwrap_or_else(|e| {
-        if e.status.is_server_error() {
-            tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
-        }
-        e.into_response()
-    });
+    let mut response = answer(catalog, flow, run_id, &report)
+        .await
+        .unwrap_or_else(|e| {
+            if e.status.is_server_error() {
+                tracing::warn!(run_id = %run_id, error = %e, "run answered with an error");
+            }
+            e.into_response()
+        });
     set_run_id_header(&mut response, run_id);
     let mut record = RunRecord::accepted(flow, input, RunState::Running);
     record.finish(&report);
@@ -432,6 +434,7 @@ async fn accept_async(
         &scope.context(),
         || json!({ "run_id": input.run_id, "status": "queued" }).to_string(),
     )
+    .await
     .map_err(|e| e.with_run_id(&input.run_id))?;
     set_run_id_header(&mut response, &input.run_id);
     let (response, record) =
@@ -444,7 +447,7 @@ async fn accept_async(
 }
 
 /// Renders the answer for a finished sync run.
-pub fn answer(
+pub async fn answer(
     catalog: &Catalog,
     flow: &Flow,
     run_id: &str,
@@ -463,6 +466,7 @@ pub fn answer(
             response::render(&flow.response, env, &ctx, || {
                 json!({ "run_id": run_id, "status": "succeeded" }).to_string()
             })
+            .await
             .map_err(|e| e.with_run_id(run_id))
         }
         RunState::Failed => {
@@ -490,6 +494,7 @@ pub fn answer(
                         json!({ "step": error.step, "message": error.message }),
                     );
                     response::render(spec, env, &scope.context(), || failure.body_json())
+                        .await
                         .map_err(|e| e.with_run_id(run_id))
                 }
                 None => Err(failure),

@@ -7,19 +7,19 @@ use minijinja::Value;
 
 use crate::error::{ApiError, Body};
 use crate::flow::{ResponseSpec, StatusSource};
-use crate::template::{Env, describe_at};
+use crate::template::{Templates, describe_at};
 
 /// Renders `spec` against `ctx`. `default_body` is used when the spec has no body.
-pub fn render(
+pub async fn render(
     spec: &ResponseSpec,
-    env: &Env,
+    env: &Templates,
     ctx: &Value,
     default_body: impl FnOnce() -> String,
 ) -> Result<Response<Body>, ApiError> {
     let status = match &spec.status {
         StatusSource::Fixed(status) => *status,
         StatusSource::Template(name) => {
-            let text = render_named(env, name, ctx)?;
+            let text = render_named(env, name, ctx).await?;
             let text = text.trim();
             text.parse::<u16>()
                 .ok()
@@ -33,7 +33,7 @@ pub fn render(
         }
     };
     let body = match &spec.body {
-        Some(name) => render_named(env, name, ctx)?,
+        Some(name) => render_named(env, name, ctx).await?,
         None => default_body(),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -43,7 +43,7 @@ pub fn render(
         HeaderValue::from_static(spec.default_content_type),
     );
     for (name, template) in &spec.headers {
-        let value = render_named(env, template, ctx)?;
+        let value = render_named(env, template, ctx).await?;
         let value = HeaderValue::from_str(value.trim()).map_err(|_| {
             invalid(format!(
                 "the response header `{name}` rendered a value that is not a valid header value"
@@ -54,15 +54,13 @@ pub fn render(
     Ok(response)
 }
 
-fn render_named(env: &Env, name: &str, ctx: &Value) -> Result<String, ApiError> {
-    env.get_template(name)
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| {
-            invalid(format!(
-                "the flow's response failed to render: {}",
-                describe_at(&e)
-            ))
-        })
+async fn render_named(env: &Templates, name: &str, ctx: &Value) -> Result<String, ApiError> {
+    env.render_text(name, ctx).await.map_err(|e| {
+        invalid(format!(
+            "the flow's response failed to render: {}",
+            describe_at(&e)
+        ))
+    })
 }
 
 fn invalid(message: String) -> ApiError {

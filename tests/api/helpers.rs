@@ -282,6 +282,8 @@ macro_rules! on_cluster {
 
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
+    /// What each render may cost.
+    pub render: flowgate::template::RenderBudget,
     /// Run an in-process worker.
     pub worker: bool,
     /// Start Redis with append-only persistence.
@@ -319,6 +321,7 @@ pub fn test_webhook_settings() -> flowgate::webhooks::WebhookSettings {
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
+            render: Default::default(),
             worker: true,
             redis_aof: false,
             allow_private_networks: true,
@@ -369,6 +372,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        render: options.render,
     });
     assert!(
         report.is_clean(),
@@ -426,6 +430,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        render: options.render,
     });
     tokio::spawn(app.reloader().unwrap().clone().watch());
     app.control().refresh().await.unwrap();

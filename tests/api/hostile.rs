@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use flowgate::engine::RunState;
+
 use crate::helpers::*;
 
 /// XML nested `elements` deep: `<e0><e1>...x...</e1></e0>`.
@@ -767,3 +769,114 @@ crate::on_both_backends!(
     xml_at_the_depth_bound_is_queued_and_runs,
     credentials_are_redacted_from_templates_and_records,
 );
+
+/// A transform whose work grows with the square of what the sender sends.
+const QUADRATIC_FLOW: &str = r#"
+status = "live"
+timeout = "2s"
+[trigger]
+ref = "web1"
+[[steps]]
+ref = "grid"
+kind = "transform"
+set = { text = "{% for i in range(web1.n) %}{% for j in range(web1.n) %}x{% endfor %}{% endfor %}" }
+[response]
+body_inline = '{"len": {{ grid.text | length }}}'
+"#;
+
+/// An async flow whose transform spins without writing anything.
+const SPIN_FLOW: &str = r#"
+status = "live"
+timeout = "2s"
+[trigger]
+ref = "web1"
+mode = "async"
+[[steps]]
+ref = "spin"
+kind = "transform"
+set = { k = "{% for i in range(web1.n) %}{% for j in range(web1.n) %}{% set k = i * j %}{% endfor %}{% endfor %}" }
+"#;
+
+#[tokio::test]
+async fn costly_templates_stop_at_their_budget_and_health_checks_answer_meanwhile() {
+    let app = spawn_app(&[
+        ("grid", QUADRATIC_FLOW.to_owned()),
+        ("spin", SPIN_FLOW.to_owned()),
+    ])
+    .await;
+    // Work without output stops at the work budget, in a queued run too.
+    let accepted = app.post_json("spin", r#"{"n": 20000}"#).await;
+    assert_eq!(accepted.status(), 202);
+    let record = app
+        .record_when(&run_id(&accepted), |r| {
+            !matches!(r.status, RunState::Queued | RunState::Running)
+        })
+        .await;
+    assert_eq!(record.status, RunState::Failed, "{record:?}");
+    let error = record.error.unwrap().message;
+    assert!(error.contains("work budget (templates.fuel)"), "{error}");
+    // A small input renders, beyond the inline share, on the pool.
+    let small = app.post_json("grid", r#"{"n": 100}"#).await;
+    assert_eq!(small.status(), 200);
+    assert_eq!(small.text().await.unwrap(), r#"{"len": 10000}"#);
+
+    // Four senders asking for 400 million characters at once.
+    let started = std::time::Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let request = app
+            .client
+            .post(app.url("grid"))
+            .bearer_auth(app.token("grid"))
+            .header("content-type", "application/json")
+            .body(r#"{"n": 20000}"#);
+        senders.spawn(async move {
+            let response = request.send().await.unwrap();
+            let run = run_id(&response);
+            (
+                response.status().as_u16(),
+                run,
+                response.text().await.unwrap(),
+            )
+        });
+    }
+    // Meanwhile the gateway answers its health check promptly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        assert_eq!(
+            healthz(&app, Duration::from_secs(1)).await,
+            Some(200),
+            "/healthz stalled behind the renders"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each ends at its budget (or, waiting for a free renderer, at the
+    // flow's timeout), recorded as such.
+    for (status, run, body) in senders.join_all().await {
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let record = app
+            .record_when(&run, |r| r.status != RunState::Running)
+            .await;
+        if status == 504 {
+            assert_eq!(answer["error"], "run_timed_out", "{body}");
+            assert_eq!(record.status, RunState::TimedOut, "{record:?}");
+            continue;
+        }
+        assert_eq!(status, 500, "{body}");
+        assert_eq!(answer["error"], "run_failed", "{body}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains("step `grid`")
+                && message.contains("grid.toml#steps.grid.set.text")
+                && message.contains("budget"),
+            "names the step, the template and the budget: {message}"
+        );
+        assert_eq!(record.status, RunState::Failed, "{record:?}");
+    }
+    // Within the flow's timeout, and a small margin, for all four.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -55,6 +55,8 @@ pub struct LoadOptions {
     /// Values for signature `secret_env` names, consulted before the process
     /// environment (embedders and tests pass secrets here).
     pub secrets: HashMap<String, String>,
+    /// What each render may cost (`[templates]` of the config).
+    pub render: template::RenderBudget,
 }
 
 /// What a load found.
@@ -133,7 +135,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
     }
     LoadReport {
         catalog: Catalog {
-            env: Arc::new(env),
+            env: template::Templates::new(env, options.render),
             flows,
             kept: HashMap::new(),
         },

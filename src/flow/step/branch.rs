@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{Call, Keys, Kind, Runner, Site, Step, StepFailure, load_steps};
 use crate::flow::load::FlowBuilder;
-use crate::template;
+
 
 /// A `branch` step's config.
 #[derive(Debug)]
@@ -61,7 +61,10 @@ impl Kind for Branch {
     }
 
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
-        let taken = template::eval(runner.env(), &self.when, &call.scope.context())
+        let taken = runner
+            .env()
+            .eval(&self.when, &call.scope.context())
+            .await
             .map_err(StepFailure::template)?
             .is_true();
         let (steps, label) = match taken {

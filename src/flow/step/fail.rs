@@ -28,10 +28,8 @@ impl Kind for Fail {
     }
 
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
-        Err(StepFailure::fatal(render_message(
-            &self.message,
-            runner,
-            call.scope,
-        )?))
+        Err(StepFailure::fatal(
+            render_message(&self.message, runner, call.scope).await?,
+        ))
     }
 }

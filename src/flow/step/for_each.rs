@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Call, Keys, Kind, Runner, Site, Step, StepFailure, load_steps};
 use crate::flow::load::FlowBuilder;
-use crate::template::{self, to_json};
+use crate::template::to_json;
 
 /// Most items a `for_each` step iterates over.
 const MAX_ITEMS: usize = 10_000;
@@ -50,7 +50,7 @@ impl Kind for ForEach {
     }
 
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
-        let items = self.list(runner, &call)?;
+        let items = self.list(runner, &call).await?;
         *call.input = json!({ "items": items.len() });
         let length = items.len();
         let mut results = Vec::with_capacity(length);
@@ -82,12 +82,15 @@ impl Kind for ForEach {
 
 impl ForEach {
     /// The entries of `items`, at most [`MAX_ITEMS`]; none for null or undefined.
-    fn list<R: Runner>(
+    async fn list<R: Runner>(
         &self,
         runner: &R,
         call: &Call<'_>,
     ) -> Result<Vec<minijinja::Value>, StepFailure> {
-        let list = template::eval(runner.env(), &self.items, &call.scope.context())
+        let list = runner
+            .env()
+            .eval(&self.items, &call.scope.context())
+            .await
             .map_err(StepFailure::template)?;
         if list.is_undefined() || list.is_none() {
             return Ok(Vec::new());

@@ -118,15 +118,20 @@ impl Kind for Http {
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
         let (url, headers, query, body) = {
             let ctx = call.scope.context();
-            let render =
-                |v: &TemplateValue| v.render(runner.env(), &ctx).map_err(StepFailure::template);
-            let url = match render(&self.url)? {
+            let env = runner.env();
+            let render = async |v: &TemplateValue| {
+                env.render(v, &ctx).await.map_err(StepFailure::template)
+            };
+            let url = match render(&self.url).await? {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            let headers = string_pairs(render(&self.headers)?);
-            let query = string_pairs(render(&self.query)?);
-            let body = self.body.as_ref().map(render).transpose()?;
+            let headers = string_pairs(render(&self.headers).await?);
+            let query = string_pairs(render(&self.query).await?);
+            let body = match &self.body {
+                Some(body) => Some(render(body).await?),
+                None => None,
+            };
             (url, headers, query, body)
         };
         *call.input = json!({

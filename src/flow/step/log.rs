@@ -28,7 +28,7 @@ impl Kind for Log {
     }
 
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
-        let message = render_message(&self.message, runner, call.scope)?;
+        let message = render_message(&self.message, runner, call.scope).await?;
         runner.log(call.path, message.clone());
         Ok(json!({ "message": message }))
     }

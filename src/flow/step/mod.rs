@@ -21,7 +21,7 @@ use toml::Spanned;
 use super::load::{FlowBuilder, is_identifier};
 use super::spec::Node;
 use crate::outbound::HttpClient;
-use crate::template::{self, Env, RESERVED_NAMES, Scope, TemplateValue};
+use crate::template::{self, RESERVED_NAMES, Scope, TemplateValue, Templates};
 
 /// Declares every step kind: `module => Type`, where `module` is both the
 /// file and the kind's name in flow files, and `Type` implements [`Kind`].
@@ -138,9 +138,9 @@ pub(in crate::flow) trait Kind: Sized + Sync {
 }
 
 /// What a running step can use: the engine's side of a step.
-pub(crate) trait Runner: Send {
+pub(crate) trait Runner: Send + Sync {
     /// The template environment of the run's catalog.
-    fn env(&self) -> &Env;
+    fn env(&self) -> &Templates;
     /// True for a dry run: no outbound calls, no waiting.
     fn dry_run(&self) -> bool;
     /// The SSRF-guarded outbound client.
@@ -462,12 +462,12 @@ fn message(b: &mut FlowBuilder<'_>, keys: &mut Keys, site: &mut Site<'_>) -> Tem
 }
 
 /// Renders `message` as text: strings as they are, other values as JSON.
-fn render_message<R: Runner>(
+async fn render_message<R: Runner>(
     message: &TemplateValue,
     runner: &R,
     scope: &Scope,
 ) -> Result<String, StepFailure> {
-    match message.render(runner.env(), &scope.context()) {
+    match runner.env().render(message, &scope.context()).await {
         Ok(Value::String(s)) => Ok(s),
         Ok(other) => Ok(other.to_string()),
         Err(e) => Err(StepFailure::template(e)),
@@ -493,6 +493,7 @@ mod tests {
             default_max_body_bytes: 1024,
             default_records: Default::default(),
             secrets: HashMap::new(),
+            render: Default::default(),
         });
         report
             .problems

@@ -29,8 +29,10 @@ impl Kind for Transform {
     }
 
     async fn run<R: Runner>(&self, runner: &mut R, call: Call<'_>) -> Result<Value, StepFailure> {
-        self.set
-            .render(runner.env(), &call.scope.context())
+        runner
+            .env()
+            .render(&self.set, &call.scope.context())
+            .await
             .map_err(StepFailure::template)
     }
 }
