@@ -122,7 +122,8 @@ pub async fn replay(
     }
     let recorded =
         serde_json::to_string(&*original.request).unwrap_or_default() + &original.body.to_string();
-    if recorded.contains("…[truncated") {
+    let body_cut = original.cut.iter().any(|c| c.at == "/body");
+    if body_cut || recorded.contains("…[truncated") {
         return Err(OperationError::Conflict(
             "the recorded request was cut to fit the run history, so it cannot be replayed as sent"
                 .into(),

@@ -3,7 +3,10 @@
 //! A record is written when a run is accepted (async: `queued`), when a
 //! worker starts it (`running`) and when it ends. Large values are cut to
 //! [`MAX_VALUE_BYTES`] with a marker, so one huge payload cannot bloat the
-//! history.
+//! history, and a whole record is held to its flow's
+//! [`RecordPolicy::max_bytes`] (`runs.max_record_bytes`): past it, the
+//! largest values give way to markers first, then the last step traces,
+//! and [`RunRecord::cut`] says what went and how large it was.
 //!
 //! Which records are kept is each flow's [`RecordPolicy`]: all of them,
 //! only those of runs that went wrong, or none, and at most so many per
@@ -21,6 +24,14 @@ use crate::flow::Flow;
 
 /// Largest stored size of one value (body, step input or output), in bytes of JSON.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Default of [`RecordPolicy::max_bytes`]: the largest stored record.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Room a step trace takes besides its input and output (path, kind,
+/// times), a generous estimate.
+const STEP_OVERHEAD: usize = 400;
+/// Room a record takes besides its values (ids, times, status), a generous
+/// estimate.
+const RECORD_OVERHEAD: usize = 2048;
 
 /// One run, as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +82,10 @@ pub struct RunRecord {
     /// The run this one replays (`flowgate runs replay`, `POST /v1/admin/runs/{id}/replay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<String>,
+    /// Values left out to keep the record within its flow's
+    /// `runs.max_record_bytes`, each where it was and how large.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<CutValue>,
     /// Whether and how this record is kept when written: its flow's policy
     /// where the writer knows the flow, otherwise kept with no count cap.
     #[serde(skip)]
@@ -111,13 +126,36 @@ impl Keep {
     }
 }
 
-/// A flow's record keeping: which runs, and at most how many records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A value a record left out for its size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutValue {
+    /// Where it was, as a JSON pointer into the record (`/steps/3/output`);
+    /// `/steps/12-` for step traces left out from the 13th on.
+    pub at: String,
+    /// Its size as JSON, in bytes.
+    pub bytes: usize,
+}
+
+/// A flow's record keeping: which runs, at most how many records, and how
+/// large each may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordPolicy {
     /// Which runs keep their record once ended.
     pub keep: Keep,
     /// Most records kept for the flow; the oldest go first. `None`: no cap.
     pub max: Option<u64>,
+    /// Largest stored record, in bytes of JSON (`runs.max_record_bytes`).
+    pub max_bytes: usize,
+}
+
+impl Default for RecordPolicy {
+    fn default() -> Self {
+        Self {
+            keep: Keep::All,
+            max: None,
+            max_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 impl RecordPolicy {
@@ -267,6 +305,7 @@ impl RunRecord {
             response: None,
             error: None,
             replay_of: input.replay_of.clone(),
+            cut: Vec::new(),
             policy: flow.records,
         }
     }
@@ -338,18 +377,109 @@ impl RunRecord {
             None => self.ended_at = Some(now_rfc3339()),
         }
         self.duration_ms = Some(report.duration.as_millis() as u64);
-        self.steps = report
-            .steps
-            .iter()
-            .cloned()
-            .map(|mut step| {
-                step.input = bounded(step.input);
-                step.output = bounded(step.output);
-                step
-            })
-            .collect();
+        // Traces are bounded value by value as each step ends.
+        self.steps = report.steps.clone();
         self.logs = report.logs.clone();
         self.error = report.error.clone();
+        self.fit();
+    }
+
+    /// Holds the record to [`RecordPolicy::max_bytes`]: the largest values
+    /// become markers until it fits, then the last step traces go; each cut
+    /// is listed in [`RunRecord::cut`].
+    pub fn fit(&mut self) {
+        let cap = self.policy.max_bytes;
+        // A generous estimate settles nearly every record without measuring.
+        let estimate = RECORD_OVERHEAD
+            + json_len_bound(&self.request)
+            + json_len_bound(&self.body)
+            + self.response.as_ref().map_or(0, |r| 6 * r.body.len() + 512)
+            + self.logs.iter().map(|l| 6 * l.len() + 3).sum::<usize>()
+            + self
+                .steps
+                .iter()
+                .map(|s| STEP_OVERHEAD + json_len_bound(&s.input) + json_len_bound(&s.output))
+                .sum::<usize>();
+        if estimate <= cap {
+            return;
+        }
+        let mut slots: Vec<(usize, Slot)> = Vec::new();
+        let body_size = match self.request.body_text() {
+            Some(text) => text.len(),
+            None => json_len(&self.body),
+        };
+        slots.push((body_size, Slot::Body));
+        if let Some(response) = &self.response {
+            slots.push((response.body.len() + 2, Slot::Response));
+        }
+        for (i, log) in self.logs.iter().enumerate() {
+            slots.push((log.len() + 2, Slot::Log(i)));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            slots.push((json_len(&step.input), Slot::StepInput(i)));
+            slots.push((json_len(&step.output), Slot::StepOutput(i)));
+        }
+        let values: usize = slots.iter().map(|(size, _)| size).sum();
+        let request = json_len(&self.request);
+        let mut total = RECORD_OVERHEAD + request + values + STEP_OVERHEAD * self.steps.len();
+        slots.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+        for (size, slot) in slots {
+            if total <= cap || size <= CUT_MARKER_BYTES {
+                break;
+            }
+            let (at, marker) = (slot.pointer(), cut_marker(size));
+            match slot {
+                Slot::Body => {
+                    // The sender's text goes too: it is the same data.
+                    self.body = Arc::new(Value::String(marker));
+                    if self.request.omit_raw {
+                        self.request.omit_raw = false;
+                        let mut value = self.request.value.as_ref().clone();
+                        if let Some(raw) = value.get_mut("raw") {
+                            *raw = Value::Null;
+                        }
+                        self.request.value = Arc::new(value);
+                    }
+                }
+                Slot::Response => {
+                    if let Some(response) = &mut self.response {
+                        response.body = marker;
+                    }
+                }
+                Slot::Log(i) => self.logs[i] = marker,
+                Slot::StepInput(i) => self.steps[i].input = Value::String(marker),
+                Slot::StepOutput(i) => self.steps[i].output = Value::String(marker),
+            }
+            total = total - size + CUT_MARKER_BYTES;
+            self.cut.push(CutValue { at, bytes: size });
+        }
+        // Still over: many steps. The last traces go, the first are kept.
+        if total > cap {
+            let mut kept = 0;
+            let mut used = total
+                - self
+                    .steps
+                    .iter()
+                    .map(|s| STEP_OVERHEAD + json_len(&s.input) + json_len(&s.output))
+                    .sum::<usize>();
+            for step in &self.steps {
+                let size = STEP_OVERHEAD + json_len(&step.input) + json_len(&step.output);
+                if used + size > cap {
+                    break;
+                }
+                used += size;
+                kept += 1;
+            }
+            let dropped: usize = self.steps[kept..]
+                .iter()
+                .map(|s| STEP_OVERHEAD + json_len(&s.input) + json_len(&s.output))
+                .sum();
+            self.steps.truncate(kept);
+            self.cut.push(CutValue {
+                at: format!("/steps/{kept}-"),
+                bytes: dropped,
+            });
+        }
     }
 
     /// Records the answer sent.
@@ -366,7 +496,39 @@ impl RunRecord {
             headers,
             body,
         });
+        self.fit();
     }
+}
+
+/// A value of a record that can be cut.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Body,
+    Response,
+    Log(usize),
+    StepInput(usize),
+    StepOutput(usize),
+}
+
+impl Slot {
+    /// Where the value is, as a JSON pointer into the record.
+    fn pointer(self) -> String {
+        match self {
+            Slot::Body => "/body".to_owned(),
+            Slot::Response => "/response/body".to_owned(),
+            Slot::Log(i) => format!("/logs/{i}"),
+            Slot::StepInput(i) => format!("/steps/{i}/input"),
+            Slot::StepOutput(i) => format!("/steps/{i}/output"),
+        }
+    }
+}
+
+/// Most bytes a [`cut_marker`] takes.
+const CUT_MARKER_BYTES: usize = 80;
+
+/// What stands in for a value cut to keep its record within its cap.
+fn cut_marker(size: usize) -> String {
+    format!("…[cut: {size} bytes; the record is over runs.max_record_bytes]")
 }
 
 fn floor_char_boundary(text: &str, at: usize) -> usize {
@@ -442,7 +604,7 @@ fn json_len_bound(value: &Value) -> usize {
 }
 
 /// Length of `value` as JSON, without building the text.
-fn json_len(value: &Value) -> usize {
+fn json_len(value: &impl Serialize) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -513,6 +675,65 @@ mod tests {
         let empty = record_with("  ", true, serde_json::json!({}));
         let back: RunRecord = crate::codec::decode(&empty.encode().unwrap()).unwrap();
         assert_eq!(*back.body, serde_json::json!({}));
+    }
+
+    fn trace(i: usize, output: Value) -> StepTrace {
+        StepTrace {
+            path: format!("s{i}"),
+            kind: "transform".into(),
+            status: crate::engine::StepState::Succeeded,
+            input: Value::Null,
+            output,
+            error: None,
+            attempts: 1,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_record_over_its_cap_cuts_the_largest_values_then_the_last_steps() {
+        let raw = format!("{{\"pad\": \"{}\"}}", "b".repeat(20_000));
+        let body: Value = serde_json::from_str(&raw).unwrap();
+        let mut record = record_with(&raw, true, body);
+        record.policy.max_bytes = 70_000;
+        record.steps = (0..4)
+            .map(|i| trace(i, Value::String("o".repeat(10_000 * (i + 1)))))
+            .collect();
+        record.fit();
+        let text = record.encode().unwrap();
+        assert!(text.len() <= 70_000, "{}", text.len());
+        // The two largest outputs went; the body and the small ones stayed.
+        let at: Vec<&str> = record.cut.iter().map(|c| c.at.as_str()).collect();
+        assert_eq!(at, ["/steps/3/output", "/steps/2/output"]);
+        assert_eq!(record.cut[0].bytes, 40_002);
+        let back: RunRecord = crate::codec::decode(&text).unwrap();
+        assert!(
+            back.steps[3]
+                .output
+                .as_str()
+                .unwrap()
+                .starts_with("…[cut: 40002 bytes")
+        );
+        assert_eq!(back.steps[0].output.as_str().unwrap().len(), 10_000);
+        assert_eq!(back.body["pad"].as_str().unwrap().len(), 20_000);
+        assert_eq!(back.cut, record.cut, "the list is stored");
+
+        // Thousands of small steps: the last ones go, and the list says so.
+        let mut many = record_with("{}", true, serde_json::json!({}));
+        many.policy.max_bytes = 100_000;
+        many.steps = (0..2_000).map(|i| trace(i, Value::from(i))).collect();
+        many.fit();
+        assert!(many.encode().unwrap().len() <= 100_000);
+        let last = many.cut.last().unwrap();
+        assert_eq!(last.at, format!("/steps/{}-", many.steps.len()));
+        assert!(many.steps.len() > 50, "{}", many.steps.len());
+
+        // Small records are left alone.
+        let mut small = record_with("{}", true, serde_json::json!({}));
+        small.steps = vec![trace(0, Value::from(1))];
+        small.fit();
+        assert!(small.cut.is_empty());
     }
 
     #[test]

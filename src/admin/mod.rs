@@ -71,6 +71,8 @@ pub enum Handler {
     ListRuns,
     /// `GET /runs/{id}`
     GetRun,
+    /// `GET /runs/{id}/value`
+    GetRunValue,
     /// `POST /runs/{id}/replay`
     ReplayRun,
     /// `POST /runs/{id}/abort`
@@ -181,6 +183,12 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "reload", Role::Author, Handler::Reload),
     route(Method::GET, "runs", Role::Viewer, Handler::ListRuns),
     route(Method::GET, "runs/{id}", Role::Viewer, Handler::GetRun),
+    route(
+        Method::GET,
+        "runs/{id}/value",
+        Role::Viewer,
+        Handler::GetRunValue,
+    ),
     route(
         Method::POST,
         "runs/{id}/replay",
@@ -430,6 +438,7 @@ async fn dispatch(
         Handler::Reload => flows::reload(state, caller).await,
         Handler::ListRuns => runs::list(state, query).await,
         Handler::GetRun => runs::get(state, id).await,
+        Handler::GetRunValue => runs::value(state, id, query).await,
         Handler::ReplayRun => runs::replay(state, caller, id).await,
         Handler::AbortRun => runs::abort(state, caller, id).await,
         Handler::ListAudit => audit::list(state, query).await,
@@ -673,6 +682,7 @@ mod tests {
             RevokeSession,
             Reload,
             GetRun,
+            GetRunValue,
             ListAudit,
             ListWebhooks,
             CreateWebhook,
@@ -693,10 +703,10 @@ mod tests {
             match handler {
                 ListFlows | GetFlow | PauseFlow | UnpauseFlow | RotateToken | IssueToken
                 | RevokeToken | ListSessions | RevokeSession | Reload | ListRuns | GetRun
-                | ReplayRun | AbortRun | ListAudit | OpenApi | ListWebhooks | CreateWebhook
-                | GetWebhook | UpdateWebhook | DeleteWebhook | EnableWebhook | DisableWebhook
-                | PingWebhook | TestWebhook | RotateWebhookSecret | RecoverWebhook
-                | ListDeliveries | ResendDelivery => {}
+                | GetRunValue | ReplayRun | AbortRun | ListAudit | OpenApi | ListWebhooks
+                | CreateWebhook | GetWebhook | UpdateWebhook | DeleteWebhook | EnableWebhook
+                | DisableWebhook | PingWebhook | TestWebhook | RotateWebhookSecret
+                | RecoverWebhook | ListDeliveries | ResendDelivery => {}
             }
             assert_eq!(
                 ROUTES.iter().filter(|r| r.handler == handler).count(),

@@ -30,6 +30,7 @@ use crate::error::ApiError;
         sessions::revoke,
         runs::list,
         runs::get,
+        runs::value,
         runs::replay,
         runs::abort,
         audit::list,

@@ -5,7 +5,73 @@ use crate::backend::RunFilter;
 use crate::engine::RunState;
 use crate::error::ApiError;
 use crate::operations::{self, OperationError};
+use crate::record::RunRecord;
 use crate::trigger::TriggerState;
+
+/// Values larger than this (as JSON) are cut in run lists, with where to
+/// fetch them whole: a page of 250 runs stays a few megabytes at most.
+pub const LIST_VALUE_BYTES: usize = 4 * 1024;
+
+/// `record` as a run list shows it: values over [`LIST_VALUE_BYTES`] are a
+/// marker naming the request that fetches them.
+fn listed(record: &RunRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    let mut places = vec!["/body".to_owned(), "/request/raw".to_owned()];
+    places.push("/response/body".to_owned());
+    places.extend((0..record.logs.len()).map(|i| format!("/logs/{i}")));
+    for i in 0..record.steps.len() {
+        places.push(format!("/steps/{i}/input"));
+        places.push(format!("/steps/{i}/output"));
+    }
+    for at in places {
+        if let Some(slot) = value.pointer_mut(&at) {
+            let size = serde_json::to_vec(slot).map_or(0, |v| v.len());
+            if size > LIST_VALUE_BYTES {
+                *slot = serde_json::Value::String(format!(
+                    "…[cut: {size} bytes; GET /v1/admin/runs/{}/value?at={at}]",
+                    record.id
+                ));
+            }
+        }
+    }
+    value
+}
+
+/// `GET /runs/{id}/value?at=`: one value of a record, whole.
+#[utoipa::path(get, path = "/v1/admin/runs/{id}/value", tag = "runs",
+    description = "One value of a run record, whole, where a run list showed it cut: `at` is a JSON pointer into the record such as /steps/2/output (role: viewer).",
+    params(
+        ("id" = String, Path, description = "the run id"),
+        ("at" = String, Query, description = "a JSON pointer into the record, e.g. /steps/2/output"),
+    ),
+    responses(
+        (status = 200, description = "`{\"run_id\", \"at\", \"value\"}`", body = serde_json::Value),
+        (status = 401, description = "no valid admin token", body = serde_json::Value),
+        (status = 403, description = "the token's role is too low", body = serde_json::Value),
+        (status = 404, description = "no such run, or nothing at that place", body = serde_json::Value),
+    ))]
+pub(super) async fn value(
+    state: &TriggerState,
+    id: &str,
+    query: &Query,
+) -> Result<Answer, ApiError> {
+    let at = query
+        .get("at")
+        .filter(|at| at.starts_with('/'))
+        .ok_or_else(|| ApiError::bad_request("give at=, a JSON pointer such as /steps/0/output"))?;
+    let Some(record) = state.runs.get(id).await.map_err(unavailable)? else {
+        return Err(ApiError::not_found(format!(
+            "no run `{id}` (runs are kept for the configured retention)"
+        )));
+    };
+    let whole = serde_json::to_value(&record).unwrap_or_default();
+    match whole.pointer(at) {
+        Some(found) => json(&serde_json::json!({ "run_id": id, "at": at, "value": found })),
+        None => Err(ApiError::not_found(format!(
+            "run `{id}` has nothing at {at}"
+        ))),
+    }
+}
 
 /// `GET /runs/{id}`: the whole record.
 #[utoipa::path(get, path = "/v1/admin/runs/{id}", tag = "runs",
@@ -71,7 +137,8 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
             }
             other => unavailable(other),
         })?;
-    json(&ListPage::new(page.data, page.next_cursor))
+    let listed: Vec<serde_json::Value> = page.data.iter().map(listed).collect();
+    json(&ListPage::new(listed, page.next_cursor))
 }
 
 fn refused(e: OperationError) -> ApiError {

@@ -244,6 +244,9 @@ pub struct RunsConfig {
     /// Most records kept per flow, for flows that do not say (`[runs]
     /// max`); the oldest go first. 0: no cap.
     pub max_per_flow: u64,
+    /// Largest stored run record, in bytes of JSON; past it, its largest
+    /// values are cut (and listed in the record's `cut`).
+    pub max_record_bytes: usize,
 }
 
 /// Default of [`RunsConfig::max_per_flow`].
@@ -255,6 +258,7 @@ impl Default for RunsConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             keep: Keep::All,
             max_per_flow: DEFAULT_MAX_RECORDS_PER_FLOW,
+            max_record_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -265,6 +269,7 @@ impl RunsConfig {
         RecordPolicy {
             keep: self.keep,
             max: (self.max_per_flow > 0).then_some(self.max_per_flow),
+            max_bytes: self.max_record_bytes,
         }
     }
 }
@@ -396,6 +401,11 @@ impl Config {
                 return Err(ConfigError::new(format!("{key} must be above 0")));
             }
         }
+        if self.runs.max_record_bytes < 16 * 1024 {
+            return Err(ConfigError::new(
+                "runs.max_record_bytes must be at least 16384",
+            ));
+        }
         if s.unauthenticated_body_budget < s.max_body_bytes {
             return Err(ConfigError::new(
                 "server.unauthenticated_body_budget must be at least server.max_body_bytes",
@@ -526,7 +536,8 @@ mod tests {
             config.runs.records(),
             RecordPolicy {
                 keep: Keep::All,
-                max: Some(DEFAULT_MAX_RECORDS_PER_FLOW)
+                max: Some(DEFAULT_MAX_RECORDS_PER_FLOW),
+                max_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
             }
         );
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);

@@ -51,6 +51,11 @@ pub struct RetryLater {
     pub delay: Duration,
 }
 
+/// Most data one run may hold while it executes: step outputs in its scope
+/// and the traces of its steps (each value in a trace already cut to
+/// [`crate::record::MAX_VALUE_BYTES`]). Past it, the run fails.
+pub const MAX_RUN_DATA_BYTES: usize = 128 * 1024 * 1024;
+
 /// How to run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -147,13 +152,33 @@ struct Execution<'a> {
     traces: Vec<StepTrace>,
     logs: Vec<String>,
     observer: &'a dyn StepObserver,
+    /// About how many bytes of data the run holds so far.
+    data_bytes: usize,
 }
 
 impl Execution<'_> {
-    /// Keeps a step's trace and tells the observer it ended.
-    fn step_ended(&mut self, trace: StepTrace) {
+    /// Keeps a step's trace, its values cut to the record's bound, and
+    /// tells the observer it ended.
+    fn step_ended(&mut self, mut trace: StepTrace) {
+        trace.input = crate::record::bounded(std::mem::take(&mut trace.input));
+        trace.output = crate::record::bounded(std::mem::take(&mut trace.output));
+        self.data_bytes += template::json_size(&trace.input) + template::json_size(&trace.output);
         self.observer.step_ended(&trace);
         self.traces.push(trace);
+    }
+
+    /// Fails the run when the data it holds passed [`MAX_RUN_DATA_BYTES`].
+    fn within_data_budget(&self, path: &str) -> Result<(), Halt> {
+        if self.data_bytes <= MAX_RUN_DATA_BYTES {
+            return Ok(());
+        }
+        Err(Halt::Failed(RunError {
+            step: Some(path.to_owned()),
+            message: format!(
+                "the run holds more than {} MiB of step data; it stopped here",
+                MAX_RUN_DATA_BYTES / (1024 * 1024)
+            ),
+        }))
     }
 }
 
@@ -219,6 +244,7 @@ impl Engine {
             traces: Vec::new(),
             logs: Vec::new(),
             observer,
+            data_bytes: 0,
         };
         let (start, attempts, used) = match &input.resume {
             Some(resume) => {
@@ -418,11 +444,12 @@ impl Engine {
         trace.attempts = attempt;
         match result {
             Ok(output) => {
+                state.data_bytes += template::json_size(&output);
                 scope.set_json(&step.ref_id, output.clone());
                 trace.output = output;
                 trace.duration_ms = clock.elapsed().as_millis() as u64;
                 state.step_ended(trace);
-                Ok(())
+                state.within_data_budget(&path)
             }
             Err(failure) => self.finish_failed(step, path, trace, failure, clock, scope, state),
         }

@@ -236,7 +236,7 @@ impl std::io::Write for BoundedOutput {
 }
 
 /// About how many bytes `value` takes as JSON text, without writing it.
-fn json_size(value: &serde_json::Value) -> usize {
+pub fn json_size(value: &serde_json::Value) -> usize {
     let mut size = 0;
     let mut stack = vec![value];
     while let Some(value) = stack.pop() {

@@ -349,7 +349,162 @@ async fn a_flow_keeps_at_most_its_cap_of_records_the_newest() {
     );
 }
 
+/// A flow that fetches `url` once per item of the body's `items`.
+fn fetch_each_flow(url: &str) -> String {
+    format!(
+        r#"
+status = "live"
+timeout = "60s"
+[trigger]
+ref = "web1"
+[response]
+body_inline = '{{"n": {{{{ each.results | length }}}}}}'
+[[steps]]
+ref = "each"
+kind = "for_each"
+items = "{{{{ web1.items }}}}"
+steps = [
+  {{ ref = "get", kind = "http", url = "{url}" }},
+]
+"#
+    )
+}
+
+/// GETs `path` as a viewer; the status and the body's length and JSON.
+async fn admin_get(app: &TestApp, path: &str) -> (u16, usize, serde_json::Value) {
+    let token = app
+        .keys
+        .issue_admin("v", flowgate::token::Role::Viewer, None)
+        .unwrap();
+    let response = app
+        .client
+        .get(format!("http://{}{path}", app.addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    (
+        status,
+        bytes.len(),
+        serde_json::from_slice(&bytes).unwrap_or_default(),
+    )
+}
+
+async fn a_record_is_held_to_its_cap_and_lists_send_large_values_cut() {
+    // 300 answers of 100 KB each: about 30 MB the run saw.
+    let big = format!("\"{}\"", "x".repeat(100 * 1024));
+    let replies = vec![Reply::status(200).body(big); 300];
+    let receiver = Receiver::start_with(replies, std::time::Duration::ZERO).await;
+    let app = spawn_app(&[("fetch", fetch_each_flow(&receiver.url("/big")))]).await;
+    let items: Vec<u32> = (0..300).collect();
+    let response = app
+        .post_json("fetch", &serde_json::json!({ "items": items }).to_string())
+        .await;
+    let id = run_id(&response);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), r#"{"n": 300}"#);
+
+    // The whole record is at most runs.max_record_bytes (1 MiB by default),
+    // and says what it left out.
+    app.record_when(&id, |r| !r.steps.is_empty()).await;
+    let (status, size, record) = admin_get(&app, &format!("/v1/admin/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(size <= 1024 * 1024, "{size} bytes");
+    assert_eq!(record["status"], "succeeded");
+    let cut = record["cut"].as_array().expect("cut values are listed");
+    assert!(!cut.is_empty());
+    for entry in cut {
+        let at = entry["at"].as_str().unwrap();
+        assert!(at.starts_with("/steps/"), "{entry}");
+        assert!(entry["bytes"].as_u64().unwrap() > 60 * 1024, "{entry}");
+        if !at.ends_with('-') {
+            let marker = record.pointer(at).unwrap().as_str().unwrap();
+            assert!(marker.contains("runs.max_record_bytes"), "{marker}");
+        }
+    }
+    let store_record = app.store().get(&id).await.unwrap().unwrap();
+    assert!(store_record.encode().unwrap().len() <= 1024 * 1024);
+
+    // Lists cut every large value and say where to fetch it whole.
+    for _ in 0..4 {
+        let again = app
+            .post_json("fetch", &serde_json::json!({ "items": [1, 2] }).to_string())
+            .await;
+        assert_eq!(again.status(), 200);
+    }
+    let (status, size, page) = admin_get(&app, "/v1/admin/runs?flow=fetch&limit=250").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().unwrap().len(), 5);
+    assert!(size < 256 * 1024, "a list page of 5 runs is {size} bytes");
+    let listed = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    // Values the record kept whole but a list would not.
+    let (i, output) = listed["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .find_map(|(i, step)| {
+            let text = step["output"].as_str()?;
+            text.contains("/value?at=").then(|| (i, text.to_owned()))
+        })
+        .expect("a step output the list cut");
+    let link = output.split("GET ").nth(1).unwrap().trim_end_matches(']');
+    assert!(
+        link.ends_with(&format!("/value?at=/steps/{i}/output")),
+        "{output}"
+    );
+    let (status, _, whole) = admin_get(&app, link).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["value"], record["steps"][i]["output"]);
+    assert!(whole["value"]["body"].is_string(), "{}", whole["value"]);
+    let (status, _, missing) =
+        admin_get(&app, &format!("/v1/admin/runs/{id}/value?at=/nothing/here")).await;
+    assert_eq!(status, 404, "{missing}");
+}
+
+async fn a_run_holding_too_much_data_fails_and_says_why() {
+    // Each item makes 600 KB: within one render's budget, but 300 of
+    // them are more than a run may hold.
+    let flow = r#"
+status = "live"
+timeout = "60s"
+[trigger]
+ref = "web1"
+[[steps]]
+ref = "each"
+kind = "for_each"
+items = "{{ web1.items }}"
+steps = [
+  { ref = "pad", kind = "transform", set = { text = "{{ 'x' * 600000 }}" } },
+]
+"#;
+    let app = spawn_app(&[("pad", flow.to_owned())]).await;
+    let items: Vec<u32> = (0..300).collect();
+    let response = app
+        .post_json("pad", &serde_json::json!({ "items": items }).to_string())
+        .await;
+    let id = run_id(&response);
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "run_failed");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("MiB of step data"), "{message}");
+    let record = app
+        .record_when(&id, |r| r.status == flowgate::engine::RunState::Failed)
+        .await;
+    assert!(record.encode().unwrap().len() <= 1024 * 1024);
+}
+
 crate::on_both_backends!(
+    a_record_is_held_to_its_cap_and_lists_send_large_values_cut,
+    a_run_holding_too_much_data_fails_and_says_why,
     a_flow_that_keeps_failed_runs_records_no_successes,
     an_async_run_of_a_flow_that_keeps_none_has_a_record_only_until_it_ends,
     a_flow_keeps_at_most_its_cap_of_records_the_newest,
