@@ -10,6 +10,8 @@
 //! | `flowgate_run_records_lost_total` | counter | run records not written because the store was unavailable |
 //! | `flowgate_webhook_deliveries_total` | counter | `outcome` (`succeeded`, `failed`, `skipped`): delivery attempts |
 //! | `flowgate_webhook_delivery_lag_seconds` | histogram | from an event to its first delivery attempt |
+//! | `flowgate_webhook_subscription_lag_seconds` | histogram | `subscription`: the same, for each subscription |
+//! | `flowgate_webhook_attempt_duration_seconds` | histogram | `subscription`: how long each delivery attempt took, answer included |
 //! | `flowgate_webhook_subscriptions_disabled_total` | counter | subscriptions disabled automatically after repeated failures |
 //! | `flowgate_webhook_outbox_depth` | gauge | deliveries waiting for an attempt (sampled every few seconds) |
 //! | `flowgate_webhook_events_lost_total` | counter | events not written to the outbox (store unavailable, or the event bus overflowed) |
@@ -51,18 +53,29 @@ impl Histogram {
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        self.write_series(out, name, "");
+    }
+
+    /// The series' lines, each with `labels` (`key="value"`, or empty).
+    fn write_series(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         for (bucket, bound) in self.buckets.iter().zip(LAG_BUCKETS) {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
                 bucket.load(Ordering::Relaxed)
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 
     fn max_seconds(&self) -> f64 {
@@ -105,9 +118,40 @@ impl<S: Ord + std::fmt::Display> ByFlow<S> {
     }
 }
 
+/// Most subscriptions given histograms of their own; as many as may exist.
+const MAX_SUBSCRIPTIONS_TRACKED: usize = crate::webhooks::MAX_SUBSCRIPTIONS;
+
+/// Histograms by subscription.
+#[derive(Debug, Default)]
+struct BySubscription(Mutex<BTreeMap<String, Histogram>>);
+
+impl BySubscription {
+    fn observe(&self, subscription: &str, value: Duration) {
+        let mut all = self.0.lock().expect("metrics lock");
+        if !all.contains_key(subscription) {
+            if all.len() >= MAX_SUBSCRIPTIONS_TRACKED {
+                return;
+            }
+            all.insert(subscription.to_owned(), Histogram::default());
+        }
+        all[subscription].observe(value);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (subscription, histogram) in self.0.lock().expect("metrics lock").iter() {
+            let label = format!("subscription=\"{}\"", escape(subscription));
+            histogram.write_series(out, name, &label);
+        }
+    }
+}
+
 /// The process's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    subscription_lag: BySubscription,
+    attempt_duration: BySubscription,
     requests: ByFlow<u16>,
     runs: ByFlow<&'static str>,
     lag: Histogram,
@@ -159,9 +203,16 @@ impl Metrics {
         self.deliveries[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Observes the time from an event to its first delivery attempt.
-    pub fn delivery_lag(&self, lag: Duration) {
+    /// Observes the time from an event to its first delivery attempt to
+    /// `subscription`.
+    pub fn delivery_lag(&self, subscription: &str, lag: Duration) {
         self.delivery_lag.observe(lag);
+        self.subscription_lag.observe(subscription, lag);
+    }
+
+    /// Observes how long an attempt to `subscription` took.
+    pub fn attempt_duration(&self, subscription: &str, took: Duration) {
+        self.attempt_duration.observe(subscription, took);
     }
 
     /// Counts a subscription disabled after repeated failures.
@@ -236,6 +287,16 @@ impl Metrics {
             &mut out,
             "flowgate_webhook_delivery_lag_seconds",
             "Time from an event to its first webhook delivery attempt.",
+        );
+        self.subscription_lag.write(
+            &mut out,
+            "flowgate_webhook_subscription_lag_seconds",
+            "Time from an event to its first delivery attempt, by subscription.",
+        );
+        self.attempt_duration.write(
+            &mut out,
+            "flowgate_webhook_attempt_duration_seconds",
+            "Time one webhook delivery attempt took, answer included, by subscription.",
         );
         for (name, kind, help, value) in [
             (

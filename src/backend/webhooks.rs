@@ -276,6 +276,11 @@ pub trait WebhookStore: Send + Sync {
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, StorageError>>;
 
+    /// Puts claimed deliveries back in the outbox unattempted, each due at
+    /// the time given (ms): their subscription has as many attempts in
+    /// flight as it may. Deliveries no longer pending are left alone.
+    fn defer<'a>(&'a self, due: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StorageError>>;
+
     /// Ends an attempt: stores `delivery` as it stands now (pending with a
     /// new due time, or finished), appends `attempt` to its subscription's
     /// log when given, in one step.

@@ -292,6 +292,9 @@ pub struct WebhooksConfig {
     pub delivery_retention: Duration,
     /// A PEM file of extra CA certificates trusted for deliveries (a private CA).
     pub ca_file: String,
+    /// Attempts one process makes at once to any one subscription, so a
+    /// slow receiver delays only itself.
+    pub max_in_flight_per_subscription: usize,
 }
 
 impl Default for WebhooksConfig {
@@ -311,6 +314,7 @@ impl Default for WebhooksConfig {
             ],
             delivery_retention: Duration::from_secs(30 * 24 * 3600),
             ca_file: String::new(),
+            max_in_flight_per_subscription: 8,
         }
     }
 }
@@ -388,6 +392,10 @@ impl Config {
                 s.http2_max_concurrent_streams as usize,
             ),
             ("worker.concurrency", self.worker.concurrency),
+            (
+                "webhooks.max_in_flight_per_subscription",
+                self.webhooks.max_in_flight_per_subscription,
+            ),
             (
                 "templates.max_output_bytes",
                 self.templates.max_output_bytes,

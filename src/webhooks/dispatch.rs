@@ -7,6 +7,15 @@
 //! delivery is attempted at least once. It polls every [`POLL`] and is woken
 //! at once when this process stores a delivery.
 //!
+//! No subscription has more than `webhooks.max_in_flight_per_subscription`
+//! attempts in flight from one process. A claimed delivery whose
+//! subscription is at that limit waits here for the next free slot when
+//! that should come within [`MAX_QUEUED_WAIT`] (its place in line times the
+//! subscription's recent attempt time); otherwise it goes back to the
+//! outbox unattempted, due when its turn is likely to come. So a slow
+//! receiver's backlog never takes the slots, or the claims, that other
+//! subscriptions need, and a fast receiver's burst never waits for a poll.
+//!
 //! An attempt is a POST of the stored payload with the Standard Webhooks
 //! headers (signed with every secret still in force). A 2xx answer is a
 //! success; anything else — 3xx (redirects are not followed), 4xx, 5xx,
@@ -18,8 +27,8 @@
 //! whatever carried it, counts toward the subscription's consecutive
 //! failures; at [`super::DISABLE_AFTER`] the subscription is disabled.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -46,12 +55,105 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub const MAX_LOGGED_BODY: usize = 64 * 1024;
 /// How often the outbox depth is sampled for the metrics.
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// The shortest a delivery put back for its subscription's turn waits.
+const MIN_DEFER: Duration = Duration::from_millis(100);
+
+/// The longest a claimed delivery waits here for its subscription's turn;
+/// one expected to wait longer goes back to the outbox.
+const MAX_QUEUED_WAIT: Duration = Duration::from_secs(2);
+/// Most deliveries waiting here for one subscription's turn.
+const MAX_QUEUED: usize = 256;
+/// When a subscription's attempts have not ended yet, how long the
+/// deliveries beyond its first round wait before they are looked at again.
+const UNKNOWN_TURN: Duration = Duration::from_secs(1);
+
+/// Attempts in flight, deliveries waiting their turn, and how long attempts
+/// take, by subscription.
+#[derive(Default)]
+struct Turns {
+    by_subscription: Mutex<HashMap<String, Turn>>,
+}
+
+#[derive(Default)]
+struct Turn {
+    /// Attempts in flight from this process.
+    running: usize,
+    /// Claimed deliveries waiting for one of those to end.
+    waiting: std::collections::VecDeque<Delivery>,
+    /// Recent attempt time, smoothed, in ms.
+    typical_ms: f64,
+}
+
+/// Where a claimed delivery goes.
+enum Placed {
+    /// Its subscription has a free slot: attempt it now.
+    Start(Delivery),
+    /// It waits here for its subscription's next free slot.
+    Queued,
+    /// Back to the outbox, due at this time (ms).
+    Later(Delivery, u64),
+}
+
+impl Turns {
+    /// Places `delivery` for its subscription, which may have `limit`
+    /// attempts in flight.
+    fn place(&self, delivery: Delivery, limit: usize) -> Placed {
+        let mut all = self.by_subscription.lock().expect("turns lock");
+        let turn = all.entry(delivery.subscription.clone()).or_default();
+        if turn.running < limit {
+            turn.running += 1;
+            return Placed::Start(delivery);
+        }
+        if turn.typical_ms == 0.0 {
+            // No attempt has ended yet, so how long they take is unknown:
+            // one round waits here, the rest look again in a while.
+            if turn.waiting.len() < limit {
+                turn.waiting.push_back(delivery);
+                return Placed::Queued;
+            }
+            return Placed::Later(delivery, now_ms() + UNKNOWN_TURN.as_millis() as u64);
+        }
+        // Rounds of `limit` attempts before this one's turn.
+        let rounds = (turn.waiting.len() + 1).div_ceil(limit) as f64;
+        let wait = Duration::from_secs_f64((rounds * turn.typical_ms / 1000.0).min(60.0));
+        if wait <= MAX_QUEUED_WAIT && turn.waiting.len() < MAX_QUEUED {
+            turn.waiting.push_back(delivery);
+            return Placed::Queued;
+        }
+        let due = now_ms() + wait.max(MIN_DEFER).as_millis() as u64;
+        Placed::Later(delivery, due)
+    }
+
+    /// Ends an attempt to `subscription` that took `took`: the next
+    /// delivery waiting for its turn, which takes over the slot, if any.
+    fn end(&self, subscription: &str, took: Duration) -> Option<Delivery> {
+        let mut all = self.by_subscription.lock().expect("turns lock");
+        let turn = all.get_mut(subscription)?;
+        let ms = took.as_secs_f64() * 1000.0;
+        turn.typical_ms = if turn.typical_ms == 0.0 {
+            ms
+        } else {
+            0.8 * turn.typical_ms + 0.2 * ms
+        };
+        if let Some(next) = turn.waiting.pop_front() {
+            return Some(next);
+        }
+        turn.running = turn.running.saturating_sub(1);
+        if turn.running == 0 {
+            all.remove(subscription);
+        }
+        None
+    }
+}
 
 /// Attempts deliveries for one process.
 pub struct Dispatcher {
     webhooks: Arc<Webhooks>,
     client: reqwest::Client,
     slots: Arc<Semaphore>,
+    turns: Turns,
+    /// Told when an attempt ends, so deliveries put back can be looked at again.
+    ended: tokio::sync::Notify,
 }
 
 impl Dispatcher {
@@ -72,7 +174,56 @@ impl Dispatcher {
                 .expect("the webhook client config is static"),
             webhooks,
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            turns: Turns::default(),
+            ended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Of `claimed`, those whose subscription has an attempt slot free
+    /// (each taking it). The others wait here for their subscription's
+    /// next slot when that should come soon, or go back to the outbox, due
+    /// when their turn is likely to come.
+    async fn take_turns(&self, claimed: Vec<Delivery>) -> Vec<Delivery> {
+        let limit = self.webhooks.settings().per_subscription.max(1);
+        let mut startable = Vec::with_capacity(claimed.len());
+        let mut later = Vec::new();
+        for delivery in claimed {
+            match self.turns.place(delivery, limit) {
+                Placed::Start(delivery) => startable.push(delivery),
+                Placed::Queued => {}
+                Placed::Later(delivery, due) => later.push((delivery.id, due)),
+            }
+        }
+        if later.is_empty() {
+            return startable;
+        }
+        if let Err(e) = self.webhooks.store.defer(&later).await {
+            // They stay leased and fall due when the lease runs out.
+            tracing::warn!(error = %e, "could not put deliveries back for their turn");
+        }
+        startable
+    }
+
+    /// Attempts `delivery` (its subscription's slot taken) in a task of its
+    /// own, holding `slot`; then the deliveries of the same subscription
+    /// that wait for that slot, one after another.
+    fn spawn_attempt(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut next = Some(delivery);
+            while let Some(delivery) = next {
+                let subscription = delivery.subscription.clone();
+                let started = Instant::now();
+                this.attempt(delivery).await;
+                next = this.turns.end(&subscription, started.elapsed());
+            }
+            drop(slot);
+            this.ended.notify_waiters();
+        });
     }
 
     /// Claims and attempts deliveries until the task is dropped.
@@ -104,19 +255,18 @@ impl Dispatcher {
                 }
             };
             let full = claimed.len() == free;
-            for delivery in claimed {
+            let startable = self.take_turns(claimed).await;
+            let progressed = !startable.is_empty();
+            for delivery in startable {
                 let Ok(slot) = self.slots.clone().acquire_owned().await else {
                     return;
                 };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.attempt(delivery).await;
-                    drop(slot);
-                });
+                self.spawn_attempt(delivery, slot);
             }
-            if !full {
+            if !full || !progressed {
                 tokio::select! {
                     () = self.webhooks.wake.notified() => {}
+                    () = self.ended.notified(), if !progressed => {}
                     () = tokio::time::sleep(POLL) => {}
                 }
             }
@@ -125,19 +275,19 @@ impl Dispatcher {
 
     /// Attempts the deliveries this process stored leased to itself.
     async fn take_handed_over(self: Arc<Self>, mut handoff: tokio::sync::mpsc::Receiver<Delivery>) {
-        while let Some(delivery) = handoff.recv().await {
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                return;
-            };
-            if delivery.due_ms <= now_ms() {
-                // Waited past its lease: a claim may have taken it already.
-                continue;
+        let mut batch = Vec::new();
+        // Whatever has arrived is looked at together, so the deliveries put
+        // back for their subscription's turn cost one write.
+        while handoff.recv_many(&mut batch, HANDOFF).await > 0 {
+            let now = now_ms();
+            // One that waited past its lease may have been claimed already.
+            batch.retain(|delivery| delivery.due_ms > now);
+            for delivery in self.take_turns(std::mem::take(&mut batch)).await {
+                let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                self.spawn_attempt(delivery, slot);
             }
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.attempt(delivery).await;
-                drop(slot);
-            });
         }
     }
 
@@ -169,10 +319,15 @@ impl Dispatcher {
         if delivery.attempts == 0 {
             let lag = now_ms().saturating_sub(delivery.created_ms);
             delivery.due_ms = now_ms();
-            webhooks.metrics.delivery_lag(Duration::from_millis(lag));
+            webhooks
+                .metrics
+                .delivery_lag(&sub.id, Duration::from_millis(lag));
         }
         delivery.attempts += 1;
         let mut attempt = self.send(sub, &delivery).await;
+        webhooks
+            .metrics
+            .attempt_duration(&sub.id, Duration::from_millis(attempt.duration_ms));
         let succeeded = attempt.outcome == "succeeded";
         let retry_after = attempt_retry_after(&attempt);
         delivery.state = if succeeded {

@@ -21,6 +21,8 @@ pub struct WebhookSettings {
     pub retention: Duration,
     /// Extra CA certificates (PEM) trusted for deliveries.
     pub ca_pem: Option<Vec<u8>>,
+    /// Attempts one process makes at once to any one subscription.
+    pub per_subscription: usize,
 }
 
 impl WebhookSettings {
@@ -35,6 +37,7 @@ impl WebhookSettings {
             retry_schedule: webhooks.retry_schedule.clone(),
             retention: webhooks.delivery_retention,
             ca_pem: None,
+            per_subscription: webhooks.max_in_flight_per_subscription,
         }
     }
 

@@ -704,6 +704,45 @@ async fn a_subscription_limit_holds_under_concurrent_writers(backends: &Backends
     assert_eq!(store.subscriptions().await.unwrap().len(), 2);
 }
 
+async fn a_claimed_delivery_put_back_waits_until_its_new_time(backends: &Backends) {
+    use flowgate::backend::webhooks::DeliveryState;
+    let store = &backends.webhooks;
+    let now = now_ms();
+    store
+        .enqueue(&[
+            outbox_entry("d1", "wh_a", now),
+            outbox_entry("d2", "wh_b", now),
+        ])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // d1 goes back for later, d2 for at once; an unknown id changes nothing.
+    let put_back = [
+        ("d1".to_owned(), now_ms() + 300),
+        ("d2".to_owned(), now_ms()),
+        ("nope".to_owned(), now_ms()),
+    ];
+    store.defer(&put_back).await.unwrap();
+    let again = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, "d2");
+    assert_eq!(again[0].attempts, 0, "put back unattempted");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later = store.claim(now_ms(), lease, 10).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].id, "d1");
+    // A delivery that ended meanwhile is not put back.
+    let mut done = later[0].clone();
+    done.attempts = 1;
+    done.state = DeliveryState::Succeeded;
+    store.finish(&done, None).await.unwrap();
+    store.defer(&[("d1".to_owned(), now_ms())]).await.unwrap();
+    assert!(store.claim(now_ms(), lease, 10).await.unwrap().is_empty());
+    assert_eq!(store.outbox_depth().await.unwrap(), 1, "d2, leased");
+}
+
 async fn an_outbox_delivery_is_stored_once_and_leased(backends: &Backends) {
     use flowgate::backend::webhooks::DeliveryState;
     let store = &backends.webhooks;
@@ -856,5 +895,6 @@ conformance!(redis, redis_cluster, embedded => [
     pages_walk_every_record_once_newest_first,
     a_subscription_limit_holds_under_concurrent_writers,
     an_outbox_delivery_is_stored_once_and_leased,
+    a_claimed_delivery_put_back_waits_until_its_new_time,
     skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
 ]);

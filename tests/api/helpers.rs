@@ -315,6 +315,7 @@ pub fn test_webhook_settings() -> flowgate::webhooks::WebhookSettings {
         retry_schedule: vec![Duration::from_millis(300); 3],
         retention: Duration::from_secs(30 * 24 * 3600),
         ca_pem: None,
+        per_subscription: 8,
     }
 }
 

@@ -1129,7 +1129,89 @@ async fn a_run_never_waits_for_webhooks_and_a_lost_event_is_counted() {
     app.redis.restart();
 }
 
+/// `name{subscription="<id>",le="<le>"}` from a metrics page.
+fn bucket(metrics: &str, name: &str, id: &str, le: &str) -> u64 {
+    let prefix = format!("{name}_bucket{{subscription=\"{id}\",le=\"{le}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+async fn a_slow_receiver_delays_only_itself() {
+    let options = AppOptions {
+        webhook_settings: flowgate::webhooks::WebhookSettings {
+            timeout: Duration::from_secs(10),
+            ..test_webhook_settings()
+        },
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(&[("s", SYNC_FLOW.to_owned())], options).await;
+    let slow = Receiver::start(&[], Duration::from_secs(4)).await;
+    let fast = Receiver::start(&[], Duration::ZERO).await;
+    let mut ids = Vec::new();
+    for (name, receiver) in [("slow", &slow), ("fast", &fast)] {
+        let created = subscribe(
+            &app,
+            json!({"name": name, "url": receiver.url("/hook"), "events": ["run.ended"]}),
+        )
+        .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    // 400 runs, 2 senders at a time: 400 events for each receiver, far
+    // more than the slow one takes in the time (and more than the
+    // dispatcher's 256 slots, which the slow one alone once filled).
+    const RUNS: usize = 400;
+    const SENDERS: usize = 2;
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let (client, url, token) = (app.client.clone(), app.url("s"), app.token("s"));
+        senders.spawn(async move {
+            for n in (sender..RUNS).step_by(SENDERS) {
+                let answer = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"n": {n}}}"#))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(answer.status(), 200);
+            }
+        });
+    }
+    senders.join_all().await;
+    // Every event reaches the fast receiver soon after its run, while the
+    // slow one has taken a handful.
+    received(&fast, RUNS, Duration::from_secs(20)).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let lag = "flowgate_webhook_subscription_lag_seconds";
+    let slow_so_far = slow.requests().len();
+    assert!(
+        slow_so_far < RUNS / 2,
+        "the slow receiver has {slow_so_far}"
+    );
+    let within_1s = bucket(&metrics, lag, &ids[1], "1");
+    let all = bucket(&metrics, lag, &ids[1], "+Inf");
+    assert!(all >= RUNS as u64, "{all}");
+    assert!(
+        within_1s * 100 >= all * 99,
+        "fast receiver lag p99 over 1 s: {within_1s} of {all} within 1 s"
+    );
+    // The slow one's attempts are seen for what they are, once they end.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let attempts = "flowgate_webhook_attempt_duration_seconds";
+    let slow_quick = bucket(&metrics, attempts, &ids[0], "2.5");
+    let slow_all = bucket(&metrics, attempts, &ids[0], "+Inf");
+    assert!(
+        slow_all >= 8 && slow_quick == 0,
+        "{slow_quick} of {slow_all}"
+    );
+}
+
 crate::on_both_backends!(
+    a_slow_receiver_delays_only_itself,
     creating_a_subscription_pings_it_with_a_verifiable_signature,
     run_events_of_sync_and_async_runs_arrive_and_order_by_sequence,
     filters_by_event_flow_and_status_and_xml_parses,

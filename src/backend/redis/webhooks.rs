@@ -306,6 +306,21 @@ impl WebhookStore for RedisWebhooks {
         })
     }
 
+    fn defer<'a>(&'a self, due: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            if due.is_empty() {
+                return Ok(());
+            }
+            // XX: a delivery that left the outbox meanwhile stays out.
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(OUTBOX_KEY).arg("XX");
+            for (id, at) in due {
+                cmd.arg(*at).arg(id);
+            }
+            query::<i64>(&self.pool, &cmd).await.map(|_| ())
+        })
+    }
+
     fn finish<'a>(
         &'a self,
         delivery: &'a Delivery,

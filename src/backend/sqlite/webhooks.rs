@@ -283,6 +283,19 @@ impl WebhookStore for SqliteWebhooks {
         }))
     }
 
+    fn defer<'a>(&'a self, due: &'a [(String, u64)]) -> BoxFuture<'a, Result<(), StorageError>> {
+        let due = due.to_vec();
+        Box::pin(self.db.write_relaxed(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "UPDATE deliveries SET due_at = ?2 WHERE id = ?1 AND state = 'pending'",
+            )?;
+            for (id, at) in &due {
+                statement.execute(params![id, (*at).min(i64::MAX as u64) as i64])?;
+            }
+            Ok(())
+        }))
+    }
+
     fn finish<'a>(
         &'a self,
         delivery: &'a Delivery,
