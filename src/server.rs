@@ -75,7 +75,9 @@ async fn accept_loop<R>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .keep_alive_interval(limits.http2_keep_alive_interval)
-        .keep_alive_timeout(limits.http2_keep_alive_interval);
+        // A peer that does not answer a ping within the time a request's
+        // head may take is gone.
+        .keep_alive_timeout(limits.header_read_timeout);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_rx) = watch::channel(false);
     let mut last_limit_log: Option<Instant> = None;
@@ -110,9 +112,9 @@ async fn accept_loop<R>(
             _ = &mut shutdown => break,
         };
         let (builder, router, closing) = (builder.clone(), router.clone(), closing_rx.clone());
-        let idle_timeout = limits.idle_timeout;
+        let timeouts = (limits.header_read_timeout, limits.idle_timeout);
         tokio::spawn(async move {
-            serve_connection(stream, builder, router, closing, idle_timeout).await;
+            serve_connection(stream, builder, router, closing, timeouts).await;
             drop(permit);
         });
     }
@@ -133,6 +135,9 @@ struct Activity {
     opened: Instant,
     active: AtomicUsize,
     last_ms: AtomicU64,
+    /// Whether any request has begun: until one does, the connection has
+    /// only the time a request's head may take.
+    served: std::sync::atomic::AtomicBool,
 }
 
 /// Marks a request in progress while it lives.
@@ -140,6 +145,7 @@ struct InProgress(Arc<Activity>);
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> InProgress {
+        self.served.store(true, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         InProgress(self.clone())
     }
@@ -162,14 +168,15 @@ impl Drop for InProgress {
     }
 }
 
-/// Serves one connection until it ends, it stays idle for `idle_timeout`, or
-/// the server closes; the last two close it once its requests are answered.
+/// Serves one connection until it ends, it stays idle for `idle_timeout`
+/// (or sends no request within `header_read_timeout` of opening), or the
+/// server closes; the last ones close it once its requests are answered.
 async fn serve_connection<R>(
     stream: TcpStream,
     builder: auto::Builder<TokioExecutor>,
     router: R,
     mut closing: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    (header_read_timeout, idle_timeout): (Duration, Duration),
 ) where
     R: Fn(Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
 {
@@ -178,6 +185,7 @@ async fn serve_connection<R>(
         opened: Instant::now(),
         active: AtomicUsize::new(0),
         last_ms: AtomicU64::new(0),
+        served: std::sync::atomic::AtomicBool::new(false),
     });
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -192,6 +200,14 @@ async fn serve_connection<R>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     loop {
+        // Until its first request, a connection that sends nothing (before
+        // hyper even knows its HTTP version) is held no longer than a
+        // request's head may take.
+        let idle_timeout = if activity.served.load(Ordering::Relaxed) {
+            idle_timeout
+        } else {
+            header_read_timeout.min(idle_timeout)
+        };
         let idle_left = idle_timeout.saturating_sub(activity.idle_for());
         tokio::select! {
             ended = conn.as_mut() => {

@@ -163,12 +163,25 @@ async fn slow_partial_and_idle_clients_are_disconnected() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHo")
         .await
         .unwrap();
+    // Connected, and never a byte.
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    let opened = std::time::Instant::now();
     // A finished request, then idle in keep-alive.
     let mut idle = TcpStream::connect(app.addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
 
+    assert_eq!(
+        read_until_closed(&mut silent, Duration::from_secs(5)).await,
+        Some(String::new()),
+        "a connection that never sends a byte is closed"
+    );
+    let held = opened.elapsed();
+    assert!(
+        held < Duration::from_millis(900),
+        "held {held:?}: the header read timeout (500 ms), not the idle timeout (1 s)"
+    );
     let answered = read_until_closed(&mut idle, Duration::from_secs(5)).await;
     assert!(
         answered
@@ -763,6 +776,34 @@ async fn an_idle_http2_connection_is_closed() {
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
     drop(client);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_answers_pings_is_dropped() {
+    let limits = flowgate::config::ServerLimits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(60),
+        http2_keep_alive_interval: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let app = app_with_limits(limits).await;
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    // The preface, empty settings, and one GET /healthz; pings go unanswered.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut block = vec![0x82, 0x86, 0x44, 8];
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x41, 1, b'x']);
+    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    hello.extend_from_slice(&block);
+    tcp.write_all(&hello).await.unwrap();
+    let opened = std::time::Instant::now();
+    let seen = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
+    let held = opened.elapsed();
+    assert!(seen.is_some(), "the connection is still open");
+    // A ping interval (2 s) and a head's time (300 ms) to answer it: not
+    // a second interval, and far from the idle timeout.
+    assert!(held < Duration::from_millis(3500), "held {held:?}");
 }
 
 crate::on_both_backends!(
