@@ -4,8 +4,10 @@
 //! In the text format every event is one line whatever its fields hold:
 //! request-derived text (a `log` step's message, a header) cannot start a
 //! line of its own, because control characters and line separators inside
-//! an event are written escaped (`\n`, `\r`, `\x1b`, `\u{2028}`). JSON lines
-//! escape them by their format.
+//! an event are written escaped (`\n`, `\r`, `\x1b`, `\u{2028}`), and
+//! neither can it reorder what a terminal shows: bidirectional controls
+//! (`\u{202e}` and the rest) are escaped too. JSON lines escape control
+//! characters by their format.
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
@@ -56,6 +58,7 @@ fn escape_controls(line: &[u8], keep_escape: bool) -> Cow<'_, [u8]> {
     let unsafe_char = |c: char| {
         (c.is_control() && c != '\t' && !(keep_escape && c == '\x1b'))
             || matches!(c, '\u{2028}' | '\u{2029}')
+            || is_bidi_control(c)
     };
     if !text.chars().any(unsafe_char) {
         return Cow::Borrowed(line);
@@ -78,9 +81,24 @@ fn escape_controls(line: &[u8], keep_escape: bool) -> Cow<'_, [u8]> {
     Cow::Owned(out.into_bytes())
 }
 
+/// The Unicode bidirectional formatting characters, which make a terminal
+/// show text in another order than it was written.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_controls_are_escaped() {
+        let line = "INFO name=\u{202e}gpj.exe\u{2066}x\u{2069}\n";
+        assert_eq!(
+            std::str::from_utf8(&escape_controls(line.as_bytes(), true)).unwrap(),
+            "INFO name=\\u{202e}gpj.exe\\u{2066}x\\u{2069}\n"
+        );
+    }
 
     #[test]
     fn an_event_stays_one_line() {

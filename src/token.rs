@@ -172,6 +172,8 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["sub"]);
         validation.leeway = EXP_LEEWAY_SECS;
         validation.validate_exp = true;
+        // A token not valid yet (`nbf` ahead, beyond the leeway) is refused.
+        validation.validate_nbf = true;
         Self {
             encoding: EncodingKey::from_secret(secret.expose()),
             decoding: DecodingKey::from_secret(secret.expose()),

@@ -335,7 +335,13 @@ pub fn sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
                     session.source.jti,
                 );
                 // Subjects come from tokens: no control characters reach the terminal.
-                println!("{}", line.replace(|c: char| c.is_control(), "?"));
+                println!(
+                    "{}",
+                    line.replace(
+                        |c: char| c.is_control() || crate::telemetry::is_bidi_control(c),
+                        "?",
+                    )
+                );
             }
         }
         SessionsCommand::Revoke { id } => {
@@ -379,7 +385,13 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
             entry.at, entry.action, entry.actor, subject
         );
         // Names come from tokens and requests: no control characters reach the terminal.
-        println!("{}", line.replace(|c: char| c.is_control(), "?"));
+        println!(
+            "{}",
+            line.replace(
+                |c: char| c.is_control() || crate::telemetry::is_bidi_control(c),
+                "?",
+            )
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

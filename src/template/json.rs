@@ -292,6 +292,27 @@ pub fn json_value(value: Value) -> Value {
     Value::from_safe_string(html_safe(&json))
 }
 
+/// The `tojson` filter: minijinja's, with U+2028 and U+2029 escaped too,
+/// as every other JSON flowgate writes (a JavaScript string cannot hold
+/// them raw).
+pub fn tojson(
+    state: &minijinja::State,
+    value: &Value,
+    indent: Option<Value>,
+    args: minijinja::value::Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let json = minijinja::filters::tojson(value, indent, args)?;
+    let text = json.as_str().unwrap_or_default();
+    state.consume_fuel(text.len() as u64 / 64)?;
+    if !text.contains(['\u{2028}', '\u{2029}']) {
+        return Ok(json);
+    }
+    Ok(Value::from_safe_string(
+        text.replace('\u{2028}', "\\u2028")
+            .replace('\u{2029}', "\\u2029"),
+    ))
+}
+
 /// JSON text with the characters that matter to HTML and JavaScript escaped;
 /// in serialized JSON they only ever occur inside strings.
 fn html_safe(json: &str) -> String {

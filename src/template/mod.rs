@@ -47,6 +47,7 @@ pub fn new_environment() -> Env {
     });
     env.add_filter(json::IN_STRING_FILTER, json::in_string);
     env.add_filter(json::VALUE_FILTER, json::json_value);
+    env.add_filter("tojson", json::tojson);
     env
 }
 
@@ -455,6 +456,26 @@ mod tests {
             value.render_within(&env, &ctx, &mut 1024).unwrap(),
             serde_json::json!({"n": 14, "tags": ["a"], "text": "id-7", "missing": null})
         );
+    }
+
+    #[test]
+    fn tojson_escapes_line_separators_like_every_other_json() {
+        let mut env = new_environment();
+        env.add_template_owned("t", "{{ v | tojson }}|{{ v | tojson(indent=2) }}")
+            .unwrap();
+        let mut scope = Scope::default();
+        scope.set_json("v", serde_json::json!({"a": "x\u{2028}y\u{2029}<"}));
+        let text = env
+            .get_template("t")
+            .unwrap()
+            .render(scope.context())
+            .unwrap();
+        assert!(!text.contains(['\u{2028}', '\u{2029}', '<']), "{text}");
+        assert!(text.contains("x\\u2028y\\u2029\\u003c"), "{text}");
+        let (compact, pretty) = text.split_once('|').unwrap();
+        let back: serde_json::Value = serde_json::from_str(compact).unwrap();
+        assert_eq!(back["a"], "x\u{2028}y\u{2029}<");
+        assert!(pretty.contains('\n'));
     }
 
     #[test]

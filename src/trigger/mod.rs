@@ -557,13 +557,21 @@ async fn authenticate(
             Err(e) => token_error = Some(e),
         }
     }
-    if let Some(config) = flow.and_then(|f| f.trigger.signature.as_ref()) {
+    let signature = flow.and_then(|f| f.trigger.signature.as_ref());
+    // A signature flow reads the body to verify it, which answers
+    // `Expect: 100-continue` with `100 Continue`. Every flow, known or not,
+    // reads it the same way then (same budget, same answers), so that
+    // answer cannot tell which flows exist or how they authenticate.
+    let read = if signature.is_some() || expects_continue(&parts.headers) {
+        read_unauthenticated(state, parts, body).await?
+    } else {
+        None
+    };
+    if let (Some(config), Some(raw)) = (signature, read) {
         // A body that cannot be read cannot be verified: it stays unauthenticated.
-        if let Some(raw) = read_unauthenticated(state, parts, body).await? {
-            match signature::verify(config, &parts.headers, &raw, unix_now()) {
-                Ok(()) => return Ok(Principal::Signature),
-                Err(e) => tracing::info!(reason = %e, "signature refused"),
-            }
+        match signature::verify(config, &parts.headers, &raw, unix_now()) {
+            Ok(()) => return Ok(Principal::Signature),
+            Err(e) => tracing::info!(reason = %e, "signature refused"),
         }
     }
     // The reason is for the gateway's log only.
@@ -572,6 +580,14 @@ async fn authenticate(
         None => tracing::info!("no credentials"),
     }
     Err(ApiError::unauthorized(UNAUTHORIZED_MESSAGE))
+}
+
+/// Whether the sender waits for `100 Continue` before sending its body.
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 fn bearer_token(value: &str) -> Option<&str> {

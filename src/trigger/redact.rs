@@ -15,7 +15,9 @@ pub const REDACTED: &str = "[redacted]";
 /// Headers that carry credentials, always redacted.
 pub const DEFAULT_HEADERS: &[&str] = &[
     "cookie",
+    "cookie2",
     "set-cookie",
+    "set-cookie2",
     "proxy-authorization",
     "x-api-key",
     "api-key",

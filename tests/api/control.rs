@@ -451,6 +451,45 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn an_admin_token_not_valid_yet_is_refused() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |nbf: u64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({
+                "sub": "early", "iat": now, "jti": format!("j{nbf}"), "ver": 0,
+                "role": "ops", "nbf": nbf,
+            }),
+            &jsonwebtoken::EncodingKey::from_secret(SIGNING_KEY.as_bytes()),
+        )
+        .unwrap()
+    };
+    let base = format!("http://{}", app.addr);
+    // Valid from an hour on: refused now, on the API and at the console.
+    let early = sign(now + 3600);
+    let refused = admin(&app, &base, "GET", "flows", Some(&early)).await;
+    assert_eq!(refused.status(), 401);
+    let console = app
+        .client
+        .post(format!("{base}/console/sign-in"))
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={early}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(console.status(), 401);
+    // Valid since a minute ago: accepted.
+    let ready = sign(now - 60);
+    let accepted = admin(&app, &base, "GET", "flows", Some(&ready)).await;
+    assert_eq!(accepted.status(), 200);
+}
+
+#[tokio::test]
 async fn a_revoked_admin_token_is_refused_on_every_replica() {
     let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
     let (b, b_url) = replica(&app).await;

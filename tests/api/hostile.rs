@@ -236,6 +236,48 @@ async fn an_announced_body_over_the_limit_gets_413_without_100_continue() {
 }
 
 #[tokio::test]
+async fn expect_100_continue_cannot_tell_which_flows_exist() {
+    let app = app_with_limits(Default::default()).await;
+    let mut answers = Vec::new();
+    for (flow, auth) in [
+        ("gh", ""),
+        ("nope", ""),
+        ("p", ""),
+        ("gh", "Authorization: Bearer not-a-token\r\n"),
+        ("nope", "Authorization: Bearer not-a-token\r\n"),
+    ] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/flow-webhook/{flow} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 11\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // What the gateway says before the body is sent.
+        let mut first = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut first))
+            .await
+            .expect("an answer to the head")
+            .unwrap();
+        let interim = String::from_utf8_lossy(&first[..n]).into_owned();
+        assert!(
+            interim.starts_with("HTTP/1.1 100 Continue"),
+            "{flow}: {interim}"
+        );
+        stream.write_all(b"{\"a\": true}").await.unwrap();
+        let rest = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let full = format!("{interim}{rest}");
+        let status = full.split("\r\n\r\n").nth(1).unwrap().to_owned();
+        let body = full.rsplit("\r\n\r\n").next().unwrap().to_owned();
+        answers.push((status.lines().next().unwrap_or_default().to_owned(), body));
+    }
+    for (status, body) in &answers {
+        assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+        assert_eq!(body, &answers[0].1, "the same 401 for every flow");
+    }
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
     let limits = flowgate::config::ServerLimits {
         max_connections: 4,
@@ -409,6 +451,7 @@ body_inline = "{{ request.headers.cookie }}|{{ request.headers['x-api-key'] }}|{
         .post(format!("{}?token=sekrit&page=2", app.url("r")))
         .bearer_auth(app.token("r"))
         .header("cookie", "session=abc")
+        .header("cookie2", "$Version=1; legacy=c2-secret")
         .header("x-api-key", "key-123")
         .header("x-tenant-secret", "t-456")
         .header("proxy-authorization", "Basic eHg6eXk=")
@@ -427,7 +470,14 @@ body_inline = "{{ request.headers.cookie }}|{{ request.headers['x-api-key'] }}|{
     );
     let record = app.record_when(&run_id, |r| r.status == "succeeded").await;
     let stored = serde_json::to_string(&record).unwrap();
-    for secret in ["session=abc", "key-123", "t-456", "sekrit", "eHg6eXk="] {
+    for secret in [
+        "session=abc",
+        "c2-secret",
+        "key-123",
+        "t-456",
+        "sekrit",
+        "eHg6eXk=",
+    ] {
         assert!(!stored.contains(secret), "{secret} in {stored}");
     }
     assert_eq!(
@@ -452,7 +502,8 @@ async fn request_text_cannot_forge_log_lines() {
     let child = command.spawn().unwrap();
     let health = format!("http://127.0.0.1:{port}/healthz");
     assert!(app.text_when(&health, "ok").await.contains("ok"));
-    let forged = "hi\n2026-01-01T00:00:00Z ERROR forged: admin logged in\r\x1b[2K";
+    let forged =
+        "hi\n2026-01-01T00:00:00Z ERROR forged: admin logged in\r\x1b[2K \u{202e}nimda\u{2066}";
     let response = app
         .client
         .post(format!("http://127.0.0.1:{port}/v1/flow-webhook/l"))
@@ -474,6 +525,9 @@ async fn request_text_cannot_forge_log_lines() {
     );
     assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log}");
+    // Nor can it make a terminal show the line in another order.
+    assert!(!log.contains(['\u{202e}', '\u{2066}']), "{log}");
+    assert!(line.contains(r"\u{202e}nimda\u{2066}"), "{line}");
 }
 
 #[tokio::test]
