@@ -166,6 +166,93 @@ async fn serve_runs_on_one_file_without_redis_and_owns_it() {
     terminate(server).await;
 }
 
+#[tokio::test]
+async fn one_owner_per_file_whatever_names_it_and_a_file_changed_underneath_is_noticed() {
+    let port = free_port();
+    let dir = project(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    let db = dir.path().join("data/flowgate.db");
+    // The same file through a symlink and through a hard link.
+    std::os::unix::fs::symlink(&db, dir.path().join("data/link.db")).unwrap();
+    std::fs::hard_link(&db, dir.path().join("data/hard.db")).unwrap();
+    for other in ["data/link.db", "data/hard.db"] {
+        let second = command(&dir, &["serve"])
+            .env(
+                "FLOWGATE_SERVER__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("FLOWGATE_STORAGE__PATH", other)
+            .output()
+            .unwrap();
+        assert!(!second.status.success(), "{other}");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            stderr.contains("in use by another flowgate process"),
+            "{other}: {stderr}"
+        );
+    }
+    std::fs::remove_file(dir.path().join("data/hard.db")).unwrap();
+
+    let out = command(&dir, &["token", "issue", "a"]).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let accept = || {
+        client
+            .post(format!("{base}/v1/flow-webhook/a"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(r#"{"n": 1}"#)
+            .send()
+    };
+    assert_eq!(accept().await.unwrap().status(), 202);
+
+    // Replaced by rename: not ready, and nothing more is accepted into
+    // the file that is gone, within the check period.
+    let copy = dir.path().join("data/copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    std::fs::rename(&copy, &db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let readyz = loop {
+        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if response.status() == 503 {
+            break response.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "still ready on a replaced file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(readyz.contains("was replaced"), "{readyz}");
+    let refused = accept().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    terminate(server).await;
+
+    // Overwritten in place: noticed too.
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    let size = std::fs::metadata(&db).unwrap().len() as usize;
+    {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        file.write_all(&vec![b'z'; size.min(4096)]).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let readyz = loop {
+        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if response.status() == 503 {
+            break response.text().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready on an overwritten file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(readyz.contains("no longer a SQLite database"), "{readyz}");
+    let _ = terminate(server).await;
+}
+
 const SLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"wait\"\nkind = \"delay\"\nduration = \"500ms\"\n";
 
 /// Every listed run of flow `flow`, by id and status, from the admin API.

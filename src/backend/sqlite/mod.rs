@@ -10,6 +10,14 @@
 //!
 //! The schema is created and changed by numbered migrations, applied at
 //! open and recorded in SQLite's `user_version`.
+//!
+//! The owning process (serve or worker) holds an exclusive lock on the
+//! database file itself, so a second owner is refused whatever path names
+//! the file (a symlink, a hard link). It also checks, at most every
+//! [`FILE_CHECK_EVERY`], that the file at its path is still the one it
+//! opened and still a SQLite database: a file replaced, removed or
+//! overwritten under it makes `/readyz` and new accepts fail with the
+//! reason, instead of writing on into a file nobody will read again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -29,6 +37,9 @@ pub use self::control::SqliteControl;
 pub use self::queue::SqliteQueue;
 pub use self::store::SqliteStore;
 pub use self::webhooks::SqliteWebhooks;
+
+/// How often the owner looks at the file it opened (see the module doc).
+pub const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes folded into one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -174,6 +185,52 @@ pub struct Database {
     /// Held open for as long as the database is: the exclusive lock that
     /// makes this process the file's owner, when it took one.
     _owner: Option<Arc<std::fs::File>>,
+    /// The file as opened, and what the last look at it found.
+    file: Arc<FileWatch>,
+}
+
+/// The database file as opened (device and inode), and whether the file at
+/// its path still is that one, looked at every [`FILE_CHECK_EVERY`].
+struct FileWatch {
+    identity: Option<(u64, u64)>,
+    opened: std::time::Instant,
+    checked_ms: std::sync::atomic::AtomicU64,
+    problem: Mutex<Option<String>>,
+}
+
+/// The file at `path`: its device and inode.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl FileWatch {
+    /// What is wrong with the file at `path`, if anything.
+    fn look(&self, path: &Path) -> Option<String> {
+        use std::io::Read;
+        let shown = path.display();
+        let Some(now) = identity(path) else {
+            return Some(format!(
+                "{shown} was removed while in use; restart flowgate (what it wrote since is in a file no longer there)"
+            ));
+        };
+        if self.identity.is_some_and(|opened| opened != now) {
+            return Some(format!(
+                "{shown} was replaced by another file while in use; restart flowgate to use the new one"
+            ));
+        }
+        let mut header = [0u8; 16];
+        let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut header));
+        match read {
+            // A new, empty file has no header yet.
+            Ok(0) => None,
+            Ok(_) if &header == b"SQLite format 3\0" => None,
+            Ok(_) => Some(format!(
+                "{shown} is no longer a SQLite database (it was overwritten); restore it from a backup (flowgate backup) and restart"
+            )),
+            Err(e) => Some(format!("{shown} cannot be read: {e}")),
+        }
+    }
 }
 
 /// Why the database could not be opened.
@@ -209,23 +266,23 @@ impl Database {
                 .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
         }
         let owner = if own {
-            let lock_path = lock_path(path);
+            // The lock is on the database file itself (an `flock`, which
+            // SQLite's own `fcntl` locks do not touch), so it holds
+            // whatever path, link or symlink, names the file.
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
+                .read(true)
                 .write(true)
-                .open(&lock_path)
-                .map_err(|e| unusable(format!("cannot open {}: {e}", lock_path.display())))?;
+                .open(path)
+                .map_err(|e| unusable(format!("cannot open it: {e}")))?;
             match file.try_lock() {
                 Ok(()) => Some(Arc::new(file)),
                 Err(std::fs::TryLockError::WouldBlock) => {
                     return Err(OpenError::InUse(path.to_owned()));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(unusable(format!(
-                        "cannot lock {}: {e}",
-                        lock_path.display()
-                    )));
+                    return Err(unusable(format!("cannot lock it: {e}")));
                 }
             }
         } else {
@@ -258,12 +315,44 @@ impl Database {
                 .spawn(move || read_loop(connection, queue))
                 .map_err(|e| unusable(e.to_string()))?;
         }
+        let file = Arc::new(FileWatch {
+            identity: identity(path),
+            opened: std::time::Instant::now(),
+            checked_ms: std::sync::atomic::AtomicU64::new(0),
+            problem: Mutex::new(None),
+        });
         Ok(Self {
             path: path.to_owned(),
             writes,
             reads,
             _owner: owner,
+            file,
         })
+    }
+
+    /// Whether the file at the database's path is still the one opened and
+    /// still a database; looked at no more than every [`FILE_CHECK_EVERY`].
+    pub fn check_file(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let watch = &self.file;
+        let now = watch.opened.elapsed().as_millis() as u64 + 1;
+        let last = watch.checked_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= FILE_CHECK_EVERY.as_millis() as u64 {
+            watch.checked_ms.store(now, Ordering::Relaxed);
+            let found = watch.look(&self.path);
+            let mut problem = watch.problem.lock().expect("file watch lock");
+            if found.is_some() && *problem != found {
+                tracing::error!(
+                    problem = found.as_deref(),
+                    "the embedded database file changed under flowgate"
+                );
+            }
+            *problem = found;
+        }
+        match &*watch.problem.lock().expect("file watch lock") {
+            Some(problem) => Err(StorageError::Unavailable(problem.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The database file.
@@ -401,13 +490,6 @@ fn explain(path: &Path, e: rusqlite::Error) -> String {
         Err(reason) => format!("{plain}: {reason}"),
         Ok(()) => plain,
     }
-}
-
-/// The lock file beside the database.
-fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
 }
 
 fn connect(path: &Path) -> rusqlite::Result<Connection> {

@@ -272,6 +272,8 @@ impl RunQueue for SqliteQueue {
         record: Option<&'a RunRecord>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            // Nothing is accepted into a file that is no longer the database.
+            self.db.check_file()?;
             let (json, raw) = queued(input)?;
             let answer = record
                 .and_then(|r| r.response.as_ref())
@@ -483,10 +485,16 @@ impl RunQueue for SqliteQueue {
     }
 
     fn depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
-        Box::pin(self.db.read(|conn| {
-            let n: i64 = conn.query_row("SELECT count(*) FROM queue", [], |row| row.get(0))?;
-            Ok(n as u64)
-        }))
+        Box::pin(async move {
+            self.db.check_file()?;
+            self.db
+                .read(|conn| {
+                    let n: i64 =
+                        conn.query_row("SELECT count(*) FROM queue", [], |row| row.get(0))?;
+                    Ok(n as u64)
+                })
+                .await
+        })
     }
 }
 
