@@ -63,7 +63,9 @@ pub struct RunRecord {
     /// When a run waiting to retry a step is due again.
     #[serde(default)]
     pub next_attempt_at: Option<String>,
-    /// Wall time of the last execution, in milliseconds.
+    /// Wall time of the whole run, in milliseconds: from its first start to
+    /// its end, retries and the waits between them included (each step
+    /// trace keeps its own).
     pub duration_ms: Option<u64>,
     /// The trigger request: method, path, query, headers (no authorization),
     /// and the raw body unless it was JSON (then `body` holds the same data).
@@ -347,13 +349,16 @@ impl RunRecord {
         });
     }
 
-    /// Marks the record as started now.
+    /// Marks the record as started now (its `started_at` stays the first
+    /// execution's).
     pub fn start(&mut self) {
         self.status = RunState::Running;
         self.attempt += 1;
         self.interrupted += 1;
         self.next_attempt_at = None;
-        self.started_at = Some(now_rfc3339());
+        if self.started_at.is_none() {
+            self.started_at = Some(now_rfc3339());
+        }
     }
 
     /// Fills in how the run ended.
@@ -365,7 +370,9 @@ impl RunRecord {
         };
         self.interrupted = 0;
         if self.started_at.is_none() {
-            self.started_at = Some(now_rfc3339());
+            // A sync run's record is written once, at its end: it started
+            // when its execution did.
+            self.started_at = Some(humantime::format_rfc3339_millis(report.started_at).to_string());
             self.attempt += 1;
         }
         match &report.retry {

@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use crate::trigger::TriggerState;
 
 /// `GET /audit?actor=&action=&flow=&after=&before=`, newest first.
-#[utoipa::path(get, path = "/v1/admin/audit", tag = "audit",
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "audit", operation_id = "listAudit",
     description = "Who changed what, when, newest first (role: viewer).",
     params(
         ("actor" = Option<String>, Query, description = "only this actor's changes"),

@@ -124,7 +124,7 @@ fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
 }
 
 /// `GET /flows`: by id.
-#[utoipa::path(get, path = "/v1/admin/flows", tag = "flows",
+#[utoipa::path(get, path = "/v1/admin/flows", tag = "flows", operation_id = "listFlows",
     description = "Every flow, by id (role: viewer).",
     params(
         ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
@@ -158,7 +158,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
 }
 
 /// `GET /flows/{id}`.
-#[utoipa::path(get, path = "/v1/admin/flows/{id}", tag = "flows",
+#[utoipa::path(get, path = "/v1/admin/flows/{id}", tag = "flows", operation_id = "getFlow",
     description = "One flow (role: viewer).",
     params(("id" = String, Path, description = "the flow id")),
     responses(
@@ -173,7 +173,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
 }
 
 /// `POST /flows/{id}/pause`.
-#[utoipa::path(post, path = "/v1/admin/flows/{id}/pause", tag = "flows",
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/pause", tag = "flows", operation_id = "pauseFlow",
     description = "Pauses the flow on every replica within a second (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
     responses(
@@ -191,7 +191,7 @@ pub(super) async fn pause(
 }
 
 /// `POST /flows/{id}/unpause`.
-#[utoipa::path(post, path = "/v1/admin/flows/{id}/unpause", tag = "flows",
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/unpause", tag = "flows", operation_id = "unpauseFlow",
     description = "Unpauses the flow: the file's status holds again (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
     responses(
@@ -248,7 +248,7 @@ fn duration_field(
 }
 
 /// `POST /flows/{id}/tokens/rotate` with an optional `{"grace": "24h"}`.
-#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens/rotate", tag = "flows",
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens/rotate", tag = "flows", operation_id = "rotateFlowTokens",
     description = "Moves the flow to its next token generation; with `grace`, tokens of the generation before keep working that long (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
     request_body(content = serde_json::Value, description = "optional: {\"grace\": \"24h\"}"),
@@ -284,7 +284,7 @@ pub(super) async fn rotate(
 }
 
 /// `POST /flows/{id}/tokens`: a new token for the flow's senders.
-#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens", tag = "flows",
+#[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens", tag = "flows", operation_id = "issueFlowToken",
     description = "Mints a token for the flow at its current generation, as `flowgate token issue` does; with `ttl`, it expires after that long. The token is in this answer only (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
     request_body(content = serde_json::Value, description = "optional: {\"ttl\": \"90d\"}"),
@@ -328,7 +328,7 @@ pub(super) async fn issue(
 }
 
 /// `POST /tokens/revoke` with `{"jti": "..."}` or `{"token": "..."}`.
-#[utoipa::path(post, path = "/v1/admin/tokens/revoke", tag = "tokens",
+#[utoipa::path(post, path = "/v1/admin/tokens/revoke", tag = "tokens", operation_id = "revokeAdminToken",
     description = "Refuses an admin token on every replica within a second (role: ops).",
     request_body(content = serde_json::Value, description = "{\"token\": \"...\"} or {\"jti\": \"...\"}"),
     responses(
@@ -370,7 +370,7 @@ pub(super) async fn revoke(
 }
 
 /// `POST /reload`: loads flows and templates again on this replica.
-#[utoipa::path(post, path = "/v1/admin/reload", tag = "flows",
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "flows", operation_id = "reloadFlows",
     description = "Loads flows and templates again on this replica; a flow whose change fails keeps its last good version (role: author).",
     responses(
         (status = 200, description = "what changed", body = crate::flow::reload::ReloadSummary),

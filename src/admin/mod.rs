@@ -717,6 +717,25 @@ mod tests {
     }
 
     #[test]
+    fn every_operation_has_its_own_id() {
+        let doc = openapi::document();
+        let mut ids = Vec::new();
+        for item in doc.paths.paths.values() {
+            for operation in [&item.get, &item.post, &item.put, &item.delete, &item.patch]
+                .into_iter()
+                .flatten()
+            {
+                ids.push(operation.operation_id.clone().expect("an operation id"));
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "{ids:?}");
+        assert!(ids.contains(&"listFlows".to_owned()));
+    }
+
+    #[test]
     fn the_openapi_document_lists_exactly_the_routes() {
         let doc = openapi::document();
         let mut documented = Vec::new();

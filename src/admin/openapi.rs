@@ -78,7 +78,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 }
 
 /// `GET /openapi.json`.
-#[utoipa::path(get, path = "/v1/admin/openapi.json", tag = "meta",
+#[utoipa::path(get, path = "/v1/admin/openapi.json", tag = "meta", operation_id = "getOpenApi",
     description = "This document (role: viewer).",
     responses((status = 200, description = "the OpenAPI 3.1 document", body = serde_json::Value)))]
 pub(super) async fn openapi() -> Result<Answer, ApiError> {

@@ -38,7 +38,7 @@ fn listed(record: &RunRecord) -> serde_json::Value {
 }
 
 /// `GET /runs/{id}/value?at=`: one value of a record, whole.
-#[utoipa::path(get, path = "/v1/admin/runs/{id}/value", tag = "runs",
+#[utoipa::path(get, path = "/v1/admin/runs/{id}/value", tag = "runs", operation_id = "getRunValue",
     description = "One value of a run record, whole, where a run list showed it cut: `at` is a JSON pointer into the record such as /steps/2/output (role: viewer).",
     params(
         ("id" = String, Path, description = "the run id"),
@@ -46,6 +46,7 @@ fn listed(record: &RunRecord) -> serde_json::Value {
     ),
     responses(
         (status = 200, description = "`{\"run_id\", \"at\", \"value\"}`", body = serde_json::Value),
+        (status = 400, description = "no `at`, or not a JSON pointer", body = serde_json::Value),
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such run, or nothing at that place", body = serde_json::Value),
@@ -74,7 +75,7 @@ pub(super) async fn value(
 }
 
 /// `GET /runs/{id}`: the whole record.
-#[utoipa::path(get, path = "/v1/admin/runs/{id}", tag = "runs",
+#[utoipa::path(get, path = "/v1/admin/runs/{id}", tag = "runs", operation_id = "getRun",
     description = "The whole run record: request, steps, answer (role: viewer).",
     params(("id" = String, Path, description = "the run id")),
     responses(
@@ -93,7 +94,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
 }
 
 /// `GET /runs?flow=&status=&after=&before=`: newest first.
-#[utoipa::path(get, path = "/v1/admin/runs", tag = "runs",
+#[utoipa::path(get, path = "/v1/admin/runs", tag = "runs", operation_id = "listRuns",
     description = "Run records, newest first (role: viewer).",
     params(
         ("flow" = Option<String>, Query, description = "only this flow's runs"),
@@ -152,7 +153,7 @@ fn refused(e: OperationError) -> ApiError {
 }
 
 /// `POST /runs/{id}/replay`: a new run of the recorded request.
-#[utoipa::path(post, path = "/v1/admin/runs/{id}/replay", tag = "runs",
+#[utoipa::path(post, path = "/v1/admin/runs/{id}/replay", tag = "runs", operation_id = "replayRun",
     description = "Runs the recorded request again against the current flow, as a new run linked by `replay_of` (role: author).",
     params(("id" = String, Path, description = "the run id")),
     responses(
@@ -174,7 +175,7 @@ pub(super) async fn replay(
 }
 
 /// `POST /runs/{id}/abort`.
-#[utoipa::path(post, path = "/v1/admin/runs/{id}/abort", tag = "runs",
+#[utoipa::path(post, path = "/v1/admin/runs/{id}/abort", tag = "runs", operation_id = "abortRun",
     description = "Aborts a queued, waiting or running run, on whichever replica holds it (role: ops).",
     params(("id" = String, Path, description = "the run id")),
     responses(

@@ -48,7 +48,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// `GET /sessions`: open console sessions, newest first.
-#[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions",
+#[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions", operation_id = "listSessions",
     description = "Console sessions open on any replica, newest first: who, with which role, since and until when, and the admin token or sign-in link each was made from (role: ops).",
     params(
         ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
@@ -56,6 +56,7 @@ fn rfc3339(ms: u64) -> String {
     ),
     responses(
         (status = 200, description = "a page of sessions", body = ListPage<SessionView>),
+        (status = 400, description = "a bad limit or cursor", body = serde_json::Value),
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
@@ -79,7 +80,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
 }
 
 /// `DELETE /sessions/{id}`: ends a console session on every replica.
-#[utoipa::path(delete, path = "/v1/admin/sessions/{id}", tag = "sessions",
+#[utoipa::path(delete, path = "/v1/admin/sessions/{id}", tag = "sessions", operation_id = "revokeSession",
     description = "Ends a console session on every replica within a second; its cookie then signs in no more (role: ops).",
     params(("id" = String, Path, description = "the session's id")),
     responses(
@@ -87,6 +88,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no open session has that id", body = serde_json::Value),
+        (status = 503, description = "the store is unavailable", body = serde_json::Value),
     ))]
 pub(super) async fn revoke(
     state: &TriggerState,

@@ -48,7 +48,7 @@ fn input(body: Value) -> Result<SubscriptionInput, ApiError> {
 }
 
 /// `GET /webhooks`.
-#[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", operation_id = "listWebhooks",
     description = "Every subscription, oldest first; secrets are never listed (role: viewer).",
     params(
         ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
@@ -75,7 +75,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
 }
 
 /// `POST /webhooks`.
-#[utoipa::path(post, path = "/v1/admin/webhooks", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks", tag = "webhooks", operation_id = "createWebhook",
     description = "Creates a subscription and sends it a ping. Body: `name`, `url` (https), optional `secret` (`whsec_…`, or `true` to generate one), `events` (default `[\"*\"]`), `flows`, `statuses`, `format` (`json` | `xml`), `enabled` (default true). At most 5 subscriptions may name one flow: 409 `too_many_subscriptions` (role: ops).",
     request_body = Value,
     responses(
@@ -100,7 +100,7 @@ pub(super) async fn create(
 }
 
 /// `GET /webhooks/{id}`.
-#[utoipa::path(get, path = "/v1/admin/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/admin/webhooks/{id}", tag = "webhooks", operation_id = "getWebhook",
     description = "One subscription, with its failure count and why it was disabled (role: viewer).",
     params(("id" = String, Path, description = "the subscription id")),
     responses(
@@ -112,7 +112,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
 }
 
 /// `PATCH /webhooks/{id}`.
-#[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", tag = "webhooks", operation_id = "updateWebhook",
     description = "Changes the fields given (any of `name`, `url`, `events`, `flows`, `statuses`, `format`, `enabled`); the secret changes only through rotate-secret (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     request_body = Value,
@@ -136,7 +136,7 @@ pub(super) async fn update(
 }
 
 /// `DELETE /webhooks/{id}`.
-#[utoipa::path(delete, path = "/v1/admin/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/v1/admin/webhooks/{id}", tag = "webhooks", operation_id = "deleteWebhook",
     description = "Deletes a disabled subscription and its delivery log; an enabled one is refused with 409 `subscription_enabled` (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses(
@@ -154,7 +154,7 @@ pub(super) async fn delete(
 }
 
 /// `POST /webhooks/{id}/enable`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/enable", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/enable", tag = "webhooks", operation_id = "enableWebhook",
     description = "Enables a subscription and resets its failure count; events skipped meanwhile wait for a recover (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 200, description = "the subscription now", body = SubscriptionView)))]
@@ -172,7 +172,7 @@ pub(super) async fn enable(
 }
 
 /// `POST /webhooks/{id}/disable`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/disable", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/disable", tag = "webhooks", operation_id = "disableWebhook",
     description = "Disables a subscription: its events are logged as skipped until it is enabled and recovered (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 200, description = "the subscription now", body = SubscriptionView)))]
@@ -190,7 +190,7 @@ pub(super) async fn disable(
 }
 
 /// `POST /webhooks/{id}/ping`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/ping", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/ping", tag = "webhooks", operation_id = "pingWebhook",
     description = "Sends the subscription a `ping` now (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 202, description = "queued; see the delivery log", body = Value)))]
@@ -203,7 +203,7 @@ pub(super) async fn ping(
 }
 
 /// `POST /webhooks/{id}/test`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/test", tag = "webhooks", operation_id = "testWebhook",
     description = "Sends the subscription a `test` event: a realistic `run.ended` of a made-up run, with `live_mode` false (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 202, description = "queued; see the delivery log", body = Value)))]
@@ -220,7 +220,7 @@ fn accepted(delivery_id: String) -> Result<Answer, ApiError> {
 }
 
 /// `POST /webhooks/{id}/rotate-secret`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/rotate-secret", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/rotate-secret", tag = "webhooks", operation_id = "rotateWebhookSecret",
     description = "A new signing secret (`{\"secret\": \"whsec_…\"}` to choose it, else generated). The previous one keeps signing alongside for `grace` (default `24h`, at most `7d`); `{\"grace\": \"0s\"}` stops it at once (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     request_body = Value,
@@ -255,7 +255,7 @@ pub(super) async fn rotate_secret(
 }
 
 /// `POST /webhooks/{id}/recover`.
-#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/recover", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/recover", tag = "webhooks", operation_id = "recoverWebhook",
     description = "Sends again the events skipped while the subscription was disabled, since `since` (RFC 3339; default: the delivery retention) (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     request_body = Value,
@@ -285,7 +285,7 @@ pub(super) async fn recover(
 }
 
 /// `GET /webhooks/{id}/deliveries`.
-#[utoipa::path(get, path = "/v1/admin/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/admin/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "listDeliveries",
     description = "The subscription's delivery log, newest first: every attempt with its request (signature removed) and response (body cut at 64 KiB) (role: viewer).",
     params(
         ("id" = String, Path, description = "the subscription id"),
@@ -307,7 +307,7 @@ pub(super) async fn deliveries(
 }
 
 /// `POST /deliveries/{id}/resend`.
-#[utoipa::path(post, path = "/v1/admin/deliveries/{id}/resend", tag = "webhooks",
+#[utoipa::path(post, path = "/v1/admin/deliveries/{id}/resend", tag = "webhooks", operation_id = "resendDelivery",
     description = "Sends a delivery again now, as a manual attempt (role: ops).",
     params(("id" = String, Path, description = "the delivery id (from the delivery log)")),
     responses(

@@ -90,11 +90,16 @@ fn os_user() -> Option<String> {
     None
 }
 
-/// The control state, loaded from the configured backend.
-fn control(config: &Config) -> anyhow::Result<Arc<Control>> {
+/// The control state of the configured backend, loaded on `rt`: every
+/// command does all its store work on that one runtime, since connections
+/// made on a runtime die with it.
+fn control(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc<Control>> {
     let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
     let backends = backends(config, &lifecycle)?;
-    Ok(Arc::new(Control::new(backends.control)))
+    let control = Arc::new(Control::new(backends.control));
+    rt.block_on(control.refresh())
+        .map_err(|e| anyhow::anyhow!("cannot read the control state: {e}"))?;
+    Ok(control)
 }
 
 /// The flow `flow_id` as its file defines it.
@@ -111,9 +116,8 @@ fn flow(config: &Config, flow_id: &str) -> anyhow::Result<Arc<Flow>> {
 
 /// `flowgate flows ...`
 pub fn flows(config: &Config, command: FlowsCommand) -> anyhow::Result<ExitCode> {
-    let control = control(config)?;
     let rt = runtime()?;
-    rt.block_on(control.refresh())?;
+    let control = control(config, &rt)?;
     match command {
         FlowsCommand::List => {
             let report = load(config);
@@ -187,14 +191,11 @@ pub fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::R
         anyhow::bail!("no flow `{flow_id}`: {} does not exist", file.display());
     }
     let keys = TokenKeys::new(&config.signing_key()?);
-    let control = control(config)?;
-    runtime()?
-        .block_on(control.refresh())
-        .map_err(|e| anyhow::anyhow!("cannot read the flow's token generation: {e}"))?;
+    let rt = runtime()?;
+    let control = control(config, &rt)?;
     let generation = control.generation(flow_id).current;
     let token = keys.issue(flow_id, ttl, generation)?;
-    runtime()?
-        .block_on(control.record_issue(flow_id, generation, ttl, &cli_actor()))
+    rt.block_on(control.record_issue(flow_id, generation, ttl, &cli_actor()))
         .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
     println!("{token}");
     Ok(ExitCode::SUCCESS)
@@ -206,15 +207,16 @@ pub fn rotate(config: &Config, flow_id: &str, grace: Option<Duration>) -> anyhow
         anyhow::bail!("--grace must be above zero and at most 365 days");
     }
     let flow = flow(config, flow_id)?;
-    let control = control(config)?;
-    let generation = runtime()?.block_on(control.rotate(&flow.id, grace, &cli_actor()))?;
+    let rt = runtime()?;
+    let control = control(config, &rt)?;
+    let generation = rt.block_on(control.rotate(&flow.id, grace, &cli_actor()))?;
     match grace {
         Some(grace) => eprintln!(
             "{}: generation {}; tokens of generation {} keep working for {}",
             flow.id,
             generation.current,
             generation.current.saturating_sub(1),
-            humantime::format_duration(grace)
+            crate::config::readable_duration(grace)
         ),
         None => eprintln!(
             "{}: generation {}; older tokens are refused",
@@ -264,7 +266,7 @@ pub fn console_link(
     println!("{base}/console/sign-in#link={link}");
     eprintln!(
         "works once, for {}; it signs in {name} as {}",
-        humantime::format_duration(ttl),
+        crate::config::readable_duration(ttl),
         role.as_str()
     );
     Ok(ExitCode::SUCCESS)
@@ -284,8 +286,9 @@ pub fn revoke(config: &Config, token: &str) -> anyhow::Result<ExitCode> {
         Err(_) if !token.contains('.') => (token.to_owned(), u64::MAX),
         Err(e) => anyhow::bail!("not an admin token of this gateway: {e}"),
     };
-    let control = control(config)?;
-    runtime()?.block_on(control.revoke(&jti, until_ms, &cli_actor()))?;
+    let rt = runtime()?;
+    let control = control(config, &rt)?;
+    rt.block_on(control.revoke(&jti, until_ms, &cli_actor()))?;
     eprintln!("admin token {jti} revoked");
     Ok(ExitCode::SUCCESS)
 }
@@ -309,9 +312,8 @@ pub enum SessionsCommand {
 
 /// `flowgate sessions ...`
 pub fn sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
-    let control = control(config)?;
     let rt = runtime()?;
-    rt.block_on(control.refresh())?;
+    let control = control(config, &rt)?;
     match command {
         SessionsCommand::List { json } => {
             let open = control.sessions();
@@ -354,17 +356,18 @@ pub fn sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
 
 /// `flowgate audit`.
 pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let control = control(config)?;
+    let rt = runtime()?;
+    let control = control(config, &rt)?;
     let filter = AuditFilter {
         flow: args.flow,
         action: args.action,
         ..AuditFilter::default()
     };
-    let page = runtime()?.block_on(control.store().audit(
-        &filter,
-        None,
-        args.limit.clamp(1, 1000),
-    ))?;
+    let page = rt.block_on(
+        control
+            .store()
+            .audit(&filter, None, args.limit.clamp(1, 1000)),
+    )?;
     for entry in page.data {
         if args.json {
             println!("{}", serde_json::to_string(&entry)?);

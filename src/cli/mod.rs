@@ -649,7 +649,7 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
             let Some(r) = rt.block_on(store.get(&run_id))? else {
                 anyhow::bail!(
                     "no run `{run_id}` (runs are kept for {})",
-                    humantime::format_duration(config.runs.retention)
+                    crate::config::readable_duration(config.runs.retention)
                 );
             };
             if json {

@@ -347,11 +347,21 @@ impl Config {
             }
             None => (None, String::new()),
         };
+        Self::from_source(file, &source, env)
+    }
+
+    /// The config written as `source` (read from `file`, when it came from
+    /// one), with `env`'s overrides; reads no file.
+    pub fn from_source(
+        file: Option<PathBuf>,
+        source: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let shown = file
             .as_deref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "config".into());
-        let mut table: toml::Table = toml::from_str(&source)
+        let mut table: toml::Table = toml::from_str(source)
             .map_err(|e| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
         apply_env_overrides(&mut table, env)?;
         check_backend_named(&table, &shown)?;
@@ -524,6 +534,25 @@ fn apply_env_overrides(
     Ok(())
 }
 
+/// `duration` as a person writes it: `7 days`, `1 day 2h`, `90s`.
+pub fn readable_duration(duration: std::time::Duration) -> String {
+    humantime::format_duration(duration)
+        .to_string()
+        .split(' ')
+        .map(|part| {
+            let unit = part.trim_start_matches(|c: char| c.is_ascii_digit());
+            let number = &part[..part.len() - unit.len()];
+            // Word units get a space; `h`, `m`, `s`, `ms` stay as they are.
+            if unit.len() > 2 {
+                format!("{number} {unit}")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,8 +565,19 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_as_a_person_writes_them() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(readable_duration(7 * day), "7 days");
+        assert_eq!(
+            readable_duration(day + Duration::from_secs(7200)),
+            "1 day 2h"
+        );
+        assert_eq!(readable_duration(Duration::from_secs(90)), "1m 30s");
+    }
+
+    #[test]
     fn defaults_apply_without_a_file() {
-        let config = Config::load_with_env(None, &[]).unwrap();
+        let config = Config::from_source(None, "", &[]).unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.runs.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(
@@ -554,7 +594,7 @@ mod tests {
         assert_eq!(config.storage.backend, StorageBackend::Embedded);
         assert_eq!(config.storage.path, PathBuf::from(".flowgate/flowgate.db"));
         let env = [("FLOWGATE_STORAGE__BACKEND".to_owned(), "redis".to_owned())];
-        let redis = Config::load_with_env(None, &env).unwrap();
+        let redis = Config::from_source(None, "", &env).unwrap();
         assert_eq!(redis.storage.backend, StorageBackend::Redis);
         assert_eq!(config.webhooks.timeout, Duration::from_secs(15));
         assert_eq!(config.webhooks.retry_schedule.len(), 7);
@@ -562,7 +602,7 @@ mod tests {
             "FLOWGATE_WEBHOOKS__RETRY_SCHEDULE".to_owned(),
             "[\"1s\", \"2m\"]".to_owned(),
         )];
-        let config = Config::load_with_env(None, &env).unwrap();
+        let config = Config::from_source(None, "", &env).unwrap();
         assert_eq!(
             config.webhooks.retry_schedule,
             [Duration::from_secs(1), Duration::from_secs(120)]
@@ -577,7 +617,7 @@ mod tests {
             ("FLOWGATE_SERVER__MAX_BODY_BYTES", "2048"),
             ("UNRELATED", "x"),
         ]);
-        let config = Config::load_with_env(None, &vars).unwrap();
+        let config = Config::from_source(None, "", &vars).unwrap();
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:9000");
         assert!(config.http.allow_private_networks);
         assert_eq!(config.server.max_body_bytes, 2048);
@@ -596,7 +636,7 @@ mod tests {
             ("FLOWGATE_REDIS__PARTITIONS", "32"),
             ("FLOWGATE_REDIS__REPLICA_ACKS", "1"),
         ]);
-        let config = Config::load_with_env(None, &vars).unwrap();
+        let config = Config::from_source(None, "", &vars).unwrap();
         let settings = config.redis.settings();
         assert!(settings.cluster);
         assert_eq!(
@@ -607,7 +647,7 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         // A single Redis is one partition whatever the setting says.
-        let single = Config::load_with_env(None, &env(&[("FLOWGATE_STORAGE__BACKEND", "redis")]))
+        let single = Config::from_source(None, "", &env(&[("FLOWGATE_STORAGE__BACKEND", "redis")]))
             .unwrap()
             .redis
             .settings();
@@ -639,7 +679,9 @@ mod tests {
         ] {
             let mut vars = env(&pairs);
             vars.push(("FLOWGATE_STORAGE__BACKEND".into(), "redis".into()));
-            let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+            let err = Config::from_source(None, "", &vars)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "{err}");
         }
     }
@@ -653,7 +695,7 @@ mod tests {
                 "rediss://user:s3cret@cache.example:6380/0",
             ),
         ]);
-        let config = Config::load_with_env(None, &vars).unwrap();
+        let config = Config::from_source(None, "", &vars).unwrap();
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(
@@ -690,11 +732,15 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_one_line_errors() {
         let vars = env(&[("FLOWGATE_SERVER__LISTNE", "x")]);
-        let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+        let err = Config::from_source(None, "", &vars)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listne"), "{err}");
         assert!(!err.contains('\n'), "{err}");
         let vars = env(&[("FLOWGATE_SERVER__LISTEN", "nowhere")]);
-        let err = Config::load_with_env(None, &vars).unwrap_err().to_string();
+        let err = Config::from_source(None, "", &vars)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.ends_with(": server.listen: `nowhere` is not a host:port address"),
             "{err}"
@@ -736,7 +782,7 @@ mod tests {
                 "runs.keep: `successes` must be all, failed or none",
             ),
         ] {
-            let err = Config::load_with_env(None, &env(&[(key, value)]))
+            let err = Config::from_source(None, "", &env(&[(key, value)]))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(expected), "{key}: {err}");

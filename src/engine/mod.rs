@@ -112,8 +112,12 @@ pub struct RunReport {
     pub logs: Vec<String>,
     /// The context after the run, for rendering the response.
     pub scope: Scope,
-    /// Wall time of the run.
+    /// Wall time of the whole run: every execution so far (a run that
+    /// retried through the queue counts from its first start), waits
+    /// between them included.
     pub duration: Duration,
+    /// When this execution started.
+    pub started_at: SystemTime,
     /// For [`RunState::Waiting`]: when and where to pick the run up.
     pub retry: Option<RetryLater>,
 }
@@ -237,6 +241,7 @@ impl Engine {
         observer: &dyn StepObserver,
     ) -> RunReport {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let mut scope = Self::initial_scope(flow, input, RunState::Running);
         let mut state = Execution {
             env: catalog.env_of(&flow.id),
@@ -295,7 +300,7 @@ impl Engine {
                     step: None,
                     message: format!(
                         "the run exceeded the flow's timeout of {}",
-                        humantime::format_duration(flow.timeout)
+                        crate::config::readable_duration(flow.timeout)
                     ),
                 }),
             ),
@@ -307,7 +312,8 @@ impl Engine {
             steps: state.traces,
             logs: state.logs,
             scope,
-            duration: started.elapsed(),
+            duration: used + started.elapsed(),
+            started_at,
             retry,
         }
     }
@@ -403,7 +409,7 @@ impl Engine {
                     Err(StepFailure {
                         message: format!(
                             "the step timed out after {}",
-                            humantime::format_duration(limit)
+                            crate::config::readable_duration(limit)
                         ),
                         retryable: true,
                         output: serde_json::Value::Null,
@@ -424,7 +430,7 @@ impl Engine {
                             "{} (attempt {attempt} of {}; retrying in {})",
                             failure.message,
                             step.retry.attempts,
-                            humantime::format_duration(backoff)
+                            crate::config::readable_duration(backoff)
                         ));
                         trace.output = failure.output;
                         trace.duration_ms = clock.elapsed().as_millis() as u64;
@@ -468,7 +474,11 @@ impl Engine {
     ) -> Result<(), Halt> {
         trace.status = StepState::Failed;
         trace.error = Some(failure.message.clone());
-        trace.output = failure.output;
+        // A step the run goes on past shows the output later steps see.
+        trace.output = match step.on_error {
+            OnError::Continue => json!({ "error": failure.message }),
+            OnError::Stop => failure.output,
+        };
         trace.duration_ms = clock.elapsed().as_millis() as u64;
         state.step_ended(trace);
         match step.on_error {

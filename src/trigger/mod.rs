@@ -41,8 +41,9 @@ const QUERY_TOKEN_PARAM: &str = "access_token";
 const MAX_TOKEN_BYTES: usize = 4096;
 /// The one message of every 401, whatever the flow or the failure, so a
 /// refusal reveals neither whether the flow exists nor how it authenticates.
-const UNAUTHORIZED_MESSAGE: &str =
-    "missing or invalid credentials: send Authorization: Bearer <token>";
+/// The same for every flow and every failure, so it names no scheme: a
+/// signature-only flow and an unknown one must read alike.
+const UNAUTHORIZED_MESSAGE: &str = "missing or invalid credentials";
 /// How long browsers may cache a CORS preflight answer, in seconds.
 const CORS_MAX_AGE_SECS: &str = "600";
 

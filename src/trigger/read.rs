@@ -128,7 +128,7 @@ impl BodyState {
                         "body_timeout",
                         format!(
                             "the body did not arrive within {}",
-                            humantime::format_duration(timeout)
+                            crate::config::readable_duration(timeout)
                         ),
                     )
                 })?;

@@ -439,7 +439,7 @@ impl Webhooks {
         if grace > MAX_ROTATION_GRACE {
             return Err(WebhookError::Invalid(format!(
                 "grace is at most {}",
-                humantime::format_duration(MAX_ROTATION_GRACE)
+                crate::config::readable_duration(MAX_ROTATION_GRACE)
             )));
         }
         let new = match secret {

@@ -142,7 +142,7 @@ fn unauthorized_body() -> serde_json::Value {
     serde_json::json!({
         "status": 401,
         "error": "unauthorized",
-        "message": "missing or invalid credentials: send Authorization: Bearer <token>",
+        "message": "missing or invalid credentials",
         "data": null,
     })
 }

@@ -836,7 +836,114 @@ async fn an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one() {
     .await;
 }
 
+/// Runs the CLI against `app`'s store; its stdout, failing on a non-zero exit.
+fn cli_ok(app: &TestApp, args: &[&str]) -> String {
+    let (stdout, stderr, code) = cli(app, args);
+    assert_eq!(code, 0, "flowgate {}: {stderr}", args.join(" "));
+    stdout
+}
+
+async fn every_cli_command_works_on_this_backend() {
+    let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
+    let base = format!("http://{}", app.addr);
+    // Tokens: issue (valid at once), rotate twice (audited with the
+    // generations it moved between), admin, revoke.
+    let token = cli_ok(&app, &["token", "issue", "f"]).trim().to_owned();
+    status_within(&app, &base, "f", &token, 200).await;
+    for _ in 0..2 {
+        cli_ok(&app, &["token", "rotate", "f"]);
+    }
+    let rotations = audit_page(&app, &base, "audit?action=token.rotate").await;
+    let entries = rotations["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{rotations}");
+    assert_eq!(entries[0]["before"]["generation"], 1, "{rotations}");
+    assert_eq!(entries[0]["after"]["generation"], 2, "{rotations}");
+    let token = cli_ok(&app, &["token", "issue", "f"]).trim().to_owned();
+    status_within(&app, &base, "f", &token, 200).await;
+    let admin_token = cli_ok(&app, &["token", "admin", "--role", "viewer"])
+        .trim()
+        .to_owned();
+    assert_eq!(
+        admin(&app, &base, "GET", "flows", Some(&admin_token))
+            .await
+            .status(),
+        200
+    );
+    cli_ok(&app, &["token", "revoke", &admin_token]);
+    let started = Instant::now();
+    while admin(&app, &base, "GET", "flows", Some(&admin_token))
+        .await
+        .status()
+        != 401
+    {
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "the revocation did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cli_ok(&app, &["console-link", "--role", "viewer"]).contains("/console/sign-in#link="));
+    assert!(cli_ok(&app, &["sessions", "list", "--json"]).is_empty());
+
+    // Flows: list, status, pause, unpause.
+    assert!(cli_ok(&app, &["flows", "list"]).contains('f'));
+    cli_ok(&app, &["flows", "pause", "f"]);
+    assert!(cli_ok(&app, &["flows", "status", "f"]).contains("paused"));
+    cli_ok(&app, &["flows", "unpause", "f"]);
+
+    // Runs: list and show.
+    let answer = app
+        .client
+        .post(app.url("f"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let id = run_id(&answer);
+    app.record_when(&id, |r| r.ended_at.is_some()).await;
+    assert!(cli_ok(&app, &["runs", "list", "f"]).contains(&id));
+    assert!(cli_ok(&app, &["runs", "show", &id]).contains(&id));
+
+    // Webhooks: create, list, show, disable, delete.
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    let created = cli_ok(
+        &app,
+        &[
+            "webhooks",
+            "create",
+            "--name",
+            "cli",
+            "--url",
+            &receiver.url("/hook"),
+        ],
+    );
+    let listed = cli_ok(&app, &["webhooks", "list"]);
+    assert!(listed.contains("cli"), "{created} {listed}");
+    let sub = listed
+        .split_whitespace()
+        .find(|w| w.starts_with("wh_"))
+        .expect("a subscription id")
+        .to_owned();
+    assert!(cli_ok(&app, &["webhooks", "show", &sub]).contains(&receiver.url("/hook")));
+    cli_ok(&app, &["webhooks", "disable", &sub]);
+    cli_ok(&app, &["webhooks", "delete", &sub]);
+
+    // The audit log names the CLI's user for each change.
+    let audit = cli_ok(&app, &["audit", "--json"]);
+    for action in ["token.issue", "token.rotate", "token.revoke", "flow.pause"] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+    assert!(audit.contains("cli:alice"));
+    if app.backend == Backend::Embedded {
+        let copy = app.dir.path().join("copy.db");
+        cli_ok(&app, &["backup", copy.to_str().unwrap()]);
+        assert!(copy.exists());
+    }
+}
+
 crate::on_both_backends!(
+    every_cli_command_works_on_this_backend,
     every_role_gets_what_it_may_and_nothing_else,
     queued_runs_of_a_paused_flow_wait_and_run_after_unpause,
     a_replay_runs_the_recorded_request_again_as_a_linked_run,
@@ -844,6 +951,7 @@ crate::on_both_backends!(
 );
 
 crate::on_cluster!(
+    every_cli_command_works_on_this_backend,
     queued_runs_of_a_paused_flow_wait_and_run_after_unpause,
     an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one,
 );

@@ -415,6 +415,13 @@ retry = {{ attempts = 3, backoff = "1s" }}
         record.steps[1].error
     );
     assert_eq!(record.attempt, 3);
+    // The run's time is all of it: two backoffs of 1 s and 2 s at least,
+    // from its first start, which its record keeps.
+    let duration = record.duration_ms.unwrap();
+    assert!(duration >= 3000, "{duration} ms");
+    let started = humantime::parse_rfc3339(record.started_at.as_deref().unwrap()).unwrap();
+    let first_step = humantime::parse_rfc3339(&record.steps[0].started_at).unwrap();
+    assert!(started <= first_step, "{record:?}");
 }
 
 #[tokio::test]

@@ -285,6 +285,19 @@ message = "stopped by request"
     )
     .await;
     assert_eq!(body["message"], "step `stop` failed: stopped by request");
+    // The debugger shows the failed step's output as later steps saw it;
+    // a sync run started before its first step and ended after its last.
+    let answer = app.post_json("f", r#"{"flag": true}"#).await;
+    let record = app
+        .record_when(&run_id(&answer), |r| r.ended_at.is_some())
+        .await;
+    let broken = record.steps.iter().find(|s| s.path == "broken").unwrap();
+    assert_eq!(broken.output, serde_json::json!({"error": "boom true"}));
+    let at = |t: &str| humantime::parse_rfc3339(t).unwrap();
+    let started = at(record.started_at.as_deref().unwrap());
+    assert!(started <= at(&record.steps[0].started_at), "{record:?}");
+    assert!(started <= at(record.ended_at.as_deref().unwrap()));
+    assert!(record.started_at != record.ended_at || record.duration_ms == Some(0));
 }
 
 crate::on_both_backends!(
