@@ -102,8 +102,8 @@ impl Control {
     }
 
     /// The console session `id`, while it is open: opened here or on
-    /// another replica, not expired, not revoked, and (for a session made
-    /// from a pasted admin token) that token not revoked either.
+    /// another replica, not expired, not revoked, and the admin token or
+    /// sign-in link it was made from not revoked either.
     pub fn session(&self, id: &str) -> Option<SessionEntry> {
         let state = self.state.read().expect("control lock poisoned");
         state
@@ -366,7 +366,7 @@ impl Control {
         let ended: Vec<String> = self
             .sessions()
             .into_iter()
-            .filter(|s| s.source.kind == "token" && s.source.jti == jti)
+            .filter(|s| s.source.jti == jti)
             .map(|s| s.id)
             .collect();
         audit.after = Some(if ended.is_empty() {
@@ -391,7 +391,7 @@ impl Control {
 fn is_open(state: &ControlState, session: &SessionEntry, now_ms: u64) -> bool {
     session.expires_ms > now_ms
         && !state.revoked.contains_key(&session.id)
-        && !(session.source.kind == "token" && state.revoked.contains_key(&session.source.jti))
+        && !state.revoked.contains_key(&session.source.jti)
 }
 
 /// Why a console session could not be opened or ended.

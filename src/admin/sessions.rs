@@ -2,50 +2,13 @@
 //! ending one.
 
 use http::StatusCode;
-use serde::Serialize;
 use serde_json::json;
 
 use super::{Answer, Caller, ListPage, Query, json};
-use crate::backend::control::SessionEntry;
+use crate::backend::control::SessionView;
 use crate::console::session::session_error;
 use crate::error::ApiError;
 use crate::trigger::TriggerState;
-
-/// A console session as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct SessionView {
-    /// The session's id.
-    pub id: String,
-    /// Who is signed in.
-    pub subject: String,
-    /// With which role.
-    pub role: String,
-    /// When it opened, RFC 3339.
-    pub created_at: String,
-    /// When it ends by itself, RFC 3339.
-    pub expires_at: String,
-    /// What it was made from: `{"kind": "token" | "link", "jti": ...}`.
-    /// Revoking that admin token ends the session.
-    pub from: crate::backend::control::SessionSource,
-}
-
-impl From<SessionEntry> for SessionView {
-    fn from(session: SessionEntry) -> Self {
-        Self {
-            id: session.id,
-            subject: session.subject,
-            role: session.role,
-            created_at: rfc3339(session.created_ms),
-            expires_at: rfc3339(session.expires_ms),
-            from: session.source,
-        }
-    }
-}
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
 
 /// `GET /sessions`: open console sessions, newest first.
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions", operation_id = "listSessions",

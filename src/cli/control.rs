@@ -321,20 +321,20 @@ pub fn sessions(config: &Config, command: SessionsCommand) -> anyhow::Result<Exi
                 eprintln!("no console session is open");
             }
             for session in open {
+                let view = crate::backend::control::SessionView::from(session);
                 if json {
-                    println!("{}", serde_json::to_string(&session)?);
+                    println!("{}", serde_json::to_string(&view)?);
                     continue;
                 }
                 let line = format!(
-                    "{}  {:<20} {:<7} until {}  from {} {}",
-                    session.id,
-                    session.subject,
-                    session.role,
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + Duration::from_millis(session.expires_ms)
-                    ),
-                    session.source.kind,
-                    session.source.jti,
+                    "{}  {:<20} {:<7} since {}  until {}  from {} {}",
+                    view.id,
+                    view.subject,
+                    view.role,
+                    view.created_at,
+                    view.expires_at,
+                    view.from.kind,
+                    view.from.jti,
                 );
                 // Subjects come from tokens: no control characters reach the terminal.
                 println!(
@@ -381,7 +381,8 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
         let change = match (&entry.before, &entry.after) {
             (Some(b), Some(a)) => format!("{b} -> {a}"),
             (None, Some(a)) => a.to_string(),
-            _ => String::new(),
+            (Some(b), None) => b.to_string(),
+            (None, None) => String::new(),
         };
         let line = format!(
             "{}  {:<16} {:<20} {:<20} {change}",

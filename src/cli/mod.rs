@@ -201,6 +201,13 @@ pub enum TokenCommand {
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init();
+    if cli.config.is_none() && !std::path::Path::new("config.toml").exists() {
+        // Otherwise a command run from another folder quietly reads (and
+        // creates) a store of its own there.
+        eprintln!(
+            "note: no config.toml in this folder; using the built-in defaults (give --config PATH to use a project's)"
+        );
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => return bad_config(&e),
@@ -411,7 +418,8 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
     let addr = config.server.listen;
     let grace = config.server.shutdown_grace;
     let app = build_app(&config, true)?;
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let served = rt.block_on(async move {
         let shutdown = shutdown_channel();
         start_background(&app, &config);
         let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
@@ -424,7 +432,16 @@ fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
             let _ = worker.await;
         }
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    leave(rt);
+    served
+}
+
+/// Drops `rt` without waiting on a template render still under way on its
+/// blocking threads: a render cannot be stopped before its fuel runs out,
+/// and whatever it renders now has no one to answer.
+fn leave(rt: tokio::runtime::Runtime) {
+    rt.shutdown_timeout(Duration::from_secs(1));
 }
 
 fn worker_only(
@@ -433,7 +450,8 @@ fn worker_only(
 ) -> anyhow::Result<ExitCode> {
     let grace = config.server.shutdown_grace;
     let app = build_app(&config, true)?;
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let worked = rt.block_on(async move {
         let shutdown = shutdown_channel();
         start_background(&app, &config);
         if let Some(addr) = metrics_listen {
@@ -450,7 +468,9 @@ fn worker_only(
         }
         let _ = spawn_worker(&app, grace, shutdown).await;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    leave(rt);
+    worked
 }
 
 fn check(config: &Config) -> ExitCode {
@@ -566,7 +586,8 @@ fn render(
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
-    println!("HTTP {}", response.status().as_u16());
+    let status = response.status().as_u16();
+    println!("HTTP {status}");
     for (name, value) in response.headers() {
         println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
     }
@@ -575,11 +596,14 @@ fn render(
         .block_on(http_body_util::BodyExt::collect(response.into_body()))?
         .to_bytes();
     println!("{}", String::from_utf8_lossy(&body));
-    Ok(if run.status == crate::engine::RunState::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    // An answer that failed to render fails the command too.
+    Ok(
+        if run.status == crate::engine::RunState::Succeeded && status < 500 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Longest preview of a JSON value in `runs show`.
@@ -688,6 +712,16 @@ fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
                         .unwrap_or_default(),
                     error.message
                 );
+            }
+            if !r.cut.is_empty() {
+                let bytes: usize = r.cut.iter().map(|c| c.bytes).sum();
+                println!(
+                    "cut       {} value(s), {bytes} bytes, to keep the record within runs.max_record_bytes:",
+                    r.cut.len()
+                );
+                for cut in &r.cut {
+                    println!("          {} ({} bytes)", cut.at, cut.bytes);
+                }
             }
             println!();
             println!("steps");

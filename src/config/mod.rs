@@ -175,6 +175,9 @@ pub struct HttpConfig {
     pub allow_private_networks: bool,
 }
 
+/// The most [`TemplatesConfig::fuel`] may be: a few seconds of one core.
+pub const MAX_TEMPLATE_FUEL: u64 = 100_000_000;
+
 /// `[templates]`: the budget of every render (steps, answers, headers).
 /// Over budget, the step fails (or the answer is a `500 response_invalid`)
 /// with an error naming the template.
@@ -418,6 +421,11 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::new(format!("{key} must be above 0")));
             }
+        }
+        if self.templates.fuel > MAX_TEMPLATE_FUEL {
+            return Err(ConfigError::new(format!(
+                "templates.fuel must be at most {MAX_TEMPLATE_FUEL}: a render cannot be stopped before its fuel runs out, even when its run has timed out"
+            )));
         }
         if self.runs.max_record_bytes < 16 * 1024 {
             return Err(ConfigError::new(

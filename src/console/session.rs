@@ -92,7 +92,9 @@ pub(crate) async fn sign_in(
     if link.is_some() && admin_token.is_none() {
         // One use. Claiming the link's id is atomic in the store, so two
         // sign-ins racing with the same link (on one replica or several)
-        // open one session; the revocation then shows in the audit log.
+        // open one session, which the audit log shows as `session.open`.
+        // The link's id stays unrevoked: revoking it later (`flowgate
+        // token revoke <jti>`) ends the session it opened.
         let claim = state
             .idempotency
             .reserve(LINK_CLAIMS, &principal.token_id, "")
@@ -103,7 +105,6 @@ pub(crate) async fn sign_in(
                 "that sign-in link was used already; ask for a new one",
             ));
         }
-        revoke(state, &principal, MAX_LINK).await?;
     }
     // A link's own expiry is for the link; the session it opens lasts the
     // longest a session may. A pasted token's session ends with the token.
@@ -165,28 +166,6 @@ pub(crate) async fn sign_out(state: &TriggerState, session: &Session) -> Result<
         .revoke_session(&session.caller.principal.token_id, &session.caller.actor())
         .await
         .map_err(session_error)
-}
-
-/// Revokes `principal`'s token on every replica, until it expires (or for
-/// `longest` if it names no expiry).
-async fn revoke(
-    state: &TriggerState,
-    principal: &AdminPrincipal,
-    longest: Duration,
-) -> Result<(), ApiError> {
-    let until = principal
-        .expires
-        .map(|exp| exp * 1000)
-        .unwrap_or_else(|| now_ms() + longest.as_millis() as u64);
-    let actor = Caller {
-        principal: principal.clone(),
-    }
-    .actor();
-    state
-        .control
-        .revoke(&principal.token_id, until, &actor)
-        .await
-        .map_err(crate::admin::unavailable)
 }
 
 /// How long a session made from `principal` may last: until its token

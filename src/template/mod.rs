@@ -56,6 +56,9 @@ pub fn describe(err: &minijinja::Error) -> String {
     if err.kind() == minijinja::ErrorKind::OutOfFuel {
         return "the render passed its work budget (templates.fuel)".to_owned();
     }
+    if let Some(detail) = err.detail().filter(|d| d.starts_with(OVER_OUTPUT)) {
+        return detail.to_owned();
+    }
     match err.detail() {
         Some(detail) => format!("{}: {detail}", err.kind()),
         None => err.kind().to_string(),
@@ -206,11 +209,14 @@ pub fn render_text(
     }
 }
 
+/// How the error of a render whose output passed its budget begins.
+const OVER_OUTPUT: &str = "the output of ";
+
 /// The error for a render whose output passed its budget.
 fn over_budget(name: &str) -> minijinja::Error {
     minijinja::Error::new(
         minijinja::ErrorKind::InvalidOperation,
-        format!("the output of {name} passed the render budget (templates.max_output_bytes)"),
+        format!("{OVER_OUTPUT}{name} passed its budget (templates.max_output_bytes)"),
     )
 }
 

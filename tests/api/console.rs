@@ -652,6 +652,13 @@ async fn console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_s
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(listed.len(), 2, "{stdout}");
+    for field in ["created_at", "expires_at"] {
+        assert!(
+            listed[0][field].is_string(),
+            "as the API shows it: {stdout}"
+        );
+    }
+    assert_eq!(listed[0]["from"]["kind"], "link", "{stdout}");
     let frank_session = listed.iter().find(|s| s["role"] == "author").unwrap()["id"]
         .as_str()
         .unwrap()
@@ -685,6 +692,20 @@ async fn console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_s
     assert_ne!(code, 0);
     assert!(stderr.contains("no open console session"), "{stderr}");
 
+    // Revoking a sign-in link's id ends the session it opened.
+    let gina_link = link(&app, Role::Viewer);
+    let link_jti = app
+        .keys
+        .verify_console(&gina_link, ConsoleUse::Link)
+        .unwrap()
+        .token_id;
+    let mut gina = Browser::new(&app);
+    assert_eq!(gina.sign_in("link", &gina_link).await.status(), 303);
+    assert_eq!(gina.get("/console/flows").await.status(), 200);
+    let (_, stderr, code) = cli(&app, &["token", "revoke", &link_jti]);
+    assert_eq!(code, 0, "{stderr}");
+    signed_out_within_a_second(&gina).await;
+
     // Every step is in the audit log, with who did it.
     let audit = app
         .admin_json("ops-bot", Role::Ops, "/v1/admin/audit?limit=250")
@@ -697,7 +718,13 @@ async fn console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_s
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(actions("session.open").len(), 4, "{audit}");
+    assert_eq!(actions("session.open").len(), 5, "{audit}");
+    // Using a link is its session's opening, not a revocation.
+    let link_revocations: Vec<_> = actions("token.revoke")
+        .into_iter()
+        .filter(|e| e["actor"] == "alice")
+        .collect();
+    assert!(link_revocations.is_empty(), "{link_revocations:?}");
     let revoke = actions("token.revoke")
         .into_iter()
         .find(|e| e["after"]["jti"] == carol_jti.as_str())

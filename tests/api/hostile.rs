@@ -879,10 +879,11 @@ set = { text = "{% for i in range(web1.n) %}{% for j in range(web1.n) %}x{% endf
 body_inline = '{"len": {{ grid.text | length }}}'
 "#;
 
-/// An async flow whose transform spins without writing anything.
+/// An async flow whose transform spins without writing anything; its
+/// timeout is long, so the work budget is what stops it.
 const SPIN_FLOW: &str = r#"
 status = "live"
-timeout = "2s"
+timeout = "60s"
 [trigger]
 ref = "web1"
 mode = "async"
@@ -973,5 +974,38 @@ async fn costly_templates_stop_at_their_budget_and_health_checks_answer_meanwhil
         started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_render_still_under_way_does_not_hold_up_the_exit() {
+    let app = spawn_app(&[("spin", SPIN_FLOW.to_owned())]).await;
+    let port = free_port();
+    let child = app.spawn_process(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[templates]\nfuel = 100000000\n"
+        ),
+        &["serve"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    app.text_when(&format!("{base}/healthz"), "ok").await;
+    let accepted = app
+        .client
+        .post(format!("{base}/v1/flow-webhook/spin"))
+        .bearer_auth(app.token("spin"))
+        .json(&serde_json::json!({"n": 20000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    // Let its worker start the costly render, then stop the process.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    let exited = terminate(child).await;
+    assert!(exited.success(), "{exited:?}");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the exit waited {took:?} for a render nobody needs"
     );
 }

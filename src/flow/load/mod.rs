@@ -99,8 +99,16 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
             Vec::new()
         }
     };
+    // Files are named from the project's folder (`flows/signup.toml`): the
+    // names reach error messages, senders' included, and the server's own
+    // paths have no business there.
+    let project = options.flows_dir.parent().unwrap_or(Path::new(""));
     for path in files {
-        let shown = path.display().to_string();
+        let shown = path
+            .strip_prefix(project)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         let source = match std::fs::read_to_string(&path) {
             Ok(source) => source,
             Err(e) => {
