@@ -181,7 +181,8 @@ async fn view(
         ),
         ["webhooks", id] => {
             let subscription = get(format!("webhooks/{id}"), None).await?;
-            let log = get(format!("webhooks/{id}/deliveries"), Some(paged(query))).await?;
+            let mut log = get(format!("webhooks/{id}/deliveries"), Some(paged(query))).await?;
+            link_runs(&mut log);
             (
                 "webhook.html",
                 serde_json::json!({ "subscription": subscription, "log": log }),
@@ -211,6 +212,23 @@ async fn view(
         },
         Some(session),
     )
+}
+
+/// Gives each attempt of a delivery log page the run its event is about
+/// (`run`), read from its payload, so the page can link to it.
+fn link_runs(log: &mut serde_json::Value) {
+    let Some(attempts) = log.get_mut("data").and_then(|d| d.as_array_mut()) else {
+        return;
+    };
+    for attempt in attempts {
+        let run = attempt["payload"]
+            .as_str()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| p["data"]["run_id"].as_str().map(str::to_owned));
+        if let (Some(run), Some(fields)) = (run, attempt.as_object_mut()) {
+            fields.insert("run".into(), serde_json::Value::String(run));
+        }
+    }
 }
 
 /// `query` with the console's page size, for list routes.
@@ -275,6 +293,12 @@ async fn act(
     let body = form_body(&form);
     let api_path = path.trim_start_matches('/');
     match admin::call(state, &session.caller, &method, api_path, None, body).await {
+        // A replay goes to the run it made.
+        Ok(answer) if api_path.ends_with("/replay") && answer.value["run_id"].is_string() => {
+            let run = answer.value["run_id"].as_str().unwrap_or_default();
+            let to: String = form_urlencoded::byte_serialize(run.as_bytes()).collect();
+            Ok(redirect(&format!("/console/runs/{to}")))
+        }
         Ok(answer) if shows_once(&answer) => page(
             "done.html",
             context! { data => Value::from(Serde(&answer.value)), back => back },

@@ -376,6 +376,20 @@ async fn console_run_detail_shows_the_failing_step_and_escapes_what_senders_wrot
     assert!(!page.contains("<img src=x"), "{page}");
     assert!(page.contains(">Replay</button>"), "authors replay");
     assert!(!page.contains(">Abort</button>"), "the run ended");
+    // Replay goes to the run it made.
+    let here = format!("/console/runs/{run_id}");
+    let csrf = browser.csrf(&here).await;
+    let replayed = browser
+        .post(
+            &format!("/console/runs/{run_id}/replay"),
+            &[("_csrf", &csrf), ("_back", &here)],
+        )
+        .await;
+    assert_eq!(replayed.status(), 303);
+    let to = replayed.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("/console/runs/") && to != here, "{to}");
+    let new_run = browser.page(&to).await;
+    assert!(new_run.contains(&run_id), "it names the run it replays");
     // Unknown runs and pages are the console's own 404 pages.
     let missing = browser.get("/console/runs/nope").await;
     assert_eq!(missing.status(), 404);
@@ -436,6 +450,17 @@ async fn console_webhooks_are_created_from_the_form_and_their_log_opens() {
         page.contains("webhook-signature"),
         "the request headers are shown"
     );
+    // A run's events link to the run.
+    let ran = run_id(&app.post_json("f", r#"{"name": "x"}"#).await);
+    let link = format!("href=\"/console/runs/{ran}\"");
+    for _ in 0..100 {
+        page = ops.page(path).await;
+        if page.contains(&link) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page.contains(&link), "{page}");
     // The edit form sets a flow filter, and emptying the field clears it.
     let flows_field = |page: &str| {
         let marker = "id=\"wh-flows\" name=\"flows\" value=\"";
