@@ -284,6 +284,23 @@ async fn console_roles_decide_the_buttons_and_the_server_refuses_the_rest() {
     let page = ops.page("/console/flows").await;
     assert!(page.contains(">Pause</button>"), "{page}");
     let csrf = ops.csrf("/console/flows").await;
+    // A new token with the lifetime chosen in the form.
+    let minted = ops
+        .post(
+            "/console/flows/f/tokens",
+            &[
+                ("_csrf", &csrf),
+                ("_back", "/console/flows"),
+                ("ttl", "30d"),
+            ],
+        )
+        .await;
+    assert_eq!(minted.status(), 200);
+    let shown = minted.text().await.unwrap();
+    assert!(
+        shown.contains("30days") || shown.contains("30 days"),
+        "{shown}"
+    );
     // Forged: no form token, a wrong one, or from another site.
     for (form, origin) in [
         (vec![("_back", "/console/flows")], None),
