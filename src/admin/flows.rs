@@ -44,6 +44,12 @@ pub(super) struct FlowView {
     keep_runs: &'static str,
     /// Most records kept for the flow; `null`: no cap.
     max_runs: Option<u64>,
+    /// The flow file's content hash of the version serving.
+    version: String,
+    /// When the flow's file has changed and fails validation: its problems
+    /// (`path:line: message`); the version before still serves. Empty
+    /// otherwise.
+    problems: Vec<String>,
 }
 
 /// A flow's newest run.
@@ -112,6 +118,13 @@ async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
         failures_last_hour: failures,
         keep_runs: flow.records.keep.as_str(),
         max_runs: flow.records.max,
+        version: flow.version.clone(),
+        problems: state
+            .catalog()
+            .problems
+            .get(&flow.id)
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 

@@ -138,8 +138,15 @@ pub fn flows(config: &Config, command: FlowsCommand) -> anyhow::Result<ExitCode>
                     control.generation(&flow.id).current
                 );
             }
+            // The CLI reads the files; a running server keeps serving the
+            // last good version of a flow whose file fails, until it is fixed.
             for skipped in &report.skipped {
-                println!("{skipped:<24} (invalid: run `flowgate check`)");
+                println!(
+                    "{skipped:<24} the file has problems (a running server keeps its last good version):"
+                );
+                for problem in report.problems_of.get(skipped).into_iter().flatten() {
+                    println!("    {problem}");
+                }
             }
         }
         FlowsCommand::Status { flow: flow_id } => {

@@ -34,6 +34,9 @@ pub struct Catalog {
     /// Flows kept from an earlier load because their new version failed
     /// validation, with the template environment they were validated against.
     pub kept: HashMap<String, Templates>,
+    /// The problems of the files of the flows in `kept`, as `path:line:
+    /// message`: what to fix before the file's version serves.
+    pub problems: HashMap<String, Vec<String>>,
 }
 
 impl Catalog {
@@ -43,6 +46,7 @@ impl Catalog {
             env: Templates::new(crate::template::new_environment(), RenderBudget::default()),
             flows: HashMap::new(),
             kept: HashMap::new(),
+            problems: HashMap::new(),
         }
     }
 

@@ -36,6 +36,8 @@ pub fn reload(current: &Catalog, options: &LoadOptions) -> (Catalog, ReloadSumma
         if let Some(old) = current.get(id) {
             catalog.flows.insert(id.clone(), old.clone());
             catalog.kept.insert(id.clone(), current.env_of(id).clone());
+            let problems = report.problems_of.get(id).cloned().unwrap_or_default();
+            catalog.problems.insert(id.clone(), problems);
             summary.kept.push(id.clone());
         }
     }

@@ -78,6 +78,28 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
     assert_eq!(summary["kept"], serde_json::json!(["a"]), "{summary}");
     let problems = summary["problems"].to_string();
     assert!(problems.contains("a.json.j2:1:"), "{problems}");
+    // The API, the console and the CLI say the file has problems and which.
+    let shown = app
+        .admin_json("ann", flowgate::token::Role::Viewer, "/v1/admin/flows/a")
+        .await;
+    let listed = shown["problems"].as_array().expect("problems").clone();
+    assert!(!listed.is_empty(), "{shown}");
+    assert!(
+        listed[0].as_str().unwrap().starts_with("flows/a.toml:"),
+        "{shown}"
+    );
+    assert!(shown["version"].is_string(), "{shown}");
+    let fine = app
+        .admin_json("ann", flowgate::token::Role::Viewer, "/v1/admin/flows/b")
+        .await;
+    assert_eq!(fine["problems"], serde_json::json!([]), "{fine}");
+    let (stdout, _, _) = cli(&app, &["flows", "list"]);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .unwrap_or_default();
+    assert!(line.contains("problems"), "{stdout}");
+    assert!(stdout.contains("flows/a.toml:"), "{stdout}");
 
     // A deleted flow is gone.
     std::fs::remove_file(flows.join("c.toml")).unwrap();

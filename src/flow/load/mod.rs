@@ -70,6 +70,8 @@ pub struct LoadReport {
     pub warnings: Vec<String>,
     /// Ids (or file names) of flows left out because of problems.
     pub skipped: Vec<String>,
+    /// The problems of each flow left out, by id (or file name).
+    pub problems_of: HashMap<String, Vec<String>>,
 }
 
 impl LoadReport {
@@ -85,6 +87,7 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut skipped = Vec::new();
+    let mut problems_of: HashMap<String, Vec<String>> = HashMap::new();
     load_templates(&mut env, &options.templates_dir, &mut problems);
     let globals: HashSet<String> = env.globals().map(|(name, _)| name.to_owned()).collect();
 
@@ -112,8 +115,11 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
         let source = match std::fs::read_to_string(&path) {
             Ok(source) => source,
             Err(e) => {
-                problems.push(format!("{shown}: cannot read: {e}"));
-                skipped.push(shown);
+                let problem = format!("{shown}: cannot read: {e}");
+                problems.push(problem.clone());
+                let id = flow_id_of(&path).unwrap_or_else(|| shown.clone());
+                problems_of.insert(id.clone(), vec![problem]);
+                skipped.push(id);
                 continue;
             }
         };
@@ -136,8 +142,10 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
                 flows.insert(flow.id.clone(), Arc::new(flow));
             }
             _ => {
-                problems.extend(file_problems);
-                skipped.push(flow_id_of(&path).unwrap_or(shown));
+                let id = flow_id_of(&path).unwrap_or(shown);
+                problems.extend(file_problems.iter().cloned());
+                problems_of.insert(id.clone(), file_problems);
+                skipped.push(id);
             }
         }
     }
@@ -146,10 +154,12 @@ pub fn load_catalog(options: &LoadOptions) -> LoadReport {
             env: template::Templates::new(env, options.render),
             flows,
             kept: HashMap::new(),
+            problems: HashMap::new(),
         },
         problems,
         warnings,
         skipped,
+        problems_of,
     }
 }
 
