@@ -227,30 +227,128 @@ async fn one_owner_per_file_whatever_names_it_and_a_file_changed_underneath_is_n
     assert_eq!(refused.status(), 503);
     terminate(server).await;
 
-    // Overwritten in place: noticed too.
+    // Overwritten in place (its bytes, another database copied over it,
+    // truncated): noticed too.
+    let other = project(free_port());
+    let out = command(&other, &["flows", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let other_db = std::fs::read(other.path().join("data/flowgate.db")).unwrap();
+    let good = std::fs::read(&db).unwrap();
+    type Overwrite = Box<dyn Fn(&std::path::Path)>;
+    let ways: Vec<(&str, Overwrite)> = vec![
+        (
+            "its header scribbled over",
+            Box::new(|db| {
+                use std::io::{Seek, Write};
+                let mut file = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+                file.seek(std::io::SeekFrom::Start(0)).unwrap();
+                file.write_all(&[b'z'; 4096]).unwrap();
+            }),
+        ),
+        (
+            "another database copied over it",
+            Box::new(move |db| {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(db)
+                    .unwrap();
+                file.write_all(&other_db).unwrap();
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|db| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(db)
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (how, overwrite) in ways {
+        std::fs::write(&db, &good).unwrap();
+        let server = serve(&dir);
+        ready(&client, &base).await;
+        overwrite(&db);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let readyz = loop {
+            let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+            if response.status() == 503 {
+                break response.text().await.unwrap();
+            }
+            assert!(Instant::now() < deadline, "still ready with the file {how}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Named by the check, or by SQLite when it reads the file first.
+        assert!(
+            readyz.contains("was overwritten") || readyz.contains("malformed"),
+            "{how}: {readyz}"
+        );
+        assert_eq!(accept().await.unwrap().status(), 503, "{how}");
+        let _ = terminate(server).await;
+    }
+}
+
+#[tokio::test]
+async fn another_process_reading_the_database_takes_nothing_from_the_server() {
+    let port = free_port();
+    let dir = project(port);
+    write_files(&dir.path().join("flows"), &[("slow.toml", SLOW.into())]);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
     let server = serve(&dir);
     ready(&client, &base).await;
-    let size = std::fs::metadata(&db).unwrap().len() as usize;
-    {
-        use std::io::{Seek, Write};
-        let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-        file.seek(std::io::SeekFrom::Start(0)).unwrap();
-        file.write_all(&vec![b'z'; size.min(4096)]).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let readyz = loop {
-        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
-        if response.status() == 503 {
-            break response.text().await.unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still ready on an overwritten file"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = command(&dir, &["token", "issue", "slow"]).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let accept = || {
+        client
+            .post(format!("{base}/v1/flow-webhook/slow"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
     };
-    assert!(readyz.contains("no longer a SQLite database"), "{readyz}");
-    let _ = terminate(server).await;
+    assert_eq!(accept().await.unwrap().status(), 202);
+    // The server's own look at its file (every second) must not drop its
+    // locks: an outside reader closing its connection would then remove
+    // the WAL the server writes to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db = dir.path().join("data/flowgate.db");
+    for _ in 0..3 {
+        let outside = rusqlite::Connection::open(&db).unwrap();
+        let n: i64 = outside
+            .query_row("SELECT count(*) FROM dead_letters", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        drop(outside);
+        assert!(
+            dir.path().join("data/flowgate.db-wal").exists(),
+            "an outside reader removed the server's WAL"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let response = accept().await.unwrap();
+        assert_eq!(response.status(), 202);
+        accepted.push(run_id(&response));
+    }
+    // Killed, and started again: every accepted run is there.
+    let mut server = server;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    for run in &accepted {
+        let out = command(&dir, &["runs", "show", run, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {run} was lost");
+    }
+    terminate(server).await;
 }
 
 const SLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\nmode = \"async\"\n[[steps]]\nref = \"wait\"\nkind = \"delay\"\nduration = \"500ms\"\n";

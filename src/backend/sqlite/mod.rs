@@ -189,10 +189,19 @@ pub struct Database {
     file: Arc<FileWatch>,
 }
 
-/// The database file as opened (device and inode), and whether the file at
-/// its path still is that one, looked at every [`FILE_CHECK_EVERY`].
+/// The database file as opened (device and inode, and the random
+/// `application_id` its header carries), and whether the file at its path
+/// still is that one, looked at every [`FILE_CHECK_EVERY`].
+///
+/// The header is read through the owner's own descriptor, never by opening
+/// the file again: closing any descriptor of a file drops every POSIX lock
+/// the process holds on it, SQLite's included, and another process would
+/// then take the database for unused and remove its WAL.
 struct FileWatch {
     identity: Option<(u64, u64)>,
+    /// The owner's open, locked descriptor of the file, and the
+    /// `application_id` read from it at open.
+    owned: Option<(Arc<std::fs::File>, u32)>,
     opened: std::time::Instant,
     checked_ms: std::sync::atomic::AtomicU64,
     problem: Mutex<Option<String>>,
@@ -207,7 +216,6 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 impl FileWatch {
     /// What is wrong with the file at `path`, if anything.
     fn look(&self, path: &Path) -> Option<String> {
-        use std::io::Read;
         let shown = path.display();
         let Some(now) = identity(path) else {
             return Some(format!(
@@ -219,18 +227,55 @@ impl FileWatch {
                 "{shown} was replaced by another file while in use; restart flowgate to use the new one"
             ));
         }
-        let mut header = [0u8; 16];
-        let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut header));
-        match read {
-            // A new, empty file has no header yet.
-            Ok(0) => None,
-            Ok(_) if &header == b"SQLite format 3\0" => None,
-            Ok(_) => Some(format!(
-                "{shown} is no longer a SQLite database (it was overwritten); restore it from a backup (flowgate backup) and restart"
-            )),
+        let (file, application_id) = self.owned.as_ref()?;
+        let overwritten = || {
+            Some(format!(
+                "{shown} was overwritten while in use (it is not the database flowgate opened); restore it from a backup (flowgate backup) and restart"
+            ))
+        };
+        match read_header(file) {
+            Ok(Some(header)) if header_application_id(&header) == *application_id => None,
+            Ok(_) => overwritten(),
             Err(e) => Some(format!("{shown} cannot be read: {e}")),
         }
     }
+}
+
+/// The first 100 bytes of the database file, through `file` (no new
+/// descriptor); `None` when the file is shorter or not SQLite's.
+fn read_header(file: &std::fs::File) -> std::io::Result<Option<[u8; 100]>> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 100];
+    let mut filled = 0;
+    while filled < header.len() {
+        match file.read_at(&mut header[filled..], filled as u64)? {
+            0 => return Ok(None),
+            n => filled += n,
+        }
+    }
+    Ok((&header[..16] == b"SQLite format 3\0").then_some(header))
+}
+
+/// The header's `application_id` (offset 68, big-endian).
+fn header_application_id(header: &[u8; 100]) -> u32 {
+    u32::from_be_bytes([header[68], header[69], header[70], header[71]])
+}
+
+/// Gives the database a random `application_id` when it has none, and
+/// writes it to the main file, so an overwrite of the file (by anything,
+/// even another flowgate database) shows in its header; the id.
+fn stamp(writer: &Connection) -> rusqlite::Result<u32> {
+    let current: i64 = writer.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let id = if current == 0 {
+        let id = (uuid::Uuid::new_v4().as_u128() as u32 | 1) as i32;
+        writer.pragma_update(None, "application_id", id)?;
+        id as u32
+    } else {
+        current as u32
+    };
+    // Into the main file now, where the check reads it.
+    writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(id)
 }
 
 /// Why the database could not be opened.
@@ -290,6 +335,13 @@ impl Database {
         };
         let writer = connect(path).map_err(|e| unusable(explain(path, e)))?;
         migrate(&writer).map_err(|e| unusable(explain(path, e)))?;
+        let stamped = match &owner {
+            Some(file) => {
+                let id = stamp(&writer).map_err(|e| unusable(explain(path, e)))?;
+                Some((file.clone(), id))
+            }
+            None => None,
+        };
         if own {
             // Only the owner runs workers, and the one before it is gone:
             // the runs it held are taken over at once.
@@ -317,6 +369,7 @@ impl Database {
         }
         let file = Arc::new(FileWatch {
             identity: identity(path),
+            owned: stamped,
             opened: std::time::Instant::now(),
             checked_ms: std::sync::atomic::AtomicU64::new(0),
             problem: Mutex::new(None),
