@@ -9,20 +9,40 @@ use crate::record::RunRecord;
 use crate::trigger::TriggerState;
 
 /// Values larger than this (as JSON) are cut in run lists, with where to
-/// fetch them whole: a page of 250 runs stays a few megabytes at most.
-pub const LIST_VALUE_BYTES: usize = 4 * 1024;
+/// fetch them whole.
+pub const LIST_VALUE_BYTES: usize = 1024;
+/// Step traces and log lines a run list shows of each run; the rest are
+/// counted (`steps_not_listed`, `logs_not_listed`). With the values cut,
+/// a page of 250 runs stays a few megabytes at most.
+pub const LIST_STEPS: usize = 10;
 
-/// `record` as a run list shows it: values over [`LIST_VALUE_BYTES`] are a
-/// marker naming the request that fetches them.
+/// `record` as a run list shows it: its first [`LIST_STEPS`] step traces
+/// and log lines, values over [`LIST_VALUE_BYTES`] a marker naming the
+/// request that fetches them.
 fn listed(record: &RunRecord) -> serde_json::Value {
     let mut value = serde_json::to_value(record).unwrap_or_default();
+    for (list, count) in [
+        ("steps", "steps_not_listed"),
+        ("logs", "logs_not_listed"),
+        ("cut", "cut_not_listed"),
+    ] {
+        if let Some(items) = value.get_mut(list).and_then(|v| v.as_array_mut())
+            && items.len() > LIST_STEPS
+        {
+            let left_out = items.len() - LIST_STEPS;
+            items.truncate(LIST_STEPS);
+            value[count] = serde_json::Value::from(left_out);
+        }
+    }
     let mut places = vec!["/body".to_owned(), "/request/raw".to_owned()];
     places.push("/response/body".to_owned());
-    places.extend((0..record.logs.len()).map(|i| format!("/logs/{i}")));
-    for i in 0..record.steps.len() {
+    places.extend((0..record.logs.len().min(LIST_STEPS)).map(|i| format!("/logs/{i}")));
+    for i in 0..record.steps.len().min(LIST_STEPS) {
         places.push(format!("/steps/{i}/input"));
         places.push(format!("/steps/{i}/output"));
     }
+    places.push("/request/headers".to_owned());
+    places.push("/error/message".to_owned());
     for at in places {
         if let Some(slot) = value.pointer_mut(&at) {
             let size = serde_json::to_vec(slot).map_or(0, |v| v.len());

@@ -175,8 +175,9 @@ pub struct HttpConfig {
     pub allow_private_networks: bool,
 }
 
-/// The most [`TemplatesConfig::fuel`] may be: a few seconds of one core.
-pub const MAX_TEMPLATE_FUEL: u64 = 100_000_000;
+/// The most [`TemplatesConfig::fuel`] may be: about a second of one core,
+/// and 1.2 GiB of data made.
+pub const MAX_TEMPLATE_FUEL: u64 = 20_000_000;
 
 /// `[templates]`: the budget of every render (steps, answers, headers).
 /// Over budget, the step fails (or the answer is a `500 response_invalid`)

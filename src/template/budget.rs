@@ -34,7 +34,7 @@ pub struct RenderBudget {
 impl Default for RenderBudget {
     fn default() -> Self {
         Self {
-            fuel: 5_000_000,
+            fuel: 1_000_000,
             max_output_bytes: 1024 * 1024,
         }
     }
@@ -211,6 +211,52 @@ mod tests {
                 && described.contains("work budget (templates.fuel)"),
             "{described}"
         );
+    }
+
+    #[tokio::test]
+    async fn filters_that_write_a_whole_value_stop_at_the_budget() {
+        // A list nested 100 deep, 50 times over: small as data, huge when
+        // indented wide or printed for debugging.
+        let mut deep = serde_json::json!(1);
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let budget = RenderBudget {
+            fuel: 100_000,
+            max_output_bytes: 1024 * 1024,
+        };
+        for (source, copies) in [
+            ("{{ v | tojson(indent=100000) | length }}", 50),
+            ("{{ v | pprint | length }}", 200),
+        ] {
+            let t = templates("t", source, budget);
+            let mut scope = Scope::default();
+            scope.set_json("v", serde_json::Value::Array(vec![deep.clone(); copies]));
+            let started = std::time::Instant::now();
+            let e = t.render_text("t", &scope.context()).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::OutOfFuel, "{source}: {e}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{source}"
+            );
+        }
+        // Within the budget they write what minijinja's own filters do.
+        let t = templates(
+            "t",
+            "{{ v | tojson }}|{{ v | tojson(indent=2) }}|{{ v | pprint }}",
+            RenderBudget::default(),
+        );
+        let mut scope = Scope::default();
+        scope.set_json("v", serde_json::json!({"a": [1, "x<"]}));
+        let text = t.render_text("t", &scope.context()).await.unwrap();
+        let mut parts = text.split('|');
+        assert_eq!(parts.next().unwrap(), r#"{"a": [1, "x\u003c"]}"#);
+        assert_eq!(
+            parts.next().unwrap(),
+            "{\n  \"a\": [\n    1,\n    \"x\\u003c\"\n  ]\n}"
+        );
+        let debug = parts.next().unwrap();
+        assert!(debug.contains("'a'"), "{debug}");
     }
 
     #[tokio::test]

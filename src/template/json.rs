@@ -292,25 +292,161 @@ pub fn json_value(value: Value) -> Value {
     Value::from_safe_string(html_safe(&json))
 }
 
-/// The `tojson` filter: minijinja's, with U+2028 and U+2029 escaped too,
-/// as every other JSON flowgate writes (a JavaScript string cannot hold
-/// them raw).
+/// The `tojson` filter: minijinja's (`indent` = a number of spaces or
+/// `true` for 2; `, ` and `: ` between items otherwise), with U+2028 and
+/// U+2029 escaped too, as every other JSON flowgate writes, and written
+/// within what is left of the render's work budget: a deep value indented
+/// wide stops there instead of growing without bound.
 pub fn tojson(
     state: &minijinja::State,
     value: &Value,
     indent: Option<Value>,
     args: minijinja::value::Kwargs,
 ) -> Result<Value, minijinja::Error> {
-    let json = minijinja::filters::tojson(value, indent, args)?;
-    let text = json.as_str().unwrap_or_default();
-    state.consume_fuel(text.len() as u64 / 64)?;
-    if !text.contains(['\u{2028}', '\u{2029}']) {
-        return Ok(json);
+    let indent = match indent {
+        Some(indent) => Some(indent),
+        None => args.get::<Option<Value>>("indent")?,
+    };
+    args.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(value) => match bool::try_from(value.clone()) {
+            Ok(true) => Some(2),
+            Ok(false) => None,
+            Err(_) => Some(usize::try_from(value)?),
+        },
+    };
+    let mut out = Capped::for_state(state);
+    let written = match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n.min(out.left)];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            serde::Serialize::serialize(
+                value,
+                &mut serde_json::Serializer::with_formatter(&mut out, formatter),
+            )
+        }
+        None => serde::Serialize::serialize(
+            value,
+            &mut serde_json::Serializer::with_formatter(&mut out, Spaced),
+        ),
+    };
+    let text = out.finish(state, written.map_err(|e| e.to_string()))?;
+    Ok(Value::from_safe_string(html_safe(&text)))
+}
+
+/// The `pprint` filter: minijinja's (the value's debug form), written
+/// within what is left of the render's work budget.
+pub fn pprint(state: &minijinja::State, value: &Value) -> Result<String, minijinja::Error> {
+    let mut out = Capped::for_state(state);
+    let written = std::fmt::Write::write_fmt(&mut out, format_args!("{value:#?}"));
+    out.finish(state, written.map_err(|e| e.to_string()))
+}
+
+/// Text written up to what the render's fuel can pay for (a unit per 64
+/// bytes, as minijinja charges data), then refused.
+struct Capped {
+    text: Vec<u8>,
+    left: usize,
+    over: bool,
+}
+
+impl Capped {
+    fn for_state(state: &minijinja::State) -> Self {
+        let left = state.fuel_levels().map_or(usize::MAX, |(_, remaining)| {
+            usize::try_from(remaining.saturating_mul(64)).unwrap_or(usize::MAX)
+        });
+        Self {
+            text: Vec::new(),
+            left,
+            over: false,
+        }
     }
-    Ok(Value::from_safe_string(
-        text.replace('\u{2028}', "\\u2028")
-            .replace('\u{2029}', "\\u2029"),
-    ))
+
+    /// The text, paid for; an out-of-fuel error when it did not fit.
+    fn finish(
+        self,
+        state: &minijinja::State,
+        written: Result<(), String>,
+    ) -> Result<String, minijinja::Error> {
+        if self.over {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::OutOfFuel,
+                "the value's text is larger than the work budget left",
+            ));
+        }
+        written.map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e))?;
+        state.consume_fuel(self.text.len() as u64 / 64)?;
+        Ok(String::from_utf8(self.text).unwrap_or_default())
+    }
+
+    fn take(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.left {
+            self.over = true;
+            return false;
+        }
+        self.left -= bytes.len();
+        self.text.extend_from_slice(bytes);
+        true
+    }
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.take(buf) {
+            true => Ok(buf.len()),
+            false => Err(std::io::Error::other("over the work budget")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        match self.take(s.as_bytes()) {
+            true => Ok(()),
+            false => Err(std::fmt::Error),
+        }
+    }
+}
+
+/// JSON with `, ` and `: ` between items, as minijinja's `tojson` writes it.
+struct Spaced;
+
+impl serde_json::ser::Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
 }
 
 /// JSON text with the characters that matter to HTML and JavaScript escaped;

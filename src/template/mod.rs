@@ -48,6 +48,7 @@ pub fn new_environment() -> Env {
     env.add_filter(json::IN_STRING_FILTER, json::in_string);
     env.add_filter(json::VALUE_FILTER, json::json_value);
     env.add_filter("tojson", json::tojson);
+    env.add_filter("pprint", json::pprint);
     env
 }
 

@@ -983,7 +983,7 @@ async fn a_render_still_under_way_does_not_hold_up_the_exit() {
     let port = free_port();
     let child = app.spawn_process(
         &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[templates]\nfuel = 100000000\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[templates]\nfuel = 20000000\n"
         ),
         &["serve"],
     );
