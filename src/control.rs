@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::backend::StorageError;
 use crate::backend::control::{
     Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation, MAX_SESSIONS,
-    SessionEntry,
+    MAX_SESSIONS_PER_TOKEN, SessionEntry,
 };
 use crate::flow::{Flow, FlowStatus, SharedCatalog};
 use crate::lifecycle::{Event, FlowEvent, Lifecycle};
@@ -134,6 +134,23 @@ impl Control {
         session: SessionEntry,
         actor: &Actor,
     ) -> Result<(), SessionError> {
+        let open = self.sessions();
+        // The same token's oldest sessions give way first (newest first).
+        let mut same: Vec<&SessionEntry> = open
+            .iter()
+            .filter(|s| s.source.jti == session.source.jti)
+            .collect();
+        while same.len() >= MAX_SESSIONS_PER_TOKEN {
+            let oldest = same.pop().expect("not empty");
+            let mut audit = draft(actor, "session.revoke");
+            audit.before = Some(json!({ "session": oldest.id, "subject": oldest.subject }));
+            audit.after = Some(json!({ "superseded_by": session.id }));
+            let change = Change::Revoke {
+                jti: oldest.id.clone(),
+                until_ms: oldest.expires_ms,
+            };
+            self.apply(change, audit).await?;
+        }
         if self.sessions().len() >= MAX_SESSIONS {
             return Err(SessionError::TooMany);
         }

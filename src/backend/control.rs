@@ -26,6 +26,9 @@ pub const ABORT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 /// Most console sessions open at once; a sign-in beyond is refused until
 /// some end or are revoked, so the state every replica holds stays small.
 pub const MAX_SESSIONS: usize = 1_000;
+/// Most console sessions open from one admin token or sign-in link: one
+/// more ends the oldest of them, so no token can fill [`MAX_SESSIONS`].
+pub const MAX_SESSIONS_PER_TOKEN: usize = 20;
 
 /// The whole control state, as one replica caches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

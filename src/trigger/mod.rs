@@ -560,14 +560,18 @@ async fn authenticate(
     }
     let signature = flow.and_then(|f| f.trigger.signature.as_ref());
     // A signature flow reads the body to verify it, which answers
-    // `Expect: 100-continue` with `100 Continue`. Every flow, known or not,
-    // reads it the same way then (same budget, same answers), so that
-    // answer cannot tell which flows exist or how they authenticate.
-    let read = if signature.is_some() || expects_continue(&parts.headers) {
-        read_unauthenticated(state, parts, body).await?
-    } else {
-        None
-    };
+    // `Expect: 100-continue` with `100 Continue` and takes as long as the
+    // body takes to arrive. Every request with a body that its headers do
+    // not authenticate, to any flow or none, is read the same way (same
+    // budget, same timeout), so neither can tell which flows exist or how
+    // they authenticate.
+    let read =
+        if signature.is_some() || expects_continue(&parts.headers) || declares_body(&parts.headers)
+        {
+            read_unauthenticated(state, parts, body).await?
+        } else {
+            None
+        };
     if let (Some(config), Some(raw)) = (signature, read) {
         // A body that cannot be read cannot be verified: it stays unauthenticated.
         match signature::verify(config, &parts.headers, &raw, unix_now()) {
@@ -581,6 +585,12 @@ async fn authenticate(
         None => tracing::info!("no credentials"),
     }
     Err(ApiError::unauthorized(UNAUTHORIZED_MESSAGE))
+}
+
+/// Whether the request says it carries a body.
+fn declares_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || declared_length(headers).is_some_and(|length| length > 0)
 }
 
 /// Whether the sender waits for `100 Continue` before sending its body.

@@ -782,7 +782,33 @@ async fn console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_s
     assert!(ended.iter().any(|e| e["actor"] == "ops-bot"), "{audit}");
 }
 
+async fn console_one_token_holds_at_most_twenty_sessions_the_oldest_give_way() {
+    let app = spawn_app(&[("f", FLOW.to_owned())]).await;
+    let token = app.keys.issue_admin("v", Role::Viewer, None).unwrap();
+    let mut browsers = Vec::new();
+    for _ in 0..22 {
+        let mut browser = Browser::new(&app);
+        assert_eq!(browser.sign_in("token", &token).await.status(), 303);
+        browsers.push(browser);
+    }
+    let ops = app.keys.issue_admin("ops", Role::Ops, None).unwrap();
+    let (status, list) = api(&app, reqwest::Method::GET, "sessions?limit=250", &ops, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 20, "{list}");
+    // The two oldest ended; the newest work.
+    for (i, browser) in browsers.iter().enumerate() {
+        let status = browser.get("/console/flows").await.status();
+        assert_eq!(status, if i < 2 { 303 } else { 200 }, "session {i}");
+    }
+    // Ops can still sign in.
+    assert_eq!(
+        Browser::new(&app).sign_in("token", &ops).await.status(),
+        303
+    );
+}
+
 crate::on_both_backends!(
+    console_one_token_holds_at_most_twenty_sessions_the_oldest_give_way,
     console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_sessions,
     console_pages_refresh_themselves_while_a_run_is_going,
     console_sign_in_with_a_one_time_link_sets_a_strict_cookie_and_signs_out,

@@ -278,6 +278,36 @@ async fn expect_100_continue_cannot_tell_which_flows_exist() {
 }
 
 #[tokio::test]
+async fn a_slow_body_cannot_tell_which_flows_exist() {
+    let app = app_with_limits(short_limits()).await;
+    // 100 bytes announced, 4 sent: every flow waits for the body alike
+    // (the signature flow must, to verify it) before the same 401.
+    let mut answers = Vec::new();
+    for flow in ["gh", "nope", "p"] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/flow-webhook/{flow} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"a\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
+        answers.push((flow, started.elapsed(), answer));
+    }
+    for (flow, took, answer) in &answers {
+        assert!(answer.starts_with("HTTP/1.1 401"), "{flow}: {answer}");
+        assert!(
+            *took >= Duration::from_millis(400),
+            "{flow} answered in {took:?}, before the body could arrive"
+        );
+        let body = answer.rsplit("\r\n\r\n").next().unwrap();
+        let first = answers[0].2.rsplit("\r\n\r\n").next().unwrap();
+        assert_eq!(body, first, "{flow}");
+    }
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
     let limits = flowgate::config::ServerLimits {
         max_connections: 4,
