@@ -68,8 +68,23 @@ fn templates() -> &'static Environment<'static> {
                 .expect("console templates are valid");
         }
         env.add_filter("pretty", pretty);
+        env.add_filter("visible", visible);
         env
     })
+}
+
+/// `text` with control and bidirectional-control characters shown as
+/// U+FFFD, for names that come from tokens: they cannot reorder a page.
+fn visible(text: String) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || crate::telemetry::is_bidi_control(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// A value as indented JSON, for bodies and step data.
