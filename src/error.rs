@@ -28,6 +28,8 @@ pub struct ApiError {
     pub data: Option<Box<serde_json::Value>>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_secs: Option<u64>,
+    /// The methods a `405` names in its `Allow` header.
+    pub allow: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,7 @@ impl ApiError {
             message: message.into(),
             data: None,
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -114,6 +117,13 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            response.headers_mut().insert(header::ALLOW, allow);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response

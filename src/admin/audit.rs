@@ -12,9 +12,9 @@ use crate::trigger::TriggerState;
         ("actor" = Option<String>, Query, description = "only this actor's changes"),
         ("action" = Option<String>, Query, description = "only this action, e.g. flow.pause"),
         ("flow" = Option<String>, Query, description = "only changes to this flow"),
-        ("after" = Option<String>, Query, description = "written at or after this RFC 3339 time"),
-        ("before" = Option<String>, Query, description = "written before this RFC 3339 time"),
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("after" = Option<String>, Query, format = DateTime, description = "written at or after this RFC 3339 time"),
+        ("before" = Option<String>, Query, format = DateTime, description = "written before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses(

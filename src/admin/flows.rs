@@ -140,7 +140,7 @@ fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
 #[utoipa::path(get, path = "/v1/admin/flows", tag = "flows", operation_id = "listFlows",
     description = "Every flow, by id (role: viewer).",
     params(
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses(

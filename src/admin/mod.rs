@@ -312,6 +312,27 @@ fn find(method: &Method, path: &str) -> Result<(&'static Route, Option<String>),
     Err(path_exists)
 }
 
+/// The methods some route answers on `path` (under the prefix), as RFC
+/// 9110 asks a `405` to list them.
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut methods: Vec<&'static str> = ROUTES
+        .iter()
+        .filter(|route| {
+            let pattern: Vec<&str> = route.pattern.split('/').collect();
+            pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| (*p == "{id}" && !s.is_empty()) || p == s)
+        })
+        .map(|route| route.method.as_str())
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods
+}
+
 /// Who is asking, once authenticated.
 pub(crate) struct Caller {
     /// The verified token.
@@ -391,11 +412,13 @@ fn resolve(
     let (route, id) = match find(method, path) {
         Ok(found) => found,
         Err(true) => {
-            return Err(ApiError::new(
+            let mut refused = ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} is not allowed on {PATH_PREFIX}{path}"),
-            ));
+            );
+            refused.allow = Some(allowed_methods(path).join(", "));
+            return Err(refused);
         }
         Err(false) => {
             return Err(ApiError::not_found(format!(
@@ -612,7 +635,7 @@ pub(crate) fn json(value: &impl Serialize) -> Result<Answer, ApiError> {
     })
 }
 
-/// The request's JSON body; an empty body is `{}`.
+/// The request's JSON body; an empty body, or `null`, is `{}`.
 async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
     let collected = read_body(req, MAX_BODY_BYTES, "admin request bodies").await?;
     if collected.iter().all(u8::is_ascii_whitespace) {
@@ -620,6 +643,8 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError
     }
     match serde_json::from_slice::<serde_json::Value>(&collected) {
         Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        // `null` says as little as an empty body.
+        Ok(serde_json::Value::Null) => Ok(serde_json::json!({})),
         Ok(_) => Err(ApiError::bad_request("the body must be a JSON object")),
         Err(e) => Err(ApiError::bad_request(format!("the body is not JSON: {e}"))),
     }

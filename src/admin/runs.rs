@@ -119,9 +119,9 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
     params(
         ("flow" = Option<String>, Query, description = "only this flow's runs"),
         ("status" = Option<String>, Query, description = "queued, running, waiting, succeeded, failed, timed_out or aborted"),
-        ("after" = Option<String>, Query, description = "accepted at or after this RFC 3339 time"),
-        ("before" = Option<String>, Query, description = "accepted before this RFC 3339 time"),
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("after" = Option<String>, Query, format = DateTime, description = "accepted at or after this RFC 3339 time"),
+        ("before" = Option<String>, Query, format = DateTime, description = "accepted before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses(

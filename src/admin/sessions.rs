@@ -14,7 +14,7 @@ use crate::trigger::TriggerState;
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions", operation_id = "listSessions",
     description = "Console sessions open on any replica, newest first: who, with which role, since and until when, and the admin token or sign-in link each was made from (role: ops).",
     params(
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses(

@@ -51,7 +51,7 @@ fn input(body: Value) -> Result<SubscriptionInput, ApiError> {
 #[utoipa::path(get, path = "/v1/admin/webhooks", tag = "webhooks", operation_id = "listWebhooks",
     description = "Every subscription, oldest first; secrets are never listed (role: viewer).",
     params(
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses((status = 200, description = "a page of subscriptions", body = ListPage<SubscriptionView>)))]
@@ -289,7 +289,7 @@ pub(super) async fn recover(
     description = "The subscription's delivery log, newest first: every attempt with its request (signature removed) and response (body cut at 64 KiB) (role: viewer).",
     params(
         ("id" = String, Path, description = "the subscription id"),
-        ("limit" = Option<u32>, Query, description = "page size, 1 to 250, default 50"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses((status = 200, description = "a page of attempts", body = ListPage<Attempt>)))]

@@ -28,10 +28,8 @@ async fn admin(
     token: Option<&str>,
 ) -> reqwest::Response {
     let url = format!("{base}/v1/admin/{path}");
-    let request = match method {
-        "GET" => app.client.get(url),
-        _ => app.client.post(url),
-    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let request = app.client.request(method, url);
     let request = match token {
         Some(token) => request.bearer_auth(token),
         None => request,
@@ -448,6 +446,18 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         "not_found",
     )
     .await;
+    // A method a path does not take: 405, naming those it does (RFC 9110).
+    let ops = admin_token(&app, "ops");
+    for (method, path, allow) in [
+        ("PUT", "webhooks", "GET, POST"),
+        ("POST", "runs", "GET"),
+        ("GET", "sessions/s1", "DELETE"),
+        ("DELETE", "webhooks/wh_1/deliveries", "GET"),
+    ] {
+        let response = admin(&app, &base, method, path, Some(&ops)).await;
+        assert_eq!(response.headers()["allow"], allow, "{method} {path}");
+        envelope(response, 405, "method_not_allowed").await;
+    }
 }
 
 #[tokio::test]
