@@ -20,6 +20,19 @@ fn admin_token(app: &TestApp, role: &str) -> String {
     app.keys.issue_admin("tester", role, None).unwrap()
 }
 
+/// Revokes admin token `token` through replica `base`'s API, as `ops`.
+async fn revoke_on(app: &TestApp, base: &str, ops: &str, token: &str) {
+    let revoked = app
+        .client
+        .post(format!("{base}/v1/admin/tokens/revoke"))
+        .bearer_auth(ops)
+        .body(serde_json::json!({ "token": token }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+}
+
 async fn admin(
     app: &TestApp,
     base: &str,
@@ -512,15 +525,7 @@ async fn a_revoked_admin_token_is_refused_on_every_replica() {
             .status(),
         200
     );
-    let revoked = app
-        .client
-        .post(format!("{a_url}/v1/admin/tokens/revoke"))
-        .bearer_auth(&ops)
-        .body(serde_json::json!({ "token": doomed }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 200);
+    revoke_on(&app, &a_url, &ops, &doomed).await;
     let started = Instant::now();
     loop {
         let status = admin(&app, &b_url, "GET", "flows", Some(&doomed))
@@ -586,15 +591,7 @@ async fn a_revoked_admin_token_ends_its_console_sessions_on_every_replica() {
         .unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
     // Revoked on A: the session ends on B within a second.
-    let revoked = app
-        .client
-        .post(format!("{a_url}/v1/admin/tokens/revoke"))
-        .bearer_auth(&ops)
-        .body(serde_json::json!({ "token": doomed }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 200);
+    revoke_on(&app, &a_url, &ops, &doomed).await;
     let started = Instant::now();
     loop {
         let status = page(b_url.clone()).await;
