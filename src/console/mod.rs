@@ -132,12 +132,25 @@ async fn route(state: &TriggerState, req: Request<Incoming>) -> Result<Response<
             include_str!("assets/console.js"),
             "text/javascript; charset=utf-8",
         )),
-        (Method::GET, "/sign-in") => page("sign-in.html", context! {}, None),
+        (Method::GET, "/sign-in") => {
+            let ended = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "ended"));
+            page("sign-in.html", context! { ended => ended }, None)
+        }
         (Method::POST, "/sign-in") => sign_in(state, req).await,
         (method, _) => {
             let Some(session) = session::current(state, req.headers()) else {
+                // A cookie that no longer opens a session says why on the
+                // sign-in page.
+                let ended = session::has_cookie(req.headers());
                 return Ok(if method == Method::GET {
-                    redirect("/console/sign-in")
+                    redirect(if ended {
+                        "/console/sign-in?ended"
+                    } else {
+                        "/console/sign-in"
+                    })
                 } else {
                     problem(
                         &ApiError::unauthorized("sign in again: the session ended"),

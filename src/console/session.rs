@@ -220,6 +220,11 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether the request carries a session cookie, valid or not.
+pub(crate) fn has_cookie(headers: &HeaderMap) -> bool {
+    cookie(headers, COOKIE).is_some_and(|value| !value.is_empty())
+}
+
 /// The value of cookie `name`.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

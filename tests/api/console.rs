@@ -592,7 +592,10 @@ async fn signed_out_within_a_second(browser: &Browser<'_>) {
     loop {
         let response = browser.get("/console/flows").await;
         if response.status() == 303 {
-            assert_eq!(response.headers()["location"], "/console/sign-in");
+            // The sign-in page says why the session ended.
+            assert_eq!(response.headers()["location"], "/console/sign-in?ended");
+            let page = browser.page("/console/sign-in?ended").await;
+            assert!(page.contains("Your session ended"), "{page}");
             return;
         }
         assert!(
