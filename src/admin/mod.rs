@@ -758,6 +758,13 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count, "{ids:?}");
         assert!(ids.contains(&"listFlows".to_owned()));
+        // Parameters say what the API accepts.
+        let text = serde_json::to_string(&doc.paths.paths["/v1/admin/runs"]).unwrap();
+        for expected in ["timed_out", "\"minimum\":1", "\"maximum\":250", "date-time"] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+        let value = serde_json::to_string(&doc.paths.paths["/v1/admin/runs/{id}/value"]).unwrap();
+        assert!(value.contains("\"pattern\":\"^/\""), "{value}");
     }
 
     #[test]

@@ -8,6 +8,20 @@ use crate::operations::{self, OperationError};
 use crate::record::RunRecord;
 use crate::trigger::TriggerState;
 
+/// The states a run list can be filtered by, for the API's document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+enum StatusFilter {
+    Queued,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Aborted,
+}
+
 /// Values larger than this (as JSON) are cut in run lists, with where to
 /// fetch them whole.
 pub const LIST_VALUE_BYTES: usize = 1024;
@@ -62,7 +76,7 @@ fn listed(record: &RunRecord) -> serde_json::Value {
     description = "One value of a run record, whole, where a run list showed it cut: `at` is a JSON pointer into the record such as /steps/2/output (role: viewer).",
     params(
         ("id" = String, Path, description = "the run id"),
-        ("at" = String, Query, description = "a JSON pointer into the record, e.g. /steps/2/output"),
+        ("at" = String, Query, pattern = "^/", description = "a JSON pointer into the record, e.g. /steps/2/output"),
     ),
     responses(
         (status = 200, description = "`{\"run_id\", \"at\", \"value\"}`", body = serde_json::Value),
@@ -118,7 +132,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
     description = "Run records, newest first (role: viewer).",
     params(
         ("flow" = Option<String>, Query, description = "only this flow's runs"),
-        ("status" = Option<String>, Query, description = "queued, running, waiting, succeeded, failed, timed_out or aborted"),
+        ("status" = inline(Option<StatusFilter>), Query, description = "queued, running, waiting, succeeded, failed, timed_out or aborted"),
         ("after" = Option<String>, Query, format = DateTime, description = "accepted at or after this RFC 3339 time"),
         ("before" = Option<String>, Query, format = DateTime, description = "accepted before this RFC 3339 time"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
