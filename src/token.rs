@@ -222,16 +222,7 @@ impl TokenKeys {
         role: Role,
         ttl: Duration,
     ) -> Result<(String, String), TokenError> {
-        let jti = new_token_id();
-        let token = self.mint_with_id(
-            name,
-            Some(ttl),
-            0,
-            Some(role),
-            Some(ConsoleUse::Session),
-            jti.clone(),
-        )?;
-        Ok((token, jti))
+        self.mint_with_id(name, Some(ttl), 0, Some(role), Some(ConsoleUse::Session))
     }
 
     fn mint(
@@ -242,9 +233,10 @@ impl TokenKeys {
         role: Option<Role>,
         purpose: Option<ConsoleUse>,
     ) -> Result<String, TokenError> {
-        self.mint_with_id(sub, ttl, ver, role, purpose, new_token_id())
+        Ok(self.mint_with_id(sub, ttl, ver, role, purpose)?.0)
     }
 
+    /// A new token and its id.
     fn mint_with_id(
         &self,
         sub: &str,
@@ -252,20 +244,21 @@ impl TokenKeys {
         ver: u64,
         role: Option<Role>,
         purpose: Option<ConsoleUse>,
-        jti: String,
-    ) -> Result<String, TokenError> {
+    ) -> Result<(String, String), TokenError> {
+        let jti = uuid::Uuid::new_v4().simple().to_string();
         let now = unix_now();
         let claims = FlowClaims {
             sub: sub.to_owned(),
             iat: now,
-            jti,
+            jti: jti.clone(),
             exp: ttl.map(|ttl| now + ttl.as_secs()),
             ver,
             role: role.map(|r| r.as_str().to_owned()),
             use_: purpose.map(|p| p.as_str().to_owned()),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| TokenError::Signing(e.to_string()))
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| TokenError::Signing(e.to_string()))?;
+        Ok((token, jti))
     }
 
     /// Verifies an admin token: signed with this key, not expired, and
@@ -362,10 +355,6 @@ impl TokenKeys {
                 _ => TokenError::Malformed,
             })
     }
-}
-
-fn new_token_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn unix_now() -> u64 {

@@ -8,20 +8,6 @@ use crate::operations::{self, OperationError};
 use crate::record::RunRecord;
 use crate::trigger::TriggerState;
 
-/// The states a run list can be filtered by, for the API's document.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-#[serde(rename_all = "snake_case")]
-enum StatusFilter {
-    Queued,
-    Running,
-    Waiting,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Aborted,
-}
-
 /// Values larger than this (as JSON) are cut in run lists, with where to
 /// fetch them whole.
 pub const LIST_VALUE_BYTES: usize = 1024;
@@ -132,7 +118,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
     description = "Run records, newest first (role: viewer).",
     params(
         ("flow" = Option<String>, Query, description = "only this flow's runs"),
-        ("status" = inline(Option<StatusFilter>), Query, description = "queued, running, waiting, succeeded, failed, timed_out or aborted"),
+        ("status" = inline(Option<RunState>), Query, description = "only runs in this state"),
         ("after" = Option<String>, Query, format = DateTime, description = "accepted at or after this RFC 3339 time"),
         ("before" = Option<String>, Query, format = DateTime, description = "accepted before this RFC 3339 time"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 250, description = "page size, 1 to 250, default 50"),
@@ -150,7 +136,8 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         .map(|s| {
             RunState::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "status `{s}` must be one of queued, running, waiting, succeeded, failed, timed_out, aborted"
+                    "status `{s}` must be one of {}",
+                    RunState::NAMES.join(", ")
                 ))
             })
         })

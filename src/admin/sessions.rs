@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Answer, Caller, ListPage, Query, json};
 use crate::backend::control::SessionView;
-use crate::console::session::session_error;
+use crate::control::SessionError;
 use crate::error::ApiError;
 use crate::trigger::TriggerState;
 
@@ -62,6 +62,19 @@ pub(super) async fn revoke(
         .control
         .revoke_session(id, &caller.actor())
         .await
-        .map_err(session_error)?;
+        .map_err(refused)?;
     Ok(json(&json!({ "revoked": id }))?.with_status(StatusCode::OK))
+}
+
+/// The answer for a session that could not be opened or ended.
+pub(crate) fn refused(e: SessionError) -> ApiError {
+    match e {
+        SessionError::TooMany => ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            e.to_string(),
+        ),
+        SessionError::NotFound => ApiError::not_found(e.to_string()),
+        SessionError::Storage(e) => super::unavailable(e),
+    }
 }

@@ -18,9 +18,12 @@ mod key_file;
 mod parse;
 mod redis;
 mod server;
+mod templates;
 
+pub use self::parse::readable_duration;
 pub use self::redis::RedisConfig;
 pub use self::server::{ServerConfig, ServerLimits};
+pub use self::templates::{MAX_TEMPLATE_FUEL, TemplatesConfig};
 
 /// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
 pub const SIGNING_KEY_ENV: &str = "FLOWGATE_SIGNING_KEY";
@@ -173,43 +176,6 @@ impl Default for StorageConfig {
 pub struct HttpConfig {
     /// Let `http` steps reach loopback, private, link-local and metadata addresses.
     pub allow_private_networks: bool,
-}
-
-/// The most [`TemplatesConfig::fuel`] may be: about a second of one core,
-/// and 1.2 GiB of data made.
-pub const MAX_TEMPLATE_FUEL: u64 = 20_000_000;
-
-/// `[templates]`: the budget of every render (steps, answers, headers).
-/// Over budget, the step fails (or the answer is a `500 response_invalid`)
-/// with an error naming the template.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TemplatesConfig {
-    /// Work one render may do: about one unit per template instruction and
-    /// per 64 bytes of data it makes, so it bounds time and memory alike.
-    pub fuel: u64,
-    /// Bytes one render may produce.
-    pub max_output_bytes: usize,
-}
-
-impl Default for TemplatesConfig {
-    fn default() -> Self {
-        let budget = crate::template::RenderBudget::default();
-        Self {
-            fuel: budget.fuel,
-            max_output_bytes: budget.max_output_bytes,
-        }
-    }
-}
-
-impl TemplatesConfig {
-    /// The budget each render gets.
-    pub fn budget(&self) -> crate::template::RenderBudget {
-        crate::template::RenderBudget {
-            fuel: self.fuel,
-            max_output_bytes: self.max_output_bytes,
-        }
-    }
 }
 
 /// `[worker]`
@@ -541,25 +507,6 @@ fn apply_env_overrides(
         section_table.insert(key, parsed);
     }
     Ok(())
-}
-
-/// `duration` as a person writes it: `7 days`, `1 day 2h`, `90s`.
-pub fn readable_duration(duration: std::time::Duration) -> String {
-    humantime::format_duration(duration)
-        .to_string()
-        .split(' ')
-        .map(|part| {
-            let unit = part.trim_start_matches(|c: char| c.is_ascii_digit());
-            let number = &part[..part.len() - unit.len()];
-            // Word units get a space; `h`, `m`, `s`, `ms` stay as they are.
-            if unit.len() > 2 {
-                format!("{number} {unit}")
-            } else {
-                part.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Deserializers for config values written as text: each value is parsed
-//! once, at load, and a bad one names its key (through the path the loader adds).
+//! Reading config values written as people write them (durations, socket
+//! addresses, header names), and writing durations back the same way.
+//! Each value is parsed once, at load, and a bad one names its key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,4 +58,23 @@ pub fn keep<'de, D: Deserializer<'de>>(d: D) -> Result<crate::record::Keep, D::E
     let text = String::deserialize(d)?;
     crate::record::Keep::parse(&text)
         .ok_or_else(|| D::Error::custom(format!("`{text}` must be all, failed or none")))
+}
+
+/// `duration` as a person writes it: `7 days`, `1 day 2h`, `90s`.
+pub fn readable_duration(duration: std::time::Duration) -> String {
+    humantime::format_duration(duration)
+        .to_string()
+        .split(' ')
+        .map(|part| {
+            let unit = part.trim_start_matches(|c: char| c.is_ascii_digit());
+            let number = &part[..part.len() - unit.len()];
+            // Word units get a space; `h`, `m`, `s`, `ms` stay as they are.
+            if unit.len() > 2 {
+                format!("{number} {unit}")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

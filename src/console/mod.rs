@@ -324,6 +324,14 @@ async fn act(
         // A replay goes to the run it made.
         Ok(answer) if api_path.ends_with("/replay") && answer.value["run_id"].is_string() => {
             let run = answer.value["run_id"].as_str().unwrap_or_default();
+            // A sync replay writes its record just after answering: give it
+            // a moment, so the page opens on the run rather than a 404.
+            for _ in 0..20 {
+                if matches!(state.runs.get(run).await, Ok(Some(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
             let to: String = form_urlencoded::byte_serialize(run.as_bytes()).collect();
             Ok(redirect(&format!("/console/runs/{to}")))
         }

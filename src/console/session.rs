@@ -24,7 +24,6 @@ use sha2::{Digest, Sha256};
 use crate::admin::Caller;
 use crate::backend::control::{SessionEntry, SessionSource};
 use crate::backend::now_ms;
-use crate::control::SessionError;
 use crate::error::ApiError;
 use crate::token::{AdminPrincipal, ConsoleUse};
 use crate::trigger::TriggerState;
@@ -142,21 +141,8 @@ pub(crate) async fn sign_in(
         .control
         .open_session(entry, &actor)
         .await
-        .map_err(session_error)?;
+        .map_err(crate::admin::session_refused)?;
     Ok((session, ttl))
-}
-
-/// The answer for a session that could not be opened or ended.
-pub(crate) fn session_error(e: SessionError) -> ApiError {
-    match e {
-        SessionError::TooMany => ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            e.to_string(),
-        ),
-        SessionError::NotFound => ApiError::not_found(e.to_string()),
-        SessionError::Storage(e) => crate::admin::unavailable(e),
-    }
 }
 
 /// Ends `session` on every replica.
@@ -165,7 +151,7 @@ pub(crate) async fn sign_out(state: &TriggerState, session: &Session) -> Result<
         .control
         .revoke_session(&session.caller.principal.token_id, &session.caller.actor())
         .await
-        .map_err(session_error)
+        .map_err(crate::admin::session_refused)
 }
 
 /// How long a session made from `principal` may last: until its token

@@ -26,6 +26,16 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Every state as written, in order; what [`RunState::parse`] reads.
+    pub const NAMES: [&'static str; 6] = [
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "aborted",
+    ];
+
     /// The state as users see it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +61,18 @@ impl RunState {
         })
     }
 }
+
+/// In the admin API's document: a string, one of [`RunState::NAMES`].
+impl utoipa::PartialSchema for RunState {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(RunState::NAMES))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RunState {}
 
 impl std::fmt::Display for RunState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

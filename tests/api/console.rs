@@ -405,7 +405,16 @@ async fn console_run_detail_shows_the_failing_step_and_escapes_what_senders_wrot
     assert_eq!(replayed.status(), 303);
     let to = replayed.headers()["location"].to_str().unwrap().to_owned();
     assert!(to.starts_with("/console/runs/") && to != here, "{to}");
-    let new_run = browser.page(&to).await;
+    // A sync replay writes its record just after answering.
+    let mut new_run = String::new();
+    for _ in 0..100 {
+        let response = browser.get(&to).await;
+        if response.status() == 200 {
+            new_run = response.text().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(new_run.contains(&run_id), "it names the run it replays");
     // Unknown runs and pages are the console's own 404 pages.
     let missing = browser.get("/console/runs/nope").await;

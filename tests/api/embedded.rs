@@ -50,6 +50,20 @@ fn serve(dir: &tempfile::TempDir) -> Child {
         .unwrap()
 }
 
+/// A project with `flows` besides the two shipped, and `serve` running
+/// on it once ready: its folder, base URL, a client and the process.
+async fn serving(flows: &[(&str, &str)]) -> (tempfile::TempDir, String, reqwest::Client, Child) {
+    let port = free_port();
+    let dir = project(port);
+    let flows: Vec<(&str, String)> = flows.iter().map(|(n, c)| (*n, c.to_string())).collect();
+    write_files(&dir.path().join("flows"), &flows);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let server = serve(&dir);
+    ready(&client, &base).await;
+    (dir, base, client, server)
+}
+
 async fn ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while client
@@ -66,12 +80,7 @@ async fn ready(client: &reqwest::Client, base: &str) {
 
 #[tokio::test]
 async fn serve_runs_on_one_file_without_redis_and_owns_it() {
-    let port = free_port();
-    let dir = project(port);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, base, client, server) = serving(&[]).await;
     assert!(dir.path().join("data/flowgate.db").exists());
 
     // The CLI works beside the running server: it mints for the stored generation.
@@ -168,12 +177,7 @@ async fn serve_runs_on_one_file_without_redis_and_owns_it() {
 
 #[tokio::test]
 async fn one_owner_per_file_whatever_names_it_and_a_file_changed_underneath_is_noticed() {
-    let port = free_port();
-    let dir = project(port);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, base, client, server) = serving(&[]).await;
     let db = dir.path().join("data/flowgate.db");
     // The same file through a symlink and through a hard link.
     std::os::unix::fs::symlink(&db, dir.path().join("data/link.db")).unwrap();
@@ -294,13 +298,7 @@ async fn one_owner_per_file_whatever_names_it_and_a_file_changed_underneath_is_n
 
 #[tokio::test]
 async fn another_process_reading_the_database_takes_nothing_from_the_server() {
-    let port = free_port();
-    let dir = project(port);
-    write_files(&dir.path().join("flows"), &[("slow.toml", SLOW.into())]);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, base, client, server) = serving(&[("slow.toml", SLOW)]).await;
     let out = command(&dir, &["token", "issue", "slow"]).output().unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let accept = || {
@@ -385,13 +383,7 @@ async fn statuses(client: &reqwest::Client, base: &str, flow: &str) -> Vec<(Stri
 
 #[tokio::test]
 async fn runs_accepted_before_a_sigkill_run_after_the_restart() {
-    let port = free_port();
-    let dir = project(port);
-    write_files(&dir.path().join("flows"), &[("slow.toml", SLOW.into())]);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, base, client, mut server) = serving(&[("slow.toml", SLOW)]).await;
     let out = command(&dir, &["token", "issue", "slow"]).output().unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let mut accepted = Vec::new();
@@ -560,12 +552,7 @@ async fn a_full_disk_refuses_runs_with_503_until_there_is_room_and_loses_none() 
 
 #[tokio::test]
 async fn backup_copies_the_database_while_the_server_runs() {
-    let port = free_port();
-    let dir = project(port);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, _, _, server) = serving(&[]).await;
     let out = command(&dir, &["flows", "pause", "s"]).output().unwrap();
     assert!(out.status.success());
     let out = command(&dir, &["backup", "copy.db"]).output().unwrap();
@@ -592,12 +579,7 @@ async fn backup_copies_the_database_while_the_server_runs() {
 
 #[tokio::test]
 async fn fifty_concurrent_duplicates_make_one_run() {
-    let port = free_port();
-    let dir = project(port);
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let server = serve(&dir);
-    ready(&client, &base).await;
+    let (dir, base, client, server) = serving(&[]).await;
     let out = command(&dir, &["token", "issue", "a"]).output().unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let sends = (0..50).map(|_| {

@@ -204,6 +204,9 @@ struct FileWatch {
     owned: Option<(Arc<std::fs::File>, u32)>,
     opened: std::time::Instant,
     checked_ms: std::sync::atomic::AtomicU64,
+    /// Whether the last look found nothing wrong: an accept between looks
+    /// reads only this.
+    intact: std::sync::atomic::AtomicBool,
     problem: Mutex<Option<String>>,
 }
 
@@ -372,6 +375,7 @@ impl Database {
             owned: stamped,
             opened: std::time::Instant::now(),
             checked_ms: std::sync::atomic::AtomicU64::new(0),
+            intact: std::sync::atomic::AtomicBool::new(true),
             problem: Mutex::new(None),
         });
         Ok(Self {
@@ -390,7 +394,11 @@ impl Database {
         let watch = &self.file;
         let now = watch.opened.elapsed().as_millis() as u64 + 1;
         let last = watch.checked_ms.load(Ordering::Relaxed);
-        if last == 0 || now.saturating_sub(last) >= FILE_CHECK_EVERY.as_millis() as u64 {
+        let due = last == 0 || now.saturating_sub(last) >= FILE_CHECK_EVERY.as_millis() as u64;
+        if !due && watch.intact.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if due {
             watch.checked_ms.store(now, Ordering::Relaxed);
             let found = watch.look(&self.path);
             let mut problem = watch.problem.lock().expect("file watch lock");
@@ -400,6 +408,7 @@ impl Database {
                     "the embedded database file changed under flowgate"
                 );
             }
+            watch.intact.store(found.is_none(), Ordering::Relaxed);
             *problem = found;
         }
         match &*watch.problem.lock().expect("file watch lock") {
