@@ -236,35 +236,11 @@ async fn set_paused(
     json(&view(state, &flow).await?)
 }
 
-/// The duration `body[key]` gives (absent, `null` or empty: none), above
-/// zero and at most `max` (`max_text` in words); `example` shows the form
-/// in errors.
-fn duration_field(
-    body: &serde_json::Value,
-    key: &str,
-    example: &str,
-    (max, max_text): (Duration, &str),
-) -> Result<Option<Duration>, ApiError> {
-    match body.get(key) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(serde_json::Value::String(text)) => match humantime::parse_duration(text.trim()) {
-            Ok(d) if !d.is_zero() && d <= max => Ok(Some(d)),
-            _ => Err(ApiError::bad_request(format!(
-                "{key} `{text}` is not a duration like \"{example}\" of at most {max_text}"
-            ))),
-        },
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{key} must be a string like \"{example}\""
-        ))),
-    }
-}
-
 /// `POST /flows/{id}/tokens/rotate` with an optional `{"grace": "24h"}`.
 #[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens/rotate", tag = "flows", operation_id = "rotateFlowTokens",
     description = "Moves the flow to its next token generation; with `grace`, tokens of the generation before keep working that long (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
-    request_body(content = serde_json::Value, description = "optional: {\"grace\": \"24h\"}"),
+    request_body(content = Option<super::body::RotateTokens>, description = "optional"),
     responses(
         (status = 200, description = "the new generation", body = serde_json::Value),
         (status = 401, description = "no valid admin token", body = serde_json::Value),
@@ -278,12 +254,7 @@ pub(super) async fn rotate(
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
-    let grace = duration_field(
-        body,
-        "grace",
-        "24h",
-        (crate::control::MAX_GRACE, "365 days"),
-    )?;
+    let grace = super::body::FLOW_GRACE.read(body)?;
     let generation = state
         .control
         .rotate(&flow.id, grace, &caller.actor())
@@ -300,7 +271,7 @@ pub(super) async fn rotate(
 #[utoipa::path(post, path = "/v1/admin/flows/{id}/tokens", tag = "flows", operation_id = "issueFlowToken",
     description = "Mints a token for the flow at its current generation, as `flowgate token issue` does; with `ttl`, it expires after that long. The token is in this answer only (role: ops).",
     params(("id" = String, Path, description = "the flow id")),
-    request_body(content = serde_json::Value, description = "optional: {\"ttl\": \"90d\"}"),
+    request_body(content = Option<super::body::IssueToken>, description = "optional"),
     responses(
         (status = 200, description = "the token", body = serde_json::Value),
         (status = 400, description = "a bad ttl", body = serde_json::Value),
@@ -315,12 +286,7 @@ pub(super) async fn issue(
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
-    let ttl = duration_field(
-        body,
-        "ttl",
-        "90d",
-        (Duration::from_secs(10 * 365 * 86_400), "10 years"),
-    )?;
+    let ttl = super::body::TOKEN_TTL.read(body)?;
     let generation = state.control.generation(&flow.id).current;
     let token = state
         .keys
@@ -343,10 +309,11 @@ pub(super) async fn issue(
 /// `POST /tokens/revoke` with `{"jti": "..."}` or `{"token": "..."}`.
 #[utoipa::path(post, path = "/v1/admin/tokens/revoke", tag = "tokens", operation_id = "revokeAdminToken",
     description = "Refuses an admin token on every replica within a second (role: ops).",
-    request_body(content = serde_json::Value, description = "{\"token\": \"...\"} or {\"jti\": \"...\"}"),
+    request_body = super::body::Revoke,
     responses(
         (status = 200, description = "revoked", body = serde_json::Value),
         (status = 400, description = "neither a token nor a jti", body = serde_json::Value),
+        (status = 404, description = "the token is not an admin token of this gateway", body = serde_json::Value),
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
@@ -355,22 +322,28 @@ pub(super) async fn revoke(
     caller: &Caller,
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
-    let (jti, until_ms) = match (body.get("token"), body.get("jti")) {
-        (Some(serde_json::Value::String(token)), _) => {
-            let admin = state.keys.verify_admin(token).map_err(|_| {
-                ApiError::bad_request("token is not an admin token of this gateway")
-            })?;
+    let named: super::body::Revoke = serde_json::from_value(body.clone())
+        .map_err(|_| ApiError::bad_request("token and jti must be strings"))?;
+    let (jti, until_ms) = match (named.token, named.jti) {
+        (Some(token), _) => {
+            // A token of no admin of this gateway names nothing to revoke.
+            let admin = state
+                .keys
+                .verify_admin(&token)
+                .map_err(|_| ApiError::not_found("token is not an admin token of this gateway"))?;
             let until = admin
                 .expires
                 .map_or(u64::MAX, |exp| exp.saturating_mul(1000));
             (admin.token_id, until)
         }
-        (_, Some(serde_json::Value::String(jti))) if !jti.is_empty() && jti.len() <= 128 => {
-            (jti.clone(), u64::MAX)
+        (None, Some(jti))
+            if !jti.is_empty() && jti.chars().count() <= super::body::MAX_JTI_CHARS =>
+        {
+            (jti, u64::MAX)
         }
         _ => {
             return Err(ApiError::bad_request(
-                "send {\"jti\": \"...\"} or {\"token\": \"...\"}",
+                "send {\"jti\": \"...\"} (1 to 128 characters) or {\"token\": \"...\"}",
             ));
         }
     };

@@ -29,6 +29,7 @@ use crate::token::AdminPrincipal;
 use crate::trigger::TriggerState;
 
 mod audit;
+mod body;
 mod flows;
 pub mod openapi;
 mod routes;
@@ -231,16 +232,21 @@ impl Query {
 
     /// The value of `name`, if given and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.given(name).filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name`, if given, even empty (a filter that must be
+    /// one of some values refuses an empty one).
+    pub fn given(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
-    /// `limit`: default 50, 1..=250.
+    /// `limit`: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
     pub fn limit(&self) -> Result<usize, ApiError> {
-        match self.get("limit") {
+        match self.given("limit") {
             None => Ok(DEFAULT_LIMIT),
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -258,20 +264,24 @@ impl Query {
 
     /// A time parameter (`after`, `before`): RFC 3339, as ms since the epoch.
     pub fn time_ms(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        self.get(name)
+        self.given(name)
             .map(|text| {
-                humantime::parse_rfc3339_weak(text)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_millis() as u64)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
-                        ))
-                    })
+                rfc3339_ms(text).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                    ))
+                })
             })
             .transpose()
     }
+}
+
+/// An RFC 3339 time (any offset) as ms since the epoch; times before the
+/// epoch read as the epoch, which nothing stored precedes.
+pub(crate) fn rfc3339_ms(text: &str) -> Option<u64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
 /// A cursor as handed out: opaque to clients.
@@ -481,6 +491,39 @@ mod tests {
         assert!(!text.contains("\"waiting\""), "the API reads no such state");
         let value = serde_json::to_string(&doc.paths.paths["/v1/admin/runs/{id}/value"]).unwrap();
         assert!(value.contains("\"pattern\":\"^/\""), "{value}");
+    }
+
+    #[test]
+    fn request_bodies_say_what_their_handlers_read() {
+        let doc = serde_json::to_value(openapi::document()).unwrap();
+        // A request body with its schema, a reference resolved.
+        let body = |path: &str, method: &str| {
+            let mut body = doc["paths"][path][method]["requestBody"].clone();
+            let schema = &mut body["content"]["application/json"]["schema"];
+            if let Some(name) = schema["$ref"].as_str() {
+                let name = name.rsplit('/').next().unwrap();
+                *schema = doc["components"]["schemas"][name].clone();
+            }
+            body
+        };
+        let optional = body("/v1/admin/webhooks/{id}/recover", "post");
+        assert_ne!(optional["required"], true, "{optional}");
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(text.contains("date-time"), "{text}");
+        let create = body("/v1/admin/webhooks", "post");
+        assert_eq!(create["required"], true, "{create}");
+        let schema = serde_json::to_string(&create).unwrap();
+        for expected in ["\"name\"", "\"url\"", "run.ended", "additionalProperties"] {
+            assert!(schema.contains(expected), "{expected}: {schema}");
+        }
+        let rotate = body("/v1/admin/flows/{id}/tokens/rotate", "post");
+        assert_ne!(rotate["required"], true, "{rotate}");
+        let grace = doc["components"]["schemas"]["RotateTokens"]["properties"]["grace"].clone();
+        let pattern = grace["pattern"].as_str().unwrap_or_default();
+        assert!(
+            pattern.contains("36[0-4]"),
+            "the grace bound is in the pattern: {grace}"
+        );
     }
 
     #[test]

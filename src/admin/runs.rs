@@ -132,7 +132,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
     ))]
 pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
     let status = query
-        .get("status")
+        .given("status")
         .map(|s| {
             RunState::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(

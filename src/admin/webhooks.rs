@@ -1,8 +1,6 @@
 //! `/v1/admin/webhooks...` and `/v1/admin/deliveries/{id}/resend`:
 //! outbound event webhook subscriptions and their delivery log.
 
-use std::time::Duration;
-
 use http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -77,7 +75,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
 /// `POST /webhooks`.
 #[utoipa::path(post, path = "/v1/admin/webhooks", tag = "webhooks", operation_id = "createWebhook",
     description = "Creates a subscription and sends it a ping. Body: `name`, `url` (https), optional `secret` (`whsec_…`, or `true` to generate one), `events` (default `[\"*\"]`), `flows`, `statuses`, `format` (`json` | `xml`), `enabled` (default true). At most 5 subscriptions may name one flow: 409 `too_many_subscriptions` (role: ops).",
-    request_body = Value,
+    request_body = super::body::NewSubscription,
     responses(
         (status = 201, description = "created; the secret is shown this once", body = Created),
         (status = 409, description = "a flow already has 5 subscriptions", body = Value),
@@ -115,7 +113,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
 #[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", tag = "webhooks", operation_id = "updateWebhook",
     description = "Changes the fields given (any of `name`, `url`, `events`, `flows`, `statuses`, `format`, `enabled`); the secret changes only through rotate-secret (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
-    request_body = Value,
+    request_body = super::body::SubscriptionChange,
     responses(
         (status = 200, description = "the subscription now", body = SubscriptionView),
         (status = 404, description = "no such subscription", body = Value),
@@ -223,7 +221,7 @@ fn accepted(delivery_id: String) -> Result<Answer, ApiError> {
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/rotate-secret", tag = "webhooks", operation_id = "rotateWebhookSecret",
     description = "A new signing secret (`{\"secret\": \"whsec_…\"}` to choose it, else generated). The previous one keeps signing alongside for `grace` (default `24h`, at most `7d`); `{\"grace\": \"0s\"}` stops it at once (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
-    request_body = Value,
+    request_body(content = Option<super::body::RotateSecret>, description = "optional"),
     responses((status = 200, description = "the new secret, shown this once", body = Value)))]
 pub(super) async fn rotate_secret(
     state: &TriggerState,
@@ -231,17 +229,9 @@ pub(super) async fn rotate_secret(
     id: &str,
     body: &Value,
 ) -> Result<Answer, ApiError> {
-    let grace = match body.get("grace") {
-        None | Some(Value::Null) => DEFAULT_ROTATION_GRACE,
-        Some(Value::String(text)) => humantime::parse_duration(text).map_err(|_| {
-            ApiError::bad_request(format!("grace `{text}` is not a duration like \"24h\""))
-        })?,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "grace must be a duration like \"24h\"",
-            ));
-        }
-    };
+    let grace = super::body::SECRET_GRACE
+        .read(body)?
+        .unwrap_or(DEFAULT_ROTATION_GRACE);
     let secret = match body.get("secret") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text.as_str()),
@@ -258,7 +248,7 @@ pub(super) async fn rotate_secret(
 #[utoipa::path(post, path = "/v1/admin/webhooks/{id}/recover", tag = "webhooks", operation_id = "recoverWebhook",
     description = "Sends again the events skipped while the subscription was disabled, since `since` (RFC 3339; default: the delivery retention) (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
-    request_body = Value,
+    request_body(content = Option<super::body::Recover>, description = "optional"),
     responses((status = 202, description = "how many deliveries were queued", body = Value)))]
 pub(super) async fn recover(
     state: &TriggerState,
@@ -266,17 +256,7 @@ pub(super) async fn recover(
     id: &str,
     body: &Value,
 ) -> Result<Answer, ApiError> {
-    let since_ms = match body.get("since") {
-        None | Some(Value::Null) => 0,
-        Some(Value::String(text)) => humantime::parse_rfc3339_weak(text)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d: Duration| d.as_millis() as u64)
-            .ok_or_else(|| {
-                ApiError::bad_request("since must be an RFC 3339 time like 2026-01-31T12:00:00Z")
-            })?,
-        Some(_) => return Err(ApiError::bad_request("since must be an RFC 3339 time")),
-    };
+    let since_ms = super::body::read_since(body)?;
     let n = state
         .webhooks
         .recover(id, since_ms, &caller.actor())

@@ -263,10 +263,15 @@ pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<Exi
             WebhooksCommand::Recover { id, since } => {
                 let since_ms = match since {
                     None => 0,
-                    Some(text) => humantime::parse_rfc3339_weak(&text)
-                        .map_err(|_| anyhow::anyhow!("--since `{text}` is not an RFC 3339 time"))?
-                        .duration_since(std::time::UNIX_EPOCH)?
-                        .as_millis() as u64,
+                    Some(text) => crate::admin::rfc3339_ms(&text)
+                        .or_else(|| {
+                            let at = humantime::parse_rfc3339_weak(&text).ok()?;
+                            let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+                            Some(since.as_millis() as u64)
+                        })
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--since `{text}` is not an RFC 3339 time")
+                        })?,
                 };
                 let n = service.recover(&id, since_ms, &actor).await?;
                 println!("{id}: {n} deliveries queued");

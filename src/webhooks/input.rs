@@ -9,11 +9,11 @@ use super::signing::SigningSecret;
 use crate::backend::webhooks::{Format, Subscription};
 
 /// Longest subscription name.
-const MAX_NAME_CHARS: usize = 200;
+pub const MAX_NAME_CHARS: usize = 200;
 /// Longest subscription URL.
-const MAX_URL_BYTES: usize = 2048;
+pub const MAX_URL_BYTES: usize = 2048;
 /// Most flows or statuses one subscription may list.
-const MAX_FILTER_ITEMS: usize = 100;
+pub const MAX_FILTER_ITEMS: usize = 100;
 
 /// What may be set when creating (all of it) or updating (any of it).
 #[derive(Debug, Default, Deserialize)]
@@ -111,8 +111,9 @@ impl SubscriptionInput {
     /// Applies the fields given to `subscription`.
     pub fn apply(&self, subscription: &mut Subscription, rules: UrlRules) -> Result<(), String> {
         if let Some(name) = &self.name {
+            let too_long = name.chars().count() > MAX_NAME_CHARS;
             let name = name.trim();
-            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            if name.is_empty() || too_long {
                 return Err(format!("name must be 1 to {MAX_NAME_CHARS} characters"));
             }
             if name.chars().any(char::is_control) {
@@ -194,6 +195,9 @@ pub fn check_url(text: &str, rules: UrlRules) -> Result<String, String> {
 }
 
 fn check_events(events: Vec<String>) -> Result<Vec<String>, String> {
+    if events.len() > MAX_FILTER_ITEMS {
+        return Err(format!("events may list at most {MAX_FILTER_ITEMS} items"));
+    }
     if events.is_empty() {
         return Err("events must list at least one event type, or [\"*\"] for all".into());
     }

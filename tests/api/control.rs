@@ -283,6 +283,18 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
         .await
         .unwrap();
     envelope(absurd, 400, "bad_request").await;
+    // The document's pattern is the contract: one whole number and a unit.
+    for refused in [r#"{"grace": "1h 30m"}"#, r#"{"grace": ""}"#, r#"[]"#] {
+        let response = app
+            .client
+            .post(format!("{a_url}/v1/admin/flows/f/tokens/rotate"))
+            .bearer_auth(&ops)
+            .body(refused)
+            .send()
+            .await
+            .unwrap();
+        envelope(response, 400, "bad_request").await;
+    }
     // Generation 1 keeps working during the grace; generation 0 does not.
     let (third, _, _) = cli(&app, &["token", "issue", "f"]);
     status_within(&app, &b_url, "f", third.trim(), 200).await;
