@@ -52,7 +52,7 @@ allow_http = true
 EOF
 fg() { "$bin" --config "$work/config.toml" "$@"; }
 
-fg serve >"$work/serve.log" 2>&1 &
+"$bin" --config "$work/config.toml" serve >"$work/serve.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
   curl -fsS "$base/healthz" >/dev/null 2>&1 && break

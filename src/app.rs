@@ -18,6 +18,7 @@ use crate::transition::Transitions;
 use crate::trigger::redact::Redaction;
 use crate::trigger::{TriggerLimits, TriggerState};
 use crate::webhooks::dispatch::Dispatcher;
+use crate::webhooks::outbox::Outbox;
 use crate::webhooks::{WebhookSettings, Webhooks};
 use crate::worker::{Worker, WorkerSettings};
 
@@ -96,13 +97,17 @@ impl App {
             settings.webhooks.clone(),
             lifecycle.metrics().clone(),
         );
+        let webhooks = Arc::new(webhooks);
+        let outbox = Arc::new(Outbox::new(webhooks.clone(), catalog.clone()));
+        let flow_events = outbox.clone();
+        lifecycle.on_flow_event(Box::new(move |change| flow_events.flow_event(change)));
         Self {
-            webhooks: Arc::new(webhooks),
+            webhooks,
             engine: Engine::new(HttpClient::new(settings.allow_private_networks)),
             settings,
             keys,
             catalog,
-            transitions: Arc::new(Transitions::new(lifecycle, &backends)),
+            transitions: Arc::new(Transitions::new(lifecycle, &backends).with_outbox(outbox)),
             control: Arc::new(control),
             reloader: None,
             backends,
@@ -195,16 +200,12 @@ impl App {
     }
 
     /// Starts delivering outbound event webhooks from this process, in
-    /// background tasks: the subscriptions kept current, this process's
-    /// events turned into deliveries, a dispatcher attempting due ones
-    /// (any process's), and the delivery log pruned.
+    /// background tasks: the subscriptions kept current, stored events
+    /// (any process's) turned into deliveries, a dispatcher attempting due
+    /// ones (any process's), and the delivery log pruned.
     pub fn start_webhooks(&self) {
         tokio::spawn(self.webhooks.clone().keep_current());
-        tokio::spawn(crate::webhooks::fanout::run(
-            self.webhooks.clone(),
-            self.lifecycle().clone(),
-            self.catalog.clone(),
-        ));
+        tokio::spawn(crate::webhooks::outbox::fan_out(self.webhooks.clone()));
         tokio::spawn(Arc::new(Dispatcher::new(self.webhooks.clone())).run());
         tokio::spawn(self.webhooks.clone().keep_pruned(PRUNE_EVERY));
     }

@@ -21,7 +21,7 @@ use crate::backend::control::{
     MAX_SESSIONS_PER_TOKEN, SessionEntry,
 };
 use crate::flow::{Flow, FlowStatus, SharedCatalog};
-use crate::lifecycle::{Event, FlowEvent, Lifecycle};
+use crate::lifecycle::{FlowEvent, Lifecycle};
 
 /// Longest grace period a rotation may give the generation before.
 pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -227,12 +227,10 @@ impl Control {
                 continue;
             };
             tracing::info!(flow = %flow, status = status.as_str(), "flow status changed");
-            lifecycle.publish(|| {
-                Event::Flow(FlowEvent::StatusChanged {
-                    flow: flow.clone(),
-                    status,
-                    version: current.version,
-                })
+            lifecycle.flow_changed(FlowEvent::StatusChanged {
+                flow: flow.clone(),
+                status,
+                version: current.version,
             });
         }
     }

@@ -9,11 +9,16 @@
 //! [`BUS_CAPACITY`] events behind loses the oldest ones (and is told so by
 //! its receiver), so a slow consumer never slows runs down.
 //!
-//! Flow events are published here too: created, updated and deleted by hot
+//! The bus is for consumers that may lose events (logs, tests); outbound
+//! webhooks never read it: a run's events are written with its transitions
+//! ([`crate::webhooks::outbox`]), and flow changes are handed to a hook
+//! ([`Lifecycle::on_flow_event`]) that stores them.
+//!
+//! Flow events are announced here too: created, updated and deleted by hot
 //! reload ([`crate::reloader`]), status changed by every replica's control
 //! copy when it sees a pause or unpause ([`crate::control`]). Each process
-//! publishes on its own bus, so with several replicas each one announces a
-//! status change it sees.
+//! announces what it sees, so with several replicas each one announces a
+//! status change; its message id is the same everywhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,10 +158,14 @@ pub enum Event {
     Flow(FlowEvent),
 }
 
+/// Told of every flow change, to store its event durably.
+pub type FlowEventHook = Box<dyn Fn(FlowEvent) + Send + Sync>;
+
 /// Announces transitions: logs, metrics, and the event bus.
 pub struct Lifecycle {
     metrics: Arc<Metrics>,
     bus: broadcast::Sender<Arc<Event>>,
+    flow_hook: std::sync::OnceLock<FlowEventHook>,
 }
 
 impl Lifecycle {
@@ -165,7 +174,22 @@ impl Lifecycle {
         Self {
             metrics,
             bus: broadcast::channel(BUS_CAPACITY).0,
+            flow_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Has `hook` told of every flow change from now on (the first hook
+    /// set stays): the bus may drop events, the hook sees each one.
+    pub fn on_flow_event(&self, hook: FlowEventHook) {
+        let _ = self.flow_hook.set(hook);
+    }
+
+    /// A flow changed: told to the hook, and published.
+    pub fn flow_changed(&self, change: FlowEvent) {
+        if let Some(hook) = self.flow_hook.get() {
+            hook(change.clone());
+        }
+        self.publish(|| Event::Flow(change));
     }
 
     /// The metrics transitions are counted in.

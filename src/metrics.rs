@@ -14,7 +14,7 @@
 //! | `flowgate_webhook_attempt_duration_seconds` | histogram | `subscription`: how long each delivery attempt took, answer included |
 //! | `flowgate_webhook_subscriptions_disabled_total` | counter | subscriptions disabled automatically after repeated failures |
 //! | `flowgate_webhook_outbox_depth` | gauge | deliveries waiting for an attempt (sampled every few seconds) |
-//! | `flowgate_webhook_events_lost_total` | counter | events not written to the outbox (store unavailable, or the event bus overflowed) |
+//! | `flowgate_webhook_events_pending` | gauge | events stored with their runs and not yet turned into deliveries (sampled every few seconds) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -160,7 +160,7 @@ pub struct Metrics {
     delivery_lag: Histogram,
     subscriptions_disabled: AtomicU64,
     outbox_depth: AtomicU64,
-    events_lost: AtomicU64,
+    events_pending: AtomicU64,
 }
 
 /// How a webhook delivery attempt went, for the metrics.
@@ -225,9 +225,9 @@ impl Metrics {
         self.outbox_depth.store(depth, Ordering::Relaxed);
     }
 
-    /// Counts `n` events that never reached the outbox.
-    pub fn events_lost(&self, n: u64) {
-        self.events_lost.fetch_add(n, Ordering::Relaxed);
+    /// Sets the number of stored events not yet fanned out, last seen.
+    pub fn events_pending(&self, pending: u64) {
+        self.events_pending.store(pending, Ordering::Relaxed);
     }
 
     /// Counts a run record that could not be written.
@@ -312,10 +312,10 @@ impl Metrics {
                 &self.outbox_depth,
             ),
             (
-                "flowgate_webhook_events_lost_total",
-                "counter",
-                "Events that never reached the webhook outbox.",
-                &self.events_lost,
+                "flowgate_webhook_events_pending",
+                "gauge",
+                "Events stored with their runs, not yet turned into deliveries.",
+                &self.events_pending,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

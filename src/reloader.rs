@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::flow::reload::{ReloadSummary, reload};
 use crate::flow::{LoadOptions, SharedCatalog};
-use crate::lifecycle::{Event, FlowEvent, Lifecycle};
+use crate::lifecycle::{FlowEvent, Lifecycle};
 
 /// Quiet time after a file change before reloading, so an editor's or a
 /// deploy's burst of writes becomes one reload.
@@ -92,7 +92,7 @@ impl Reloader {
         ];
         for (flows, event) in events {
             for flow in flows {
-                self.lifecycle.publish(|| Event::Flow(event(flow.clone())));
+                self.lifecycle.flow_changed(event(flow.clone()));
             }
         }
         summary

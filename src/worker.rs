@@ -225,10 +225,10 @@ impl Worker {
             return Outcome::Abandoned { run_id, reason };
         }
         record.start();
-        self.transitions.started(&delivery, &record, !first).await;
+        let journal = self.transitions.started(&delivery, &record, !first).await;
         let started = Instant::now();
         let report = {
-            let steps = self.transitions.steps(&run_id, &flow.id);
+            let steps = self.transitions.steps(&run_id, &flow.id, &journal);
             let run = self.engine.run_observed(
                 &catalog,
                 flow,
@@ -254,7 +254,7 @@ impl Worker {
                     () = &mut abort => break None,
                     _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if !shown => {
                         shown = true;
-                        self.transitions.still_running(&record).await;
+                        self.transitions.still_running(&record, &journal).await;
                     }
                 }
             }
@@ -262,7 +262,7 @@ impl Worker {
         let Some(report) = report else {
             record.abort("aborted on request while running");
             self.transitions
-                .stopped(&delivery, &record, started.elapsed())
+                .stopped(&delivery, &record, started.elapsed(), &journal)
                 .await;
             return Outcome::Abandoned {
                 run_id,
@@ -274,14 +274,16 @@ impl Worker {
             let mut next = delivery.input.clone();
             next.resume = Some(retry.resume.clone());
             self.transitions
-                .retry_later(&delivery, &record, &next, retry.delay)
+                .retry_later(&delivery, &record, &next, retry.delay, &journal)
                 .await;
             return Outcome::RetryLater {
                 run_id,
                 retry_in: retry.delay,
             };
         }
-        self.transitions.ended(&delivery, &record, &report).await;
+        self.transitions
+            .ended(&delivery, &record, &report, &journal)
+            .await;
         Outcome::Executed {
             run_id,
             status: report.status,

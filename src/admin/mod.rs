@@ -276,13 +276,7 @@ impl Query {
     }
 }
 
-/// An RFC 3339 time (any offset) as ms since the epoch; times before the
-/// epoch read as the epoch, which nothing stored precedes.
-pub(crate) fn rfc3339_ms(text: &str) -> Option<u64> {
-    let at =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
-}
+pub(crate) use crate::webhooks::message::rfc3339_ms;
 
 /// A cursor as handed out: opaque to clients.
 pub(crate) fn encode_cursor(position: &str) -> String {

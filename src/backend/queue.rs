@@ -14,10 +14,14 @@
 //! the queue change — one transaction where the backend has them, one
 //! ordered round trip at least — so a reader never sees a record that
 //! contradicts the queue for longer than that step takes, and a backend with
-//! transactions commits both or neither.
+//! transactions commits both or neither. The `_with` forms also write the
+//! events the transition owes webhook subscribers
+//! ([`super::webhooks::OutboxEvent`]) in that same step, so a run never
+//! ends without its events being stored.
 
 use std::time::Duration;
 
+use super::webhooks::OutboxEvent;
 use super::{BoxFuture, StorageError};
 use crate::engine::RunInput;
 use crate::record::{RecordedResponse, RunRecord};
@@ -51,6 +55,16 @@ pub trait RunQueue: Send + Sync {
         &'a self,
         input: &'a RunInput,
         record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.enqueue_with(input, record, &[])
+    }
+
+    /// [`RunQueue::enqueue`], writing `events` in the same step.
+    fn enqueue_with<'a>(
+        &'a self,
+        input: &'a RunInput,
+        record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Claims at most `max` new runs for `consumer`, waiting up to `wait`
@@ -83,6 +97,16 @@ pub trait RunQueue: Send + Sync {
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.complete_with(id, record, &[])
+    }
+
+    /// [`RunQueue::complete`], writing `events` in the same step.
+    fn complete_with<'a>(
+        &'a self,
+        id: &'a str,
+        record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Ends delivery `id` and queues `input` again (with its resume point)
@@ -93,6 +117,18 @@ pub trait RunQueue: Send + Sync {
         input: &'a RunInput,
         due_ms: u64,
         record: Option<&'a RunRecord>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.retry_later_with(id, input, due_ms, record, &[])
+    }
+
+    /// [`RunQueue::retry_later`], writing `events` in the same step.
+    fn retry_later_with<'a>(
+        &'a self,
+        id: &'a str,
+        input: &'a RunInput,
+        due_ms: u64,
+        record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Makes at most `max` runs waiting to retry later that are due
@@ -107,6 +143,17 @@ pub trait RunQueue: Send + Sync {
         delivery: &'a Delivery,
         reason: &'a str,
         record: &'a RunRecord,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        self.dead_letter_with(delivery, reason, record, &[])
+    }
+
+    /// [`RunQueue::dead_letter`], writing `events` in the same step.
+    fn dead_letter_with<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+        record: &'a RunRecord,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 
     /// Runs waiting (for a worker or a retry) or in progress.

@@ -96,7 +96,17 @@ pub trait RunStore: Send + Sync {
     /// its policy does not keep it ([`RunRecord::kept`]). The record is
     /// encoded at once; the future only writes it, so it can be spawned
     /// while the caller keeps (or drops) the record.
-    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>>;
+    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
+        self.save_with(record, Vec::new())
+    }
+
+    /// [`RunStore::save`], writing `events` in the same step (also when the
+    /// record itself is not kept).
+    fn save_with(
+        &self,
+        record: &RunRecord,
+        events: Vec<super::webhooks::OutboxEvent>,
+    ) -> BoxFuture<'static, Result<(), StorageError>>;
 
     /// The record of `run_id`.
     fn get<'a>(&'a self, run_id: &'a str)

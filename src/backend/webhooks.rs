@@ -204,6 +204,32 @@ pub struct Attempt {
     pub next_attempt_at: Option<String>,
 }
 
+/// An event owed to subscribers: written with the transition that caused
+/// it (in the same transaction, or the same pipeline in the run's
+/// partition), then turned into deliveries by a fan-out
+/// ([`WebhookStore::claim_events`], [`WebhookStore::ack_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The message id, `msg_…`: an event written twice is kept once.
+    pub id: String,
+    /// Where a partitioned store keeps it: the run's id for a run's events
+    /// (its partition), the message id otherwise.
+    pub key: String,
+    /// The message, encoded.
+    pub message: String,
+}
+
+/// An event a fan-out claimed, leased to it until acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEvent {
+    /// The message id.
+    pub id: String,
+    /// The message, encoded.
+    pub message: String,
+    /// Where the store found it (a partition), for the acknowledgement.
+    pub place: usize,
+}
+
 /// What a subscription change decides, seeing the stored subscription (if
 /// any) and every other one.
 #[derive(Debug, Clone)]
@@ -320,6 +346,33 @@ pub trait WebhookStore: Send + Sync {
         cursor: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<Attempt>, StorageError>>;
+
+    /// Writes events on their own, for changes that write nothing else
+    /// (a flow reloaded, a status change seen). An id already waiting is
+    /// kept once.
+    fn append_events<'a>(
+        &'a self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Up to `max` events waiting to be fanned out, leased for `lease`:
+    /// nobody else claims them before it runs out, and they come back if
+    /// they are not acknowledged by then.
+    fn claim_events(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedEvent>, StorageError>>;
+
+    /// Forgets events whose deliveries are stored.
+    fn ack_events<'a>(
+        &'a self,
+        events: &'a [ClaimedEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Events waiting to be fanned out.
+    fn events_depth(&self) -> BoxFuture<'_, Result<u64, StorageError>>;
 
     /// Deliveries waiting for an attempt (not skipped ones).
     fn outbox_depth(&self) -> BoxFuture<'_, Result<u64, StorageError>>;

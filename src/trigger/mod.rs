@@ -264,7 +264,7 @@ pub(crate) async fn run_sync(
     input: &RunInput,
 ) -> (Response<Body>, RunState) {
     let run_id = &input.run_id;
-    state.transitions.started_in_request(run_id, &flow.id);
+    let journal = state.transitions.started_in_request(run_id, &flow.id);
     let report = state
         .engine
         .run_observed(
@@ -272,7 +272,7 @@ pub(crate) async fn run_sync(
             flow,
             input,
             RunOptions::default(),
-            &state.transitions.steps(run_id, &flow.id),
+            &state.transitions.steps(run_id, &flow.id, &journal),
         )
         .await;
     let mut response = answer(catalog, flow, run_id, &report)
@@ -287,7 +287,10 @@ pub(crate) async fn run_sync(
     let mut record = RunRecord::accepted(flow, input, RunState::Running);
     record.finish(&report);
     let (response, recorded) = record_response(record, response).await;
-    state.transitions.ended_in_request(recorded, &report).await;
+    state
+        .transitions
+        .ended_in_request(recorded, &report, &journal)
+        .await;
     (response, report.status)
 }
 

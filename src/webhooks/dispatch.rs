@@ -53,6 +53,8 @@ pub const POLL: Duration = Duration::from_millis(200);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The most of a response body kept in the log.
 pub const MAX_LOGGED_BODY: usize = 64 * 1024;
+/// Attempts of one process being recorded at once, their answers in.
+const RECORDING: usize = 1024;
 /// How often the outbox depth is sampled for the metrics.
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// The shortest a delivery put back for its subscription's turn waits.
@@ -139,8 +141,10 @@ impl Turns {
             return Some(next);
         }
         turn.running = turn.running.saturating_sub(1);
-        if turn.running == 0 {
-            all.remove(subscription);
+        // An idle subscription keeps its attempt time for its next burst;
+        // the idle ones of subscriptions long gone are let go now and then.
+        if all.len() > 2 * super::MAX_SUBSCRIPTIONS {
+            all.retain(|_, turn| turn.running > 0);
         }
         None
     }
@@ -154,6 +158,9 @@ pub struct Dispatcher {
     turns: Turns,
     /// Told when an attempt ends, so deliveries put back can be looked at again.
     ended: tokio::sync::Notify,
+    /// Attempts whose answer came and whose record is being written; when
+    /// all are taken, the next attempt waits (the store sets the pace).
+    recording: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -176,6 +183,7 @@ impl Dispatcher {
             slots: Arc::new(Semaphore::new(CONCURRENCY)),
             turns: Turns::default(),
             ended: tokio::sync::Notify::new(),
+            recording: Arc::new(Semaphore::new(RECORDING)),
         }
     }
 
@@ -218,7 +226,18 @@ impl Dispatcher {
             while let Some(delivery) = next {
                 let subscription = delivery.subscription.clone();
                 let started = Instant::now();
-                this.attempt(delivery).await;
+                let Ok(recording) = this.recording.clone().acquire_owned().await else {
+                    break;
+                };
+                // The receiver's slot is free once its answer is in; the
+                // attempt is recorded meanwhile.
+                let (sent, answered) = tokio::sync::oneshot::channel();
+                let attempt = this.clone();
+                tokio::spawn(async move {
+                    attempt.attempt(delivery, sent).await;
+                    drop(recording);
+                });
+                let _ = answered.await;
                 next = this.turns.end(&subscription, started.elapsed());
             }
             drop(slot);
@@ -238,6 +257,9 @@ impl Dispatcher {
                 depth_sampled = Instant::now();
                 if let Ok(depth) = self.webhooks.store.outbox_depth().await {
                     self.webhooks.metrics.outbox_depth(depth);
+                }
+                if let Ok(pending) = self.webhooks.store.events_depth().await {
+                    self.webhooks.metrics.events_pending(pending);
                 }
             }
             let free = self.slots.available_permits();
@@ -291,8 +313,9 @@ impl Dispatcher {
         }
     }
 
-    /// Makes one attempt of `delivery` and records it.
-    pub async fn attempt(&self, mut delivery: Delivery) {
+    /// Makes one attempt of `delivery` and records it; `sent` is told
+    /// when the receiver's answer is in (or no request is made).
+    pub async fn attempt(&self, mut delivery: Delivery, sent: tokio::sync::oneshot::Sender<()>) {
         let webhooks = &self.webhooks;
         let mut snapshot = webhooks.snapshot();
         if snapshot.get(&delivery.subscription).is_none() {
@@ -325,6 +348,7 @@ impl Dispatcher {
         }
         delivery.attempts += 1;
         let mut attempt = self.send(sub, &delivery).await;
+        let _ = sent.send(());
         webhooks
             .metrics
             .attempt_duration(&sub.id, Duration::from_millis(attempt.duration_ms));

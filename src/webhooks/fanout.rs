@@ -1,29 +1,15 @@
-//! From events to deliveries: every lifecycle event this process announces
-//! becomes one message, and one delivery per subscription that wants it,
-//! stored in the outbox before anything is sent.
-//!
-//! The fan-out listens to the event bus only while there is at least one
-//! subscription, so a gateway without subscriptions builds no events at
-//! all. Events are taken in batches (whatever is waiting, up to
-//! [`BATCH`]) and stored in one outbox write. A failed write, or events the
-//! bus dropped because the fan-out fell behind, are logged and counted
-//! (`flowgate_webhook_events_lost_total`); runs never wait for webhooks.
-
-use std::sync::Arc;
+//! From messages to deliveries: one delivery per subscription that wants a
+//! message, stored in the outbox before anything is sent. The messages
+//! come from events stored with their transitions (see
+//! [`super::outbox`]), or from a ping, a test or a subscription's disabling.
 
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::message::{Message, Messages};
-use super::{Webhooks, wants};
-use crate::backend::now_ms;
+use super::Webhooks;
+use super::message::Message;
 use crate::backend::webhooks::{Attempt, Delivery, DeliveryState, Subscription, Trigger};
-use crate::flow::SharedCatalog;
-use crate::lifecycle::Lifecycle;
+use crate::backend::{StorageError, now_ms};
 use crate::metrics::DeliveryOutcome;
-
-/// Most events stored in one outbox write.
-pub const BATCH: usize = 256;
 
 /// The delivery of `message` to `sub`, carrying `payload`. Its id is
 /// derived from both, so the same message stored twice is one delivery.
@@ -86,10 +72,11 @@ pub fn skipped_attempt(sub: &Subscription, delivery: &Delivery) -> Attempt {
 }
 
 /// Stores `deliveries`: pending ones in the outbox, skipped ones in the
-/// log. Failures are logged and counted. When this process's dispatcher has
-/// room, pending ones are stored leased to it and handed over directly;
-/// should it die, the lease runs out and any dispatcher claims them.
-pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) {
+/// log. When this process's dispatcher has room, pending ones are stored
+/// leased to it and handed over directly; should it die, the lease runs
+/// out and any dispatcher claims them. On `Err` some may not be stored:
+/// storing them again stores each once.
+pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) -> Result<(), StorageError> {
     let (mut pending, skipped): (Vec<_>, Vec<_>) = deliveries
         .into_iter()
         .partition(|d| d.state == DeliveryState::Pending);
@@ -119,10 +106,7 @@ pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) {
                     }
                 }
             }
-            Err(e) => {
-                webhooks.metrics.events_lost(pending.len() as u64);
-                tracing::error!(error = %e, deliveries = pending.len(), "webhook deliveries lost: the outbox is unavailable");
-            }
+            Err(e) => return Err(e),
         }
     }
     let snapshot = webhooks.snapshot();
@@ -130,86 +114,11 @@ pub async fn store(webhooks: &Webhooks, deliveries: Vec<Delivery>) {
         let Some(sub) = snapshot.get(&delivery.subscription) else {
             continue;
         };
-        webhooks.metrics.delivery(DeliveryOutcome::Skipped);
-        if let Err(e) = webhooks
+        webhooks
             .store
             .finish(&delivery, Some(&skipped_attempt(sub, &delivery)))
-            .await
-        {
-            webhooks.metrics.events_lost(1);
-            tracing::error!(error = %e, "a skipped webhook delivery could not be logged");
-        }
+            .await?;
+        webhooks.metrics.delivery(DeliveryOutcome::Skipped);
     }
-}
-
-/// Turns this process's events into deliveries until the bus closes.
-pub async fn run(webhooks: Arc<Webhooks>, lifecycle: Arc<Lifecycle>, catalog: SharedCatalog) {
-    let mut changed = webhooks.watch();
-    let mut messages = Messages::default();
-    loop {
-        if webhooks.snapshot().subscriptions.is_empty() {
-            if changed.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let mut events = lifecycle.subscribe();
-        loop {
-            tokio::select! {
-                received = events.recv() => {
-                    let first = match received {
-                        Ok(event) => event,
-                        Err(RecvError::Lagged(n)) => {
-                            webhooks.metrics.events_lost(n);
-                            tracing::error!(events = n, "webhook events lost: the fan-out fell behind the event bus");
-                            continue;
-                        }
-                        Err(RecvError::Closed) => return,
-                    };
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH {
-                        match events.try_recv() {
-                            Ok(event) => batch.push(event),
-                            Err(TryRecvError::Lagged(n)) => webhooks.metrics.events_lost(n),
-                            Err(_) => break,
-                        }
-                    }
-                    let snapshot = webhooks.snapshot();
-                    let catalog = catalog.get();
-                    let mut deliveries = Vec::new();
-                    for event in &batch {
-                        let wanted = |event_type: &str| {
-                            snapshot.subscriptions.iter().any(|(sub, _)| {
-                                sub.events.iter().any(|e| e == "*" || e == event_type)
-                            })
-                        };
-                        let Some(message) = messages.build_if(event, &catalog, wanted) else {
-                            continue;
-                        };
-                        let mut bodies: [Option<String>; 2] = [None, None];
-                        for (sub, _) in &snapshot.subscriptions {
-                            if !wants(sub, &message) {
-                                continue;
-                            }
-                            let body = bodies[sub.format as usize]
-                                .get_or_insert_with(|| message.body(sub.format))
-                                .clone();
-                            deliveries.push(delivery_for(sub, &message, Trigger::Auto, body));
-                        }
-                    }
-                    if !deliveries.is_empty() {
-                        store(&webhooks, deliveries).await;
-                    }
-                }
-                result = changed.changed() => {
-                    if result.is_err() {
-                        return;
-                    }
-                    if webhooks.snapshot().subscriptions.is_empty() {
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    Ok(())
 }

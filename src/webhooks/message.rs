@@ -176,102 +176,7 @@ impl Messages {
         if !wanted(event_type) {
             return None;
         }
-        let now = now_ms();
-        let flow_of = |id: &str| {
-            let flow = catalog.get(id);
-            let name = flow.map_or_else(|| id.to_owned(), |f| f.name.clone());
-            let live = flow.is_none_or(|f| f.status != FlowStatus::Draft);
-            let mode = flow.map_or("async", |f| f.trigger.mode.as_str());
-            (Some((id.to_owned(), name)), live, mode)
-        };
-        let (flow, live_mode, status, data) = match event {
-            Event::Run(run) => {
-                let (flow, live, mode) = flow_of(run_flow(run));
-                let (status, data) = match run {
-                    RunEvent::Queued { run_id, .. } => (
-                        None,
-                        json!({ "run_id": run_id, "status": "queued", "mode": mode,
-                                "queued_at": rfc3339(now), "sequence": sequence }),
-                    ),
-                    RunEvent::Started {
-                        run_id, attempt, ..
-                    } => (
-                        None,
-                        json!({ "run_id": run_id, "status": "running", "mode": mode,
-                                "attempt": attempt, "started_at": rfc3339(now),
-                                "sequence": sequence }),
-                    ),
-                    RunEvent::StepStarted {
-                        run_id, step, kind, ..
-                    } => (
-                        None,
-                        json!({ "run_id": run_id, "step": step, "kind": kind,
-                                "started_at": rfc3339(now), "sequence": sequence }),
-                    ),
-                    RunEvent::StepEnded {
-                        run_id,
-                        step,
-                        kind,
-                        state,
-                        duration_ms,
-                        ..
-                    } => (
-                        None,
-                        json!({ "run_id": run_id, "step": step, "kind": kind,
-                                "status": state.as_str(), "duration_ms": duration_ms,
-                                "ended_at": rfc3339(now), "sequence": sequence }),
-                    ),
-                    RunEvent::RetryLater { .. } => return None,
-                    RunEvent::Ended {
-                        run_id,
-                        state,
-                        duration,
-                        error,
-                        cause,
-                        ..
-                    } => {
-                        let duration_ms = duration.as_millis() as u64;
-                        (
-                            Some(state.as_str()),
-                            json!({ "run_id": run_id, "status": state.as_str(), "mode": mode,
-                                    "started_at": rfc3339(now.saturating_sub(duration_ms)),
-                                    "ended_at": rfc3339(now), "duration_ms": duration_ms,
-                                    "error": error, "cause": cause, "sequence": sequence }),
-                        )
-                    }
-                };
-                (flow, live, status, data)
-            }
-            Event::Flow(change) => {
-                let id = match change {
-                    FlowEvent::Created { flow }
-                    | FlowEvent::Updated { flow }
-                    | FlowEvent::Deleted { flow }
-                    | FlowEvent::StatusChanged { flow, .. } => flow,
-                };
-                let (flow, live, mode) = flow_of(id);
-                let mut data = Map::new();
-                data.insert("flow_id".into(), json!(id));
-                if let Some(loaded) = catalog.get(id) {
-                    data.insert("version".into(), json!(loaded.version));
-                    data.insert("mode".into(), json!(mode));
-                    data.insert("status".into(), json!(loaded.status.as_str()));
-                }
-                if let FlowEvent::StatusChanged { status, .. } = change {
-                    data.insert("status".into(), json!(status.as_str()));
-                }
-                (flow, live, None, Value::Object(data))
-            }
-        };
-        Some(Message {
-            id: message_id(event, event_type, sequence, catalog),
-            event: event_type,
-            at_ms: now,
-            live_mode,
-            flow,
-            status,
-            data,
-        })
+        message_for(event, sequence, now_ms(), catalog)
     }
 
     /// The run event's number along its run.
@@ -317,6 +222,108 @@ impl Messages {
             None => u64::from(u32::MAX) << 32,
         }
     }
+}
+
+/// The message for `event`, the `sequence`-th of its run, happening at
+/// `now` (ms); `None` for events no subscriber gets (a run waiting to retry
+/// a step).
+pub fn message_for(event: &Event, sequence: u64, now: u64, catalog: &Catalog) -> Option<Message> {
+    let event_type = event_type(event)?;
+    let flow_of = |id: &str| {
+        let flow = catalog.get(id);
+        let name = flow.map_or_else(|| id.to_owned(), |f| f.name.clone());
+        let live = flow.is_none_or(|f| f.status != FlowStatus::Draft);
+        let mode = flow.map_or("async", |f| f.trigger.mode.as_str());
+        (Some((id.to_owned(), name)), live, mode)
+    };
+    let (flow, live_mode, status, data) = match event {
+        Event::Run(run) => {
+            let (flow, live, mode) = flow_of(run_flow(run));
+            let (status, data) = match run {
+                RunEvent::Queued { run_id, .. } => (
+                    None,
+                    json!({ "run_id": run_id, "status": "queued", "mode": mode,
+                            "queued_at": rfc3339(now), "sequence": sequence }),
+                ),
+                RunEvent::Started {
+                    run_id, attempt, ..
+                } => (
+                    None,
+                    json!({ "run_id": run_id, "status": "running", "mode": mode,
+                            "attempt": attempt, "started_at": rfc3339(now),
+                            "sequence": sequence }),
+                ),
+                RunEvent::StepStarted {
+                    run_id, step, kind, ..
+                } => (
+                    None,
+                    json!({ "run_id": run_id, "step": step, "kind": kind,
+                            "started_at": rfc3339(now), "sequence": sequence }),
+                ),
+                RunEvent::StepEnded {
+                    run_id,
+                    step,
+                    kind,
+                    state,
+                    duration_ms,
+                    ..
+                } => (
+                    None,
+                    json!({ "run_id": run_id, "step": step, "kind": kind,
+                            "status": state.as_str(), "duration_ms": duration_ms,
+                            "ended_at": rfc3339(now), "sequence": sequence }),
+                ),
+                RunEvent::RetryLater { .. } => return None,
+                RunEvent::Ended {
+                    run_id,
+                    state,
+                    duration,
+                    error,
+                    cause,
+                    ..
+                } => {
+                    let duration_ms = duration.as_millis() as u64;
+                    (
+                        Some(state.as_str()),
+                        json!({ "run_id": run_id, "status": state.as_str(), "mode": mode,
+                                "started_at": rfc3339(now.saturating_sub(duration_ms)),
+                                "ended_at": rfc3339(now), "duration_ms": duration_ms,
+                                "error": error, "cause": cause, "sequence": sequence }),
+                    )
+                }
+            };
+            (flow, live, status, data)
+        }
+        Event::Flow(change) => {
+            let id = match change {
+                FlowEvent::Created { flow }
+                | FlowEvent::Updated { flow }
+                | FlowEvent::Deleted { flow }
+                | FlowEvent::StatusChanged { flow, .. } => flow,
+            };
+            let (flow, live, mode) = flow_of(id);
+            let mut data = Map::new();
+            data.insert("flow_id".into(), json!(id));
+            if let Some(loaded) = catalog.get(id) {
+                data.insert("version".into(), json!(loaded.version));
+                data.insert("mode".into(), json!(mode));
+                data.insert("status".into(), json!(loaded.status.as_str()));
+            }
+            if let FlowEvent::StatusChanged { status, .. } = change {
+                data.insert("status".into(), json!(status.as_str()));
+            }
+            (flow, live, None, Value::Object(data))
+        }
+    };
+    Some(Message {
+        id: message_id(event, event_type, sequence, catalog),
+        event: event_type,
+        at_ms: now,
+        live_mode,
+        flow,
+        status,
+        data,
+    })
 }
 
 fn run_flow(event: &RunEvent) -> &str {
@@ -371,6 +378,14 @@ fn message_id(event: &Event, event_type: &str, sequence: u64, catalog: &Catalog)
 /// A fresh `msg_…` id.
 pub fn random_id() -> String {
     format!("msg_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// An RFC 3339 time (any offset) as ms since the epoch; times before the
+/// epoch read as the epoch, which nothing stored precedes.
+pub fn rfc3339_ms(text: &str) -> Option<u64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 
 /// `ms` since the epoch as RFC 3339 with milliseconds.

@@ -3,7 +3,8 @@
 //! - [`input`]: subscriptions as their authors write them, checked.
 //! - [`message`]: messages built from the lifecycle's events, their JSON and XML bodies.
 //! - [`signing`]: Standard Webhooks signatures.
-//! - [`fanout`]: turns every event into deliveries for the matching subscriptions, in the outbox.
+//! - [`outbox`]: events written with the run transitions that cause them, fanned out into deliveries.
+//! - [`fanout`]: deliveries for the matching subscriptions, stored in the outbox.
 //! - [`dispatch`]: claims due deliveries and attempts them, with retries and auto-disable.
 //! - `settings`: [`WebhookSettings`], from the config.
 //! - `limits`: how many subscriptions a flow and an installation may have.
@@ -33,6 +34,7 @@ pub mod fanout;
 pub mod input;
 mod limits;
 pub mod message;
+pub mod outbox;
 mod settings;
 pub mod signing;
 
@@ -178,6 +180,10 @@ pub struct Webhooks {
     /// to its dispatcher (no claim round trip).
     handoff: mpsc::Sender<Delivery>,
     handoff_rx: std::sync::Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// Told when this process stored events, for its fan-out.
+    events_written: Notify,
+    /// When the copy of the subscriptions was last read (ms; the read's start).
+    read_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Webhooks {
@@ -199,6 +205,8 @@ impl Webhooks {
             wake: Notify::new(),
             handoff,
             handoff_rx: std::sync::Mutex::new(Some(handoff_rx)),
+            events_written: Notify::new(),
+            read_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -219,14 +227,32 @@ impl Webhooks {
 
     /// Reads the subscriptions again.
     pub async fn refresh(&self) -> Result<(), StorageError> {
+        let started = now_ms();
         let version = self.store.version().await?;
         let subscriptions = self.store.subscriptions().await?;
         *self.snapshot.write().expect("webhooks lock") = Arc::new(Snapshot {
             version,
             subscriptions,
         });
+        self.read_ms
+            .fetch_max(started, std::sync::atomic::Ordering::Relaxed);
         self.changed.send_replace(version);
         Ok(())
+    }
+
+    /// When the copy of the subscriptions was last read from the store (ms).
+    pub fn snapshot_read_ms(&self) -> u64 {
+        self.read_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Tells this process's fan-out that events were stored.
+    pub fn wake_fan_out(&self) {
+        self.events_written.notify_one();
+    }
+
+    /// Waits until this process stores events, or `timeout`.
+    pub async fn wait_for_events(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.events_written.notified()).await;
     }
 
     /// Told after every refresh.
@@ -237,13 +263,18 @@ impl Webhooks {
     /// Keeps the copy current until the task is dropped.
     pub async fn keep_current(self: Arc<Self>) {
         loop {
+            let started = now_ms();
             match self.store.version().await {
                 Ok(version) if version != self.snapshot().version || version == 0 => {
                     if let Err(e) = self.refresh().await {
                         tracing::warn!(error = %e, "could not read webhook subscriptions");
                     }
                 }
-                Ok(_) => {}
+                // Unchanged: the copy is as new as this check.
+                Ok(_) => {
+                    self.read_ms
+                        .fetch_max(started, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!(error = %e, "could not read webhook subscriptions"),
             }
             tokio::time::sleep(CHECK_EVERY).await;
@@ -679,7 +710,9 @@ impl Webhooks {
                 )
             })
             .collect();
-        fanout::store(self, deliveries).await;
+        if let Err(e) = fanout::store(self, deliveries).await {
+            tracing::error!(error = %e, subscription = %id, "webhook.disabled deliveries not stored");
+        }
         Ok(())
     }
 

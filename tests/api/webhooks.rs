@@ -752,10 +752,6 @@ async fn the_log_cuts_big_responses_and_a_delivery_can_be_resent() {
         metrics.contains("flowgate_webhook_delivery_lag_seconds_count 2"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("flowgate_webhook_events_lost_total 0"),
-        "{metrics}"
-    );
 }
 
 async fn a_rotated_secret_signs_alongside_the_new_one_until_its_grace_ends() {
@@ -1101,8 +1097,15 @@ async fn the_delivery_log_is_pruned_past_its_retention() {
 }
 
 #[tokio::test]
-async fn a_run_never_waits_for_webhooks_and_a_lost_event_is_counted() {
-    let mut app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+async fn a_sync_run_never_waits_for_the_store_and_its_event_outlives_an_outage() {
+    let mut app = spawn_app_with(
+        &[("s", SYNC_FLOW.to_owned())],
+        AppOptions {
+            redis_aof: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
     subscribe(
         &app,
@@ -1111,22 +1114,36 @@ async fn a_run_never_waits_for_webhooks_and_a_lost_event_is_counted() {
     .await;
     received(&receiver, 1, Duration::from_secs(5)).await;
     app.redis.stop();
-    // The outbox is unreachable: the sync run still answers, at once.
+    // The store is unreachable: the sync run still answers, at once.
     let started = Instant::now();
     let answer = app.post_json("s", r#"{"n": 1}"#).await;
     assert_eq!(answer.status(), 200);
+    let run_id = answer.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(answer.text().await.unwrap(), r#"{"ok": true}"#);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
-    app.text_when(
-        &format!("http://{}/metrics", app.addr),
-        "flowgate_webhook_events_lost_total 1",
-    )
-    .await;
+    // Back within the record's retries: the record and its run.ended both land.
     app.redis.restart();
+    let requests = received(&receiver, 2, Duration::from_secs(20)).await;
+    let ended: Value = serde_json::from_slice(&requests[1].body).unwrap();
+    assert_eq!(ended["type"], "run.ended");
+    assert_eq!(ended["data"]["run_id"], run_id.as_str());
+    let metrics = app
+        .text_when(
+            &format!("http://{}/metrics", app.addr),
+            "flowgate_webhook_deliveries_total{outcome=\"succeeded\"} 2",
+        )
+        .await;
+    assert!(
+        metrics.contains("flowgate_run_records_lost_total 0"),
+        "{metrics}"
+    );
 }
 
 /// `name{subscription="<id>",le="<le>"}` from a metrics page.

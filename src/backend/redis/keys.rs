@@ -43,6 +43,8 @@
 //! | `flowgate:{flowgate}:delivery:<id>` | string | a [`crate::backend::webhooks::Delivery`] as JSON (its payload included); expires after `webhooks.delivery_retention` |
 //! | `flowgate:{flowgate}:webhooks:skipped:<subscription>` | sorted set | deliveries skipped while the subscription was disabled, by event time (ms), for a recover |
 //! | `flowgate:{flowgate}:webhooks:log:<subscription>` | stream | the delivery log, one entry per attempt: field `entry`, the [`crate::backend::webhooks::Attempt`] as JSON; trimmed to the delivery retention by entry id |
+//! | `flowgate:{flowgate}:events` | sorted set (per partition) | ids (`msg_…`) of events owed to webhook subscribers, scored by when a fan-out may take them (ms): 0 when written, the end of its lease once claimed. A run's events are written in the pipeline of the run transition that caused them, in the run's partition |
+//! | `flowgate:{flowgate}:events:messages` | hash (per partition) | event id → its message (JSON); deleted with the id once the event's deliveries are stored |
 //! | `flowgate:{flowgate}:idem:<flow>:<sha256 of key>` | string (per partition) | an idempotency key: `pending:<run id>` while the first request is in flight, then its answer as JSON; expires after 24 h (see [`crate::backend::IdempotencyStore`]) |
 //!
 //! Workers read through the consumer group `workers` of every partition's
@@ -150,6 +152,10 @@ pub struct Partition {
     flow_runs_prefix: String,
     /// What the key of every idempotency key in this partition starts with.
     idem_prefix: String,
+    /// Events owed to webhook subscribers, by due time (ms).
+    pub events: String,
+    /// The events' messages, by message id.
+    pub event_messages: String,
 }
 
 impl Partition {
@@ -162,6 +168,8 @@ impl Partition {
             flows: format!("flowgate:{{{tag}}}:index:flows"),
             flow_runs_prefix: format!("flowgate:{{{tag}}}:runs:"),
             idem_prefix: format!("flowgate:{{{tag}}}:idem:"),
+            events: format!("flowgate:{{{tag}}}:events"),
+            event_messages: format!("flowgate:{{{tag}}}:events:messages"),
         }
     }
 

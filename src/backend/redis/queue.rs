@@ -9,7 +9,9 @@ use deadpool_redis::redis;
 use deadpool_redis::redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::keys::{GROUP, Partition};
+use super::webhooks::add_events;
 use super::{Batcher, Pool, RedisStore, query, query_all, query_pipeline, to_json, unencodable};
+use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::lifecycle::Lifecycle;
@@ -320,10 +322,11 @@ impl RunQueue for RedisQueue {
         Box::pin(self.ensure_group())
     }
 
-    fn enqueue<'a>(
+    fn enqueue_with<'a>(
         &'a self,
         input: &'a RunInput,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let (head, raw) = input.queued_parts().map_err(unencodable)?;
@@ -347,6 +350,7 @@ impl RunQueue for RedisQueue {
                 }
                 self.records.write_record(&mut pipe, record, true)?;
             }
+            add_events(&mut pipe, self.part(p), events);
             self.batcher.run(p, &pipe).await
         })
     }
@@ -418,27 +422,39 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn complete<'a>(
+    fn complete_with<'a>(
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let (p, entry) = self.entry_of(id)?;
             let mut pipe = redis::pipe();
+            // With events, the record, the events and the acknowledgement
+            // are one transaction (written out: the batcher sends commands).
+            let atomic = !events.is_empty();
+            if atomic {
+                pipe.cmd("MULTI").ignore();
+            }
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
+            add_events(&mut pipe, self.part(p), events);
             acknowledge(&mut pipe, self.part(p), entry);
+            if atomic {
+                pipe.cmd("EXEC").ignore();
+            }
             self.batcher.run(p, &pipe).await
         })
     }
 
-    fn dead_letter<'a>(
+    fn dead_letter_with<'a>(
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
         record: &'a RunRecord,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let input = to_json(&delivery.input)?;
@@ -451,6 +467,7 @@ impl RunQueue for RedisQueue {
             let (p, entry) = self.entry_of(&delivery.id)?;
             let mut pipe = move_to_dead(self.part(p), &letter, entry);
             self.records.write_record(&mut pipe, record, false)?;
+            add_events(&mut pipe, self.part(p), events);
             query_pipeline(&self.pool, &pipe).await
         })
     }
@@ -473,12 +490,13 @@ impl RunQueue for RedisQueue {
         })
     }
 
-    fn retry_later<'a>(
+    fn retry_later_with<'a>(
         &'a self,
         id: &'a str,
         input: &'a RunInput,
         due_ms: u64,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let json = to_json(input)?;
@@ -494,6 +512,7 @@ impl RunQueue for RedisQueue {
             if let Some(record) = record {
                 self.records.write_record(&mut pipe, record, false)?;
             }
+            add_events(&mut pipe, self.part(p), events);
             acknowledge(&mut pipe, self.part(p), entry);
             query_pipeline(&self.pool, &pipe).await
         })

@@ -10,6 +10,7 @@ use deadpool_redis::redis;
 
 use super::{Batcher, Pool, query, query_all, to_json, unencodable};
 use crate::backend::control::Page;
+use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
     StoredAnswer, now_ms,
@@ -466,9 +467,16 @@ impl RunStore for RedisStore {
         })
     }
 
-    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
+    fn save_with(
+        &self,
+        record: &RunRecord,
+        events: Vec<OutboxEvent>,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
         let mut pipe = redis::pipe();
         let written = self.write_record(&mut pipe, record, false);
+        if let Ok(p) = written {
+            super::webhooks::add_events(&mut pipe, self.pool.layout().partition(p), &events);
+        }
         let batcher = self.batcher.clone();
         Box::pin(async move {
             let p = written?;

@@ -18,7 +18,8 @@ use super::keys::{
 use super::{Batcher, query, query_pipeline, to_json, unavailable};
 use crate::backend::control::Page;
 use crate::backend::webhooks::{
-    Attempt, Decide, Delivery, DeliveryState, Refusal, Subscription, WebhookStore, Write,
+    Attempt, ClaimedEvent, Decide, Delivery, DeliveryState, OutboxEvent, Refusal, Subscription,
+    WebhookStore, Write,
 };
 use crate::backend::{BoxFuture, StorageError};
 
@@ -60,6 +61,47 @@ for _, id in ipairs(ids) do
 end
 return out
 ";
+
+/// Leases up to ARGV[3] events of one partition due at ARGV[1] until
+/// ARGV[2]; returns id, message pairs. An id whose message is gone is dropped.
+const CLAIM_EVENTS: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local message = redis.call('HGET', KEYS[2], id)
+  if message then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(out, id)
+    table.insert(out, message)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+";
+
+/// Adds the commands writing `events` to `pipe`, in partition `part`
+/// (every event's key must belong to it): an id already waiting keeps its
+/// message and lease.
+pub fn add_events(
+    pipe: &mut redis::Pipeline,
+    part: &super::keys::Partition,
+    events: &[OutboxEvent],
+) {
+    for event in events {
+        pipe.cmd("HSETNX")
+            .arg(&part.event_messages)
+            .arg(&event.id)
+            .arg(&event.message)
+            .ignore();
+        pipe.cmd("ZADD")
+            .arg(&part.events)
+            .arg("NX")
+            .arg(0)
+            .arg(&event.id)
+            .ignore();
+    }
+}
 
 /// Webhook state on Redis.
 #[derive(Clone)]
@@ -454,6 +496,117 @@ impl WebhookStore for RedisWebhooks {
                 _ => None,
             };
             Ok(Page { data, next_cursor })
+        })
+    }
+
+    fn append_events<'a>(
+        &'a self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let layout = self.pool.layout();
+            let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
+            for event in events {
+                let p = layout.partition_of(&event.key);
+                let at = match pipes.iter().position(|(q, _)| *q == p) {
+                    Some(at) => at,
+                    None => {
+                        pipes.push((p, redis::pipe()));
+                        pipes.len() - 1
+                    }
+                };
+                add_events(
+                    &mut pipes[at].1,
+                    layout.partition(p),
+                    std::slice::from_ref(event),
+                );
+            }
+            for (p, pipe) in &pipes {
+                self.batcher.run(*p, pipe).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn claim_events(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedEvent>, StorageError>> {
+        Box::pin(async move {
+            let layout = self.pool.layout();
+            let per_partition = max.div_ceil(layout.count()).max(1);
+            let until = now_ms.saturating_add(lease.as_millis() as u64);
+            let claims: Vec<redis::Cmd> = layout
+                .all()
+                .map(|(_, part)| {
+                    redis::cmd("EVAL")
+                        .arg(CLAIM_EVENTS)
+                        .arg(2)
+                        .arg(&part.events)
+                        .arg(&part.event_messages)
+                        .arg(now_ms)
+                        .arg(until)
+                        .arg(per_partition)
+                        .clone()
+                })
+                .collect();
+            let replies: Vec<Vec<String>> = super::query_all(&self.pool, &claims).await?;
+            let mut claimed = Vec::new();
+            for (place, reply) in replies.into_iter().enumerate() {
+                for pair in reply.chunks_exact(2) {
+                    claimed.push(ClaimedEvent {
+                        id: pair[0].clone(),
+                        message: pair[1].clone(),
+                        place,
+                    });
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn ack_events<'a>(
+        &'a self,
+        events: &'a [ClaimedEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        Box::pin(async move {
+            let layout = self.pool.layout();
+            let mut acks = Vec::new();
+            for (p, part) in layout.all() {
+                let ids: Vec<&str> = events
+                    .iter()
+                    .filter(|e| e.place == p)
+                    .map(|e| e.id.as_str())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                acks.push(redis::cmd("ZREM").arg(&part.events).arg(&ids).clone());
+                acks.push(
+                    redis::cmd("HDEL")
+                        .arg(&part.event_messages)
+                        .arg(&ids)
+                        .clone(),
+                );
+            }
+            super::query_all::<redis::Value>(&self.pool, &acks)
+                .await
+                .map(drop)
+        })
+    }
+
+    fn events_depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async move {
+            let counts: Vec<redis::Cmd> = self
+                .pool
+                .layout()
+                .all()
+                .map(|(_, part)| redis::cmd("ZCARD").arg(&part.events).clone())
+                .collect();
+            let counts: Vec<u64> = super::query_all(&self.pool, &counts).await?;
+            Ok(counts.iter().sum())
         })
     }
 

@@ -154,6 +154,13 @@ ALTER TABLE queue ADD COLUMN raw TEXT;
     r"
 CREATE TABLE sessions (id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL, entry TEXT NOT NULL);
 ",
+    // Events owed to webhook subscribers, written in the transaction of the
+    // run transition that caused them; a fan-out leases them (due_at moves
+    // past the lease) and deletes them once their deliveries are stored.
+    r"
+CREATE TABLE events (id TEXT PRIMARY KEY, message TEXT NOT NULL, due_at INTEGER NOT NULL);
+CREATE INDEX events_due ON events (due_at);
+",
 ];
 
 impl From<rusqlite::Error> for StorageError {

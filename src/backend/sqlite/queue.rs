@@ -12,7 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::store::RecordRow;
+use super::webhooks::insert_events;
 use super::{Database, SqliteStore, corrupt, encode};
+use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
 use crate::lifecycle::Lifecycle;
@@ -266,12 +268,14 @@ impl RunQueue for SqliteQueue {
         Box::pin(async { Ok(()) })
     }
 
-    fn enqueue<'a>(
+    fn enqueue_with<'a>(
         &'a self,
         input: &'a RunInput,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let events = events.to_vec();
             // Nothing is accepted into a file that is no longer the database.
             self.db.check_file()?;
             let (json, raw) = queued(input)?;
@@ -290,6 +294,7 @@ impl RunQueue for SqliteQueue {
                          VALUES (?1, ?2, ?5, ?3, ?4, ?3)",
                     )?
                     .execute(params![run_id, json, now, answer, raw])?;
+                    insert_events(conn, &events)?;
                     this.write_record(conn, &record)
                 })
                 .await?;
@@ -376,12 +381,14 @@ impl RunQueue for SqliteQueue {
         })
     }
 
-    fn complete<'a>(
+    fn complete_with<'a>(
         &'a self,
         id: &'a str,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let events = events.to_vec();
             let seq = seq(id)?;
             let record = encoded(record)?;
             let this = self.clone();
@@ -389,20 +396,23 @@ impl RunQueue for SqliteQueue {
                 .write_relaxed(move |conn| {
                     conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
                         .execute([seq])?;
+                    insert_events(conn, &events)?;
                     this.write_record(conn, &record)
                 })
                 .await
         })
     }
 
-    fn retry_later<'a>(
+    fn retry_later_with<'a>(
         &'a self,
         id: &'a str,
         input: &'a RunInput,
         due_ms: u64,
         record: Option<&'a RunRecord>,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let events = events.to_vec();
             let seq = seq(id)?;
             let (json, raw) = queued(input)?;
             let record = encoded(record)?;
@@ -431,6 +441,7 @@ impl RunQueue for SqliteQueue {
                             raw
                         ])?;
                     }
+                    insert_events(conn, &events)?;
                     this.write_record(conn, &record)
                 })
                 .await
@@ -458,13 +469,15 @@ impl RunQueue for SqliteQueue {
         })
     }
 
-    fn dead_letter<'a>(
+    fn dead_letter_with<'a>(
         &'a self,
         delivery: &'a Delivery,
         reason: &'a str,
         record: &'a RunRecord,
+        events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
+            let events = events.to_vec();
             let seq = seq(&delivery.id)?;
             let input = encode(&delivery.input)?;
             let record = encoded(Some(record))?;
@@ -478,6 +491,7 @@ impl RunQueue for SqliteQueue {
                         "INSERT INTO dead_letters (run_id, reason, input, at) VALUES (?1, ?2, ?3, ?4)",
                     )?
                     .execute(params![run_id, reason, input, now_ms() as i64])?;
+                    insert_events(conn, &events)?;
                     this.write_record(conn, &record)
                 })
                 .await

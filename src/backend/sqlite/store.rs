@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Database, corrupt, encode};
 use crate::backend::control::Page;
+use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
     StoredAnswer, now_ms,
@@ -144,14 +145,21 @@ fn decode_record(json: &str) -> Result<RunRecord, StorageError> {
 }
 
 impl RunStore for SqliteStore {
-    fn save(&self, record: &RunRecord) -> BoxFuture<'static, Result<(), StorageError>> {
+    fn save_with(
+        &self,
+        record: &RunRecord,
+        events: Vec<OutboxEvent>,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
         let row = RecordRow::of(record);
         let db = self.db.clone();
         let retention = self.retention;
         Box::pin(async move {
             let row = row?;
-            db.write_relaxed(move |conn| Self::write_record(conn, &row, retention))
-                .await
+            db.write_relaxed(move |conn| {
+                super::webhooks::insert_events(conn, &events)?;
+                Self::write_record(conn, &row, retention)
+            })
+            .await
         })
     }
 

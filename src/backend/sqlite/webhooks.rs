@@ -8,12 +8,27 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Database, corrupt, encode};
 use crate::backend::control::Page;
 use crate::backend::webhooks::{
-    Attempt, Decide, Delivery, DeliveryState, Refusal, Subscription, WebhookStore, Write,
+    Attempt, ClaimedEvent, Decide, Delivery, DeliveryState, OutboxEvent, Refusal, Subscription,
+    WebhookStore, Write,
 };
 use crate::backend::{BoxFuture, StorageError, now_ms};
 
 /// Times a subscription change is decided again when another writer got there first.
 const CHANGE_TRIES: usize = 20;
+
+/// Writes `events` on `conn`, inside the caller's transaction; an id
+/// already waiting is kept once.
+pub(super) fn insert_events(conn: &Connection, events: &[OutboxEvent]) -> Result<(), StorageError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn
+        .prepare_cached("INSERT OR IGNORE INTO events (id, message, due_at) VALUES (?1, ?2, 0)")?;
+    for event in events {
+        insert.execute(params![event.id, event.message])?;
+    }
+    Ok(())
+}
 
 /// Webhook state in the database.
 #[derive(Clone)]
@@ -416,6 +431,62 @@ impl WebhookStore for SqliteWebhooks {
                 None
             };
             Ok(Page { data, next_cursor })
+        }))
+    }
+
+    fn append_events<'a>(
+        &'a self,
+        events: &'a [OutboxEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let events = events.to_vec();
+        Box::pin(
+            self.db
+                .write_relaxed(move |conn| insert_events(conn, &events)),
+        )
+    }
+
+    fn claim_events(
+        &self,
+        now_ms: u64,
+        lease: std::time::Duration,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ClaimedEvent>, StorageError>> {
+        Box::pin(self.db.write_relaxed(move |conn| {
+            let until = now_ms.saturating_add(lease.as_millis() as u64) as i64;
+            let mut claim = conn.prepare_cached(
+                "UPDATE events SET due_at = ?1 WHERE id IN
+                    (SELECT id FROM events WHERE due_at <= ?2 ORDER BY due_at LIMIT ?3)
+                 RETURNING id, message",
+            )?;
+            let rows = claim.query_map(params![until, now_ms as i64, max as i64], |row| {
+                Ok(ClaimedEvent {
+                    id: row.get(0)?,
+                    message: row.get(1)?,
+                    place: 0,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        }))
+    }
+
+    fn ack_events<'a>(
+        &'a self,
+        events: &'a [ClaimedEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        Box::pin(self.db.write_relaxed(move |conn| {
+            let mut delete = conn.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+            for id in &ids {
+                delete.execute([id])?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn events_depth(&self) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(self.db.read(|conn| {
+            let n: i64 = conn.query_row("SELECT count(*) FROM events", [], |row| row.get(0))?;
+            Ok(n as u64)
         }))
     }
 
