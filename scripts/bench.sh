@@ -11,7 +11,9 @@
 # Then the same sync and async scenarios, and the queue lag, on the embedded
 # backend (one SQLite file, no Redis).
 # Then, with one outbound webhook subscription to the sync flow's run.ended
-# (delivered to the bare server), measures the sync flow again and the
+# (delivered to the bare server), measures the sync flow again on each
+# backend, counts the runs answered 2xx against the run.ended deliveries
+# made once the outbox drained (events lost = the difference), and the
 # delivery lag (event to first attempt) at half the sync maximum.
 # Last, on each backend, it times the web console's runs pages and a
 # webhook's delivery log with everything those scenarios stored, topped up
@@ -100,6 +102,11 @@ fill_log() {
   echo "warning: the webhook outbox did not drain" >&2
 }
 
+# Runs answered 2xx in the last run_wrk.
+answered() { awk '/requests in/ { n = $1 } /Non-2xx/ { bad = $4 } END { print n - bad }' "$work/out.txt"; }
+# Run.ended deliveries the running gateway made that succeeded.
+succeeded() { curl -s "http://$GATE_ADDR/metrics" | awk '/^flowgate_webhook_deliveries_total\{outcome="succeeded"\}/ { print $2 }'; }
+
 # A viewer's console session cookie, signed in with a one-time link.
 console_session() {
   local link
@@ -174,6 +181,7 @@ print_requests() {
   row "flowgate sync + webhook" "${hook_rps:-}" "${hook_p99:-}" "${hook_cpu:-}" "${hook_redis:-}" "${hook_cmds:-}"
   row "embedded sync transform" "${emb_sync_rps:-}" "${emb_sync_p99:-}" "${emb_sync_cpu:-}"
   row "embedded async accept" "${emb_async_rps:-}" "${emb_async_p99:-}" "${emb_async_cpu:-}"
+  row "embedded sync + webhook" "${emb_hook_rps:-}" "${emb_hook_p99:-}" "${emb_hook_cpu:-}"
   printf '\ngateway peak RSS through the request scenarios: %s MiB\n' "$gateway_rss"
   printf 'Redis commands per request, by command:\n'
   for scenario in floor sync lean async; do
@@ -249,11 +257,19 @@ emb_count() { # an SQL query's one value, read-only beside the running server
 embedded target/release/flowgate --config benches/config.toml webhooks create --name bench \
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
+embedded start_gateway --no-worker
+sleep 2
+emb_before=$(succeeded)
+read -r emb_hook_rps emb_hook_p99 _ emb_hook_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
+emb_answered=$(answered)
+emb_waiting() { emb_count "select (select count(*) from events) + (select count(*) from deliveries where state = 'pending')"; }
+for _ in $(seq 1 600); do [ "$(emb_waiting)" = "0" ] && break; sleep 0.5; done
+emb_delivered=$(succeeded)
+emb_lost=$(( emb_answered - ${emb_delivered:-0} + ${emb_before:-0} ))
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
 embedded start_gateway
 fill_log "emb_count \"select (select count(*) from delivery_log) + (select count(*) from deliveries where state = 'pending')\"" \
-  "emb_count \"select count(*) from deliveries where state = 'pending'\""
-lost() { curl -s "http://$GATE_ADDR/metrics" | awk '/^flowgate_webhook_events_lost_total/ { print $2 }'; }
-emb_lost=$(lost)
+  emb_waiting
 emb_runs=$(emb_count 'select count(*) from runs')
 emb_log=$(emb_count 'select count(*) from delivery_log')
 emb_hook=$(emb_count 'select subscription from delivery_log limit 1')
@@ -272,13 +288,18 @@ target/release/flowgate --config benches/config.toml webhooks create --name benc
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
 restart_gateway --no-worker
 sleep 2
+redis_before=$(succeeded)
 read -r hook_rps hook_p99 hook_non2xx hook_cpu hook_redis hook_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-sync" "$(lua "Bearer $token")" "$gateway")
-outbox() { redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:outbox'; }
+redis_answered=$(answered)
+# Deliveries waiting, and events not yet turned into deliveries.
+outbox() { echo $(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:outbox') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:events') )); }
 wait_delivered() {
   for _ in $(seq 1 600); do [ "$(outbox)" = "0" ] && return 0; sleep 0.5; done
   echo "warning: the webhook outbox did not drain" >&2
 }
 wait_delivered
+redis_delivered=$(succeeded)
+redis_lost=$(( redis_answered - ${redis_delivered:-0} + ${redis_before:-0} ))
 restart_gateway --no-worker
 sleep 2
 hook_rate=$(awk -v r="$hook_rps" 'BEGIN { printf "%d", r / 2 }')
@@ -293,7 +314,6 @@ hook_max=$(awk '/^flowgate_webhook_delivery_lag_seconds_count/ { print $2 }' "$w
 hook_id=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'flowgate:{flowgate}:webhooks:log:*' | head -1 | sed 's/.*:log://')
 hook_log() { redis-cli -p "$REDIS_PORT" xlen "flowgate:{flowgate}:webhooks:log:$hook_id"; }
 fill_log 'echo $(( $(hook_log) + $(outbox) ))' outbox
-redis_lost=$(lost)
 redis_runs=$(( $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-sync') + $(redis-cli -p "$REDIS_PORT" zcard 'flowgate:{flowgate}:runs:bench-async') ))
 redis_log=$(hook_log)
 redis_memory=$(redis-cli -p "$REDIS_PORT" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" { print $2 }')
@@ -308,7 +328,9 @@ cookie=$(console_session)
 print_requests
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"
-printf '\nsync with one run.ended subscription: %s of the sync req/s without\n' "$(ratio "$hook_rps" "$sync_rps")"
+printf '\nsync with one run.ended subscription: %s of the sync req/s without on Redis, %s on embedded\n' "$(ratio "$hook_rps" "$sync_rps")" "$(ratio "$emb_hook_rps" "$emb_sync_rps")"
+printf 'run.ended events lost (runs answered 2xx minus deliveries that succeeded): Redis %s of %s, embedded %s of %s\n' \
+  "$redis_lost" "$redis_answered" "$emb_lost" "$emb_answered"
 printf 'delivery lag at %.0f req/s (half the sync maximum) for %ss, %s deliveries (%s succeeded, %s failed):\n' "$hook_steady" "$LAG_SECONDS" "$hook_max" "$delivered" "${failed:-0}"
 printf '  p50 %s ms, p99 %s ms\n' "$(lag_pct 0.5 flowgate_webhook_delivery_lag_seconds)" "$(lag_pct 0.99 flowgate_webhook_delivery_lag_seconds)"
 printf '\nembedded vs Redis: sync %s, async accept %s\n' "$(ratio "$emb_sync_rps" "$sync_rps")" "$(ratio "$emb_async_rps" "$async_rps")"
@@ -322,5 +344,3 @@ printf ' Redis, %s runs stored, %s delivery log entries:\n' "$redis_runs" "$redi
 cat "$work/console.txt"
 printf ' embedded, %s runs stored, %s delivery log entries:\n' "$emb_runs" "$emb_log"
 cat "$work/emb-console.txt"
-printf 'lifecycle events (of every type) the webhook fan-out dropped while the stores were topped up at full sync load\n'
-printf '(flowgate_webhook_events_lost_total): Redis %s, embedded %s\n' "${redis_lost:-0}" "${emb_lost:-0}"

@@ -1,5 +1,5 @@
-//! Messages: what a delivery carries, built from the lifecycle's events,
-//! and their JSON and XML bodies.
+//! Messages: what a delivery carries, built from the lifecycle's events
+//! (see [`message_for`]), and their JSON and XML bodies.
 //!
 //! Every message has the same envelope:
 //!
@@ -15,8 +15,6 @@
 //! arrive out of order. Numbers have gaps; compare, do not count.
 //!
 //! The XML body carries the same fields (see [`to_xml`]).
-
-use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -43,10 +41,6 @@ pub const EVENT_TYPES: &[&str] = &[
 
 /// Run statuses a subscription's `statuses` filter may name.
 pub const RUN_STATUSES: &[&str] = &["succeeded", "failed", "timed_out", "aborted"];
-
-/// Runs whose sequence numbers one process tracks at most; past this the
-/// table starts again (a run's later events then sort after its earlier ones still).
-const MAX_TRACKED_RUNS: usize = 100_000;
 
 /// One message, before it is written for a subscription.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,84 +136,6 @@ impl Message {
             flow: None,
             status: None,
             data: json!({ "subscription_id": id, "name": name, "reason": reason }),
-        }
-    }
-}
-
-/// Turns lifecycle events into messages, numbering each run's events.
-#[derive(Debug, Default)]
-pub struct Messages {
-    /// Per run in progress here: its execution number and events so far.
-    runs: HashMap<String, (u32, u32)>,
-}
-
-impl Messages {
-    /// The message for `event`, or `None` for events no subscriber gets
-    /// (a run waiting to retry a step).
-    pub fn build(&mut self, event: &Event, catalog: &Catalog) -> Option<Message> {
-        self.build_if(event, catalog, |_| true)
-    }
-
-    /// [`Messages::build`], but only when `wanted` says yes to the event's
-    /// type; every run event is still counted, so later ones number right.
-    pub fn build_if(
-        &mut self,
-        event: &Event,
-        catalog: &Catalog,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Option<Message> {
-        let sequence = match event {
-            Event::Run(run) => self.sequence(run),
-            Event::Flow(_) => 0,
-        };
-        let event_type = event_type(event)?;
-        if !wanted(event_type) {
-            return None;
-        }
-        message_for(event, sequence, now_ms(), catalog)
-    }
-
-    /// The run event's number along its run.
-    fn sequence(&mut self, event: &RunEvent) -> u64 {
-        match event {
-            RunEvent::Queued { .. } => 0,
-            RunEvent::Started {
-                run_id, attempt, ..
-            } => self.start(run_id, *attempt),
-            RunEvent::StepStarted { run_id, .. } | RunEvent::StepEnded { run_id, .. } => {
-                self.next(run_id)
-            }
-            RunEvent::RetryLater { run_id, .. } => {
-                self.runs.remove(run_id);
-                0
-            }
-            RunEvent::Ended { run_id, .. } => self.end(run_id),
-        }
-    }
-
-    fn start(&mut self, run_id: &str, attempt: u32) -> u64 {
-        if self.runs.len() >= MAX_TRACKED_RUNS {
-            self.runs.clear();
-        }
-        self.runs.insert(run_id.to_owned(), (attempt, 0));
-        u64::from(attempt) << 32
-    }
-
-    fn next(&mut self, run_id: &str) -> u64 {
-        if self.runs.len() >= MAX_TRACKED_RUNS {
-            self.runs.clear();
-        }
-        let (attempt, count) = self.runs.entry(run_id.to_owned()).or_insert((1, 0));
-        *count = count.saturating_add(1);
-        (u64::from(*attempt) << 32) | u64::from(*count)
-    }
-
-    fn end(&mut self, run_id: &str) -> u64 {
-        match self.runs.remove(run_id) {
-            Some((attempt, count)) => (u64::from(attempt) << 32) | u64::from(count + 1),
-            // Ended without starting here (aborted while queued, given up):
-            // nothing of this run comes after it.
-            None => u64::from(u32::MAX) << 32,
         }
     }
 }
@@ -504,37 +420,9 @@ mod tests {
     }
 
     #[test]
-    fn a_runs_events_are_numbered_in_order() {
+    fn a_run_event_carries_its_sequence_and_its_message_id_follows_it() {
         let catalog = Catalog::empty();
-        let mut messages = Messages::default();
-        let run = |e: RunEvent| Event::Run(e);
-        let seq = |m: Option<Message>| m.unwrap().data["sequence"].as_u64().unwrap();
-        let queued = seq(messages.build(
-            &run(RunEvent::Queued {
-                run_id: "r".into(),
-                flow: "f".into(),
-            }),
-            &catalog,
-        ));
-        let started = seq(messages.build(
-            &run(RunEvent::Started {
-                run_id: "r".into(),
-                flow: "f".into(),
-                attempt: 1,
-                lag: std::time::Duration::ZERO,
-            }),
-            &catalog,
-        ));
-        let step = seq(messages.build(
-            &run(RunEvent::StepStarted {
-                run_id: "r".into(),
-                flow: "f".into(),
-                step: "a".into(),
-                kind: "log".into(),
-            }),
-            &catalog,
-        ));
-        let ended = run(RunEvent::Ended {
+        let ended = Event::Run(RunEvent::Ended {
             run_id: "r".into(),
             flow: "f".into(),
             state: RunState::Failed,
@@ -542,11 +430,26 @@ mod tests {
             error: Some("boom".into()),
             cause: Some("a".into()),
         });
-        let end = messages.build(&ended, &catalog).unwrap();
+        let end = message_for(&ended, (1 << 32) | 3, now_ms(), &catalog).unwrap();
         assert_eq!(end.status, Some("failed"));
         assert_eq!(end.data["cause"], "a");
-        let end = end.data["sequence"].as_u64().unwrap();
-        assert!(queued < started && started < step && step < end);
+        assert_eq!(end.data["sequence"], (1u64 << 32) | 3);
+        let again = message_for(&ended, (1 << 32) | 3, now_ms() + 5, &catalog).unwrap();
+        assert_eq!(
+            end.id, again.id,
+            "the same event written twice is one message"
+        );
+        let retried = message_for(&ended, (2 << 32) | 3, now_ms(), &catalog).unwrap();
+        assert_ne!(
+            end.id, retried.id,
+            "another execution's end is another message"
+        );
+        let waiting = Event::Run(RunEvent::RetryLater {
+            run_id: "r".into(),
+            flow: "f".into(),
+            delay: std::time::Duration::from_secs(1),
+        });
+        assert!(message_for(&waiting, 0, now_ms(), &catalog).is_none());
     }
 
     #[test]
@@ -560,8 +463,7 @@ mod tests {
             })
         };
         let id = |version| {
-            Messages::default()
-                .build(&change(version), &catalog)
+            message_for(&change(version), 0, now_ms(), &catalog)
                 .unwrap()
                 .id
         };

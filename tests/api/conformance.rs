@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowgate::backend::now_ms;
+use flowgate::backend::webhooks::{ClaimedEvent, OutboxEvent};
 use flowgate::backend::{Backends, RunFilter};
 use flowgate::backend::{Delivery, Reservation, StoredAnswer};
 use flowgate::engine::{Resume, RunInput, RunState};
@@ -863,6 +864,111 @@ async fn skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned(backends: &
     assert_eq!(store.recover("wh_s", 0).await.unwrap(), 0);
 }
 
+fn event(id: &str, key: &str) -> OutboxEvent {
+    OutboxEvent {
+        id: id.to_owned(),
+        key: key.to_owned(),
+        message: format!(r#"{{"id": "{id}"}}"#),
+    }
+}
+
+/// Claims every event due now (leased for `lease`), by id.
+async fn claim_events(b: &Backends, lease: Duration) -> Vec<ClaimedEvent> {
+    let mut claimed = b.webhooks.claim_events(now_ms(), lease, 100).await.unwrap();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    claimed
+}
+
+fn ids(events: &[ClaimedEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.id.as_str()).collect()
+}
+
+/// The events a transition owes are written with it, whatever the
+/// transition; each is kept once, leased to one fan-out at a time, and
+/// gone once acknowledged.
+async fn events_are_written_with_their_transitions_and_leased(b: &Backends) {
+    let lease = Duration::from_secs(30);
+    // Accepted, with its run.queued.
+    b.queue
+        .enqueue_with(
+            &input("r1"),
+            Some(&record("r1", RunState::Queued)),
+            &[event("msg_q1", "r1")],
+        )
+        .await
+        .unwrap();
+    // A record written with events; an event written twice is kept once.
+    b.runs
+        .save_with(
+            &record("r2", RunState::Running),
+            vec![event("msg_s2", "r2"), event("msg_s2", "r2")],
+        )
+        .await
+        .unwrap();
+    b.webhooks
+        .append_events(&[event("msg_flow", "msg_flow"), event("msg_flow", "msg_flow")])
+        .await
+        .unwrap();
+    assert_eq!(b.webhooks.events_depth().await.unwrap(), 3);
+    let claimed = claim_events(b, lease).await;
+    assert_eq!(ids(&claimed), ["msg_flow", "msg_q1", "msg_s2"]);
+    assert_eq!(claimed[1].message, r#"{"id": "msg_q1"}"#);
+    // Leased: nobody else takes them meanwhile.
+    assert!(claim_events(b, lease).await.is_empty());
+    // Acknowledged ones are gone; one not acknowledged comes back after its lease.
+    b.webhooks.ack_events(&claimed[..2]).await.unwrap();
+    let back = b
+        .webhooks
+        .claim_events(now_ms() + 31_000, lease, 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&back), ["msg_s2"]);
+    b.webhooks.ack_events(&back).await.unwrap();
+    // The run's completion carries its run.ended, in the same step.
+    let delivery = claim_one(b).await;
+    b.queue
+        .complete_with(
+            &delivery.id,
+            Some(&record("r1", RunState::Succeeded)),
+            &[event("msg_e1", "r1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.runs.get("r1").await.unwrap().unwrap().status,
+        RunState::Succeeded
+    );
+    // A retry and a dead letter carry theirs too.
+    b.queue.enqueue(&input("r3"), None).await.unwrap();
+    let delivery = claim_one(b).await;
+    b.queue
+        .retry_later_with(
+            &delivery.id,
+            &input("r3"),
+            now_ms(),
+            Some(&record("r3", RunState::Running)),
+            &[event("msg_step3", "r3")],
+        )
+        .await
+        .unwrap();
+    b.queue.requeue_due_retries(10).await.unwrap();
+    let delivery = claim_one(b).await;
+    b.queue
+        .dead_letter_with(
+            &delivery,
+            "given up",
+            &record("r3", RunState::Aborted),
+            &[event("msg_dead3", "r3")],
+        )
+        .await
+        .unwrap();
+    let claimed = claim_events(b, lease).await;
+    assert_eq!(ids(&claimed), ["msg_dead3", "msg_e1", "msg_step3"]);
+    b.webhooks.ack_events(&claimed).await.unwrap();
+    assert_eq!(b.webhooks.events_depth().await.unwrap(), 0);
+    assert_nothing_left(b, "a").await;
+}
+
 /// Runs every contract test listed against each backend named.
 macro_rules! conformance {
     ($($backend:ident),+ => $tests:tt) => {
@@ -897,4 +1003,5 @@ conformance!(redis, redis_cluster, embedded => [
     an_outbox_delivery_is_stored_once_and_leased,
     a_claimed_delivery_put_back_waits_until_its_new_time,
     skipped_deliveries_wait_for_a_recover_and_the_log_is_pruned,
+    events_are_written_with_their_transitions_and_leased,
 ]);
