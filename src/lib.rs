@@ -24,7 +24,7 @@
 //! - [`engine`]: the run engine (step order, retries, timeouts, traces), independent of where a run comes from.
 //! - [`outbound`]: outbound HTTP behind the private-network (SSRF) guard.
 //! - [`trigger`]: the webhook endpoint: authentication, body parsing, rendering the answer.
-//! - [`transition`]: every run transition made in one place: the record written with the queue change, then announced.
+//! - [`transition`]: every run transition made in one place: the record written with the queue change and the webhook events it owes, then announced.
 //! - [`lifecycle`]: run transitions, announced once: logs, metrics and the in-process event bus.
 //! - [`operations`]: aborting and replaying runs, for the admin API and the CLI alike.
 //! - [`metrics`]: Prometheus metrics for `/metrics`.

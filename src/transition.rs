@@ -10,8 +10,13 @@
 //! after its run and its first record are durable, and a worker completes a
 //! delivery in the same step that writes the final record. What a
 //! transition promises is written first where it must be (queued), and the
-//! rest is announced before the write, so the metrics and events of a run
-//! never lag behind what a reader of its record sees.
+//! rest is announced before the write, so the metrics of a run never lag
+//! behind what a reader of its record sees.
+//!
+//! Webhook events are not carried by the bus either: each execution keeps a
+//! [`RunJournal`] of the events subscribers want, and every store write of
+//! the run takes them along in the same step (see
+//! [`crate::webhooks::outbox`]), so a run that ended has its events stored.
 
 use std::sync::Arc;
 use std::time::Duration;

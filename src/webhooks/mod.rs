@@ -240,6 +240,18 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Makes the copy at least as new as this call: reads the store's
+    /// version, and the subscriptions only when it changed.
+    pub async fn ensure_current(&self) -> Result<(), StorageError> {
+        let started = now_ms();
+        if self.store.version().await? != self.snapshot().version {
+            return self.refresh().await;
+        }
+        self.read_ms
+            .fetch_max(started, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// When the copy of the subscriptions was last read from the store (ms).
     pub fn snapshot_read_ms(&self) -> u64 {
         self.read_ms.load(std::sync::atomic::Ordering::Relaxed)

@@ -21,7 +21,8 @@
 //!   ids are derived from the message and the subscription are stored once.
 //! - Flow events (created, updated, deleted, status changed) are written
 //!   on their own by the process that sees them ([`Outbox::flow_event`]),
-//!   retried until stored.
+//!   retried until stored; so are a long run's step events past the
+//!   [`JOURNAL_HOLDS`] its journal keeps.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,9 +42,14 @@ use crate::lifecycle::{Event, FlowEvent, RunEvent};
 /// Most events one fan-out pass takes.
 const FAN_OUT_BATCH: usize = 256;
 /// How long a claimed event is the fan-out's before another may take it.
-const FAN_OUT_LEASE: Duration = Duration::from_secs(30);
+const FAN_OUT_LEASE: Duration = Duration::from_secs(10);
 /// How often the fan-out looks for events when nothing woke it.
 const FAN_OUT_POLL: Duration = Duration::from_millis(200);
+/// How often the fan-out looks while there are no subscriptions.
+const FAN_OUT_IDLE_POLL: Duration = Duration::from_secs(5);
+/// Events one execution holds until its next write; past this, the ones
+/// held are stored on their own.
+const JOURNAL_HOLDS: usize = 256;
 /// Longest wait between tries of a flow event's write.
 const FLOW_EVENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -162,21 +168,22 @@ impl Outbox {
             key: stored.id.clone(),
             ..stored
         };
+        self.append_in_background(vec![stored]);
+    }
+
+    /// Writes `events` on their own, in a task that tries until they are stored.
+    fn append_in_background(&self, events: Vec<OutboxEvent>) {
         let webhooks = self.webhooks.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(100);
             loop {
-                match webhooks
-                    .store()
-                    .append_events(std::slice::from_ref(&stored))
-                    .await
-                {
+                match webhooks.store().append_events(&events).await {
                     Ok(()) => {
                         webhooks.wake_fan_out();
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, event = %stored.id, "a flow event is not stored yet; trying again");
+                        tracing::warn!(error = %e, events = events.len(), "webhook events not stored yet; trying again");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(FLOW_EVENT_RETRY_MAX);
                     }
@@ -213,8 +220,15 @@ impl RunJournal {
 
     fn note(&self, event: impl FnOnce() -> RunEvent, sequence: u64) {
         let Some(outbox) = &self.outbox else { return };
-        if let Some(stored) = outbox.event(&Event::Run(event()), sequence, &self.run_id) {
-            self.events.lock().expect("journal lock").push(stored);
+        let Some(stored) = outbox.event(&Event::Run(event()), sequence, &self.run_id) else {
+            return;
+        };
+        let mut events = self.events.lock().expect("journal lock");
+        events.push(stored);
+        // A run of many steps (a long for_each) does not hold them all: the
+        // earlier ones are stored on their own meanwhile.
+        if events.len() >= JOURNAL_HOLDS {
+            outbox.append_in_background(std::mem::take(&mut *events));
         }
     }
 
@@ -348,7 +362,13 @@ pub async fn fan_out(webhooks: Arc<Webhooks>) {
             }
         };
         if claimed.is_empty() {
-            webhooks.wait_for_events(FAN_OUT_POLL).await;
+            // Without subscriptions no process writes events: look rarely.
+            let idle = if webhooks.snapshot().subscriptions.is_empty() {
+                FAN_OUT_IDLE_POLL
+            } else {
+                FAN_OUT_POLL
+            };
+            webhooks.wait_for_events(idle).await;
             continue;
         }
         let full = claimed.len() >= FAN_OUT_BATCH;
@@ -387,7 +407,7 @@ async fn fan_out_batch(
     // newer than the copy are matched against it.
     let newest = messages.iter().map(|m| m.at_ms).max().unwrap_or(0);
     if newest >= webhooks.snapshot_read_ms() {
-        webhooks.refresh().await?;
+        webhooks.ensure_current().await?;
     }
     let snapshot = webhooks.snapshot();
     let mut deliveries = Vec::new();

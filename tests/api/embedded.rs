@@ -64,20 +64,6 @@ async fn serving(flows: &[(&str, &str)]) -> (tempfile::TempDir, String, reqwest:
     (dir, base, client, server)
 }
 
-async fn ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn serve_runs_on_one_file_without_redis_and_owns_it() {
     let (dir, base, client, server) = serving(&[]).await;
