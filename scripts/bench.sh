@@ -23,6 +23,7 @@
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench.sh
 #   ONLY=requests scripts/bench.sh   # the request scenarios on Redis only (about a minute)
+#   FLOWGATE_BIN=/path/to/flowgate ONLY=requests scripts/bench.sh   # another build, to compare two
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -30,6 +31,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 LAG_SECONDS=${LAG_SECONDS:-20}
 ONLY=${ONLY:-all}
+FLOWGATE_BIN=${FLOWGATE_BIN:-target/release/flowgate}
 BARE_ADDR=127.0.0.1:18090
 FLOOR_ADDR=127.0.0.1:18091
 GATE_ADDR=127.0.0.1:18080
@@ -110,7 +112,7 @@ succeeded() { curl -s "http://$GATE_ADDR/metrics" | awk '/^flowgate_webhook_deli
 # A viewer's console session cookie, signed in with a one-time link.
 console_session() {
   local link
-  link=$(target/release/flowgate --config benches/config.toml console-link --role viewer 2>/dev/null | sed 's/.*#link=//')
+  link=$("$FLOWGATE_BIN" --config benches/config.toml console-link --role viewer 2>/dev/null | sed 's/.*#link=//')
   curl -s -o /dev/null -D - -H "Origin: http://$GATE_ADDR" --data-urlencode "link=$link" "http://$GATE_ADDR/console/sign-in" |
     tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p'
 }
@@ -132,13 +134,13 @@ mkdir -p "$work/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work/redis" --save "" --appendonly yes >/dev/null & redis=$!; pids+=($redis)
 wait_port "127.0.0.1:$REDIS_PORT"
 # Tokens are minted for each flow's current generation, read from Redis.
-token=$(target/release/flowgate --config benches/config.toml token issue bench-sync)
-failed_token=$(target/release/flowgate --config benches/config.toml token issue bench-sync-failed)
-async_token=$(target/release/flowgate --config benches/config.toml token issue bench-async)
+token=$("$FLOWGATE_BIN" --config benches/config.toml token issue bench-sync)
+failed_token=$("$FLOWGATE_BIN" --config benches/config.toml token issue bench-sync-failed)
+async_token=$("$FLOWGATE_BIN" --config benches/config.toml token issue bench-async)
 target/release/examples/bare-hyper "$BARE_ADDR" 2>/dev/null & bare=$!; pids+=($bare)
 target/release/examples/floor "$FLOOR_ADDR" "$FLOWGATE_REDIS__URL" 2>/dev/null & floor=$!; pids+=($floor)
 start_gateway() { # extra serve flags
-  RUST_LOG=warn target/release/flowgate --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+  RUST_LOG=warn "$FLOWGATE_BIN" --config benches/config.toml serve "$@" 2>>"$work/gateway.log" & gateway=$!; pids+=($gateway)
   wait_port "$GATE_ADDR"
 }
 restart_gateway() { kill "$gateway"; wait "$gateway" 2>/dev/null || true; start_gateway "$@"; }
@@ -254,7 +256,7 @@ emb_count() { # an SQL query's one value, read-only beside the running server
   python3 -c 'import sqlite3, sys; print(sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True).execute(sys.argv[2]).fetchone()[0])' \
     "$work/db/flowgate.db" "$1" 2>/dev/null || echo 0
 }
-embedded target/release/flowgate --config benches/config.toml webhooks create --name bench \
+embedded "$FLOWGATE_BIN" --config benches/config.toml webhooks create --name bench \
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
 kill "$gateway"; wait "$gateway" 2>/dev/null || true
 embedded start_gateway --no-worker
@@ -284,7 +286,7 @@ kill "$gateway"; wait "$gateway" 2>/dev/null || true
 start_gateway --no-worker
 
 # Outbound webhooks: one subscription to the sync flow's run.ended.
-target/release/flowgate --config benches/config.toml webhooks create --name bench \
+"$FLOWGATE_BIN" --config benches/config.toml webhooks create --name bench \
   --url "http://$BARE_ADDR/hook" --events run.ended --flows bench-sync >/dev/null
 restart_gateway --no-worker
 sleep 2

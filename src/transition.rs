@@ -30,10 +30,6 @@ use crate::lifecycle::{Lifecycle, RunSteps};
 use crate::record::RunRecord;
 use crate::webhooks::outbox::{Outbox, RunJournal};
 
-/// Tries of a sync run's record write (with the events it owes) before it
-/// is given up and counted as lost.
-const RECORD_TRIES: u32 = 5;
-
 /// Run records of sync runs being written in the background at most; beyond
 /// it, sync answers wait for a slot, so a slow store slows senders instead of
 /// piling up memory.
@@ -148,9 +144,8 @@ impl Transitions {
     /// answer) written with the events its `journal` holds, in the
     /// background so the answer does not wait for it. A flow that keeps no
     /// record of a run that ended so writes only the events, if any. When
-    /// the store is down the write is tried again a few times, then the
-    /// record and its events are lost: counted and logged; the sender
-    /// still gets its answer.
+    /// the store is down the record and its events are lost: the loss is
+    /// counted and logged, and the sender still gets its answer.
     pub async fn ended_in_request(
         &self,
         record: RunRecord,
@@ -174,34 +169,24 @@ impl Transitions {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        let count = events.len();
+        let outbox = self.outbox.clone().filter(|_| count > 0);
         // Encoded here, on the request's thread, where the run's data is hot.
-        let had_events = !events.is_empty();
-        let first = self.runs.save_with(&record, events.clone());
-        let runs = self.runs.clone();
+        let write = self.runs.save_with(&record, events);
+        let run_id = record.id;
         let lifecycle = self.lifecycle.clone();
-        let outbox = self.outbox.clone();
         tokio::spawn(async move {
-            let mut saved = first.await;
-            let mut wait = Duration::from_millis(200);
-            for _ in 1..RECORD_TRIES {
-                if saved.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-                saved = runs.save_with(&record, events.clone()).await;
-            }
+            let saved = write.await;
             drop(slot);
             match saved {
-                Ok(()) if had_events => {
+                Ok(()) => {
                     if let Some(outbox) = outbox {
                         outbox.written();
                     }
                 }
-                Ok(()) => {}
                 Err(e) => {
                     lifecycle.metrics().record_lost();
-                    tracing::warn!(run_id = %record.id, error = %e, events = events.len(), "run record and its events lost: the run store is unavailable");
+                    tracing::warn!(run_id = %run_id, error = %e, events = count, "run record and its events lost: the run store is unavailable");
                 }
             }
         });
