@@ -336,7 +336,7 @@ impl Control {
         audit.before = Some(json!({ "generation": before.current }));
         audit.after = Some(json!({
             "generation": before.current + 1,
-            "grace": grace.map(|g| humantime::format_duration(g).to_string()),
+            "grace": grace.map(crate::config::readable_duration),
         }));
         let change = Change::Rotate {
             flow: flow_id.to_owned(),
@@ -363,7 +363,7 @@ impl Control {
         audit.flow = Some(flow_id.to_owned());
         audit.after = Some(json!({
             "generation": generation,
-            "expires_in": ttl.map(|t| humantime::format_duration(t).to_string()),
+            "expires_in": ttl.map(crate::config::readable_duration),
         }));
         self.apply(Change::Nothing, audit).await.map(|_| ())
     }

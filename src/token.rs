@@ -21,6 +21,9 @@ use crate::secret::Secret;
 
 /// Clock skew tolerated on `exp`, in seconds.
 const EXP_LEEWAY_SECS: u64 = 30;
+
+/// The longest lifetime a minted token may have: ten years.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 /// Verified tokens remembered so repeat senders skip JWT decoding; the cache
 /// is emptied when full.
 const VERIFIED_CACHE_CAPACITY: usize = 10_000;

@@ -43,7 +43,7 @@ pub(super) const FLOW_GRACE: DurationRule = DurationRule {
 /// `ttl` of `POST /flows/{id}/tokens`: at most ten years.
 pub(super) const TOKEN_TTL: DurationRule = DurationRule {
     key: "ttl",
-    max: Duration::from_secs(3650 * 86_400),
+    max: crate::token::MAX_TTL,
     allow_zero: false,
     example: "90d",
 };
@@ -174,7 +174,8 @@ fn secret_grace() -> Schema {
 }
 
 /// `POST /flows/{id}/tokens/rotate` (the body is optional).
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct RotateTokens {
     #[schema(schema_with = flow_grace)]
@@ -182,7 +183,8 @@ pub(super) struct RotateTokens {
 }
 
 /// `POST /flows/{id}/tokens` (the body is optional).
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct IssueToken {
     #[schema(schema_with = token_ttl)]
@@ -190,7 +192,8 @@ pub(super) struct IssueToken {
 }
 
 /// `POST /webhooks/{id}/rotate-secret` (the body is optional).
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct RotateSecret {
     #[schema(schema_with = secret_grace)]
@@ -201,7 +204,8 @@ pub(super) struct RotateSecret {
 }
 
 /// `POST /webhooks/{id}/recover` (the body is optional).
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct Recover {
     /// Send again what was skipped since this time; default: as far back as deliveries are kept.
@@ -211,6 +215,7 @@ pub(super) struct Recover {
 
 /// `POST /tokens/revoke`: the token itself, or its `jti`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Revoke {
     pub token: Option<String>,
     pub jti: Option<String>,
@@ -221,15 +226,13 @@ pub(super) const MAX_JTI_CHARS: usize = 128;
 
 impl utoipa::PartialSchema for Revoke {
     fn schema() -> RefOr<Schema> {
-        let token = ObjectBuilder::new()
+        let fields = ObjectBuilder::new()
             .property(
                 "token",
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .description(Some("the admin token to refuse")),
             )
-            .required("token");
-        let jti = ObjectBuilder::new()
             .property(
                 "jti",
                 ObjectBuilder::new()
@@ -238,10 +241,15 @@ impl utoipa::PartialSchema for Revoke {
                     .max_length(Some(MAX_JTI_CHARS))
                     .description(Some("the token's id, as the audit log names it")),
             )
-            .required("jti");
-        utoipa::openapi::schema::AnyOfBuilder::new()
-            .item(token)
-            .item(jti)
+            .additional_properties(Some(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+            ));
+        let one_of_them = utoipa::openapi::schema::AnyOfBuilder::new()
+            .item(ObjectBuilder::new().required("token"))
+            .item(ObjectBuilder::new().required("jti"));
+        utoipa::openapi::schema::AllOfBuilder::new()
+            .item(fields)
+            .item(one_of_them)
             .description(Some(
                 "`{\"token\": \"…\"}` or `{\"jti\": \"…\"}`; with both, the token counts",
             ))
@@ -383,12 +391,36 @@ fn subscription_schema(create: bool) -> Schema {
     object.build().into()
 }
 
+/// Refuses a body with a key other than `allowed`: a misspelt `ttl` must
+/// not mint a token that never expires.
+pub(super) fn only_keys(body: &Value, allowed: &[&str]) -> Result<(), ApiError> {
+    let Some(object) = body.as_object() else {
+        return Ok(());
+    };
+    match object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::bad_request(format!(
+            "unknown field `{}`; this body takes {}",
+            unknown.chars().take(64).collect::<String>(),
+            allowed
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The `since` of a recovery: an RFC 3339 time, as ms since the epoch.
 pub(super) fn read_since(body: &Value) -> Result<u64, ApiError> {
+    only_keys(body, &["since"])?;
     match body.get("since") {
         None => Ok(0),
         Some(Value::String(text)) => super::rfc3339_ms(text).ok_or_else(|| {
-            ApiError::bad_request("since must be an RFC 3339 time like 2026-01-31T12:00:00Z")
+            ApiError::bad_request(format!(
+                "since `{}` is not an RFC 3339 time like 2026-01-31T12:00:00Z",
+                text.chars().take(64).collect::<String>()
+            ))
         }),
         Some(_) => Err(ApiError::bad_request("since must be an RFC 3339 time")),
     }

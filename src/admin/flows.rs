@@ -254,6 +254,7 @@ pub(super) async fn rotate(
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
+    super::body::only_keys(body, &["grace"])?;
     let grace = super::body::FLOW_GRACE.read(body)?;
     let generation = state
         .control
@@ -263,7 +264,7 @@ pub(super) async fn rotate(
     json(&json!({
         "flow": flow.id,
         "token_generation": generation.current,
-        "previous_generation_works_for": grace.map(|g| humantime::format_duration(g).to_string()),
+        "previous_generation_works_for": grace.map(crate::config::readable_duration),
     }))
 }
 
@@ -286,6 +287,7 @@ pub(super) async fn issue(
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
+    super::body::only_keys(body, &["ttl"])?;
     let ttl = super::body::TOKEN_TTL.read(body)?;
     let generation = state.control.generation(&flow.id).current;
     let token = state
@@ -302,7 +304,7 @@ pub(super) async fn issue(
         "flow": flow.id,
         "token": token,
         "token_generation": generation,
-        "expires_in": ttl.map(|t| humantime::format_duration(t).to_string()),
+        "expires_in": ttl.map(crate::config::readable_duration),
     }))
 }
 
@@ -322,6 +324,7 @@ pub(super) async fn revoke(
     caller: &Caller,
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
+    super::body::only_keys(body, &["token", "jti"])?;
     let named: super::body::Revoke = serde_json::from_value(body.clone())
         .map_err(|_| ApiError::bad_request("token and jti must be strings"))?;
     let (jti, until_ms) = match (named.token, named.jti) {

@@ -268,7 +268,8 @@ impl Query {
             .map(|text| {
                 rfc3339_ms(text).ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"
+                        "{name} `{}` is not an RFC 3339 time like 2026-01-31T12:00:00Z (in a query, write + as %2B)",
+                        text.chars().take(64).collect::<String>()
                     ))
                 })
             })

@@ -229,6 +229,7 @@ pub(super) async fn rotate_secret(
     id: &str,
     body: &Value,
 ) -> Result<Answer, ApiError> {
+    super::body::only_keys(body, &["grace", "secret"])?;
     let grace = super::body::SECRET_GRACE
         .read(body)?
         .unwrap_or(DEFAULT_ROTATION_GRACE);

@@ -192,7 +192,19 @@ fn status_of(control: &Control, flow: &Flow) -> (&'static str, &'static str) {
 }
 
 /// `flowgate token issue`: a token for the flow's current generation.
+/// A token lifetime: above zero and at most [`crate::token::MAX_TTL`], as the admin API takes.
+fn check_ttl(ttl: Option<Duration>) -> anyhow::Result<()> {
+    if ttl.is_some_and(|t| t.is_zero() || t > crate::token::MAX_TTL) {
+        anyhow::bail!(
+            "--ttl must be above zero and at most {}",
+            crate::config::readable_duration(crate::token::MAX_TTL)
+        );
+    }
+    Ok(())
+}
+
 pub fn issue(config: &Config, flow_id: &str, ttl: Option<Duration>) -> anyhow::Result<ExitCode> {
+    check_ttl(ttl)?;
     let file = config.flows_dir().join(format!("{flow_id}.toml"));
     if !file.exists() {
         anyhow::bail!("no flow `{flow_id}`: {} does not exist", file.display());
@@ -243,6 +255,7 @@ pub fn admin(
     let Some(role) = Role::parse(role) else {
         anyhow::bail!("--role must be ops, author or viewer, not `{role}`");
     };
+    check_ttl(ttl)?;
     let keys = TokenKeys::new(&config.signing_key()?);
     let name = name.map(str::to_owned).unwrap_or_else(|| cli_actor().name);
     println!("{}", keys.issue_admin(&name, role, ttl)?);

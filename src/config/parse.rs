@@ -62,6 +62,12 @@ pub fn keep<'de, D: Deserializer<'de>>(d: D) -> Result<crate::record::Keep, D::E
 
 /// `duration` as a person writes it: `7 days`, `1 day 2h`, `90s`.
 pub fn readable_duration(duration: std::time::Duration) -> String {
+    // Whole days stay days: humantime would write 90 days as months.
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() == 0 && secs >= 86_400 && secs.is_multiple_of(86_400) {
+        let days = secs / 86_400;
+        return format!("{days} day{}", if days == 1 { "" } else { "s" });
+    }
     humantime::format_duration(duration)
         .to_string()
         .split(' ')

@@ -318,9 +318,15 @@ impl Dispatcher {
     pub async fn attempt(&self, mut delivery: Delivery, sent: tokio::sync::oneshot::Sender<()>) {
         let webhooks = &self.webhooks;
         let mut snapshot = webhooks.snapshot();
-        if snapshot.get(&delivery.subscription).is_none() {
+        let stale = match snapshot.get(&delivery.subscription) {
             // Perhaps created a moment ago elsewhere.
-            let _ = webhooks.refresh().await;
+            None => true,
+            // Perhaps enabled a moment ago elsewhere (an `enable` and a
+            // `recover` from the CLI, back to back).
+            Some(sub) => delivery.trigger == Trigger::Auto && !sub.enabled,
+        };
+        if stale {
+            let _ = webhooks.ensure_current().await;
             snapshot = webhooks.snapshot();
         }
         let Some(sub) = snapshot.get(&delivery.subscription) else {

@@ -295,6 +295,38 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
             .unwrap();
         envelope(response, 400, "bad_request").await;
     }
+    // A misspelt key is refused: it must not mint a token that never expires.
+    let misspelt = app
+        .client
+        .post(format!("{a_url}/v1/admin/flows/f/tokens"))
+        .bearer_auth(&ops)
+        .body(r#"{"tll": "90d"}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = envelope(misspelt, 400, "bad_request").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("`tll`"),
+        "{body}"
+    );
+    let minted: Value = app
+        .client
+        .post(format!("{a_url}/v1/admin/flows/f/tokens"))
+        .bearer_auth(&ops)
+        .body(r#"{"ttl": "90d"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["expires_in"], "90 days", "{minted}");
+    // The CLI holds tokens to the same lifetimes as the API.
+    for ttl in ["0s", "3651d"] {
+        let (_, err, code) = cli(&app, &["token", "issue", "f", "--ttl", ttl]);
+        assert_ne!(code, 0, "--ttl {ttl}");
+        assert!(err.contains("at most 3650 days"), "{err}");
+    }
     // Generation 1 keeps working during the grace; generation 0 does not.
     let (third, _, _) = cli(&app, &["token", "issue", "f"]);
     status_within(&app, &b_url, "f", third.trim(), 200).await;

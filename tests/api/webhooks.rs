@@ -938,6 +938,20 @@ async fn the_cli_manages_subscriptions_and_reads_the_log() {
     let (_, err, code) = cli(&app, &["webhooks", "delete", &id]);
     assert_ne!(code, 0);
     assert!(err.contains("disable it first"), "{err}");
+    // Disabled from the CLI, a run is skipped; enabled and recovered from
+    // the CLI at once, the gateway sends it (its copy of the subscriptions
+    // may still say disabled for up to a second).
+    assert_eq!(cli(&app, &["webhooks", "disable", &id]).2, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.post_json("s", r#"{"n": 1}"#).await.status(), 200);
+    let entries = logged(&app, &id, 2).await;
+    assert_eq!(entries[0]["outcome"], "skipped", "{entries:?}");
+    assert_eq!(cli(&app, &["webhooks", "enable", &id]).2, 0);
+    let (out, err, code) = cli(&app, &["webhooks", "recover", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 deliveries queued"), "{out}");
+    let requests = received(&receiver, 2, Duration::from_secs(5)).await;
+    assert_eq!(requests[1].json()["type"], "run.ended");
     let (out, _, code) = cli(&app, &["webhooks", "update", &id, "--format", "xml"]);
     assert_eq!(code, 0);
     assert!(out.contains("\"xml\""), "{out}");
@@ -959,6 +973,9 @@ async fn the_cli_manages_subscriptions_and_reads_the_log() {
             "webhook.delete",
             "webhook.disable",
             "webhook.update",
+            "webhook.recover",
+            "webhook.enable",
+            "webhook.disable",
             "webhook.create"
         ]
     );
