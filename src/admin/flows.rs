@@ -325,8 +325,13 @@ pub(super) async fn revoke(
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
     super::body::only_keys(body, &["token", "jti"])?;
+    let strings = ["token", "jti"]
+        .iter()
+        .all(|key| body.get(key).is_none_or(serde_json::Value::is_string));
     let named: super::body::Revoke = serde_json::from_value(body.clone())
-        .map_err(|_| ApiError::bad_request("token and jti must be strings"))?;
+        .ok()
+        .filter(|_| strings)
+        .ok_or_else(|| ApiError::bad_request("token and jti must be strings"))?;
     let (jti, until_ms) = match (named.token, named.jti) {
         (Some(token), _) => {
             // A token of no admin of this gateway names nothing to revoke.

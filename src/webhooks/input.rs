@@ -201,17 +201,18 @@ fn check_events(events: Vec<String>) -> Result<Vec<String>, String> {
     if events.is_empty() {
         return Err("events must list at least one event type, or [\"*\"] for all".into());
     }
-    if events.iter().any(|e| e == "*") {
-        return Ok(vec!["*".into()]);
-    }
-    check_list("events", events, |event| {
-        EVENT_TYPES.contains(&event).then_some(()).ok_or_else(|| {
-            format!(
-                "events: `{event}` is not an event type; use \"*\" or some of {}",
-                EVENT_TYPES.join(", ")
-            )
-        })
-    })
+    let all = events.iter().any(|e| e == "*");
+    let events = check_list("events", events, |event| {
+        (event == "*" || EVENT_TYPES.contains(&event))
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "events: `{event}` is not an event type; use \"*\" or some of {}",
+                    EVENT_TYPES.join(", ")
+                )
+            })
+    })?;
+    Ok(if all { vec!["*".into()] } else { events })
 }
 
 fn check_list(
