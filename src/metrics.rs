@@ -14,6 +14,7 @@
 //! | `flowgate_webhook_attempt_duration_seconds` | histogram | `subscription`: how long each delivery attempt took, answer included |
 //! | `flowgate_webhook_subscriptions_disabled_total` | counter | subscriptions disabled automatically after repeated failures |
 //! | `flowgate_webhook_outbox_depth` | gauge | deliveries waiting for an attempt (sampled every few seconds) |
+//! | `flowgate_webhook_step_events_withheld_total` | counter | step events not sent because their run had sent `MAX_STEP_EVENTS` (10,000) already |
 //! | `flowgate_webhook_events_pending` | gauge | events stored with their runs and not yet turned into deliveries (sampled every few seconds) |
 
 use std::collections::BTreeMap;
@@ -161,6 +162,7 @@ pub struct Metrics {
     subscriptions_disabled: AtomicU64,
     outbox_depth: AtomicU64,
     events_pending: AtomicU64,
+    step_events_withheld: AtomicU64,
 }
 
 /// How a webhook delivery attempt went, for the metrics.
@@ -223,6 +225,11 @@ impl Metrics {
     /// Sets the outbox depth last seen.
     pub fn outbox_depth(&self, depth: u64) {
         self.outbox_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Counts a step event not sent: its run had sent as many as one may.
+    pub fn step_events_withheld(&self) {
+        self.step_events_withheld.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sets the number of stored events not yet fanned out, last seen.
@@ -310,6 +317,12 @@ impl Metrics {
                 "gauge",
                 "Webhook deliveries waiting for an attempt.",
                 &self.outbox_depth,
+            ),
+            (
+                "flowgate_webhook_step_events_withheld_total",
+                "counter",
+                "Step events not sent: their run had sent as many as one run may.",
+                &self.step_events_withheld,
             ),
             (
                 "flowgate_webhook_events_pending",

@@ -36,6 +36,11 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         .store()
         .audit(&filter, cursor.as_deref(), query.limit()?)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            crate::backend::StorageError::Corrupt(_) => {
+                ApiError::bad_request("cursor is not one this API handed out")
+            }
+            other => unavailable(other),
+        })?;
     json(&ListPage::new(page.data, page.next_cursor))
 }

@@ -324,7 +324,7 @@ fn subscription_schema(create: bool) -> Schema {
             ObjectBuilder::new()
                 .schema_type(kind(Type::String, optional))
                 .max_length(Some(MAX_URL_BYTES))
-                .pattern(Some("^https?://"))
+                .pattern(Some("^[Hh][Tt][Tt][Pp]([Ss])?://"))
                 .description(Some(
                     "where deliveries are POSTed: https (http only with webhooks.allow_http), a public address",
                 )),

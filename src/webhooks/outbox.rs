@@ -50,6 +50,11 @@ const FAN_OUT_IDLE_POLL: Duration = Duration::from_secs(5);
 /// Events one execution holds until its next write; past this, the ones
 /// held are stored on their own.
 const JOURNAL_HOLDS: usize = 256;
+/// Step events one execution of a run sends at most (`step.started` and
+/// `step.ended` together); past this its steps send none, which is logged
+/// and counted, so a loop over a million items cannot fill the store and
+/// every receiver's queue. The run's own events are always sent.
+pub const MAX_STEP_EVENTS: u32 = 10_000;
 /// Longest wait between tries of a flow event's write.
 const FLOW_EVENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -301,6 +306,24 @@ impl RunJournal {
         *held = events;
     }
 
+    /// Whether this execution may send another step event: at most
+    /// [`MAX_STEP_EVENTS`], the first one past it logged and every one counted.
+    fn step_allowed(&self) -> bool {
+        let n = self.count.load(Ordering::Relaxed);
+        if n < MAX_STEP_EVENTS {
+            return true;
+        }
+        if let Some(outbox) = &self.outbox {
+            outbox.webhooks.metrics.step_events_withheld();
+            if n == MAX_STEP_EVENTS {
+                // Counted once more, so this warns once per execution.
+                self.count.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(run_id = %self.run_id, flow = %self.flow, max = MAX_STEP_EVENTS, "this run has sent as many step events as one run may; its later steps send none");
+            }
+        }
+        false
+    }
+
     /// Whether events wait to be written.
     pub fn is_empty(&self) -> bool {
         self.events.lock().expect("journal lock").is_empty()
@@ -309,7 +332,7 @@ impl RunJournal {
 
 impl StepObserver for RunJournal {
     fn step_started(&self, path: &str, kind: &str) {
-        if self.outbox.is_none() {
+        if self.outbox.is_none() || !self.step_allowed() {
             return;
         }
         let sequence = self.next();
@@ -325,7 +348,7 @@ impl StepObserver for RunJournal {
     }
 
     fn step_ended(&self, trace: &StepTrace) {
-        if self.outbox.is_none() {
+        if self.outbox.is_none() || !self.step_allowed() {
             return;
         }
         let sequence = self.next();

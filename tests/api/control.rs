@@ -339,6 +339,19 @@ async fn rotation_refuses_old_tokens_everywhere_unless_given_grace() {
         .unwrap();
     assert_eq!(view["token_generation"], 2);
     assert!(view["token_grace_until"].is_string(), "{view}");
+    // A cursor this API never handed out is refused, not read as the first page.
+    for cursor in ["bnVsbA", "W10", "MTItYWJj"] {
+        let ops = admin_token(&app, "ops");
+        let page = admin(
+            &app,
+            &a_url,
+            "GET",
+            &format!("audit?cursor={cursor}"),
+            Some(&ops),
+        )
+        .await;
+        envelope(page, 400, "bad_request").await;
+    }
     let audit = audit_page(&app, &a_url, "audit?action=token.rotate").await;
     let rotations: Vec<(&str, &Value)> = audit["data"]
         .as_array()

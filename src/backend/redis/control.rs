@@ -298,7 +298,19 @@ impl ControlStore for RedisControl {
         Box::pin(async move {
             let mut data = Vec::new();
             let mut end = match cursor {
-                Some(id) => format!("({id}"),
+                // A stream entry id, `<ms>-<n>`.
+                Some(id)
+                    if id.split_once('-').is_some_and(|(ms, n)| {
+                        [ms, n].iter().all(|part| {
+                            !part.is_empty()
+                                && part.len() <= 20
+                                && part.bytes().all(|b| b.is_ascii_digit())
+                        })
+                    }) =>
+                {
+                    format!("({id}")
+                }
+                Some(_) => return Err(StorageError::Corrupt("not an audit cursor".into())),
                 None => "+".to_owned(),
             };
             let mut scanned = 0;

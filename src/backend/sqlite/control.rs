@@ -217,7 +217,15 @@ impl ControlStore for SqliteControl {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<AuditEntry>, StorageError>> {
         let filter = filter.clone();
-        let before: Option<i64> = cursor.and_then(|c| c.parse().ok());
+        let before: Option<i64> = match cursor.map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(seq)) => Some(seq),
+            Some(Err(_)) => {
+                return Box::pin(async {
+                    Err(StorageError::Corrupt("not an audit cursor".into()))
+                });
+            }
+        };
         Box::pin(self.db.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT seq, at_ms, entry FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",

@@ -384,15 +384,32 @@ impl WebhookStore for SqliteWebhooks {
         subscription: &'a str,
         since_ms: u64,
     ) -> BoxFuture<'a, Result<usize, StorageError>> {
-        let subscription = subscription.to_owned();
-        Box::pin(self.db.write(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = 'pending', due_at = ?3
-                     WHERE subscription = ?1 AND state = 'skipped' AND created_at >= ?2",
-                )?
-                .execute(params![subscription, since_ms as i64, now_ms() as i64])?)
-        }))
+        // In batches, each its own write: a backlog of hundreds of
+        // thousands never holds the one writer (and the senders behind it)
+        // for seconds.
+        const BATCH: i64 = 2_000;
+        Box::pin(async move {
+            let mut total = 0;
+            loop {
+                let subscription = subscription.to_owned();
+                let moved = self
+                    .db
+                    .write(move |conn| {
+                        Ok(conn
+                            .prepare_cached(
+                                "UPDATE deliveries SET state = 'pending', due_at = ?3 WHERE id IN
+                                    (SELECT id FROM deliveries WHERE subscription = ?1
+                                     AND state = 'skipped' AND created_at >= ?2 LIMIT ?4)",
+                            )?
+                            .execute(params![subscription, since_ms as i64, now_ms() as i64, BATCH])?)
+                    })
+                    .await?;
+                total += moved;
+                if (moved as i64) < BATCH {
+                    return Ok(total);
+                }
+            }
+        })
     }
 
     fn attempts<'a>(
