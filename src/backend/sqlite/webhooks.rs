@@ -401,7 +401,12 @@ impl WebhookStore for SqliteWebhooks {
                                     (SELECT id FROM deliveries WHERE subscription = ?1
                                      AND state = 'skipped' AND created_at >= ?2 LIMIT ?4)",
                             )?
-                            .execute(params![subscription, since_ms as i64, now_ms() as i64, BATCH])?)
+                            .execute(params![
+                                subscription,
+                                since_ms as i64,
+                                now_ms() as i64,
+                                BATCH
+                            ])?)
                     })
                     .await?;
                 total += moved;
