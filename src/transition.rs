@@ -86,7 +86,7 @@ impl Transitions {
     fn journal(&self, run_id: &str, flow: &str, attempt: u32) -> RunJournal {
         match &self.outbox {
             Some(outbox) => outbox.journal(run_id, flow, attempt),
-            None => RunJournal::none(run_id, flow),
+            None => RunJournal::none(),
         }
     }
 

@@ -244,7 +244,8 @@ impl Webhooks {
     /// version, and the subscriptions only when it changed.
     pub async fn ensure_current(&self) -> Result<(), StorageError> {
         let started = now_ms();
-        if self.store.version().await? != self.snapshot().version {
+        let version = self.store.version().await?;
+        if version != self.snapshot().version || version == 0 {
             return self.refresh().await;
         }
         self.read_ms
@@ -275,19 +276,8 @@ impl Webhooks {
     /// Keeps the copy current until the task is dropped.
     pub async fn keep_current(self: Arc<Self>) {
         loop {
-            let started = now_ms();
-            match self.store.version().await {
-                Ok(version) if version != self.snapshot().version || version == 0 => {
-                    if let Err(e) = self.refresh().await {
-                        tracing::warn!(error = %e, "could not read webhook subscriptions");
-                    }
-                }
-                // Unchanged: the copy is as new as this check.
-                Ok(_) => {
-                    self.read_ms
-                        .fetch_max(started, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(error = %e, "could not read webhook subscriptions"),
+            if let Err(e) = self.ensure_current().await {
+                tracing::warn!(error = %e, "could not read webhook subscriptions");
             }
             tokio::time::sleep(CHECK_EVERY).await;
         }

@@ -114,8 +114,9 @@ impl Outbox {
     }
 
     /// The stored form of `event` (the `sequence`-th of its run), when a
-    /// subscription wants it; `key` places it in a partitioned store.
-    fn event(&self, event: &Event, sequence: u64, key: &str) -> Option<OutboxEvent> {
+    /// subscription wants it; `key` places it in a partitioned store (the
+    /// message id when `None`).
+    fn event(&self, event: &Event, sequence: u64, key: Option<&str>) -> Option<OutboxEvent> {
         let snapshot = self.webhooks.snapshot();
         if snapshot.subscriptions.is_empty() {
             return None;
@@ -138,8 +139,8 @@ impl Outbox {
         let id = message.id.clone();
         let text = serde_json::to_string(&StoredMessage::of(message)).ok()?;
         Some(OutboxEvent {
+            key: key.map_or_else(|| id.clone(), str::to_owned),
             id,
-            key: key.to_owned(),
             message: text,
         })
     }
@@ -152,8 +153,11 @@ impl Outbox {
     /// A journal for an execution of run `run_id` of `flow` (its
     /// `attempt`-th), `None` when nobody listens.
     pub fn journal(self: &Arc<Self>, run_id: &str, flow: &str, attempt: u32) -> RunJournal {
+        if self.webhooks.snapshot().subscriptions.is_empty() {
+            return RunJournal::none();
+        }
         RunJournal {
-            outbox: (!self.webhooks.snapshot().subscriptions.is_empty()).then(|| self.clone()),
+            outbox: Some(self.clone()),
             run_id: run_id.to_owned(),
             flow: flow.to_owned(),
             attempt,
@@ -165,15 +169,9 @@ impl Outbox {
     /// Writes the event of a flow change, when a subscription wants it, in
     /// a task that tries until it is stored.
     pub fn flow_event(self: &Arc<Self>, change: FlowEvent) {
-        let event = Event::Flow(change);
-        let Some(stored) = self.event(&event, 0, "") else {
-            return;
-        };
-        let stored = OutboxEvent {
-            key: stored.id.clone(),
-            ..stored
-        };
-        self.append_in_background(vec![stored]);
+        if let Some(stored) = self.event(&Event::Flow(change), 0, None) {
+            self.append_in_background(vec![stored]);
+        }
     }
 
     /// Writes `events` on their own, in a task that tries until they are stored.
@@ -211,12 +209,13 @@ pub struct RunJournal {
 }
 
 impl RunJournal {
-    /// A journal that keeps nothing: nobody listens.
-    pub fn none(run_id: &str, flow: &str) -> Self {
+    /// A journal that keeps nothing: nobody listens (it allocates nothing,
+    /// on the request path).
+    pub fn none() -> Self {
         Self {
             outbox: None,
-            run_id: run_id.to_owned(),
-            flow: flow.to_owned(),
+            run_id: String::new(),
+            flow: String::new(),
             attempt: 0,
             count: AtomicU32::new(0),
             events: Mutex::new(Vec::new()),
@@ -225,7 +224,7 @@ impl RunJournal {
 
     fn note(&self, event: impl FnOnce() -> RunEvent, sequence: u64) {
         let Some(outbox) = &self.outbox else { return };
-        let Some(stored) = outbox.event(&Event::Run(event()), sequence, &self.run_id) else {
+        let Some(stored) = outbox.event(&Event::Run(event()), sequence, Some(&self.run_id)) else {
             return;
         };
         let mut events = self.events.lock().expect("journal lock");

@@ -31,7 +31,7 @@ fn project(port: u16) -> tempfile::TempDir {
     dir
 }
 
-fn command(dir: &tempfile::TempDir, args: &[&str]) -> Command {
+pub(crate) fn command(dir: &tempfile::TempDir, args: &[&str]) -> Command {
     let mut command = Command::new(binary());
     command
         .current_dir(dir.path())
@@ -42,7 +42,7 @@ fn command(dir: &tempfile::TempDir, args: &[&str]) -> Command {
     command
 }
 
-fn serve(dir: &tempfile::TempDir) -> Child {
+pub(crate) fn serve(dir: &tempfile::TempDir) -> Child {
     command(dir, &["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

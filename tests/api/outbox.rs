@@ -3,12 +3,12 @@
 //! subscription from the moment every replica knows it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::embedded::{command, serve};
 use crate::helpers::*;
 
 const SYNC_FLOW: &str = "status = \"live\"\n[trigger]\nref = \"w\"\n[[steps]]\nref = \"t\"\nkind = \"transform\"\nset = { n = \"{{ w.n }}\" }\n[response]\nbody_inline = \"{\\\"ok\\\": true}\"\n";
@@ -55,19 +55,8 @@ async fn delivered_for(receiver: &Receiver, runs: &BTreeSet<String>, within: Dur
 }
 
 async fn subscribe_run_ended(app: &TestApp, receiver: &Receiver) {
-    let ops = app
-        .keys
-        .issue_admin("tester", flowgate::token::Role::Ops, None)
-        .unwrap();
-    let response = app
-        .client
-        .post(format!("http://{}/v1/admin/webhooks", app.addr))
-        .bearer_auth(ops)
-        .json(&json!({"name": "ended", "url": receiver.url("/"), "events": ["run.ended"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let body = json!({"name": "ended", "url": receiver.url("/"), "events": ["run.ended"]});
+    crate::webhooks::subscribe(app, body).await;
 }
 
 async fn every_run_answered_under_load_has_its_run_ended_delivered() {
@@ -184,19 +173,9 @@ steps = [
 async fn a_long_runs_step_events_are_all_delivered() {
     let app = spawn_app(&[("l", LOOP_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
-    let ops = app
-        .keys
-        .issue_admin("tester", flowgate::token::Role::Ops, None)
-        .unwrap();
-    let created = app
-        .client
-        .post(format!("http://{}/v1/admin/webhooks", app.addr))
-        .bearer_auth(ops)
-        .json(&json!({"name": "steps", "url": receiver.url("/"), "events": ["step.ended", "run.ended"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let body =
+        json!({"name": "steps", "url": receiver.url("/"), "events": ["step.ended", "run.ended"]});
+    crate::webhooks::subscribe(&app, body).await;
     // More step events than a run's journal holds until its end.
     let items: Vec<u32> = (0..400).collect();
     let answer = app
@@ -233,27 +212,9 @@ crate::on_both_backends!(
 );
 crate::on_cluster!(every_run_answered_under_load_has_its_run_ended_delivered);
 
-/// A gateway process on `config`, in `dir`.
-fn serve(dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flowgate"))
-        .current_dir(dir)
-        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
-        .env("RUST_LOG", "error")
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn cli(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowgate"))
-        .current_dir(dir)
-        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
-        .env("RUST_LOG", "error")
-        .args(args)
-        .output()
-        .unwrap();
+/// What the CLI prints for `args`, run in `dir`, which must succeed.
+fn cli(dir: &tempfile::TempDir, args: &[&str]) -> String {
+    let out = command(dir, args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -329,10 +290,10 @@ async fn killed_mid_load(storage: &str) {
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut server = serve(dir.path());
+    let mut server = serve(&dir);
     ready(&client, &base).await;
     cli(
-        dir.path(),
+        &dir,
         &[
             "webhooks",
             "create",
@@ -353,7 +314,7 @@ async fn killed_mid_load(storage: &str) {
         .map(|flow| {
             (
                 format!("{base}/v1/flow-webhook/{flow}"),
-                cli(dir.path(), &["token", "issue", flow]).trim().to_owned(),
+                cli(&dir, &["token", "issue", flow]).trim().to_owned(),
             )
         })
         .collect();
@@ -383,7 +344,7 @@ async fn killed_mid_load(storage: &str) {
     for sender in senders {
         sender.await.unwrap();
     }
-    let server = serve(dir.path());
+    let server = serve(&dir);
     ready(&client, &base).await;
     let (mut ended, _) = ended_records(&client, &base, "s").await;
     // Async runs the dead process accepted run to their end after the restart.

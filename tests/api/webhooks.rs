@@ -24,7 +24,12 @@ fn ops_token(app: &TestApp) -> String {
 }
 
 /// An admin request as ops; the status and the JSON body.
-async fn api(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn api(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let url = format!("http://{}/v1/admin/{path}", app.addr);
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = app.client.request(method, url).bearer_auth(ops_token(app));
@@ -38,7 +43,7 @@ async fn api(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u
 }
 
 /// Creates a subscription; its JSON (with the secret, when it has one).
-async fn subscribe(app: &TestApp, body: Value) -> Value {
+pub(crate) async fn subscribe(app: &TestApp, body: Value) -> Value {
     let (status, created) = api(app, "POST", "webhooks", Some(body)).await;
     assert_eq!(status, 201, "{created}");
     created

@@ -505,21 +505,11 @@ impl WebhookStore for RedisWebhooks {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             let layout = self.pool.layout();
-            let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
+            let mut pipes = std::collections::BTreeMap::new();
             for event in events {
                 let p = layout.partition_of(&event.key);
-                let at = match pipes.iter().position(|(q, _)| *q == p) {
-                    Some(at) => at,
-                    None => {
-                        pipes.push((p, redis::pipe()));
-                        pipes.len() - 1
-                    }
-                };
-                add_events(
-                    &mut pipes[at].1,
-                    layout.partition(p),
-                    std::slice::from_ref(event),
-                );
+                let pipe = pipes.entry(p).or_insert_with(redis::pipe);
+                add_events(pipe, layout.partition(p), std::slice::from_ref(event));
             }
             for (p, pipe) in &pipes {
                 self.batcher.run(*p, pipe).await?;
