@@ -1,22 +1,23 @@
-//! Assembling flowgate: the one place that builds the gateway's state and
-//! its workers from typed settings, the loaded flows and the storage
-//! backends. `flowgate serve`, `flowgate worker` and the integration tests
-//! all go through [`App`].
+//! Assembling flowgate: the one place that builds the app's state and its
+//! workers from typed settings, the loaded flows and the storage backends,
+//! and the one place that starts what runs beside them. `flowgate serve`,
+//! `flowgate worker` and the integration tests all go through [`App`]:
+//! [`App::new`], then [`App::start`], then [`App::state`] to serve and
+//! [`App::worker`] to execute queued runs.
 
 use std::sync::Arc;
 
-use crate::backend::Backends;
-use crate::config::{Config, ServerLimits};
+use crate::backend::{Backends, IdempotencyStore, RunQueue, RunStore, StorageError};
+use crate::config::{Config, ServerConfig};
 use crate::control::Control;
 use crate::engine::{Engine, HttpClient};
-use crate::flow::{LoadOptions, SharedCatalog};
+use crate::flow::{Catalog, LoadOptions, SharedCatalog};
+use crate::inbound::redact::Redaction;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::reloader::Reloader;
 use crate::token::TokenKeys;
 use crate::transition::Transitions;
-use crate::trigger::redact::Redaction;
-use crate::trigger::{TriggerLimits, TriggerState};
 use crate::webhooks::dispatch::Dispatcher;
 use crate::webhooks::outbox::Outbox;
 use crate::webhooks::{WebhookSettings, Webhooks};
@@ -25,10 +26,8 @@ use crate::worker::{Worker, WorkerSettings};
 /// Everything [`App`] needs besides flows and backends, parsed and typed.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The `[server]` limits and timeouts.
-    pub limits: ServerLimits,
-    /// Headers carrying an idempotency key, first match wins.
-    pub idempotency_headers: Vec<http::HeaderName>,
+    /// The `[server]` section: limits, timeouts, idempotency headers.
+    pub server: ServerConfig,
     /// Credentials redacted from trigger requests.
     pub redaction: Redaction,
     /// How workers behave.
@@ -43,8 +42,7 @@ impl Settings {
     /// The settings `config` describes.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            limits: config.server_limits(),
-            idempotency_headers: config.server.idempotency_headers.clone(),
+            server: config.server.clone(),
             redaction: Redaction::new(&config.server.redact_headers, &config.server.redact_query),
             worker: WorkerSettings {
                 concurrency: config.worker.concurrency,
@@ -60,6 +58,61 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self::from_config(&Config::default())
+    }
+}
+
+/// The state requests are served with, shared by every surface: the
+/// trigger ([`crate::trigger`]) verifies, runs and queues with it, the
+/// admin API ([`crate::admin`]) and the console ([`crate::console`]) read
+/// and change it. Each takes the parts it uses; none owns any of it.
+pub struct AppState {
+    /// Verifies flow and admin tokens.
+    pub keys: TokenKeys,
+    /// Runs sync flows.
+    pub engine: Engine,
+    /// The loaded flows.
+    pub catalog: SharedCatalog,
+    /// Where async runs wait.
+    pub queue: Arc<dyn RunQueue>,
+    /// Run records.
+    pub runs: Arc<dyn RunStore>,
+    /// Remembers idempotency keys.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Moves runs along: records, queue, announcements.
+    pub transitions: Arc<Transitions>,
+    /// Pauses, token generations, revocations and aborts, as this replica
+    /// knows them.
+    pub control: Arc<Control>,
+    /// Outbound event webhooks.
+    pub webhooks: Arc<Webhooks>,
+    /// Reloads the flows, when the app has a folder to reload them from.
+    pub reloader: Option<Arc<Reloader>>,
+    /// The `[server]` section: limits, timeouts, idempotency headers.
+    pub server: ServerConfig,
+    /// Credentials redacted from the request before anything sees it.
+    pub redaction: Redaction,
+}
+
+impl AppState {
+    /// A consistent snapshot of the loaded flows.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.get()
+    }
+}
+
+/// What [`App::start`] starts besides the control state and upkeep.
+#[derive(Debug, Clone, Copy)]
+pub struct Start {
+    /// Deliver outbound event webhooks from this process (every `serve`
+    /// and `worker` does; a test may leave it to another process).
+    pub webhooks: bool,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Self { webhooks: true }
     }
 }
 
@@ -130,22 +183,21 @@ impl App {
         self.reloader.as_ref()
     }
 
-    /// The state the gateway serves requests with.
-    pub fn gateway(&self) -> Arc<TriggerState> {
-        Arc::new(TriggerState {
+    /// The state every surface serves requests with.
+    pub fn state(&self) -> Arc<AppState> {
+        Arc::new(AppState {
             keys: self.keys.clone(),
             engine: self.engine.clone(),
             catalog: self.catalog.clone(),
             queue: self.backends.queue.clone(),
+            runs: self.backends.runs.clone(),
             idempotency: self.backends.idempotency.clone(),
             metrics: self.metrics().clone(),
             transitions: self.transitions.clone(),
             control: self.control.clone(),
-            runs: self.backends.runs.clone(),
-            reloader: self.reloader.clone(),
             webhooks: self.webhooks.clone(),
-            idempotency_headers: self.settings.idempotency_headers.clone(),
-            limits: TriggerLimits::new(self.settings.limits.clone()),
+            reloader: self.reloader.clone(),
+            server: self.settings.server.clone(),
             redaction: self.settings.redaction.clone(),
         })
     }
@@ -199,11 +251,35 @@ impl App {
         &self.webhooks
     }
 
-    /// Starts delivering outbound event webhooks from this process, in
-    /// background tasks: the subscriptions kept current, stored events
-    /// (any process's) turned into deliveries, a dispatcher attempting due
-    /// ones (any process's), and the delivery log pruned.
-    pub fn start_webhooks(&self) {
+    /// Starts what every process that serves or works runs beside it, in
+    /// background tasks until the runtime stops: the control state loaded,
+    /// then kept current (pauses on every replica within a second), the
+    /// storage's upkeep, warnings about risky Redis settings, flows reloaded
+    /// on file changes and SIGHUP (when the app has a reloader) and, as
+    /// `start` says, outbound event webhooks. Fails only when the control
+    /// state or the subscriptions cannot be read at all.
+    pub async fn start(&self, start: Start) -> Result<(), StorageError> {
+        self.control.refresh().await?;
+        self.webhooks.refresh().await?;
+        tokio::spawn(self.control.clone().keep_current());
+        tokio::spawn(self.backends.clone().maintain());
+        let backends = self.backends.clone();
+        tokio::spawn(async move { backends.warn_of_risks().await });
+        if start.webhooks {
+            self.start_webhooks();
+        }
+        if let Some(reloader) = &self.reloader {
+            tokio::spawn(reloader.clone().watch());
+            tokio::spawn(reloader.clone().on_hangup());
+        }
+        Ok(())
+    }
+
+    /// Delivers outbound event webhooks from this process, in background
+    /// tasks: the subscriptions kept current, stored events (any
+    /// process's) turned into deliveries, a dispatcher attempting due ones
+    /// (any process's), and the delivery log pruned.
+    fn start_webhooks(&self) {
         tokio::spawn(self.webhooks.clone().keep_current());
         tokio::spawn(crate::webhooks::outbox::fan_out(self.webhooks.clone()));
         tokio::spawn(Arc::new(Dispatcher::new(self.webhooks.clone())).run());

@@ -15,6 +15,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Deepest nesting of objects and lists in a stored value: a body at
 /// [`crate::trigger::body::MAX_BODY_DEPTH`] inside any realistic wrapping.
@@ -79,6 +80,91 @@ pub fn nesting_depth(text: &[u8]) -> usize {
         i += 1;
     }
     deepest
+}
+
+/// Largest stored size of one value (body, step input or output), in bytes
+/// of JSON; [`bounded`] cuts what is larger.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// `value` when its JSON fits in [`MAX_VALUE_BYTES`]; otherwise long strings
+/// are cut and objects and lists too large even then become a marker string.
+pub fn bounded(value: Value) -> Value {
+    if fits(&value) {
+        return value;
+    }
+    match value {
+        Value::String(mut s) => {
+            let cut = floor_char_boundary(&s, MAX_VALUE_BYTES);
+            let dropped = s.len() - cut;
+            s.truncate(cut);
+            s.push_str(&format!("…[truncated {dropped} bytes]"));
+            Value::String(s)
+        }
+        Value::Object(map) => whole_or_marker(Value::Object(
+            map.into_iter().map(|(k, v)| (k, bounded(v))).collect(),
+        )),
+        Value::Array(items) => {
+            whole_or_marker(Value::Array(items.into_iter().map(bounded).collect()))
+        }
+        other => other,
+    }
+}
+
+fn whole_or_marker(value: Value) -> Value {
+    let size = json_len(&value);
+    if size > MAX_VALUE_BYTES * 2 {
+        Value::String(format!("…[truncated: {size} bytes of JSON]"))
+    } else {
+        value
+    }
+}
+
+/// Whether `value`'s JSON fits in [`MAX_VALUE_BYTES`]. A rough upper bound
+/// (every string byte escaped) settles typical payloads without writing any
+/// JSON; only values near the limit are measured exactly.
+pub(crate) fn fits(value: &Value) -> bool {
+    json_len_bound(value) <= MAX_VALUE_BYTES || json_len(value) <= MAX_VALUE_BYTES
+}
+
+pub(crate) fn json_len_bound(value: &Value) -> usize {
+    const ESCAPED: usize = 6; // `\u001f`
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => 2 + ESCAPED * s.len(),
+        Value::Array(items) => 2 + items.iter().map(|v| json_len_bound(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| 3 + ESCAPED * k.len() + json_len_bound(v) + 1)
+                .sum::<usize>()
+        }
+    }
+}
+
+/// Length of `value` as JSON, without building the text.
+pub(crate) fn json_len(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// The largest char boundary of `text` at or before `at`.
+pub(crate) fn floor_char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::backend::control::{
     Actor, Applied, AuditDraft, Change, ControlState, ControlStore, Generation, MAX_SESSIONS,
     MAX_SESSIONS_PER_TOKEN, SessionEntry,
 };
+use crate::error::Refusal;
 use crate::flow::{Flow, FlowStatus, SharedCatalog};
 use crate::lifecycle::{FlowEvent, Lifecycle};
 
@@ -129,11 +130,7 @@ impl Control {
 
     /// Remembers `session`, which `actor` just opened, on every replica.
     /// Refused while [`MAX_SESSIONS`] are open.
-    pub async fn open_session(
-        &self,
-        session: SessionEntry,
-        actor: &Actor,
-    ) -> Result<(), SessionError> {
+    pub async fn open_session(&self, session: SessionEntry, actor: &Actor) -> Result<(), Refusal> {
         let open = self.sessions();
         // The same token's oldest sessions give way first (newest first).
         let mut same: Vec<&SessionEntry> = open
@@ -152,7 +149,12 @@ impl Control {
             self.apply(change, audit).await?;
         }
         if self.sessions().len() >= MAX_SESSIONS {
-            return Err(SessionError::TooMany);
+            return Err(Refusal::Busy {
+                code: "too_many_sessions",
+                message: format!(
+                    "{MAX_SESSIONS} console sessions are open already; revoke some (flowgate sessions list) or wait for them to end"
+                ),
+            });
         }
         let mut audit = draft(actor, "session.open");
         audit.after = Some(json!({
@@ -165,8 +167,10 @@ impl Control {
     }
 
     /// Ends the console session `id` on every replica, on behalf of `actor`.
-    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<(), SessionError> {
-        let session = self.session(id).ok_or(SessionError::NotFound)?;
+    pub async fn revoke_session(&self, id: &str, actor: &Actor) -> Result<(), Refusal> {
+        let session = self
+            .session(id)
+            .ok_or_else(|| Refusal::NotFound("no open console session has that id".into()))?;
         let mut audit = draft(actor, "session.revoke");
         audit.before = Some(json!({ "session": session.id, "subject": session.subject }));
         let change = Change::Revoke {
@@ -242,26 +246,18 @@ impl Control {
     }
 
     async fn check_versions(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(CHECK_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut warned = false;
-        loop {
-            ticker.tick().await;
-            let behind = match self.store.version().await {
-                Ok(version) => !self.is_loaded() || version != self.state().version,
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(error = %e, "cannot read the control state; pauses and rotations made elsewhere wait until it answers");
-                        warned = true;
-                    }
-                    continue;
-                }
-            };
-            warned = false;
-            if behind && let Err(e) = self.refresh().await {
-                tracing::warn!(error = %e, "cannot load the control state");
-            }
+        let consequence = "cannot read the control state; pauses and rotations made elsewhere wait until it answers";
+        crate::backend::keep_copy_current(CHECK_EVERY, consequence, || self.ensure_current()).await;
+    }
+
+    /// Makes the copy at least as new as this call: reads the store's
+    /// version, and the state only when it changed.
+    pub async fn ensure_current(&self) -> Result<(), StorageError> {
+        let version = self.store.version().await?;
+        if !self.is_loaded() || version != self.state().version {
+            self.refresh().await?;
         }
+        Ok(())
     }
 
     async fn follow_notifications(self: Arc<Self>) {
@@ -407,22 +403,6 @@ fn is_open(state: &ControlState, session: &SessionEntry, now_ms: u64) -> bool {
     session.expires_ms > now_ms
         && !state.revoked.contains_key(&session.id)
         && !state.revoked.contains_key(&session.source.jti)
-}
-
-/// Why a console session could not be opened or ended.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// [`MAX_SESSIONS`] are open already.
-    #[error(
-        "{MAX_SESSIONS} console sessions are open already; revoke some (flowgate sessions list) or wait for them to end"
-    )]
-    TooMany,
-    /// No open session has that id.
-    #[error("no open console session has that id")]
-    NotFound,
-    /// The store did not answer.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
 }
 
 /// A flow's status before and after a pause or unpause.

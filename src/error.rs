@@ -1,8 +1,11 @@
 //! The error envelope: the one shape of every answer flowgate itself produces
 //! for an error, `{"status":<code>,"error":"<kind>","message":"<text>","data":null}`.
 //!
-//! Errors become HTTP answers here and nowhere else. Server-side failures are
-//! logged with their cause and tell the sender nothing internal.
+//! Errors become HTTP answers here and nowhere else: a module whose errors
+//! reach a caller expresses them as a [`Refusal`] (a storage failure is
+//! [`Refusal::Unavailable`]), and [`ApiError`]'s `From<Refusal>` picks the
+//! status. Server-side failures are logged with their cause and tell the
+//! sender nothing internal.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -12,8 +15,69 @@ use serde::Serialize;
 /// The body type of every answer.
 pub type Body = Full<Bytes>;
 
-/// The exact answer for a paused flow (SPEC §5), byte for byte.
+/// The exact answer for a paused flow (docs/flows.md, "The trigger endpoint"), byte for byte.
 pub const PAUSED_BODY: &str = r#"{"status":200,"error":"biz_logic","message":"Flow status is `paused`. Unpause to run this flow using a webhook","data":null}"#;
+
+/// Why an operation was refused, in the terms every surface answers with:
+/// the admin API, the console and the CLI alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No such thing (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The change conflicts with the stored state (409).
+    #[error("{message}")]
+    Conflict {
+        /// A short machine-readable reason, e.g. `too_many_subscriptions`.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// The input is not valid for this operation (422).
+    #[error("{message}")]
+    Invalid {
+        /// A short machine-readable reason, e.g. `invalid_subscription`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A limit on what may exist at once is reached (503): retry later.
+    #[error("{message}")]
+    Busy {
+        /// A short machine-readable reason, e.g. `too_many_sessions`.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// The store did not answer (503); the cause is logged, never sent.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(message) => ApiError::not_found(message),
+            Refusal::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            Refusal::Invalid { code, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            Refusal::Busy { code, message } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            }
+            Refusal::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the store is unavailable; try again",
+                )
+            }
+        }
+    }
+}
 
 /// An error answer in the envelope.
 #[derive(Debug, Clone)]

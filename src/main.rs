@@ -6,7 +6,7 @@ use clap::Parser;
 
 // Requests allocate many small short-lived objects (parsed bodies, template
 // values); mimalloc handles that pattern across threads much better than the
-// system allocator (see the README's benchmark figures).
+// system allocator (see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -119,8 +119,9 @@ impl<S: Ord + std::fmt::Display> ByFlow<S> {
     }
 }
 
-/// Most subscriptions given histograms of their own; as many as may exist.
-const MAX_SUBSCRIPTIONS_TRACKED: usize = crate::webhooks::MAX_SUBSCRIPTIONS;
+/// Most subscriptions given histograms of their own: as many as may exist
+/// ([`crate::webhooks::MAX_SUBSCRIPTIONS`]; a test there keeps the two equal).
+pub const MAX_SUBSCRIPTIONS_TRACKED: usize = 1000;
 
 /// Histograms by subscription.
 #[derive(Debug, Default)]
@@ -243,6 +244,9 @@ impl Metrics {
     }
 
     /// The metrics as Prometheus text; `queue_depth` is left out when unknown.
+    ///
+    /// Long because it is a list: one block per metric family, in the
+    /// order of the table at the top of this module.
     pub fn render(&self, queue_depth: Option<u64>) -> String {
         let mut out = String::new();
         out.push_str(

@@ -18,26 +18,27 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::backend::StorageError;
+use crate::app::AppState;
 use crate::backend::control::{Actor, Change};
 use crate::control::draft;
 use crate::engine::{RunInput, RunState};
+use crate::error::Refusal;
 use crate::flow::{FlowStatus, Mode};
 use crate::record::RunRecord;
-use crate::trigger::TriggerState;
 
-/// Why an operation on a run was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum OperationError {
-    /// No such run (or its record expired).
-    #[error("no run `{0}` (runs are kept for the configured retention)")]
-    NotFound(String),
-    /// The run cannot take this operation now.
-    #[error("{0}")]
-    Conflict(String),
-    /// The store failed.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
+/// A run that cannot be found: 404, with where runs go.
+fn no_run(run_id: &str) -> Refusal {
+    Refusal::NotFound(format!(
+        "no run `{run_id}` (runs are kept for the configured retention)"
+    ))
+}
+
+/// A run that cannot take the operation now: 409.
+fn conflict(message: impl Into<String>) -> Refusal {
+    Refusal::Conflict {
+        code: "conflict",
+        message: message.into(),
+    }
 }
 
 /// What a replay started.
@@ -60,21 +61,15 @@ fn ended(state: RunState) -> bool {
 }
 
 /// Aborts run `run_id` on behalf of `actor`; the run's state before.
-pub async fn abort(
-    state: &TriggerState,
-    run_id: &str,
-    actor: &Actor,
-) -> Result<RunState, OperationError> {
+pub async fn abort(state: &AppState, run_id: &str, actor: &Actor) -> Result<RunState, Refusal> {
     let mut record = state
         .runs
         .get(run_id)
         .await?
-        .ok_or_else(|| OperationError::NotFound(run_id.to_owned()))?;
+        .ok_or_else(|| no_run(run_id))?;
     let before = record.status;
     if ended(before) {
-        return Err(OperationError::Conflict(format!(
-            "run `{run_id}` already ended: {before}"
-        )));
+        return Err(conflict(format!("run `{run_id}` already ended: {before}")));
     }
     let mut audit = draft(actor, "run.abort");
     audit.flow = Some(record.flow.clone());
@@ -94,28 +89,24 @@ pub async fn abort(
 }
 
 /// Replays recorded run `run_id` on behalf of `actor`.
-pub async fn replay(
-    state: &TriggerState,
-    run_id: &str,
-    actor: &Actor,
-) -> Result<Replayed, OperationError> {
+pub async fn replay(state: &AppState, run_id: &str, actor: &Actor) -> Result<Replayed, Refusal> {
     let original = state
         .runs
         .get(run_id)
         .await?
-        .ok_or_else(|| OperationError::NotFound(run_id.to_owned()))?;
+        .ok_or_else(|| no_run(run_id))?;
     // The pause must be the one in force now, not this replica's copy of it.
     state.control.refresh().await?;
     let catalog = state.catalog();
     let Some(flow) = catalog.get(&original.flow).cloned() else {
-        return Err(OperationError::Conflict(format!(
+        return Err(conflict(format!(
             "flow `{}` is no longer loaded",
             original.flow
         )));
     };
     let status = state.control.status(&flow);
     if status == FlowStatus::Paused {
-        return Err(OperationError::Conflict(format!(
+        return Err(conflict(format!(
             "flow `{}` is paused; unpause it to replay its runs",
             flow.id
         )));
@@ -124,9 +115,8 @@ pub async fn replay(
         serde_json::to_string(&*original.request).unwrap_or_default() + &original.body.to_string();
     let body_cut = original.cut.iter().any(|c| c.at == "/body");
     if body_cut || recorded.contains("…[truncated") {
-        return Err(OperationError::Conflict(
-            "the recorded request was cut to fit the run history, so it cannot be replayed as sent"
-                .into(),
+        return Err(conflict(
+            "the recorded request was cut to fit the run history, so it cannot be replayed as sent",
         ));
     }
     let mut request = (*original.request).clone();
@@ -168,7 +158,8 @@ pub async fn replay(
             RunState::Queued
         }
         Mode::Sync => {
-            crate::trigger::run_sync(state, &catalog, &flow, &input)
+            let (engine, transitions) = (&state.engine, &state.transitions);
+            crate::inbound::run_sync(engine, transitions, &catalog, &flow, &input)
                 .await
                 .1
         }

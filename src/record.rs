@@ -20,12 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::{RunError, RunInput, RunReport, RunState, StepTrace};
-use crate::flow::Flow;
+use crate::flow::{Flow, Keep, RecordPolicy};
 
-/// Largest stored size of one value (body, step input or output), in bytes of JSON.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Default of [`RecordPolicy::max_bytes`]: the largest stored record.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+pub use crate::codec::MAX_VALUE_BYTES;
+use crate::codec::{bounded, fits, floor_char_boundary, json_len, json_len_bound};
 /// Room a step trace takes besides its input and output (path, kind,
 /// times), a generous estimate.
 const STEP_OVERHEAD: usize = 400;
@@ -94,40 +92,6 @@ pub struct RunRecord {
     pub policy: RecordPolicy,
 }
 
-/// Which run records a flow keeps (`keep` under `[runs]` in the flow file
-/// or the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Keep {
-    /// Every run's.
-    #[default]
-    All,
-    /// Only those of runs that ended `failed`, `timed_out` or `aborted`.
-    Failed,
-    /// None once the run has ended.
-    None,
-}
-
-impl Keep {
-    /// The rule written as `text`.
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "all" => Keep::All,
-            "failed" => Keep::Failed,
-            "none" => Keep::None,
-            _ => return None,
-        })
-    }
-
-    /// The rule as written.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Keep::All => "all",
-            Keep::Failed => "failed",
-            Keep::None => "none",
-        }
-    }
-}
-
 /// A value a record left out for its size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutValue {
@@ -138,37 +102,13 @@ pub struct CutValue {
     pub bytes: usize,
 }
 
-/// A flow's record keeping: which runs, at most how many records, and how
-/// large each may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordPolicy {
-    /// Which runs keep their record once ended.
-    pub keep: Keep,
-    /// Most records kept for the flow; the oldest go first. `None`: no cap.
-    pub max: Option<u64>,
-    /// Largest stored record, in bytes of JSON (`runs.max_record_bytes`).
-    pub max_bytes: usize,
-}
-
-impl Default for RecordPolicy {
-    fn default() -> Self {
-        Self {
-            keep: Keep::All,
-            max: None,
-            max_bytes: DEFAULT_MAX_RECORD_BYTES,
-        }
-    }
-}
-
-impl RecordPolicy {
-    /// Whether a record in `status` is kept: always while the run is in
-    /// progress, and after it as [`RecordPolicy::keep`] says.
-    pub fn keeps(&self, status: RunState) -> bool {
-        match status {
-            RunState::Queued | RunState::Running | RunState::Waiting => true,
-            RunState::Succeeded => self.keep == Keep::All,
-            RunState::Failed | RunState::TimedOut | RunState::Aborted => self.keep != Keep::None,
-        }
+/// Whether a record in `status` is kept under `policy`: always while the
+/// run is in progress, and after it as [`RecordPolicy::keep`] says.
+fn keeps(policy: &RecordPolicy, status: RunState) -> bool {
+    match status {
+        RunState::Queued | RunState::Running | RunState::Waiting => true,
+        RunState::Succeeded => policy.keep == Keep::All,
+        RunState::Failed | RunState::TimedOut | RunState::Aborted => policy.keep != Keep::None,
     }
 }
 
@@ -263,9 +203,7 @@ pub struct RecordedResponse {
     pub body: String,
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
+use crate::clock::now_rfc3339;
 
 impl RunRecord {
     /// A record for a run that has not started.
@@ -336,7 +274,7 @@ impl RunRecord {
 
     /// Whether this record is kept when written, by its policy.
     pub fn kept(&self) -> bool {
-        self.policy.keeps(self.status)
+        keeps(&self.policy, self.status)
     }
 
     /// Marks the run as given up on, for `reason`.
@@ -538,13 +476,6 @@ fn cut_marker(size: usize) -> String {
     format!("…[cut: {size} bytes; the record is over runs.max_record_bytes]")
 }
 
-fn floor_char_boundary(text: &str, at: usize) -> usize {
-    (0..=at.min(text.len()))
-        .rev()
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0)
-}
-
 /// A shared value as [`bounded`] would keep it, copied only when it must be cut.
 fn bounded_shared(value: &Arc<Value>) -> Arc<Value> {
     if fits(value) {
@@ -552,79 +483,6 @@ fn bounded_shared(value: &Arc<Value>) -> Arc<Value> {
     } else {
         Arc::new(bounded(value.as_ref().clone()))
     }
-}
-
-/// `value` when its JSON fits in [`MAX_VALUE_BYTES`]; otherwise long strings
-/// are cut and objects and lists too large even then become a marker string.
-pub fn bounded(value: Value) -> Value {
-    if fits(&value) {
-        return value;
-    }
-    match value {
-        Value::String(mut s) => {
-            let cut = floor_char_boundary(&s, MAX_VALUE_BYTES);
-            let dropped = s.len() - cut;
-            s.truncate(cut);
-            s.push_str(&format!("…[truncated {dropped} bytes]"));
-            Value::String(s)
-        }
-        Value::Object(map) => whole_or_marker(Value::Object(
-            map.into_iter().map(|(k, v)| (k, bounded(v))).collect(),
-        )),
-        Value::Array(items) => {
-            whole_or_marker(Value::Array(items.into_iter().map(bounded).collect()))
-        }
-        other => other,
-    }
-}
-
-fn whole_or_marker(value: Value) -> Value {
-    let size = json_len(&value);
-    if size > MAX_VALUE_BYTES * 2 {
-        Value::String(format!("…[truncated: {size} bytes of JSON]"))
-    } else {
-        value
-    }
-}
-
-/// Whether `value`'s JSON fits in [`MAX_VALUE_BYTES`]. A rough upper bound
-/// (every string byte escaped) settles typical payloads without writing any
-/// JSON; only values near the limit are measured exactly.
-fn fits(value: &Value) -> bool {
-    json_len_bound(value) <= MAX_VALUE_BYTES || json_len(value) <= MAX_VALUE_BYTES
-}
-
-fn json_len_bound(value: &Value) -> usize {
-    const ESCAPED: usize = 6; // `\u001f`
-    match value {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(_) => 24,
-        Value::String(s) => 2 + ESCAPED * s.len(),
-        Value::Array(items) => 2 + items.iter().map(|v| json_len_bound(v) + 1).sum::<usize>(),
-        Value::Object(map) => {
-            2 + map
-                .iter()
-                .map(|(k, v)| 3 + ESCAPED * k.len() + json_len_bound(v) + 1)
-                .sum::<usize>()
-        }
-    }
-}
-
-/// Length of `value` as JSON, without building the text.
-fn json_len(value: &impl Serialize) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
 }
 
 #[cfg(test)]

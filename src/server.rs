@@ -1,4 +1,6 @@
-//! The HTTP server: listener, routing, tower layers and graceful shutdown.
+//! The HTTP server: listener, connection limits and timeouts, routing to
+//! the surfaces (trigger, admin API, console, health and metrics), and
+//! graceful shutdown.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests
 //! bind port 0 and stop the server themselves.
@@ -20,17 +22,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
-use crate::config::ServerLimits;
+use crate::app::AppState;
+use crate::config::ServerConfig;
 use crate::error::{ApiError, Body};
-use crate::trigger::{self, TriggerState};
+use crate::trigger::Trigger;
 
 /// Longest accepted `X-Request-Id`; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 /// At most one "connection limit reached" log line per this period.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Shared state of a running gateway.
-pub type AppState = TriggerState;
 
 /// A boxed answer future, for the routers [`accept_loop`] serves.
 type Answer = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -43,10 +43,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let limits = state.limits.server.clone();
+    let limits = state.server.clone();
+    let trigger = Arc::new(Trigger::new(state.clone()));
     let router = move |req: Request<Incoming>| -> Answer {
-        let state = state.clone();
-        Box::pin(async move { route(&state, req).await })
+        let (state, trigger) = (state.clone(), trigger.clone());
+        Box::pin(async move { route(&state, &trigger, req).await })
     };
     accept_loop(listener, &limits, router, shutdown, grace).await;
 }
@@ -57,7 +58,7 @@ pub async fn serve(
 /// once its requests are answered, and in-flight requests get `grace`.
 async fn accept_loop<R>(
     listener: TcpListener,
-    limits: &ServerLimits,
+    limits: &ServerConfig,
     router: R,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -229,7 +230,7 @@ async fn serve_connection<R>(
     let _ = conn.await;
 }
 
-async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+async fn route(state: &AppState, trigger: &Trigger, req: Request<Incoming>) -> Response<Body> {
     let request_id = request_id(&req);
     let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path(), flow = tracing::field::Empty);
     let mut response = async {
@@ -247,9 +248,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
             {
                 crate::console::handle(state, req).await
             }
-            _ => match path.strip_prefix(trigger::PATH_PREFIX) {
+            _ => match path.strip_prefix(crate::inbound::PATH_PREFIX) {
                 Some(flow_id) if !flow_id.is_empty() && !flow_id.contains('/') => {
-                    trigger::handle(state, req, flow_id, &request_id).await
+                    trigger.handle(req, flow_id, &request_id).await
                 }
                 _ => ApiError::not_found(format!("no route for {path}")).into_response(),
             },
@@ -330,7 +331,7 @@ pub async fn serve_worker_metrics(
             }
         })
     };
-    let limits = ServerLimits::default();
+    let limits = ServerConfig::default();
     accept_loop(listener, &limits, router, shutdown, Duration::from_secs(1)).await;
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -360,11 +360,20 @@ impl TokenKeys {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+use crate::clock::unix_now;
+
+/// Longest token looked at; flowgate's own are a few hundred bytes.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The token of an `Authorization` header value `Bearer <token>`: the
+/// scheme in any case, spaces around the token ignored. `None` for another
+/// scheme, an empty token, or one over [`MAX_TOKEN_BYTES`]. The trigger and
+/// the admin API both read their tokens with it.
+pub fn bearer(value: &http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= MAX_TOKEN_BYTES)
+        .then_some(token)
 }
 
 #[cfg(test)]

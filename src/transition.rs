@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::backend::webhooks::OutboxEvent;
-use crate::backend::{Backends, Delivery, RunQueue, RunStore, StorageError};
+use crate::backend::{Backends, Buried, Delivery, RunQueue, RunStore, StorageError};
 use crate::engine::{RunInput, RunReport, RunState, StepObserver, StepTrace};
 use crate::lifecycle::{Lifecycle, RunSteps};
 use crate::record::RunRecord;
@@ -367,6 +367,20 @@ impl Transitions {
             // Not moved: the run is delivered again and dead-lettered then.
             Err(e) => {
                 tracing::warn!(error = %e, run_id = %record.id, "could not dead-letter a run")
+            }
+        }
+    }
+
+    /// Runs the queue gave up on while handing out (their entries could not
+    /// be decoded; the queue dead-lettered them and recorded them aborted):
+    /// announced as aborted, with the `run.ended` events they owe.
+    pub fn buried(&self, runs: &[Buried]) {
+        for run in runs {
+            tracing::error!(run_id = %run.run_id, reason = %run.reason, "queued run dead-lettered");
+            let Some(flow) = &run.flow else { continue };
+            let events = self.ended_unexecuted(&run.run_id, flow, &run.reason).take();
+            if let (false, Some(outbox)) = (events.is_empty(), &self.outbox) {
+                outbox.append_in_background(events);
             }
         }
     }

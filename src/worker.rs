@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::backend::{Backends, RunStore};
-use crate::backend::{Delivery, RunQueue, StorageError};
+use crate::backend::{Claimed, Delivery, RunQueue, StorageError};
 use crate::control::Control;
 use crate::engine::{Engine, RunOptions, RunState};
-use crate::flow::{FlowStatus, SharedCatalog};
+use crate::flow::{Catalog, Flow, FlowStatus, SharedCatalog};
 use crate::record::RunRecord;
 use crate::transition::Transitions;
 
@@ -150,23 +150,40 @@ impl Worker {
         )
     }
 
-    /// Takes one run (a taken_over one first) and executes it.
+    /// Takes one run (a taken-over one first) and executes it: one turn of
+    /// [`Worker::run`], for tests and tools that drive a worker step by step.
     pub async fn try_execute_next(&self) -> Result<Outcome, StorageError> {
         self.queue.requeue_due_retries(PROMOTE_BATCH).await?;
-        let mut deliveries = self
-            .queue
-            .take_over(&self.consumer, self.settings.reclaim_after, 1)
-            .await?;
-        if deliveries.is_empty() {
-            deliveries = self
-                .queue
-                .claim(&self.consumer, 1, self.settings.poll_wait)
-                .await?;
-        }
-        match deliveries.pop() {
+        let wait = self.settings.poll_wait;
+        match self.next_runs(1, true, wait).await?.pop() {
             Some(delivery) => Ok(self.execute(delivery).await),
             None => Ok(Outcome::Idle),
         }
+    }
+
+    /// The claim step of every turn: at most `max` runs, those whose
+    /// worker stopped first when `take_over` (then new ones, waiting up to
+    /// `wait` for one). Runs the queue gave up on meanwhile are announced.
+    async fn next_runs(
+        &self,
+        max: usize,
+        take_over: bool,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let mut claimed = match take_over {
+            true => {
+                let reclaim_after = self.settings.reclaim_after;
+                self.queue
+                    .take_over(&self.consumer, reclaim_after, max)
+                    .await?
+            }
+            false => Claimed::default(),
+        };
+        if claimed.runs.is_empty() {
+            claimed.extend(self.queue.claim(&self.consumer, max, wait).await?);
+        }
+        self.transitions.buried(&claimed.buried);
+        Ok(claimed.runs)
     }
 
     /// Executes a delivery, keeping it in the heartbeat set while it runs.
@@ -184,46 +201,10 @@ impl Worker {
     async fn execute_tracked(&self, delivery: Delivery) -> Outcome {
         let run_id = delivery.input.run_id.clone();
         let catalog = self.catalog.get();
-        let Some(flow) = catalog.get(&delivery.input.flow_id) else {
-            let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
-            let record = self.runs.get(&run_id).await.ok().flatten();
-            self.transitions.abandoned(&delivery, record, &reason).await;
-            return Outcome::Abandoned { run_id, reason };
+        let (flow, mut record, first) = match self.admit(&catalog, &delivery).await {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
         };
-        if self.control.is_aborted(&run_id) {
-            self.transitions.dropped_aborted(&delivery).await;
-            return Outcome::Abandoned {
-                run_id,
-                reason: "aborted on request".into(),
-            };
-        }
-        if self.control.status(flow) == FlowStatus::Paused {
-            self.transitions
-                .held_while_paused(&delivery, PAUSED_RECHECK)
-                .await;
-            return Outcome::Held { run_id };
-        }
-        // A first delivery that came with its answer has nothing in its
-        // queued record the worker does not know already.
-        let first = !delivery.taken_over && delivery.input.resume.is_none();
-        let mut record = match (&delivery.answer, first) {
-            (Some(answer), true) => {
-                let mut record = RunRecord::accepted(flow, &delivery.input, RunState::Queued);
-                record.response = Some(answer.clone());
-                record
-            }
-            _ => self.stored_record(flow, &delivery).await,
-        };
-        if record.interrupted >= MAX_ATTEMPTS {
-            let reason = format!(
-                "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
-                record.interrupted
-            );
-            self.transitions
-                .dead_lettered(&delivery, record, &reason)
-                .await;
-            return Outcome::Abandoned { run_id, reason };
-        }
         record.start();
         let journal = self.transitions.started(&delivery, &record, !first).await;
         let started = Instant::now();
@@ -239,24 +220,22 @@ impl Worker {
                 },
                 &steps,
             );
-            tokio::pin!(run);
-            let abort = aborted(&self.control, &run_id);
-            tokio::pin!(abort);
             // Most runs end within milliseconds: their record goes from
             // `queued` straight to the end. Longer ones show `running`
             // meanwhile.
-            let mut shown = !first;
-            loop {
-                tokio::select! {
-                    report = &mut run => break Some(report),
-                    // Dropping the run stops it where it waits: a delay, an
-                    // http call, or the next step.
-                    () = &mut abort => break None,
-                    _ = tokio::time::sleep(SHOW_RUNNING_AFTER), if !shown => {
-                        shown = true;
-                        self.transitions.still_running(&record, &journal).await;
-                    }
+            let show_running = async {
+                if first {
+                    tokio::time::sleep(SHOW_RUNNING_AFTER).await;
+                    self.transitions.still_running(&record, &journal).await;
                 }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                report = run => Some(report),
+                // Dropping the run stops it where it waits: a delay, an
+                // http call, or the next step.
+                () = aborted(&self.control, &run_id) => None,
+                () = show_running => unreachable!("never completes"),
             }
         };
         let Some(report) = report else {
@@ -288,6 +267,56 @@ impl Worker {
             run_id,
             status: report.status,
         }
+    }
+
+    /// Whether a delivered run may start: its flow, its record, and whether
+    /// this is its first delivery; or, for a run that ends (or waits) here
+    /// without starting, what became of it.
+    async fn admit<'c>(
+        &self,
+        catalog: &'c Catalog,
+        delivery: &Delivery,
+    ) -> Result<(&'c Flow, RunRecord, bool), Outcome> {
+        let run_id = delivery.input.run_id.clone();
+        let Some(flow) = catalog.get(&delivery.input.flow_id) else {
+            let reason = format!("flow `{}` is no longer loaded", delivery.input.flow_id);
+            let record = self.runs.get(&run_id).await.ok().flatten();
+            self.transitions.abandoned(delivery, record, &reason).await;
+            return Err(Outcome::Abandoned { run_id, reason });
+        };
+        if self.control.is_aborted(&run_id) {
+            self.transitions.dropped_aborted(delivery).await;
+            let reason = "aborted on request".into();
+            return Err(Outcome::Abandoned { run_id, reason });
+        }
+        if self.control.status(flow) == FlowStatus::Paused {
+            self.transitions
+                .held_while_paused(delivery, PAUSED_RECHECK)
+                .await;
+            return Err(Outcome::Held { run_id });
+        }
+        // A first delivery that came with its answer has nothing in its
+        // queued record the worker does not know already.
+        let first = !delivery.taken_over && delivery.input.resume.is_none();
+        let record = match (&delivery.answer, first) {
+            (Some(answer), true) => {
+                let mut record = RunRecord::accepted(flow, &delivery.input, RunState::Queued);
+                record.response = Some(answer.clone());
+                record
+            }
+            _ => self.stored_record(flow, delivery).await,
+        };
+        if record.interrupted >= MAX_ATTEMPTS {
+            let reason = format!(
+                "dead-lettered: started {} times in a row without ending (its worker stopped each time)",
+                record.interrupted
+            );
+            self.transitions
+                .dead_lettered(delivery, record, &reason)
+                .await;
+            return Err(Outcome::Abandoned { run_id, reason });
+        }
+        Ok((flow, record, first))
     }
 
     /// Executes runs until `shutdown` completes, then waits up to `grace` for
@@ -322,22 +351,10 @@ impl Worker {
                 }
             }
             let reclaim_due = last_reclaim.is_none_or(|at| at.elapsed() >= reclaim_every);
-            let next = async {
-                if reclaim_due {
-                    let taken_over = self
-                        .queue
-                        .take_over(&self.consumer, self.settings.reclaim_after, free)
-                        .await?;
-                    if !taken_over.is_empty() {
-                        return Ok(taken_over);
-                    }
-                }
-                // Wake up in time to move due retries.
-                let wait = self.settings.poll_wait.min(PROMOTE_EVERY);
-                self.queue.claim(&self.consumer, free, wait).await
-            };
+            // Wake up in time to move due retries.
+            let wait = self.settings.poll_wait.min(PROMOTE_EVERY);
             let deliveries = tokio::select! {
-                result = next => result,
+                result = self.next_runs(free, reclaim_due, wait) => result,
                 _ = &mut shutdown => break,
             };
             if reclaim_due {
@@ -382,7 +399,7 @@ impl Worker {
     /// The run's record as stored, or a new one when it is missing. A
     /// taken-over run whose record still says `queued` was started by a
     /// worker that died before writing `running`: that start is counted.
-    async fn stored_record(&self, flow: &crate::flow::Flow, delivery: &Delivery) -> RunRecord {
+    async fn stored_record(&self, flow: &Flow, delivery: &Delivery) -> RunRecord {
         let stored = self.runs.get(&delivery.input.run_id).await.ok().flatten();
         let mut record =
             stored.unwrap_or_else(|| RunRecord::accepted(flow, &delivery.input, RunState::Queued));

@@ -1,9 +1,9 @@
 //! `/v1/admin/audit`: who changed what, when.
 
-use super::{Answer, ListPage, Query, json, unavailable};
+use super::{Answer, ListPage, Query, json};
+use crate::app::AppState;
 use crate::backend::control::AuditFilter;
 use crate::error::ApiError;
-use crate::trigger::TriggerState;
 
 /// `GET /audit?actor=&action=&flow=&after=&before=`, newest first.
 #[utoipa::path(get, path = "/v1/admin/audit", tag = "audit", operation_id = "listAudit",
@@ -22,7 +22,7 @@ use crate::trigger::TriggerState;
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiError> {
     let filter = AuditFilter {
         actor: query.get("actor").map(str::to_owned),
         action: query.get("action").map(str::to_owned),
@@ -40,7 +40,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
             crate::backend::StorageError::Corrupt(_) => {
                 ApiError::bad_request("cursor is not one this API handed out")
             }
-            other => unavailable(other),
+            other => other.into(),
         })?;
     json(&ListPage::new(page.data, page.next_cursor))
 }

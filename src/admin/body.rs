@@ -284,6 +284,8 @@ impl ToSchema for SubscriptionChange {}
 /// (the default on creation, unchanged on update). Whether a URL is
 /// reachable and public, a secret well encoded, a flow known, the schema
 /// cannot say: those answer 422.
+///
+/// Long because it is declarative: one builder per field, in field order.
 fn subscription_schema(create: bool) -> Schema {
     use crate::webhooks::input::{MAX_FILTER_ITEMS, MAX_NAME_CHARS, MAX_URL_BYTES};
     use crate::webhooks::message::{EVENT_TYPES, RUN_STATUSES};

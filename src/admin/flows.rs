@@ -7,12 +7,13 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Answer, Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json};
+use crate::app::AppState;
 use crate::backend::now_ms;
 use crate::engine::RunState;
 use crate::error::ApiError;
 use crate::flow::Flow;
-use crate::trigger::{PATH_PREFIX, TriggerState};
+use crate::inbound::PATH_PREFIX;
 
 /// Runs read per flow for its last run and its counts of the last hour.
 const RECENT_RUNS: usize = 250;
@@ -61,7 +62,7 @@ pub(super) struct LastRun {
     status: RunState,
 }
 
-async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
+async fn view(state: &AppState, flow: &Flow) -> Result<FlowView, ApiError> {
     let control = state.control.state();
     let (status, source) = match control.statuses.get(&flow.id) {
         Some(o) => (o.status, "override"),
@@ -72,11 +73,7 @@ async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
         .get(&flow.id)
         .copied()
         .unwrap_or_default();
-    let recent = state
-        .runs
-        .list(&flow.id, RECENT_RUNS)
-        .await
-        .map_err(unavailable)?;
+    let recent = state.runs.list(&flow.id, RECENT_RUNS).await?;
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
     let in_last_hour: Vec<_> = recent
         .iter()
@@ -128,7 +125,7 @@ async fn view(state: &TriggerState, flow: &Flow) -> Result<FlowView, ApiError> {
     })
 }
 
-fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
+fn flow(state: &AppState, id: &str) -> Result<Arc<Flow>, ApiError> {
     state
         .catalog()
         .get(id)
@@ -148,7 +145,7 @@ fn flow(state: &TriggerState, id: &str) -> Result<Arc<Flow>, ApiError> {
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiError> {
     let limit = query.limit()?;
     let after = query.cursor()?;
     let catalog = state.catalog();
@@ -180,7 +177,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
+pub(super) async fn get(state: &AppState, id: &str) -> Result<Answer, ApiError> {
     let flow = flow(state, id)?;
     json(&view(state, &flow).await?)
 }
@@ -195,11 +192,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
-pub(super) async fn pause(
-    state: &TriggerState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Answer, ApiError> {
+pub(super) async fn pause(state: &AppState, caller: &Caller, id: &str) -> Result<Answer, ApiError> {
     set_paused(state, caller, id, true).await
 }
 
@@ -214,7 +207,7 @@ pub(super) async fn pause(
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
 pub(super) async fn unpause(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
@@ -222,7 +215,7 @@ pub(super) async fn unpause(
 }
 
 async fn set_paused(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     paused: bool,
@@ -231,8 +224,7 @@ async fn set_paused(
     state
         .control
         .set_paused(&flow, paused, &caller.actor())
-        .await
-        .map_err(unavailable)?;
+        .await?;
     json(&view(state, &flow).await?)
 }
 
@@ -248,7 +240,7 @@ async fn set_paused(
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
 pub(super) async fn rotate(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     body: &serde_json::Value,
@@ -259,8 +251,7 @@ pub(super) async fn rotate(
     let generation = state
         .control
         .rotate(&flow.id, grace, &caller.actor())
-        .await
-        .map_err(unavailable)?;
+        .await?;
     json(&json!({
         "flow": flow.id,
         "token_generation": generation.current,
@@ -281,7 +272,7 @@ pub(super) async fn rotate(
         (status = 404, description = "no such flow", body = serde_json::Value),
     ))]
 pub(super) async fn issue(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     body: &serde_json::Value,
@@ -298,8 +289,7 @@ pub(super) async fn issue(
     state
         .control
         .record_issue(&flow.id, generation, ttl, &caller.actor())
-        .await
-        .map_err(unavailable)?;
+        .await?;
     json(&json!({
         "flow": flow.id,
         "token": token,
@@ -320,7 +310,7 @@ pub(super) async fn issue(
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
 pub(super) async fn revoke(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     body: &serde_json::Value,
 ) -> Result<Answer, ApiError> {
@@ -358,8 +348,7 @@ pub(super) async fn revoke(
     state
         .control
         .revoke(&jti, until_ms, &caller.actor())
-        .await
-        .map_err(unavailable)?;
+        .await?;
     Ok(json(&json!({ "revoked": jti }))?.with_status(StatusCode::OK))
 }
 
@@ -371,7 +360,7 @@ pub(super) async fn revoke(
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn reload(state: &TriggerState, caller: &Caller) -> Result<Answer, ApiError> {
+pub(super) async fn reload(state: &AppState, caller: &Caller) -> Result<Answer, ApiError> {
     let Some(reloader) = &state.reloader else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -23,10 +23,10 @@ use serde::Serialize;
 
 pub use self::routes::{Handler, ROUTES, Route};
 use self::routes::{allowed_methods, find};
+use crate::app::AppState;
 use crate::backend::control::Actor;
 use crate::error::{ApiError, Body};
 use crate::token::AdminPrincipal;
-use crate::trigger::TriggerState;
 
 mod audit;
 mod body;
@@ -35,7 +35,6 @@ pub mod openapi;
 mod routes;
 mod runs;
 mod sessions;
-pub(crate) use sessions::refused as session_refused;
 mod webhooks;
 
 /// Where the admin API lives.
@@ -66,14 +65,14 @@ impl Caller {
 }
 
 /// Answers an admin request.
-pub async fn handle(state: &TriggerState, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     match handle_inner(state, req).await {
         Ok(answer) => answer.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle_inner(state: &TriggerState, req: Request<Incoming>) -> Result<Answer, ApiError> {
+async fn handle_inner(state: &AppState, req: Request<Incoming>) -> Result<Answer, ApiError> {
     let path = req
         .uri()
         .path()
@@ -95,7 +94,7 @@ async fn handle_inner(state: &TriggerState, req: Request<Incoming>) -> Result<An
 /// `query` string) for `caller`, as the HTTP API would: the same routes, the
 /// same role checks, the same answers. The console calls the API this way.
 pub(crate) async fn call(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     method: &Method,
     path: &str,
@@ -157,7 +156,7 @@ fn resolve(
 }
 
 async fn dispatch(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     handler: Handler,
     id: &str,
@@ -198,15 +197,12 @@ async fn dispatch(
     }
 }
 
-fn authenticate(state: &TriggerState, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, ApiError> {
     const MESSAGE: &str = "missing or invalid admin token: send Authorization: Bearer <admin token> (flowgate token admin --role ROLE)";
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 4096)
+        .and_then(crate::token::bearer)
         .ok_or_else(|| ApiError::unauthorized(MESSAGE))?;
     let principal = state
         .keys
@@ -395,16 +391,6 @@ pub(crate) async fn read_body(
                 )
             })?
             .to_bytes(),
-    )
-}
-
-/// A storage failure, as an admin answer.
-pub(crate) fn unavailable(e: crate::backend::StorageError) -> ApiError {
-    tracing::warn!(error = %e, "admin request failed: storage unavailable");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the store is unavailable; try again",
     )
 }
 

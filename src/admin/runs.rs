@@ -1,12 +1,12 @@
 //! `/v1/admin/runs...`: run records, the flow debugger.
 
-use super::{Answer, Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json};
+use crate::app::AppState;
 use crate::backend::RunFilter;
 use crate::engine::RunState;
 use crate::error::ApiError;
-use crate::operations::{self, OperationError};
+use crate::operations;
 use crate::record::RunRecord;
-use crate::trigger::TriggerState;
 
 /// Values larger than this (as JSON) are cut in run lists, with where to
 /// fetch them whole.
@@ -71,16 +71,12 @@ fn listed(record: &RunRecord) -> serde_json::Value {
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such run, or nothing at that place", body = serde_json::Value),
     ))]
-pub(super) async fn value(
-    state: &TriggerState,
-    id: &str,
-    query: &Query,
-) -> Result<Answer, ApiError> {
+pub(super) async fn value(state: &AppState, id: &str, query: &Query) -> Result<Answer, ApiError> {
     let at = query
         .get("at")
         .filter(|at| at.starts_with('/'))
         .ok_or_else(|| ApiError::bad_request("give at=, a JSON pointer such as /steps/0/output"))?;
-    let Some(record) = state.runs.get(id).await.map_err(unavailable)? else {
+    let Some(record) = state.runs.get(id).await? else {
         return Err(ApiError::not_found(format!(
             "no run `{id}` (runs are kept for the configured retention)"
         )));
@@ -104,8 +100,8 @@ pub(super) async fn value(
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
         (status = 404, description = "no such run", body = serde_json::Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
-    match state.runs.get(id).await.map_err(unavailable)? {
+pub(super) async fn get(state: &AppState, id: &str) -> Result<Answer, ApiError> {
+    match state.runs.get(id).await? {
         Some(record) => json(&record),
         None => Err(ApiError::not_found(format!(
             "no run `{id}` (runs are kept for the configured retention)"
@@ -130,7 +126,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiError> {
     let status = query
         .given("status")
         .map(|s| {
@@ -157,20 +153,10 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
             crate::backend::StorageError::Corrupt(_) => {
                 ApiError::bad_request("cursor is not one this API handed out")
             }
-            other => unavailable(other),
+            other => other.into(),
         })?;
     let listed: Vec<serde_json::Value> = page.data.iter().map(listed).collect();
     json(&ListPage::new(listed, page.next_cursor))
-}
-
-fn refused(e: OperationError) -> ApiError {
-    match e {
-        OperationError::NotFound(_) => ApiError::not_found(e.to_string()),
-        OperationError::Conflict(message) => {
-            ApiError::new(http::StatusCode::CONFLICT, "conflict", message)
-        }
-        OperationError::Storage(e) => unavailable(e),
-    }
 }
 
 /// `POST /runs/{id}/replay`: a new run of the recorded request.
@@ -185,13 +171,11 @@ fn refused(e: OperationError) -> ApiError {
         (status = 409, description = "the flow is paused or gone, or the record was cut", body = serde_json::Value),
     ))]
 pub(super) async fn replay(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
-    let replayed = operations::replay(state, id, &caller.actor())
-        .await
-        .map_err(refused)?;
+    let replayed = operations::replay(state, id, &caller.actor()).await?;
     json(&replayed)
 }
 
@@ -206,13 +190,7 @@ pub(super) async fn replay(
         (status = 404, description = "no such run", body = serde_json::Value),
         (status = 409, description = "the run already ended", body = serde_json::Value),
     ))]
-pub(super) async fn abort(
-    state: &TriggerState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Answer, ApiError> {
-    let before = operations::abort(state, id, &caller.actor())
-        .await
-        .map_err(refused)?;
+pub(super) async fn abort(state: &AppState, caller: &Caller, id: &str) -> Result<Answer, ApiError> {
+    let before = operations::abort(state, id, &caller.actor()).await?;
     json(&serde_json::json!({ "run_id": id, "was": before, "status": "aborted" }))
 }

@@ -5,10 +5,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{Answer, Caller, ListPage, Query, json};
+use crate::app::AppState;
 use crate::backend::control::SessionView;
-use crate::control::SessionError;
 use crate::error::ApiError;
-use crate::trigger::TriggerState;
 
 /// `GET /sessions`: open console sessions, newest first.
 #[utoipa::path(get, path = "/v1/admin/sessions", tag = "sessions", operation_id = "listSessions",
@@ -23,7 +22,7 @@ use crate::trigger::TriggerState;
         (status = 401, description = "no valid admin token", body = serde_json::Value),
         (status = 403, description = "the token's role is too low", body = serde_json::Value),
     ))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiError> {
     let limit = query.limit()?;
     let skip = match query.cursor()? {
         None => 0,
@@ -54,27 +53,10 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         (status = 503, description = "the store is unavailable", body = serde_json::Value),
     ))]
 pub(super) async fn revoke(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
-    state
-        .control
-        .revoke_session(id, &caller.actor())
-        .await
-        .map_err(refused)?;
+    state.control.revoke_session(id, &caller.actor()).await?;
     Ok(json(&json!({ "revoked": id }))?.with_status(StatusCode::OK))
-}
-
-/// The answer for a session that could not be opened or ended.
-pub(crate) fn refused(e: SessionError) -> ApiError {
-    match e {
-        SessionError::TooMany => ApiError::new(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            e.to_string(),
-        ),
-        SessionError::NotFound => ApiError::not_found(e.to_string()),
-        SessionError::Storage(e) => super::unavailable(e),
-    }
 }

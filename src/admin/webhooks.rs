@@ -5,27 +5,12 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Answer, Caller, ListPage, Query, json, unavailable};
+use super::{Answer, Caller, ListPage, Query, json};
+use crate::app::AppState;
 use crate::backend::webhooks::Attempt;
 use crate::error::ApiError;
-use crate::trigger::TriggerState;
 use crate::webhooks::input::SubscriptionInput;
-use crate::webhooks::{DEFAULT_ROTATION_GRACE, SubscriptionView, WebhookError};
-
-impl From<WebhookError> for ApiError {
-    fn from(e: WebhookError) -> Self {
-        match e {
-            WebhookError::NotFound(m) => ApiError::not_found(m),
-            WebhookError::Conflict { code, message } => {
-                ApiError::new(StatusCode::CONFLICT, code, message)
-            }
-            WebhookError::Invalid(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_subscription", m)
-            }
-            WebhookError::Storage(e) => unavailable(e),
-        }
-    }
-}
+use crate::webhooks::{DEFAULT_ROTATION_GRACE, SubscriptionView};
 
 /// A subscription just created, with its secret (shown this once).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -36,7 +21,7 @@ pub(super) struct Created {
     secret: Option<String>,
 }
 
-fn known_flows(state: &TriggerState) -> Vec<String> {
+fn known_flows(state: &AppState) -> Vec<String> {
     state.catalog().flows.keys().cloned().collect()
 }
 
@@ -53,7 +38,7 @@ fn input(body: Value) -> Result<SubscriptionInput, ApiError> {
         ("cursor" = Option<String>, Query, description = "the next_cursor of the page before"),
     ),
     responses((status = 200, description = "a page of subscriptions", body = ListPage<SubscriptionView>)))]
-pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, ApiError> {
+pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiError> {
     let limit = query.limit()?;
     let after = query.cursor()?;
     let all = state.webhooks.list().await?;
@@ -82,7 +67,7 @@ pub(super) async fn list(state: &TriggerState, query: &Query) -> Result<Answer, 
         (status = 422, description = "a field is not valid", body = Value),
     ))]
 pub(super) async fn create(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     body: Value,
 ) -> Result<Answer, ApiError> {
@@ -105,7 +90,7 @@ pub(super) async fn create(
         (status = 200, description = "the subscription", body = SubscriptionView),
         (status = 404, description = "no such subscription", body = Value),
     ))]
-pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiError> {
+pub(super) async fn get(state: &AppState, id: &str) -> Result<Answer, ApiError> {
     json(&state.webhooks.get(id).await?)
 }
 
@@ -121,7 +106,7 @@ pub(super) async fn get(state: &TriggerState, id: &str) -> Result<Answer, ApiErr
         (status = 422, description = "a field is not valid", body = Value),
     ))]
 pub(super) async fn update(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     body: Value,
@@ -143,7 +128,7 @@ pub(super) async fn update(
         (status = 409, description = "the subscription is enabled: disable it first", body = Value),
     ))]
 pub(super) async fn delete(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
@@ -157,7 +142,7 @@ pub(super) async fn delete(
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 200, description = "the subscription now", body = SubscriptionView)))]
 pub(super) async fn enable(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
@@ -175,7 +160,7 @@ pub(super) async fn enable(
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 200, description = "the subscription now", body = SubscriptionView)))]
 pub(super) async fn disable(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {
@@ -192,11 +177,7 @@ pub(super) async fn disable(
     description = "Sends the subscription a `ping` now (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 202, description = "queued; see the delivery log", body = Value)))]
-pub(super) async fn ping(
-    state: &TriggerState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Answer, ApiError> {
+pub(super) async fn ping(state: &AppState, caller: &Caller, id: &str) -> Result<Answer, ApiError> {
     accepted(state.webhooks.send(id, false, &caller.actor()).await?)
 }
 
@@ -205,11 +186,7 @@ pub(super) async fn ping(
     description = "Sends the subscription a `test` event: a realistic `run.ended` of a made-up run, with `live_mode` false (role: ops).",
     params(("id" = String, Path, description = "the subscription id")),
     responses((status = 202, description = "queued; see the delivery log", body = Value)))]
-pub(super) async fn test(
-    state: &TriggerState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Answer, ApiError> {
+pub(super) async fn test(state: &AppState, caller: &Caller, id: &str) -> Result<Answer, ApiError> {
     accepted(state.webhooks.send(id, true, &caller.actor()).await?)
 }
 
@@ -224,7 +201,7 @@ fn accepted(delivery_id: String) -> Result<Answer, ApiError> {
     request_body(content = Option<super::body::RotateSecret>, description = "optional"),
     responses((status = 200, description = "the new secret, shown this once", body = Value)))]
 pub(super) async fn rotate_secret(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     body: &Value,
@@ -252,7 +229,7 @@ pub(super) async fn rotate_secret(
     request_body(content = Option<super::body::Recover>, description = "optional"),
     responses((status = 202, description = "how many deliveries were queued", body = Value)))]
 pub(super) async fn recover(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
     body: &Value,
@@ -275,7 +252,7 @@ pub(super) async fn recover(
     ),
     responses((status = 200, description = "a page of attempts", body = ListPage<Attempt>)))]
 pub(super) async fn deliveries(
-    state: &TriggerState,
+    state: &AppState,
     id: &str,
     query: &Query,
 ) -> Result<Answer, ApiError> {
@@ -296,7 +273,7 @@ pub(super) async fn deliveries(
         (status = 404, description = "no such delivery, or it is past the retention", body = Value),
     ))]
 pub(super) async fn resend(
-    state: &TriggerState,
+    state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> Result<Answer, ApiError> {

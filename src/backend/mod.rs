@@ -8,9 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use crate::lifecycle::Lifecycle;
+use std::time::Duration;
 
 pub mod control;
 mod queue;
@@ -20,7 +18,7 @@ mod store;
 pub mod webhooks;
 
 pub use self::control::ControlStore;
-pub use self::queue::{Delivery, RunQueue};
+pub use self::queue::{Buried, Claimed, Delivery, RunQueue};
 pub use self::store::{
     IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StoredAnswer,
 };
@@ -40,12 +38,45 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+pub use crate::clock::now_ms;
+
+/// Keeps a replica's copy of some stored state current until the task is
+/// dropped: every `every`, `ensure_current` makes the copy at least as new
+/// as the store (it reads the store's version, and the state only when that
+/// changed). A store that does not answer is logged once per outage, with
+/// `consequence`. The control state and the webhook subscriptions both
+/// follow the store this way.
+pub async fn keep_copy_current<F, Fut>(every: Duration, consequence: &str, mut ensure_current: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StorageError>>,
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        match ensure_current().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "{consequence}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl From<StorageError> for crate::error::Refusal {
+    fn from(e: StorageError) -> Self {
+        crate::error::Refusal::Unavailable(e.to_string())
+    }
+}
+
+impl From<StorageError> for crate::error::ApiError {
+    fn from(e: StorageError) -> Self {
+        crate::error::Refusal::from(e).into()
+    }
 }
 
 /// The shared state behind the gateway and its workers.
@@ -64,6 +95,9 @@ pub struct Backends {
     /// The embedded backend's records, which [`Backends::maintain`] prunes
     /// (Redis expires its keys itself).
     pub embedded: Option<sqlite::SqliteStore>,
+    /// How Redis was reached, when the backend is Redis: [`Backends::warn_of_risks`]
+    /// asks it about its settings.
+    redis: Option<redis::Settings>,
 }
 
 /// How long stored history is kept.
@@ -78,19 +112,13 @@ pub struct Retention {
 impl Backends {
     /// Redis (a single one or a cluster) as `settings` say, one connection
     /// pool shared by the queue and the stores; history is kept as
-    /// `retention` says. Runs dead-lettered by the queue itself are
-    /// announced through `lifecycle`.
-    pub fn redis(
-        settings: &redis::Settings,
-        retention: Retention,
-        lifecycle: &Arc<Lifecycle>,
-    ) -> Result<Self, StorageError> {
+    /// `retention` says.
+    pub fn redis(settings: &redis::Settings, retention: Retention) -> Result<Self, StorageError> {
         let pool = redis::connect_with(settings)?;
         let control = redis::RedisControl::new(pool.clone(), &settings.urls)?;
         let webhooks = redis::RedisWebhooks::new(pool.clone(), retention.deliveries);
         let store = Arc::new(redis::RedisStore::with_pool(pool.clone(), retention.runs));
-        let queue =
-            redis::RedisQueue::with_pool(pool, (*store).clone()).with_lifecycle(lifecycle.clone());
+        let queue = redis::RedisQueue::with_pool(pool, (*store).clone());
         Ok(Self {
             queue: Arc::new(queue),
             runs: store.clone(),
@@ -98,18 +126,14 @@ impl Backends {
             control: Arc::new(control),
             webhooks: Arc::new(webhooks),
             embedded: None,
+            redis: Some(settings.clone()),
         })
     }
 
     /// The embedded backend: every store in the SQLite file `db`.
-    pub fn embedded(
-        db: &sqlite::Database,
-        retention: Retention,
-        lifecycle: &Arc<crate::lifecycle::Lifecycle>,
-    ) -> Self {
+    pub fn embedded(db: &sqlite::Database, retention: Retention) -> Self {
         let store = sqlite::SqliteStore::new(db.clone(), retention.runs);
-        let queue =
-            sqlite::SqliteQueue::new(db.clone(), store.clone()).with_lifecycle(lifecycle.clone());
+        let queue = sqlite::SqliteQueue::new(db.clone(), store.clone());
         Self {
             queue: Arc::new(queue),
             runs: Arc::new(store.clone()),
@@ -120,6 +144,20 @@ impl Backends {
                 retention.deliveries,
             )),
             embedded: Some(store),
+            redis: None,
+        }
+    }
+
+    /// Logs a warning for each Redis setting that puts accepted runs at
+    /// risk (an eviction policy that may drop keys, a cluster whose slots
+    /// disagree with `[redis] partitions`); nothing for the embedded backend.
+    pub async fn warn_of_risks(&self) {
+        let Some(settings) = &self.redis else { return };
+        if let Some(risk) = redis::eviction_risk(settings).await {
+            tracing::warn!("{risk}");
+        }
+        if let Some(mismatch) = redis::cluster_mismatch(settings).await {
+            tracing::warn!("{mismatch}");
         }
     }
 

@@ -42,6 +42,39 @@ pub struct Delivery {
     pub answer: Option<RecordedResponse>,
 }
 
+/// What a claim handed out: runs to execute, and runs the queue gave up on
+/// while handing out (their entries could not be decoded), already
+/// dead-lettered and recorded as aborted, for the caller to announce.
+/// Storage never announces: the worker passes them to
+/// [`crate::transition::Transitions::buried`].
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// Runs to execute, each leased to the claiming consumer.
+    pub runs: Vec<Delivery>,
+    /// Runs dead-lettered instead.
+    pub buried: Vec<Buried>,
+}
+
+impl Claimed {
+    /// Adds what `other` handed out.
+    pub fn extend(&mut self, other: Claimed) {
+        self.runs.extend(other.runs);
+        self.buried.extend(other.buried);
+    }
+}
+
+/// A run whose queue entry could not be decoded: dead-lettered, and its
+/// record (when it had one) marked aborted with `reason`.
+#[derive(Debug, Clone)]
+pub struct Buried {
+    /// The run's id.
+    pub run_id: String,
+    /// Its flow, when its record says.
+    pub flow: Option<String>,
+    /// Why it was given up.
+    pub reason: String,
+}
+
 /// Where async runs wait.
 pub trait RunQueue: Send + Sync {
     /// Creates what the backend needs before runs can be handed out; safe
@@ -74,7 +107,7 @@ pub trait RunQueue: Send + Sync {
         consumer: &'a str,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>>;
 
     /// Takes over at most `max` runs whose lease nobody extended for `idle`.
     fn take_over<'a>(
@@ -82,7 +115,7 @@ pub trait RunQueue: Send + Sync {
         consumer: &'a str,
         idle: Duration,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>>;
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>>;
 
     /// Extends `consumer`'s leases on these deliveries: it is still working on them.
     fn extend_leases<'a>(

@@ -89,7 +89,7 @@ pub struct RunFilter {
 }
 
 /// Keeps run records for the configured retention, and as each record's
-/// [`crate::record::RecordPolicy`] says: an ended run its flow keeps no
+/// [`crate::flow::RecordPolicy`] says: an ended run its flow keeps no
 /// record of is deleted, and a flow's oldest records go past its cap.
 pub trait RunStore: Send + Sync {
     /// Writes a record, replacing any earlier version, or deletes it when

@@ -245,24 +245,7 @@ pub enum Write {
     Delete,
 }
 
-/// Why a change was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// No such subscription.
-    #[error("{0}")]
-    NotFound(String),
-    /// The change conflicts with the stored state (limits, enabled).
-    #[error("{message}")]
-    Conflict {
-        /// A short machine-readable reason, e.g. `too_many_subscriptions`.
-        code: &'static str,
-        /// What to do about it.
-        message: String,
-    },
-    /// The change is not valid for this subscription.
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use crate::error::Refusal;
 
 /// Decides a change from the stored subscription and the others; called
 /// again when another writer got there first.

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::{backends, load, runtime};
+use super::process::{backends, load};
+use super::runtime;
 use crate::backend::control::{Actor, AuditFilter};
 use crate::config::Config;
 use crate::control::Control;
 use crate::flow::Flow;
-use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
 use crate::token::{Role, TokenKeys};
 
 /// `flowgate flows ...`
@@ -94,8 +93,7 @@ fn os_user() -> Option<String> {
 /// command does all its store work on that one runtime, since connections
 /// made on a runtime die with it.
 fn control(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc<Control>> {
-    let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
-    let backends = backends(config, &lifecycle)?;
+    let backends = backends(config)?;
     let control = Arc::new(Control::new(backends.control));
     rt.block_on(control.refresh())
         .map_err(|e| anyhow::anyhow!("cannot read the control state: {e}"))?;
@@ -425,10 +423,10 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
 fn gateway(
     config: &Config,
     rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<Arc<crate::trigger::TriggerState>> {
-    let app = super::build_app(config, false)?;
+) -> anyhow::Result<Arc<crate::app::AppState>> {
+    let app = super::process::build_app(config, false)?;
     rt.block_on(app.control().refresh())?;
-    Ok(app.gateway())
+    Ok(app.state())
 }
 
 /// `flowgate runs replay`.

@@ -12,9 +12,9 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::control::cli_actor;
-use super::{backends, load, runtime};
+use super::process::{backends, load};
+use super::runtime;
 use crate::config::Config;
-use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::webhooks::input::SubscriptionInput;
 use crate::webhooks::{DEFAULT_ROTATION_GRACE, WebhookSettings, Webhooks};
@@ -149,8 +149,7 @@ impl SubscriptionArgs {
 /// `flowgate webhooks ...`
 pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
-    let lifecycle = Arc::new(Lifecycle::new(metrics.clone()));
-    let backends = backends(config, &lifecycle)?;
+    let backends = backends(config)?;
     let service = Webhooks::new(
         backends.webhooks,
         backends.control,
@@ -162,23 +161,7 @@ pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<Exi
     let rt = runtime()?;
     rt.block_on(async {
         match command {
-            WebhooksCommand::List => {
-                println!(
-                    "{:<36} {:<8} {:>8}  {:<20} {:<40} EVENTS",
-                    "ID", "ENABLED", "FAILURES", "NAME", "URL"
-                );
-                for sub in service.list().await? {
-                    println!(
-                        "{:<36} {:<8} {:>8}  {:<20} {:<40} {}",
-                        sub.id,
-                        sub.enabled,
-                        sub.consecutive_failures,
-                        sub.name,
-                        sub.url,
-                        sub.events.join(",")
-                    );
-                }
-            }
+            WebhooksCommand::List => print_list(&service).await?,
             WebhooksCommand::Show { id } => {
                 println!(
                     "{}",
@@ -228,51 +211,14 @@ pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<Exi
                 println!("{delivery}");
             }
             WebhooksCommand::Deliveries { id, limit, json } => {
-                let page = service.attempts(&id, None, limit.clamp(1, 250)).await?;
-                if !json {
-                    println!(
-                        "{:<24} {:<36} {:<20} {:>3} {:<7} {:<9} {:>6} {:>7}  ERROR",
-                        "AT", "DELIVERY", "EVENT", "#", "TRIGGER", "OUTCOME", "STATUS", "MS"
-                    );
-                }
-                for attempt in page.data {
-                    if json {
-                        println!("{}", serde_json::to_string(&attempt)?);
-                        continue;
-                    }
-                    println!(
-                        "{:<24} {:<36} {:<20} {:>3} {:<7} {:<9} {:>6} {:>7}  {}",
-                        attempt.at,
-                        attempt.delivery_id,
-                        attempt.event,
-                        attempt.attempt,
-                        serde_json::to_value(attempt.trigger)?
-                            .as_str()
-                            .unwrap_or_default(),
-                        attempt.outcome,
-                        attempt.response_status,
-                        attempt.duration_ms,
-                        attempt.error.unwrap_or_default()
-                    );
-                }
+                print_deliveries(&service, &id, limit, json).await?
             }
             WebhooksCommand::Resend { delivery } => {
                 service.resend(&delivery, &actor).await?;
                 println!("{delivery}: queued");
             }
             WebhooksCommand::Recover { id, since } => {
-                let since_ms = match since {
-                    None => 0,
-                    Some(text) => crate::admin::rfc3339_ms(&text)
-                        .or_else(|| {
-                            let at = humantime::parse_rfc3339_weak(&text).ok()?;
-                            let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
-                            Some(since.as_millis() as u64)
-                        })
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("--since `{text}` is not an RFC 3339 time")
-                        })?,
-                };
+                let since_ms = since.as_deref().map(since_ms).transpose()?.unwrap_or(0);
                 let n = service.recover(&id, since_ms, &actor).await?;
                 println!("{id}: {n} deliveries queued");
             }
@@ -289,4 +235,72 @@ pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<Exi
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `flowgate webhooks list`: one subscription per line.
+async fn print_list(service: &Webhooks) -> anyhow::Result<()> {
+    println!(
+        "{:<36} {:<8} {:>8}  {:<20} {:<40} EVENTS",
+        "ID", "ENABLED", "FAILURES", "NAME", "URL"
+    );
+    for sub in service.list().await? {
+        println!(
+            "{:<36} {:<8} {:>8}  {:<20} {:<40} {}",
+            sub.id,
+            sub.enabled,
+            sub.consecutive_failures,
+            sub.name,
+            sub.url,
+            sub.events.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// `flowgate webhooks deliveries`: the newest attempts, a table or JSON lines.
+async fn print_deliveries(
+    service: &Webhooks,
+    id: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let page = service.attempts(id, None, limit.clamp(1, 250)).await?;
+    if !json {
+        println!(
+            "{:<24} {:<36} {:<20} {:>3} {:<7} {:<9} {:>6} {:>7}  ERROR",
+            "AT", "DELIVERY", "EVENT", "#", "TRIGGER", "OUTCOME", "STATUS", "MS"
+        );
+    }
+    for attempt in page.data {
+        if json {
+            println!("{}", serde_json::to_string(&attempt)?);
+            continue;
+        }
+        println!(
+            "{:<24} {:<36} {:<20} {:>3} {:<7} {:<9} {:>6} {:>7}  {}",
+            attempt.at,
+            attempt.delivery_id,
+            attempt.event,
+            attempt.attempt,
+            serde_json::to_value(attempt.trigger)?
+                .as_str()
+                .unwrap_or_default(),
+            attempt.outcome,
+            attempt.response_status,
+            attempt.duration_ms,
+            attempt.error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `--since`: RFC 3339 with any offset, or humantime's looser form.
+fn since_ms(text: &str) -> anyhow::Result<u64> {
+    crate::webhooks::message::rfc3339_ms(text)
+        .or_else(|| {
+            let at = humantime::parse_rfc3339_weak(text).ok()?;
+            let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(since.as_millis() as u64)
+        })
+        .ok_or_else(|| anyhow::anyhow!("--since `{text}` is not an RFC 3339 time"))
 }

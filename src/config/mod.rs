@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::record::{Keep, RecordPolicy};
+use crate::flow::{Keep, RecordPolicy};
 
 mod key_file;
 mod parse;
@@ -21,8 +21,8 @@ mod server;
 mod templates;
 
 pub use self::parse::readable_duration;
-pub use self::redis::RedisConfig;
-pub use self::server::{ServerConfig, ServerLimits};
+pub use self::redis::{MAX_PARTITIONS, RedisConfig};
+pub use self::server::ServerConfig;
 pub use self::templates::{MAX_TEMPLATE_FUEL, TemplatesConfig};
 
 /// Environment variable holding the JWT signing key; wins over `auth.signing_key_file`.
@@ -228,7 +228,7 @@ impl Default for RunsConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             keep: Keep::All,
             max_per_flow: DEFAULT_MAX_RECORDS_PER_FLOW,
-            max_record_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
+            max_record_bytes: crate::flow::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -407,23 +407,6 @@ impl Config {
         self.redis.validate().map_err(ConfigError::new)
     }
 
-    /// The `[server]` limits and timeouts the listener and the trigger enforce.
-    pub fn server_limits(&self) -> ServerLimits {
-        let s = &self.server;
-        ServerLimits {
-            max_body_bytes: s.max_body_bytes,
-            header_read_timeout: s.header_read_timeout,
-            body_read_timeout: s.body_read_timeout,
-            idle_timeout: s.idle_timeout,
-            max_connections: s.max_connections,
-            max_requests: s.max_requests,
-            max_unauthenticated_reads: s.max_unauthenticated_reads,
-            unauthenticated_body_budget: s.unauthenticated_body_budget,
-            http2_max_concurrent_streams: s.http2_max_concurrent_streams,
-            http2_keep_alive_interval: s.http2_keep_alive_interval,
-        }
-    }
-
     /// Resolves a configured path against the config file's folder.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
@@ -541,7 +524,7 @@ mod tests {
             RecordPolicy {
                 keep: Keep::All,
                 max: Some(DEFAULT_MAX_RECORDS_PER_FLOW),
-                max_bytes: crate::record::DEFAULT_MAX_RECORD_BYTES,
+                max_bytes: crate::flow::DEFAULT_MAX_RECORD_BYTES,
             }
         );
         assert_eq!(config.server.max_body_bytes, 1024 * 1024);
@@ -593,7 +576,7 @@ mod tests {
             ("FLOWGATE_REDIS__REPLICA_ACKS", "1"),
         ]);
         let config = Config::from_source(None, "", &vars).unwrap();
-        let settings = config.redis.settings();
+        let settings = crate::backend::redis::Settings::from_config(&config.redis);
         assert!(settings.cluster);
         assert_eq!(
             settings.urls,
@@ -605,8 +588,8 @@ mod tests {
         // A single Redis is one partition whatever the setting says.
         let single = Config::from_source(None, "", &env(&[("FLOWGATE_STORAGE__BACKEND", "redis")]))
             .unwrap()
-            .redis
-            .settings();
+            .redis;
+        let single = crate::backend::redis::Settings::from_config(&single);
         assert_eq!((single.cluster, single.partitions), (false, 1));
     }
 

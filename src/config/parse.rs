@@ -54,9 +54,9 @@ pub fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, 
 }
 
 /// A `keep` rule: `all`, `failed` or `none`.
-pub fn keep<'de, D: Deserializer<'de>>(d: D) -> Result<crate::record::Keep, D::Error> {
+pub fn keep<'de, D: Deserializer<'de>>(d: D) -> Result<crate::flow::Keep, D::Error> {
     let text = String::deserialize(d)?;
-    crate::record::Keep::parse(&text)
+    crate::flow::Keep::parse(&text)
         .ok_or_else(|| D::Error::custom(format!("`{text}` must be all, failed or none")))
 }
 

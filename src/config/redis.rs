@@ -4,6 +4,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
+/// Most partitions the queue and run records may be split into.
+pub const MAX_PARTITIONS: u16 = 1024;
+
 /// `[redis]`
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,7 +70,7 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// Checks what the keys' types cannot; the reason, naming the key.
     pub(super) fn validate(&self) -> Result<(), String> {
-        let max = crate::backend::redis::keys::MAX_PARTITIONS;
+        let max = MAX_PARTITIONS;
         if !(1..=max).contains(&self.partitions) {
             return Err(format!("redis.partitions must be 1 to {max}"));
         }
@@ -84,18 +87,5 @@ impl RedisConfig {
             }
         }
         Ok(())
-    }
-
-    /// Where the Redis backend connects, and how it lays out its keys.
-    pub fn settings(&self) -> crate::backend::redis::Settings {
-        use crate::backend::redis::Settings;
-        let settings = if self.cluster {
-            let mut urls = vec![self.url.clone()];
-            urls.extend(self.nodes.iter().cloned());
-            Settings::cluster(urls, self.partitions)
-        } else {
-            Settings::single(&self.url)
-        };
-        settings.with_replica_acks(self.replica_acks)
     }
 }

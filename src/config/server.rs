@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use super::{Config, parse};
+use super::parse;
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
@@ -89,36 +89,5 @@ impl Default for ServerConfig {
             redact_headers: Vec::new(),
             redact_query: Vec::new(),
         }
-    }
-}
-
-/// `[server]` limits and timeouts, parsed.
-#[derive(Debug, Clone)]
-pub struct ServerLimits {
-    /// See [`ServerConfig::max_body_bytes`].
-    pub max_body_bytes: usize,
-    /// See [`ServerConfig::header_read_timeout`].
-    pub header_read_timeout: Duration,
-    /// See [`ServerConfig::body_read_timeout`].
-    pub body_read_timeout: Duration,
-    /// See [`ServerConfig::idle_timeout`].
-    pub idle_timeout: Duration,
-    /// See [`ServerConfig::max_connections`].
-    pub max_connections: usize,
-    /// See [`ServerConfig::max_requests`].
-    pub max_requests: usize,
-    /// See [`ServerConfig::max_unauthenticated_reads`].
-    pub max_unauthenticated_reads: usize,
-    /// See [`ServerConfig::unauthenticated_body_budget`].
-    pub unauthenticated_body_budget: usize,
-    /// See [`ServerConfig::http2_max_concurrent_streams`].
-    pub http2_max_concurrent_streams: u32,
-    /// See [`ServerConfig::http2_keep_alive_interval`].
-    pub http2_keep_alive_interval: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        Config::default().server_limits()
     }
 }

@@ -24,8 +24,8 @@ use minijinja::value::Serde;
 use minijinja::{Environment, Value, context};
 
 use crate::admin::{self, Answer, Caller};
+use crate::app::AppState;
 use crate::error::{ApiError, Body};
-use crate::trigger::TriggerState;
 
 pub mod session;
 
@@ -96,7 +96,7 @@ fn pretty(value: Value) -> String {
 }
 
 /// Answers a request under `/console`.
-pub async fn handle(state: &TriggerState, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     let mut response = match route(state, req).await {
         Ok(response) => response,
         Err(e) => problem(&e, None),
@@ -115,7 +115,7 @@ pub async fn handle(state: &TriggerState, req: Request<Incoming>) -> Response<Bo
     response
 }
 
-async fn route(state: &TriggerState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req
         .uri()
         .path()
@@ -176,7 +176,7 @@ async fn route(state: &TriggerState, req: Request<Incoming>) -> Result<Response<
 
 /// A signed-in page.
 async fn view(
-    state: &TriggerState,
+    state: &AppState,
     session: &Session,
     path: &str,
     query: Option<&str>,
@@ -276,7 +276,7 @@ fn paged(query: Option<&str>) -> String {
 /// session's user, then goes back to the page it came from (`_back`), or
 /// shows what the route answered when it holds something shown once.
 async fn act(
-    state: &TriggerState,
+    state: &AppState,
     session: &Session,
     path: &str,
     req: Request<Incoming>,
@@ -395,7 +395,7 @@ fn form_body(form: &[(String, String)]) -> serde_json::Value {
     serde_json::Value::Object(body)
 }
 
-async fn sign_in(state: &TriggerState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn sign_in(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     if !session::same_origin(req.headers()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

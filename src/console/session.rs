@@ -22,11 +22,11 @@ use http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
 use crate::admin::Caller;
+use crate::app::AppState;
 use crate::backend::control::{SessionEntry, SessionSource};
 use crate::backend::now_ms;
 use crate::error::ApiError;
 use crate::token::{AdminPrincipal, ConsoleUse};
-use crate::trigger::TriggerState;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "flowgate_console";
@@ -50,7 +50,7 @@ pub(crate) struct Session {
 }
 
 /// The session the request's cookie carries, if it is valid and open.
-pub(crate) fn current(state: &TriggerState, headers: &HeaderMap) -> Option<Session> {
+pub(crate) fn current(state: &AppState, headers: &HeaderMap) -> Option<Session> {
     let token = cookie(headers, COOKIE)?;
     let principal = state.keys.verify_console(token, ConsoleUse::Session).ok()?;
     state.control.session(&principal.token_id)?;
@@ -69,7 +69,7 @@ fn csrf_for(jti: &str) -> String {
 /// Signs in with a pasted admin token or a one-time link token: the
 /// session token to set as the cookie, and its lifetime.
 pub(crate) async fn sign_in(
-    state: &TriggerState,
+    state: &AppState,
     admin_token: Option<&str>,
     link: Option<&str>,
 ) -> Result<(String, Duration), ApiError> {
@@ -97,8 +97,7 @@ pub(crate) async fn sign_in(
         let claim = state
             .idempotency
             .reserve(LINK_CLAIMS, &principal.token_id, "")
-            .await
-            .map_err(crate::admin::unavailable)?;
+            .await?;
         if claim != crate::backend::Reservation::Reserved {
             return Err(ApiError::unauthorized(
                 "that sign-in link was used already; ask for a new one",
@@ -137,21 +136,17 @@ pub(crate) async fn sign_in(
         principal: principal.clone(),
     }
     .actor();
-    state
-        .control
-        .open_session(entry, &actor)
-        .await
-        .map_err(crate::admin::session_refused)?;
+    state.control.open_session(entry, &actor).await?;
     Ok((session, ttl))
 }
 
 /// Ends `session` on every replica.
-pub(crate) async fn sign_out(state: &TriggerState, session: &Session) -> Result<(), ApiError> {
+pub(crate) async fn sign_out(state: &AppState, session: &Session) -> Result<(), ApiError> {
     state
         .control
         .revoke_session(&session.caller.principal.token_id, &session.caller.actor())
         .await
-        .map_err(crate::admin::session_refused)
+        .map_err(ApiError::from)
 }
 
 /// How long a session made from `principal` may last: until its token

@@ -256,7 +256,7 @@ mod round_trip {
 
     use super::*;
     use crate::codec;
-    use crate::trigger::body::{self, MAX_BODY_DEPTH};
+    use crate::inbound::body::{self, MAX_BODY_DEPTH};
 
     /// Text with the characters that trouble encoders.
     fn text() -> impl Strategy<Value = String> {

@@ -164,8 +164,8 @@ impl Execution<'_> {
     /// Keeps a step's trace, its values cut to the record's bound, and
     /// tells the observer it ended.
     fn step_ended(&mut self, mut trace: StepTrace) {
-        trace.input = crate::record::bounded(std::mem::take(&mut trace.input));
-        trace.output = crate::record::bounded(std::mem::take(&mut trace.output));
+        trace.input = crate::codec::bounded(std::mem::take(&mut trace.input));
+        trace.output = crate::codec::bounded(std::mem::take(&mut trace.output));
         self.data_bytes += template::json_size(&trace.input) + template::json_size(&trace.output);
         self.observer.step_ended(&trace);
         self.traces.push(trace);
@@ -399,24 +399,9 @@ impl Engine {
         let mut attempt = attempts_before;
         let result = loop {
             attempt += 1;
-            let outcome = match step.timeout {
-                Some(limit) => tokio::time::timeout(
-                    limit,
-                    self.act(step, &path, scope, state, &mut trace.input),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StepFailure {
-                        message: format!(
-                            "the step timed out after {}",
-                            crate::config::readable_duration(limit)
-                        ),
-                        retryable: true,
-                        output: serde_json::Value::Null,
-                    })
-                }),
-                None => self.act(step, &path, scope, state, &mut trace.input).await,
-            };
+            let outcome = self
+                .act_within_timeout(step, &path, scope, state, &mut trace.input)
+                .await;
             match outcome {
                 Err(failure) if failure.retryable && attempt < step.retry.attempts => {
                     let backoff = step
@@ -459,6 +444,33 @@ impl Engine {
             }
             Err(failure) => self.finish_failed(step, path, trace, failure, clock, scope, state),
         }
+    }
+
+    /// One attempt of the step, within its `timeout` when it has one (a
+    /// timed-out attempt may be retried).
+    async fn act_within_timeout(
+        &self,
+        step: &Step,
+        path: &str,
+        scope: &mut Scope,
+        state: &mut Execution<'_>,
+        input: &mut serde_json::Value,
+    ) -> Result<serde_json::Value, StepFailure> {
+        let Some(limit) = step.timeout else {
+            return self.act(step, path, scope, state, input).await;
+        };
+        tokio::time::timeout(limit, self.act(step, path, scope, state, input))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepFailure {
+                    message: format!(
+                        "the step timed out after {}",
+                        crate::config::readable_duration(limit)
+                    ),
+                    retryable: true,
+                    output: serde_json::Value::Null,
+                })
+            })
     }
 
     #[allow(clippy::too_many_arguments)]

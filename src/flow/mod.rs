@@ -17,11 +17,13 @@ use crate::secret::Secret;
 use crate::template::{RenderBudget, Templates};
 
 pub mod load;
+mod records;
 pub mod reload;
 mod spec;
 pub mod step;
 
 pub use load::{LoadOptions, LoadReport, is_valid_flow_id, load_catalog};
+pub use records::{DEFAULT_MAX_RECORD_BYTES, Keep, RecordPolicy};
 pub use step::{Action, OnError, Retry, Step};
 
 /// One load of all flows and templates.
@@ -104,7 +106,7 @@ pub struct Flow {
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// Which of its run records are kept, and how many (`[runs]`).
-    pub records: crate::record::RecordPolicy,
+    pub records: RecordPolicy,
 }
 
 /// A flow's status.

@@ -102,6 +102,9 @@ const OPENERS: &[&str] = &[
 ];
 
 /// Rewrites `source` so each `{{ … }}` applies the filter for its place.
+///
+/// One scanner over the template text, its states in one place: splitting
+/// it would scatter the state the placement decisions share.
 pub fn rewrite(source: &str) -> Result<String, JsonTemplateError> {
     let mut out = String::with_capacity(source.len() + 64);
     let mut place = Place {

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::TriggerState;
-use crate::config::ServerLimits;
+use super::Trigger;
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 
 /// Seconds a sender is asked to wait when the gateway is at a limit.
@@ -25,9 +25,7 @@ const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// What a request may take. Unauthenticated work (reading a body to check
 /// its signature) has its own small budget, so senders who cannot
 /// authenticate never take the slots of those who can.
-pub struct TriggerLimits {
-    /// The `[server]` limits.
-    pub server: ServerLimits,
+pub(super) struct TriggerLimits {
     /// Slots for authenticated requests.
     requests: Arc<Semaphore>,
     /// Slots for bodies read before authentication.
@@ -37,22 +35,15 @@ pub struct TriggerLimits {
 }
 
 impl TriggerLimits {
-    /// Limits as configured.
-    pub fn new(server: ServerLimits) -> Self {
+    /// Limits as `[server]` sets them.
+    pub(super) fn new(server: &ServerConfig) -> Self {
         Self {
             requests: Arc::new(Semaphore::new(server.max_requests)),
             unauthenticated_reads: Arc::new(Semaphore::new(server.max_unauthenticated_reads)),
             unauthenticated_kib: Arc::new(Semaphore::new(
                 server.unauthenticated_body_budget.div_ceil(1024),
             )),
-            server,
         }
-    }
-}
-
-impl Default for TriggerLimits {
-    fn default() -> Self {
-        Self::new(ServerLimits::default())
     }
 }
 
@@ -151,45 +142,45 @@ impl BodyState {
     }
 }
 
-/// Reads the body of a request not authenticated yet, within the server-wide
-/// limits that apply alike to every flow, known or not: `None` when it
-/// cannot be read (announced or found over `server.max_body_bytes`, too
-/// slow), so the request stays unauthenticated.
-pub(super) async fn read_unauthenticated(
-    state: &TriggerState,
-    parts: &Parts,
-    body: &mut BodyState,
-) -> Result<Option<Bytes>, ApiError> {
-    let server = &state.limits.server;
-    let announced = declared_length(&parts.headers);
-    if announced.is_some_and(|length| length > server.max_body_bytes as u64) {
-        return Ok(None);
+impl Trigger {
+    /// Reads the body of a request not authenticated yet, within the server-wide
+    /// limits that apply alike to every flow, known or not: `None` when it
+    /// cannot be read (announced or found over `server.max_body_bytes`, too
+    /// slow), so the request stays unauthenticated.
+    pub(super) async fn read_unauthenticated(
+        &self,
+        parts: &Parts,
+        body: &mut BodyState,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let server = &self.app.server;
+        let announced = declared_length(&parts.headers);
+        if announced.is_some_and(|length| length > server.max_body_bytes as u64) {
+            return Ok(None);
+        }
+        let reserve = announced.map_or(server.max_body_bytes, |length| length as usize);
+        let kib = u32::try_from(reserve.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let (Ok(read), Ok(kib)) = (
+            self.limits
+                .unauthenticated_reads
+                .clone()
+                .try_acquire_owned(),
+            self.limits
+                .unauthenticated_kib
+                .clone()
+                .try_acquire_many_owned(kib),
+        ) else {
+            tracing::warn!(
+                "unauthenticated body budget exhausted (server.max_unauthenticated_reads, server.unauthenticated_body_budget)"
+            );
+            return Err(busy("too many requests are being verified; retry shortly"));
+        };
+        let _room = UnauthenticatedRead {
+            _read: read,
+            _kib: kib,
+        };
+        Ok(body
+            .read(server.max_body_bytes, server.body_read_timeout)
+            .await
+            .ok())
     }
-    let reserve = announced.map_or(server.max_body_bytes, |length| length as usize);
-    let kib = u32::try_from(reserve.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-    let (Ok(read), Ok(kib)) = (
-        state
-            .limits
-            .unauthenticated_reads
-            .clone()
-            .try_acquire_owned(),
-        state
-            .limits
-            .unauthenticated_kib
-            .clone()
-            .try_acquire_many_owned(kib),
-    ) else {
-        tracing::warn!(
-            "unauthenticated body budget exhausted (server.max_unauthenticated_reads, server.unauthenticated_body_budget)"
-        );
-        return Err(busy("too many requests are being verified; retry shortly"));
-    };
-    let _room = UnauthenticatedRead {
-        _read: read,
-        _kib: kib,
-    };
-    Ok(body
-        .read(server.max_body_bytes, server.body_read_timeout)
-        .await
-        .ok())
 }

@@ -143,6 +143,8 @@ impl Message {
 /// The message for `event`, the `sequence`-th of its run, happening at
 /// `now` (ms); `None` for events no subscriber gets (a run waiting to retry
 /// a step).
+///
+/// One arm per event type, each building that type's `data`.
 pub fn message_for(event: &Event, sequence: u64, now: u64, catalog: &Catalog) -> Option<Message> {
     let event_type = event_type(event)?;
     let flow_of = |id: &str| {

@@ -58,28 +58,6 @@ pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often the copy of the subscriptions is checked against the store.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Why a webhook operation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    /// No such subscription or delivery.
-    #[error("{0}")]
-    NotFound(String),
-    /// The change conflicts with the stored state.
-    #[error("{message}")]
-    Conflict {
-        /// A short machine-readable reason.
-        code: &'static str,
-        /// What to do about it.
-        message: String,
-    },
-    /// The input is not valid.
-    #[error("{0}")]
-    Invalid(String),
-    /// The store is unavailable.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
 /// A subscription as the admin API shows it: never its secrets.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
@@ -275,12 +253,9 @@ impl Webhooks {
 
     /// Keeps the copy current until the task is dropped.
     pub async fn keep_current(self: Arc<Self>) {
-        loop {
-            if let Err(e) = self.ensure_current().await {
-                tracing::warn!(error = %e, "could not read webhook subscriptions");
-            }
-            tokio::time::sleep(CHECK_EVERY).await;
-        }
+        let consequence =
+            "cannot read the webhook subscriptions; changes made elsewhere wait until it answers";
+        crate::backend::keep_copy_current(CHECK_EVERY, consequence, || self.ensure_current()).await;
     }
 
     /// The deliveries handed straight to this process's dispatcher; the
@@ -295,7 +270,7 @@ impl Webhooks {
     }
 
     /// Every subscription.
-    pub async fn list(&self) -> Result<Vec<SubscriptionView>, WebhookError> {
+    pub async fn list(&self) -> Result<Vec<SubscriptionView>, Refusal> {
         self.refresh().await?;
         Ok(self
             .snapshot()
@@ -306,7 +281,7 @@ impl Webhooks {
     }
 
     /// Subscription `id`.
-    pub async fn get(&self, id: &str) -> Result<SubscriptionView, WebhookError> {
+    pub async fn get(&self, id: &str) -> Result<SubscriptionView, Refusal> {
         self.refresh().await?;
         self.snapshot()
             .subscriptions
@@ -323,11 +298,11 @@ impl Webhooks {
         input: SubscriptionInput,
         known_flows: &[String],
         actor: &Actor,
-    ) -> Result<(SubscriptionView, Option<String>), WebhookError> {
+    ) -> Result<(SubscriptionView, Option<String>), Refusal> {
         let id = format!("wh_{}", uuid::Uuid::now_v7().simple());
         let (subscription, secret) = input
             .create(id.clone(), &rfc3339(now_ms()), self.settings.url_rules())
-            .map_err(WebhookError::Invalid)?;
+            .map_err(invalid)?;
         let decide = |current: Option<&Subscription>, others: &[Subscription]| {
             if current.is_some() {
                 return Err(Refusal::Conflict {
@@ -356,9 +331,9 @@ impl Webhooks {
         input: SubscriptionInput,
         known_flows: &[String],
         actor: &Actor,
-    ) -> Result<SubscriptionView, WebhookError> {
+    ) -> Result<SubscriptionView, Refusal> {
         if input.secret.is_some() {
-            return Err(WebhookError::Invalid(
+            return Err(invalid(
                 "a secret cannot be changed by an update; use rotate-secret".into(),
             ));
         }
@@ -368,7 +343,7 @@ impl Webhooks {
         let decide = |current: Option<&Subscription>, others: &[Subscription]| {
             let current = current.ok_or_else(|| Refusal::NotFound(not_found_text(id)))?;
             let mut next = current.clone();
-            input.apply(&mut next, rules).map_err(Refusal::Invalid)?;
+            input.apply(&mut next, rules).map_err(invalid)?;
             next.updated_at = now.clone();
             check_limit(&next, others, known_flows)?;
             Ok(Write::Put {
@@ -390,7 +365,7 @@ impl Webhooks {
         id: &str,
         enabled: bool,
         actor: &Actor,
-    ) -> Result<SubscriptionView, WebhookError> {
+    ) -> Result<SubscriptionView, Refusal> {
         let now = rfc3339(now_ms());
         let decide = |current: Option<&Subscription>, _: &[Subscription]| {
             let mut next = current
@@ -421,7 +396,7 @@ impl Webhooks {
     }
 
     /// Deletes subscription `id`, which must be disabled.
-    pub async fn delete(&self, id: &str, actor: &Actor) -> Result<(), WebhookError> {
+    pub async fn delete(&self, id: &str, actor: &Actor) -> Result<(), Refusal> {
         let decide = |current: Option<&Subscription>, _: &[Subscription]| match current {
             None => Err(Refusal::NotFound(not_found_text(id))),
             Some(sub) if sub.enabled => Err(Refusal::Conflict {
@@ -440,7 +415,7 @@ impl Webhooks {
     }
 
     /// Sends subscription `id` a `ping` (or, with `test`, a `test` event) now.
-    pub async fn send(&self, id: &str, test: bool, actor: &Actor) -> Result<String, WebhookError> {
+    pub async fn send(&self, id: &str, test: bool, actor: &Actor) -> Result<String, Refusal> {
         self.refresh().await?;
         let sub = self
             .snapshot()
@@ -468,16 +443,17 @@ impl Webhooks {
         secret: Option<&str>,
         grace: Duration,
         actor: &Actor,
-    ) -> Result<(String, Option<String>), WebhookError> {
+    ) -> Result<(String, Option<String>), Refusal> {
         if grace > MAX_ROTATION_GRACE {
-            return Err(WebhookError::Invalid(format!(
+            return Err(invalid(format!(
                 "grace is at most {}",
                 crate::config::readable_duration(MAX_ROTATION_GRACE)
             )));
         }
         let new = match secret {
-            Some(text) => signing::SigningSecret::parse(text)
-                .map_err(|e| WebhookError::Invalid(format!("secret: {e}")))?,
+            Some(text) => {
+                signing::SigningSecret::parse(text).map_err(|e| invalid(format!("secret: {e}")))?
+            }
             None => signing::SigningSecret::generate(),
         }
         .reveal();
@@ -523,12 +499,7 @@ impl Webhooks {
 
     /// Sends again the deliveries subscription `id` skipped while disabled,
     /// since `since_ms`. Returns how many.
-    pub async fn recover(
-        &self,
-        id: &str,
-        since_ms: u64,
-        actor: &Actor,
-    ) -> Result<usize, WebhookError> {
+    pub async fn recover(&self, id: &str, since_ms: u64, actor: &Actor) -> Result<usize, Refusal> {
         self.refresh().await?;
         let sub = self
             .snapshot()
@@ -536,7 +507,7 @@ impl Webhooks {
             .cloned()
             .ok_or_else(|| not_found(id))?;
         if !sub.enabled {
-            return Err(WebhookError::Conflict {
+            return Err(Refusal::Conflict {
                 code: "subscription_disabled",
                 message: format!("subscription {id} is disabled; enable it before recovering"),
             });
@@ -554,9 +525,9 @@ impl Webhooks {
     }
 
     /// Sends delivery `id` again now, as a manual attempt.
-    pub async fn resend(&self, id: &str, actor: &Actor) -> Result<(), WebhookError> {
+    pub async fn resend(&self, id: &str, actor: &Actor) -> Result<(), Refusal> {
         let mut delivery = self.store.delivery(id).await?.ok_or_else(|| {
-            WebhookError::NotFound(format!(
+            Refusal::NotFound(format!(
                 "no delivery {id} (or it is older than the delivery retention)"
             ))
         })?;
@@ -586,7 +557,7 @@ impl Webhooks {
         id: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<Page<Attempt>, WebhookError> {
+    ) -> Result<Page<Attempt>, Refusal> {
         self.refresh().await?;
         if self.snapshot().get(id).is_none() {
             return Err(not_found(id));
@@ -611,7 +582,7 @@ impl Webhooks {
         &self,
         sub: &Subscription,
         trigger: crate::backend::webhooks::Trigger,
-    ) -> Result<String, WebhookError> {
+    ) -> Result<String, Refusal> {
         let message = match trigger {
             crate::backend::webhooks::Trigger::Test => Message::test(),
             _ => Message::ping(&sub.id),
@@ -634,24 +605,16 @@ impl Webhooks {
     }
 
     /// Changes subscription `id` to what `decide` puts.
-    async fn put(&self, id: &str, decide: &Decide<'_>) -> Result<Subscription, WebhookError> {
+    async fn put(&self, id: &str, decide: &Decide<'_>) -> Result<Subscription, Refusal> {
         self.change(id, decide).await?.ok_or_else(|| not_found(id))
     }
 
     /// Changes subscription `id`; returns what was stored (`None` after a delete).
-    async fn change(
-        &self,
-        id: &str,
-        decide: &Decide<'_>,
-    ) -> Result<Option<Subscription>, WebhookError> {
+    async fn change(&self, id: &str, decide: &Decide<'_>) -> Result<Option<Subscription>, Refusal> {
         let written = match self.store.change(id, decide).await? {
             Ok(Write::Put { subscription, .. }) => Some(*subscription),
             Ok(Write::Delete) => None,
-            Err(Refusal::NotFound(m)) => return Err(WebhookError::NotFound(m)),
-            Err(Refusal::Conflict { code, message }) => {
-                return Err(WebhookError::Conflict { code, message });
-            }
-            Err(Refusal::Invalid(m)) => return Err(WebhookError::Invalid(m)),
+            Err(refusal) => return Err(refusal),
         };
         self.refresh().await?;
         Ok(written)
@@ -767,6 +730,25 @@ fn not_found_text(id: &str) -> String {
     format!("no webhook subscription {id}")
 }
 
-fn not_found(id: &str) -> WebhookError {
-    WebhookError::NotFound(not_found_text(id))
+fn not_found(id: &str) -> Refusal {
+    Refusal::NotFound(not_found_text(id))
+}
+
+/// A subscription change that is not valid (422 `invalid_subscription`).
+fn invalid(message: String) -> Refusal {
+    Refusal::Invalid {
+        code: "invalid_subscription",
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subscription_that_may_exist_gets_its_own_histograms() {
+        assert_eq!(
+            crate::metrics::MAX_SUBSCRIPTIONS_TRACKED,
+            super::MAX_SUBSCRIPTIONS
+        );
+    }
 }

@@ -175,7 +175,7 @@ impl Outbox {
     }
 
     /// Writes `events` on their own, in a task that tries until they are stored.
-    fn append_in_background(&self, events: Vec<OutboxEvent>) {
+    pub fn append_in_background(&self, events: Vec<OutboxEvent>) {
         let webhooks = self.webhooks.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(100);

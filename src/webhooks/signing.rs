@@ -12,8 +12,8 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::mac::hmac_sha256;
 use crate::secret::Secret;
-use crate::trigger::signature::sign_parts;
 
 /// Prefix of a written secret.
 const PREFIX: &str = "whsec_";
@@ -63,7 +63,7 @@ impl SigningSecret {
     /// `v1,<base64 signature>` of `body` sent as message `id` at `timestamp`.
     pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
         let timestamp = timestamp.to_string();
-        let mac = sign_parts(
+        let mac = hmac_sha256(
             self.0.expose(),
             &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
         );
@@ -94,7 +94,7 @@ mod tests {
 
     use super::*;
     use crate::flow::{DigestEncoding, SignatureConfig, SignatureScheme};
-    use crate::trigger::signature::verify;
+    use crate::inbound::signature::verify;
 
     const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
 

@@ -4,8 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use flowgate::mac::hmac_sha256;
 use flowgate::token::FlowClaims;
-use flowgate::trigger::signature::sign_parts;
 
 use crate::helpers::*;
 
@@ -38,7 +38,7 @@ fn hand_made_token(header: &str, claims: &serde_json::Value, key: &[u8]) -> Stri
         b64url(header.as_bytes()),
         b64url(claims.to_string().as_bytes())
     );
-    let sig = sign_parts(key, &[input.as_bytes()]);
+    let sig = hmac_sha256(key, &[input.as_bytes()]);
     format!("{input}.{}", b64url(&sig))
 }
 
@@ -186,7 +186,7 @@ body_inline = "{{ gh.action }}"
     let body = r#"{"action":"opened"}"#;
     let sig = format!(
         "sha256={}",
-        hex::encode(sign_parts(secret.as_bytes(), &[body.as_bytes()]))
+        hex::encode(hmac_sha256(secret.as_bytes(), &[body.as_bytes()]))
     );
     let send = |payload: &'static str, sig: String| {
         app.client
@@ -230,7 +230,7 @@ body_inline = "{{ evt.type }}"
     let body = r#"{"type":"invoice.paid"}"#;
     let send = |ts: u64| {
         let ts = ts.to_string();
-        let sig = STANDARD.encode(sign_parts(
+        let sig = STANDARD.encode(hmac_sha256(
             raw_secret,
             &[b"msg_1", b".", ts.as_bytes(), b".", body.as_bytes()],
         ));

@@ -369,7 +369,18 @@ async fn browser_viewer_sees_no_actions_and_a_cross_site_form_is_refused() {
         browser.origin
     );
     browser.client.goto(&attack).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The forged post was answered once the browser shows the gateway's
+    // answer: whatever it did, it has done.
+    let mut answered = false;
+    for _ in 0..100 {
+        let url = browser.client.current_url().await.unwrap();
+        if url.scheme() == "http" {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the forged form was never posted");
     assert_eq!(
         app.post_json("signup", "{}").await.status(),
         200,

@@ -47,13 +47,12 @@ enum Raw {
 /// Redis: a server of the test's own.
 pub async fn redis() -> Subject {
     let redis = RedisServer::start(false);
-    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
     let retention = flowgate::backend::Retention {
         runs: RETENTION,
         deliveries: RETENTION,
     };
     let settings = flowgate::backend::redis::Settings::single(&redis.url());
-    let backends = Backends::redis(&settings, retention, &lifecycle).unwrap();
+    let backends = Backends::redis(&settings, retention).unwrap();
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
@@ -68,13 +67,12 @@ pub async fn redis() -> Subject {
 /// partitions spread over them.
 pub async fn redis_cluster() -> Subject {
     let cluster = RedisCluster::start(3, 0);
-    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
     let retention = flowgate::backend::Retention {
         runs: RETENTION,
         deliveries: RETENTION,
     };
     let settings = flowgate::backend::redis::Settings::cluster(cluster.urls(), CLUSTER_PARTITIONS);
-    let backends = Backends::redis(&settings, retention, &lifecycle).unwrap();
+    let backends = Backends::redis(&settings, retention).unwrap();
     backends.queue.prepare().await.unwrap();
     Subject {
         backends,
@@ -97,9 +95,8 @@ pub async fn embedded() -> Subject {
         runs: RETENTION,
         deliveries: RETENTION,
     };
-    let lifecycle = Arc::new(flowgate::lifecycle::Lifecycle::new(Arc::default()));
     Subject {
-        backends: Backends::embedded(&db, retention, &lifecycle),
+        backends: Backends::embedded(&db, retention),
         raw: Raw::Embedded(path),
         _redis: None,
         _cluster: None,
@@ -142,7 +139,8 @@ async fn claim_one(b: &Backends) -> Delivery {
         .queue
         .claim("a", 1, Duration::from_millis(100))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(claimed.len(), 1, "one run was waiting");
     claimed.remove(0)
 }
@@ -153,13 +151,15 @@ async fn assert_nothing_left(b: &Backends, consumer: &str) {
         .queue
         .take_over(consumer, Duration::ZERO, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert!(taken.is_empty(), "taken over: {taken:?}");
     let claimed = b
         .queue
         .claim(consumer, 10, Duration::from_millis(50))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert!(claimed.is_empty(), "claimed: {claimed:?}");
 }
 
@@ -170,7 +170,8 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
         .queue
         .claim("a", 10, Duration::from_millis(100))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].input.run_id, "r1");
     assert!(!first[0].taken_over);
@@ -179,7 +180,8 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
         .queue
         .claim("b", 10, Duration::from_millis(50))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert!(none.is_empty());
     // ...but takes it over once its holder stopped heartbeating.
     tokio::time::sleep(Duration::from_millis(60)).await;
@@ -187,7 +189,8 @@ pub async fn a_run_is_delivered_until_it_is_acknowledged(b: &Backends) {
         .queue
         .take_over("b", Duration::from_millis(50), 10)
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(taken.len(), 1);
     assert!(taken[0].taken_over);
     assert_eq!(taken[0].input.run_id, "r1");
@@ -209,7 +212,8 @@ pub async fn an_extended_lease_keeps_a_run_from_being_taken_over(b: &Backends) {
             .queue
             .take_over("b", Duration::from_millis(250), 10)
             .await
-            .unwrap();
+            .unwrap()
+            .runs;
         assert!(
             taken.is_empty(),
             "a run whose lease was extended was taken over"
@@ -228,13 +232,15 @@ pub async fn claim_hands_out_no_more_than_asked(b: &Backends) {
         .queue
         .claim("a", 2, Duration::from_millis(100))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(two.len(), 2);
     let rest = b
         .queue
         .claim("b", 10, Duration::from_millis(100))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(rest.len(), 3);
     let mut ids: Vec<String> = two
         .iter()
@@ -273,6 +279,7 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
             .claim("a", 1, Duration::from_millis(50))
             .await
             .unwrap()
+            .runs
             .is_empty()
     );
     tokio::time::sleep(Duration::from_millis(450)).await;
@@ -281,7 +288,8 @@ pub async fn a_retry_waits_until_due_then_resumes(b: &Backends) {
         .queue
         .claim("a", 1, Duration::from_millis(100))
         .await
-        .unwrap();
+        .unwrap()
+        .runs;
     assert_eq!(again.len(), 1);
     let resume = again[0]
         .input
@@ -396,6 +404,7 @@ pub async fn undecodable_queued_runs_are_dead_lettered_and_the_rest_delivered(s:
             .claim("a", 10, Duration::from_millis(100))
             .await
             .unwrap()
+            .runs
         {
             delivered.push(d.input.run_id.clone());
             b.queue.complete(&d.id, None).await.unwrap();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate::app::{App, Settings};
+use flowgate::app::{App, Settings, Start};
 use flowgate::backend::Backends;
 use flowgate::backend::redis::Settings as RedisSettings;
 use flowgate::config::Secret;
@@ -292,7 +292,7 @@ pub struct AppOptions {
     pub templates: Vec<(&'static str, String)>,
     pub secrets: Vec<(&'static str, String)>,
     /// The `[server]` limits and timeouts.
-    pub limits: flowgate::config::ServerLimits,
+    pub limits: flowgate::config::ServerConfig,
     /// Deliver outbound event webhooks from this process.
     pub webhooks: bool,
     /// How webhooks are delivered: plain HTTP allowed, quick retries.
@@ -393,23 +393,21 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
     let cluster =
         (backend == Backend::Cluster).then(|| RedisCluster::start(3, options.cluster_replicas));
     let backends = match backend {
-        Backend::Redis => {
-            Backends::redis(&RedisSettings::single(&redis.url()), retention, &lifecycle).unwrap()
-        }
+        Backend::Redis => Backends::redis(&RedisSettings::single(&redis.url()), retention).unwrap(),
         Backend::Cluster => {
             let urls = cluster.as_ref().unwrap().urls();
             let settings = RedisSettings::cluster(urls, CLUSTER_PARTITIONS)
                 .with_replica_acks(options.replica_acks);
-            Backends::redis(&settings, retention, &lifecycle).unwrap()
+            Backends::redis(&settings, retention).unwrap()
         }
         Backend::Embedded => {
             let db = flowgate::backend::sqlite::Database::open(&database, true).unwrap();
-            Backends::embedded(&db, retention, &lifecycle)
+            Backends::embedded(&db, retention)
         }
     };
     backends.queue.prepare().await.unwrap();
     let settings = Settings {
-        limits: options.limits,
+        server: options.limits,
         allow_private_networks: options.allow_private_networks,
         webhooks: options.webhook_settings.clone(),
         ..Settings::default()
@@ -433,14 +431,13 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
             .collect(),
         render: options.render,
     });
-    tokio::spawn(app.reloader().unwrap().clone().watch());
-    app.control().refresh().await.unwrap();
-    tokio::spawn(app.control().clone().keep_current());
-    app.webhooks().refresh().await.unwrap();
-    if options.webhooks {
-        app.start_webhooks();
-    }
-    let state = app.gateway();
+    // The start-up `flowgate serve` and `flowgate worker` go through.
+    app.start(Start {
+        webhooks: options.webhooks,
+    })
+    .await
+    .unwrap();
+    let state = app.state();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, mut rx) = watch::channel(false);
@@ -897,8 +894,8 @@ pub struct Mount {
 
 impl Mount {
     /// Mounts a `tmpfs` with `options` (`size=2m`, `ro`). Mounting needs
-    /// root: elsewhere this says why and gives `None`, except under `CI`,
-    /// where the check must not be skipped and it fails the test.
+    /// root: without it the test fails, unless `FLOWGATE_TESTS_WITHOUT_ROOT`
+    /// is set outside CI, when this says so and gives `None`.
     pub fn tmpfs(options: &str) -> Option<Mount> {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("mount")
@@ -909,11 +906,14 @@ impl Mount {
         if status.is_ok_and(|s| s.success()) {
             return Some(Mount { dir });
         }
+        // Passing without the check would hide it: only an explicit opt-out
+        // on a machine without root skips it.
         assert!(
-            std::env::var_os("CI").is_none(),
-            "mounting a tmpfs failed; this test needs root"
+            std::env::var_os("FLOWGATE_TESTS_WITHOUT_ROOT").is_some()
+                && std::env::var_os("CI").is_none(),
+            "mounting a tmpfs failed; this test needs root (set FLOWGATE_TESTS_WITHOUT_ROOT=1 to skip it on a machine without)"
         );
-        eprintln!("skipped: mounting a tmpfs needs root");
+        eprintln!("skipped: mounting a tmpfs needs root (FLOWGATE_TESTS_WITHOUT_ROOT)");
         None
     }
 
@@ -981,13 +981,27 @@ pub async fn envelope(response: reqwest::Response, status: u16, kind: &str) -> s
 
 /// Sends SIGTERM to a `flowgate` process and waits for it to exit.
 pub async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    /// Longer than any shutdown grace a test configures.
+    const STOP_WITHIN: Duration = Duration::from_secs(60);
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
+    let deadline = std::time::Instant::now() + STOP_WITHIN;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "process {} did not stop within {STOP_WITHIN:?} of SIGTERM",
+                child.id()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A second gateway process (no worker) on `app`'s Redis and flows, once

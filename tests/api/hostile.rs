@@ -68,7 +68,7 @@ async fn xml_at_the_depth_bound_is_queued_and_runs() {
         .post(app.url("x"))
         .bearer_auth(app.token("x"))
         .header("content-type", "text/xml")
-        .body(nested_xml(flowgate::trigger::body::MAX_BODY_DEPTH))
+        .body(nested_xml(flowgate::inbound::body::MAX_BODY_DEPTH))
         .send()
         .await
         .unwrap();
@@ -77,7 +77,7 @@ async fn xml_at_the_depth_bound_is_queued_and_runs() {
     let record = app.record_when(run_id, |r| r.status == "succeeded").await;
     assert_eq!(
         flowgate::codec::nesting_depth(record.body.to_string().as_bytes()),
-        flowgate::trigger::body::MAX_BODY_DEPTH
+        flowgate::inbound::body::MAX_BODY_DEPTH
     );
     assert_eventually(Duration::from_secs(10), "the run posted the body", || {
         receiver.requests().len() == 1
@@ -86,13 +86,13 @@ async fn xml_at_the_depth_bound_is_queued_and_runs() {
     let sent = receiver.requests()[0].json();
     assert_eq!(
         flowgate::codec::nesting_depth(sent.to_string().as_bytes()),
-        flowgate::trigger::body::MAX_BODY_DEPTH
+        flowgate::inbound::body::MAX_BODY_DEPTH
     );
 }
 
 /// Limits with short timeouts, so slow clients are seen off within a test.
-fn short_limits() -> flowgate::config::ServerLimits {
-    flowgate::config::ServerLimits {
+fn short_limits() -> flowgate::config::ServerConfig {
+    flowgate::config::ServerConfig {
         header_read_timeout: Duration::from_millis(500),
         body_read_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(1),
@@ -109,7 +109,7 @@ fn signature_flow() -> String {
     "status = \"live\"\n[trigger]\nref = \"gh\"\nauth = [\"signature\"]\n[trigger.signature]\nscheme = \"github\"\nsecret_env = \"GH_SECRET\"\n".to_owned()
 }
 
-async fn app_with_limits(limits: flowgate::config::ServerLimits) -> TestApp {
+async fn app_with_limits(limits: flowgate::config::ServerConfig) -> TestApp {
     let options = AppOptions {
         limits,
         secrets: vec![("GH_SECRET", "gh-secret".to_owned())],
@@ -132,6 +132,9 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<S
     }
 }
 
+/// `/healthz`'s status, or `None` when no answer came `within` on a
+/// connection the kernel took; a refused or reset connection (the gateway
+/// down) fails the test instead of reading as "not answered".
 async fn healthz(app: &TestApp, within: Duration) -> Option<u16> {
     let request = app
         .client
@@ -139,7 +142,8 @@ async fn healthz(app: &TestApp, within: Duration) -> Option<u16> {
         .send();
     match tokio::time::timeout(within, request).await {
         Ok(Ok(response)) => Some(response.status().as_u16()),
-        _ => None,
+        Ok(Err(e)) => panic!("/healthz failed instead of answering or waiting: {e:?}"),
+        Err(_) => None,
     }
 }
 
@@ -309,7 +313,7 @@ async fn a_slow_body_cannot_tell_which_flows_exist() {
 
 #[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
-    let limits = flowgate::config::ServerLimits {
+    let limits = flowgate::config::ServerConfig {
         max_connections: 4,
         header_read_timeout: Duration::from_secs(30),
         ..Default::default()
@@ -327,7 +331,7 @@ async fn connections_over_the_cap_wait_until_one_closes() {
 
 #[tokio::test]
 async fn unauthenticated_body_reads_cannot_take_the_gateway() {
-    let limits = flowgate::config::ServerLimits {
+    let limits = flowgate::config::ServerConfig {
         max_unauthenticated_reads: 4,
         ..Default::default()
     };
@@ -385,8 +389,7 @@ async fn sighup_does_not_stop_the_gateway() {
         &["serve", "--no-worker"],
     );
     let url = format!("http://127.0.0.1:{port}/healthz");
-    let up = app.text_when(&url, "ok").await;
-    assert!(up.contains("ok"), "the gateway came up: {up}");
+    app.text_when(&url, "ok").await;
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
@@ -531,7 +534,7 @@ async fn request_text_cannot_forge_log_lines() {
         .stderr(std::fs::File::create(&log_path).unwrap());
     let child = command.spawn().unwrap();
     let health = format!("http://127.0.0.1:{port}/healthz");
-    assert!(app.text_when(&health, "ok").await.contains("ok"));
+    app.text_when(&health, "ok").await;
     let forged =
         "hi\n2026-01-01T00:00:00Z ERROR forged: admin logged in\r\x1b[2K \u{202e}nimda\u{2066}";
     let response = app
@@ -674,10 +677,7 @@ async fn compressed_bodies_are_decoded_bombs_refused_and_signatures_checked_as_s
     let compressed = gzip(br#"{"event": "push"}"#);
     let sig = format!(
         "sha256={}",
-        hex::encode(flowgate::trigger::signature::sign_parts(
-            b"gh-secret",
-            &[&compressed]
-        ))
+        hex::encode(flowgate::mac::hmac_sha256(b"gh-secret", &[&compressed]))
     );
     let response = app
         .client
@@ -786,7 +786,7 @@ async fn rediss_urls_reach_a_tls_redis() {
 
 #[tokio::test]
 async fn http2_streams_are_limited_and_cannot_take_the_gateway() {
-    let limits = flowgate::config::ServerLimits {
+    let limits = flowgate::config::ServerConfig {
         max_unauthenticated_reads: 4,
         http2_max_concurrent_streams: 8,
         ..Default::default()
@@ -864,7 +864,7 @@ async fn an_idle_http2_connection_is_closed() {
 
 #[tokio::test]
 async fn an_http2_client_that_never_answers_pings_is_dropped() {
-    let limits = flowgate::config::ServerLimits {
+    let limits = flowgate::config::ServerConfig {
         header_read_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(60),
         http2_keep_alive_interval: Duration::from_secs(2),

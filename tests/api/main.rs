@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod lifecycle;
+mod modules;
 mod outbox;
 mod queue;
 mod redis_backend;

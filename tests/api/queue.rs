@@ -210,7 +210,7 @@ async fn killed_worker_is_taken_over() {
     let mut external = app.spawn_process("[worker]\nreclaim_after = \"2s\"\n", &["worker"]);
     let response = app.post_json("a", r#"{"n": 1}"#).await;
     assert_eq!(response.status(), 202);
-    // SPEC §6: the promise counts from acceptance.
+    // The 45-second promise (docs/operations.md) counts from acceptance.
     let accepted_at = std::time::Instant::now();
     let promise = Duration::from_secs(45);
     let run_id = response.headers()["x-flowgate-run-id"]
@@ -286,10 +286,8 @@ async fn sigterm_finishes_runs_in_flight_and_loses_none() {
     );
     let gateway = app.spawn_process(&extra, &["serve"]);
     let url = format!("http://127.0.0.1:{port}/v1/flow-webhook/a");
-    let health = app
-        .text_when(&format!("http://127.0.0.1:{port}/healthz"), "ok")
+    app.text_when(&format!("http://127.0.0.1:{port}/healthz"), "ok")
         .await;
-    assert!(health.contains("ok"), "the gateway did not start");
     let mut accepted = Vec::new();
     for n in 0..6 {
         let response = app

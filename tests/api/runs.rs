@@ -433,6 +433,9 @@ async fn a_record_is_held_to_its_cap_and_lists_send_large_values_cut() {
             .post_json("fetch", &serde_json::json!({ "items": [1, 2] }).to_string())
             .await;
         assert_eq!(again.status(), 200);
+        // A sync run's record is written after its answer.
+        app.record_when(&run_id(&again), |r| !r.steps.is_empty())
+            .await;
     }
     let (status, size, page) = admin_get(&app, "/v1/admin/runs?flow=fetch&limit=250").await;
     assert_eq!(status, 200);

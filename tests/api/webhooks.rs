@@ -100,6 +100,51 @@ fn of_type(requests: &[Received], event: &str) -> Vec<Value> {
 }
 
 /// Waits until `receiver` got a message of type `event`.
+/// Waits until every stored event became deliveries and every delivery was
+/// attempted (the outbox and the event log both empty, three polls in a
+/// row): after it, a delivery that was going to be made has been made.
+async fn settled(app: &TestApp) {
+    let store = app.app.backends().webhooks.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut quiet = 0;
+    while quiet < 3 {
+        assert!(Instant::now() < deadline, "webhook events never settled");
+        let events = store.events_depth().await.unwrap();
+        let deliveries = store.outbox_depth().await.unwrap();
+        quiet = if events == 0 && deliveries == 0 {
+            quiet + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the replica at `base` has flow `flow` in `status`.
+async fn replica_sees(app: &TestApp, base: &str, flow: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Value = app
+            .client
+            .get(format!("{base}/v1/admin/flows/{flow}"))
+            .bearer_auth(ops_token(app))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if seen["status"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never saw {flow} {status}: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn of_type_within(receiver: &Receiver, event: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while of_type(&receiver.requests(), event).is_empty() {
@@ -300,18 +345,27 @@ async fn filters_by_event_flow_and_status_and_xml_parses() {
     received(&filtered, 1, Duration::from_secs(5)).await;
     received(&xml, 1, Duration::from_secs(5)).await;
 
-    assert_eq!(app.post_json("s", r#"{"n": 1}"#).await.status(), 200);
-    app.post_json("bad2", "{}").await;
+    let run_of = |response: &reqwest::Response| {
+        response.headers()["x-flowgate-run-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ok = app.post_json("s", r#"{"n": 1}"#).await;
+    assert_eq!(ok.status(), 200);
+    let other = app.post_json("bad2", "{}").await;
     let failed = app.post_json("bad", "{}").await;
-    let failed_run = failed.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let failed_run = run_of(&failed);
 
     let requests = received(&filtered, 2, Duration::from_secs(5)).await;
     let xml_requests = received(&xml, 2, Duration::from_secs(5)).await;
-    // Give stray deliveries time to show up before counting.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Every run's record, and so its events, is stored; then every event
+    // was turned into the deliveries it owes and those were made.
+    for run in [run_of(&ok), run_of(&other), failed_run.clone()] {
+        app.record_when(&run, |r| r.status != flowgate::engine::RunState::Running)
+            .await;
+    }
+    settled(&app).await;
     assert_eq!(filtered.requests().len(), 2, "{:?}", filtered.requests());
     let ended = requests[1].json();
     assert_eq!(ended["type"], "run.ended");
@@ -820,9 +874,10 @@ async fn flow_events_come_from_reload_and_pause_once_across_replicas() {
     )
     .await;
     // A second gateway on the same Redis sees the pause too and announces it.
-    let (replica, _) = replica(&app).await;
+    let (replica, replica_base) = replica(&app).await;
     let (status, _) = api(&app, "POST", "flows/s/pause", None).await;
     assert_eq!(status, 200);
+    replica_sees(&app, &replica_base, "s", "paused").await;
     let flows = app.dir.path().join("flows");
     write_files(
         &flows,
@@ -834,7 +889,7 @@ async fn flow_events_come_from_reload_and_pause_once_across_replicas() {
     of_type_within(&receiver, "flow.created").await;
     std::fs::remove_file(flows.join("n.toml")).unwrap();
     of_type_within(&receiver, "flow.deleted").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    settled(&app).await;
     let messages: Vec<Value> = receiver.requests().iter().map(Received::json).collect();
     let paused: Vec<&Value> = messages
         .iter()

@@ -80,9 +80,7 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(format!("{what}: {err}"))
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
+use crate::clock::now_rfc3339;
 
 /// When a grace period starting at `now_ms` ends, in ms.
 fn grace_until(now_ms: u64, grace: std::time::Duration) -> u64 {
@@ -173,6 +171,9 @@ impl ControlStore for RedisControl {
         })
     }
 
+    // One arm per kind of change, each a few commands in the one
+    // transaction that also bumps the version and writes the audit entry:
+    // kept in one function so the transaction reads top to bottom.
     fn apply<'a>(
         &'a self,
         change: &'a Change,
@@ -289,6 +290,8 @@ impl ControlStore for RedisControl {
         })
     }
 
+    // One filter per query parameter over the audit stream, applied while
+    // reading a page: kept together so a page's bound reads in one place.
     fn audit<'a>(
         &'a self,
         filter: &'a AuditFilter,

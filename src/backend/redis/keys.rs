@@ -130,7 +130,7 @@ pub fn delivery_log_key(id: &str) -> String {
 
 /// Most partitions a cluster layout may have: each still gets a range of
 /// at least 16 slots to find its tag in.
-pub const MAX_PARTITIONS: u16 = 1024;
+pub use crate::config::MAX_PARTITIONS;
 
 /// Slots in a Redis Cluster.
 const SLOTS: u32 = 16_384;

@@ -56,6 +56,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The settings `[redis]` describes.
+    pub fn from_config(config: &crate::config::RedisConfig) -> Self {
+        let settings = if config.cluster {
+            let mut urls = vec![config.url.clone()];
+            urls.extend(config.nodes.iter().cloned());
+            Self::cluster(urls, config.partitions)
+        } else {
+            Self::single(&config.url)
+        };
+        settings.with_replica_acks(config.replica_acks)
+    }
+
     /// One Redis at `url`.
     pub fn single(url: &str) -> Self {
         Self {

@@ -12,9 +12,8 @@ use super::keys::{GROUP, Partition};
 use super::webhooks::add_events;
 use super::{Batcher, Pool, RedisStore, query, query_all, query_pipeline, to_json, unencodable};
 use crate::backend::webhooks::OutboxEvent;
-use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
+use crate::backend::{BoxFuture, Buried, Claimed, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
-use crate::lifecycle::Lifecycle;
 use crate::record::RunRecord;
 
 /// Moves due entries from the delayed set into the stream, atomically.
@@ -38,8 +37,6 @@ pub struct RedisQueue {
     pool: Pool,
     records: RedisStore,
     batcher: Batcher,
-    /// Announces runs dead-lettered for an undecodable entry, when set.
-    lifecycle: Option<Arc<Lifecycle>>,
     /// Where the next sweep of the partitions starts, so none is favoured.
     sweep: Arc<AtomicUsize>,
 }
@@ -53,16 +50,8 @@ impl RedisQueue {
             batcher: Batcher::new(pool.clone()),
             pool,
             records,
-            lifecycle: None,
             sweep: Arc::default(),
         }
-    }
-
-    /// Announces runs whose entry could not be decoded as ended `aborted`
-    /// through `lifecycle`, like every other run.
-    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self
     }
 
     /// Creates every partition's consumer group that does not exist yet.
@@ -117,7 +106,7 @@ impl RedisQueue {
         consumer: &str,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Delivery>, StorageError> {
+    ) -> Result<Claimed, StorageError> {
         if self.pool.layout().count() == 1 {
             return self.read_partition(0, consumer, max, Some(wait)).await;
         }
@@ -127,7 +116,7 @@ impl RedisQueue {
                 self.read_partition(p, consumer, left, None)
             })
             .await?;
-        if !found.is_empty() {
+        if !found.runs.is_empty() || !found.buried.is_empty() {
             return Ok(found);
         }
         let block = wait.min(PARTITIONED_BLOCK);
@@ -145,18 +134,18 @@ impl RedisQueue {
         order: impl Iterator<Item = usize>,
         max: usize,
         read: F,
-    ) -> Result<Vec<Delivery>, StorageError>
+    ) -> Result<Claimed, StorageError>
     where
         F: Fn(usize, usize) -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<Delivery>, StorageError>>,
+        Fut: std::future::Future<Output = Result<Claimed, StorageError>>,
     {
-        let mut deliveries = Vec::new();
+        let mut deliveries = Claimed::default();
         let mut failed = None;
         for p in order {
-            if deliveries.len() >= max {
+            if deliveries.runs.len() >= max {
                 break;
             }
-            match read(p, max - deliveries.len()).await {
+            match read(p, max - deliveries.runs.len()).await {
                 Ok(more) => deliveries.extend(more),
                 Err(e) => {
                     tracing::warn!(error = %e, partition = p, "cannot read a queue partition");
@@ -165,7 +154,7 @@ impl RedisQueue {
             }
         }
         match failed {
-            Some(e) if deliveries.is_empty() => Err(e),
+            Some(e) if deliveries.runs.is_empty() && deliveries.buried.is_empty() => Err(e),
             _ => Ok(deliveries),
         }
     }
@@ -178,7 +167,7 @@ impl RedisQueue {
         consumer: &str,
         max: usize,
         block: Option<Duration>,
-    ) -> Result<Vec<Delivery>, StorageError> {
+    ) -> Result<Claimed, StorageError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -193,7 +182,7 @@ impl RedisQueue {
             // The stream or group vanished (a Redis without persistence restarted).
             Err(StorageError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_group_of(p).await?;
-                return Ok(Vec::new());
+                return Ok(Claimed::default());
             }
             other => other?,
         };
@@ -202,27 +191,30 @@ impl RedisQueue {
     }
 
     /// Decodes a batch of partition `p`'s entries. One that cannot be
-    /// decoded is dead-lettered at once, so it never holds up the others.
+    /// decoded is dead-lettered at once, so it never holds up the others,
+    /// and handed back apart to be announced.
     async fn decode_all(
         &self,
         p: usize,
         entries: impl IntoIterator<Item = StreamId>,
         taken_over: bool,
-    ) -> Vec<Delivery> {
-        let mut deliveries = Vec::new();
+    ) -> Claimed {
+        let mut claimed = Claimed::default();
         for entry in entries {
             let id = self.pool.layout().delivery_id(p, &entry.id);
             match decode(id, &entry, taken_over) {
-                Ok(delivery) => deliveries.push(delivery),
-                Err(e) => self.bury(p, entry, e).await,
+                Ok(delivery) => claimed.runs.push(delivery),
+                Err(e) => claimed.buried.extend(self.bury(p, entry, e).await),
             }
         }
-        deliveries
+        claimed
     }
 
     /// Dead-letters an entry of partition `p` no worker can decode, and
     /// records its run (when the entry names it) as aborted with the reason.
-    async fn bury(&self, p: usize, entry: StreamId, error: StorageError) {
+    /// `None` when the entry stays pending (the next worker to see it tries
+    /// again) or names no run.
+    async fn bury(&self, p: usize, entry: StreamId, error: StorageError) -> Option<Buried> {
         let run_id: Option<String> = entry.get("run").filter(|id: &String| !id.is_empty());
         let reason = format!("dead-lettered: the queued run cannot be decoded ({error})");
         tracing::error!(entry = %entry.id, run_id, %reason, "queue entry dead-lettered");
@@ -239,21 +231,21 @@ impl RedisQueue {
         if let Err(e) = query_pipeline::<()>(&self.pool, &pipe).await {
             // Still pending: the next worker to see it tries again.
             tracing::warn!(error = %e, entry = %entry.id, "could not dead-letter an entry");
-            return;
+            return None;
         }
-        let Some(run_id) = run_id else { return };
-        match self.records.abort(&run_id, &reason).await {
-            Ok(Some(flow)) => {
-                if let Some(lifecycle) = &self.lifecycle {
-                    let aborted = crate::engine::RunState::Aborted;
-                    lifecycle.ended(&run_id, &flow, aborted, Duration::ZERO, Some(&reason), None);
-                }
-            }
-            Ok(None) => {}
+        let run_id = run_id?;
+        let flow = match self.records.abort(&run_id, &reason).await {
+            Ok(flow) => flow,
             Err(e) => {
-                tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted")
+                tracing::warn!(error = %e, run_id, "could not record a dead-lettered run as aborted");
+                None
             }
-        }
+        };
+        Some(Buried {
+            run_id,
+            flow,
+            reason,
+        })
     }
 }
 
@@ -360,7 +352,7 @@ impl RunQueue for RedisQueue {
         consumer: &'a str,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
         Box::pin(self.read_group(consumer, max, wait))
     }
 
@@ -369,7 +361,7 @@ impl RunQueue for RedisQueue {
         consumer: &'a str,
         idle: Duration,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
         Box::pin(async move {
             self.sweep(self.sweep_order(), max, |p, left| async move {
                 let reply: StreamAutoClaimReply = query(

@@ -105,6 +105,9 @@ impl ControlStore for SqliteControl {
         }))
     }
 
+    // One arm per kind of change, in the one transaction that also bumps
+    // the version and writes the audit entry: kept in one function so the
+    // transaction reads top to bottom.
     fn apply<'a>(
         &'a self,
         change: &'a Change,

@@ -15,9 +15,8 @@ use super::store::RecordRow;
 use super::webhooks::insert_events;
 use super::{Database, SqliteStore, corrupt, encode};
 use crate::backend::webhooks::OutboxEvent;
-use crate::backend::{BoxFuture, Delivery, RunQueue, StorageError, now_ms};
+use crate::backend::{BoxFuture, Buried, Claimed, Delivery, RunQueue, StorageError, now_ms};
 use crate::engine::RunInput;
-use crate::lifecycle::Lifecycle;
 use crate::record::{RecordedResponse, RunRecord};
 
 /// How often a claim waiting for work looks again for runs stored by
@@ -30,7 +29,6 @@ pub struct SqliteQueue {
     db: Database,
     store: SqliteStore,
     arrived: Arc<Notify>,
-    lifecycle: Option<Arc<Lifecycle>>,
 }
 
 /// A run input as its queue row holds it: the JSON without the raw body
@@ -54,15 +52,7 @@ impl SqliteQueue {
             db,
             store,
             arrived: Arc::new(Notify::new()),
-            lifecycle: None,
         }
-    }
-
-    /// Announces runs the queue itself gives up on (a row that cannot be
-    /// decoded) through `lifecycle`, like every other run.
-    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self
     }
 
     fn write_record(&self, conn: &Connection, record: &Encoded) -> Result<(), StorageError> {
@@ -84,7 +74,7 @@ impl SqliteQueue {
         max: usize,
         idle_before: Option<i64>,
         retention: Duration,
-    ) -> Result<Leased, StorageError> {
+    ) -> Result<Claimed, StorageError> {
         let now = now_ms() as i64;
         let pick = match idle_before {
             None => {
@@ -116,12 +106,12 @@ impl SqliteQueue {
                 row.get::<_, rusqlite::types::Value>(5)?,
             ))
         })?;
-        let mut leased = Leased::default();
+        let mut leased = Claimed::default();
         let mut bad = Vec::new();
         for row in rows {
             let (seq, run_id, input, raw, accepted_at, answer) = row?;
             match decode_row(&input, raw, &accepted_at, answer) {
-                Ok((input, accepted_at_ms, answer)) => leased.deliveries.push(Delivery {
+                Ok((input, accepted_at_ms, answer)) => leased.runs.push(Delivery {
                     id: seq.to_string(),
                     input,
                     accepted_at_ms,
@@ -138,43 +128,10 @@ impl SqliteQueue {
                 .push(bury(conn, seq, run_id, &input, &problem, retention)?);
         }
         leased
-            .deliveries
+            .runs
             .sort_by_key(|d| d.id.parse::<i64>().unwrap_or(0));
         Ok(leased)
     }
-
-    /// Announces the runs a lease dead-lettered, as the workers would.
-    fn announce(&self, buried: &[Buried]) {
-        for run in buried {
-            tracing::error!(run_id = %run.run_id, reason = %run.reason, "queue row dead-lettered");
-            if let (Some(lifecycle), Some(flow)) = (&self.lifecycle, &run.flow) {
-                let aborted = crate::engine::RunState::Aborted;
-                lifecycle.ended(
-                    &run.run_id,
-                    flow,
-                    aborted,
-                    Duration::ZERO,
-                    Some(&run.reason),
-                    None,
-                );
-            }
-        }
-    }
-}
-
-/// What a lease handed out, and what it dead-lettered instead.
-#[derive(Default)]
-struct Leased {
-    deliveries: Vec<Delivery>,
-    buried: Vec<Buried>,
-}
-
-/// A run whose queue row could not be decoded.
-struct Buried {
-    run_id: String,
-    /// Its flow, when its record says.
-    flow: Option<String>,
-    reason: String,
 }
 
 /// A queue row's run input, acceptance time and answer.
@@ -308,7 +265,7 @@ impl RunQueue for SqliteQueue {
         consumer: &'a str,
         max: usize,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -322,10 +279,11 @@ impl RunQueue for SqliteQueue {
                     .db
                     .write_relaxed(move |conn| Self::lease(conn, &owner, max, None, retention))
                     .await?;
-                self.announce(&leased.buried);
-                let claimed = leased.deliveries;
-                if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
-                    return Ok(claimed);
+                if !leased.runs.is_empty()
+                    || !leased.buried.is_empty()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(leased);
                 }
                 let _ = tokio::time::timeout_at(
                     deadline.min(tokio::time::Instant::now() + POLL),
@@ -341,7 +299,7 @@ impl RunQueue for SqliteQueue {
         consumer: &'a str,
         idle: Duration,
         max: usize,
-    ) -> BoxFuture<'a, Result<Vec<Delivery>, StorageError>> {
+    ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
         let owner = consumer.to_owned();
         let idle_before = now_ms().saturating_sub(idle.as_millis() as u64) as i64;
         let retention = self.store.retention();
@@ -352,8 +310,7 @@ impl RunQueue for SqliteQueue {
                     Self::lease(conn, &owner, max, Some(idle_before), retention)
                 })
                 .await?;
-            self.announce(&leased.buried);
-            Ok(leased.deliveries)
+            Ok(leased)
         })
     }
 
@@ -561,7 +518,7 @@ mod tests {
         let queue = SqliteQueue::new(db.clone(), SqliteStore::new(db, Duration::from_secs(60)));
         let new = input("new", r#"{"z": [1, 2.5], "y": "é"}"#);
         queue.enqueue(&new, None).await.unwrap();
-        let claimed = queue.claim("c", 10, Duration::ZERO).await.unwrap();
+        let claimed = queue.claim("c", 10, Duration::ZERO).await.unwrap().runs;
         assert_eq!(claimed.len(), 2);
         for (delivery, sent) in claimed.iter().zip([&old, &new]) {
             assert_eq!(delivery.input.run_id, sent.run_id);

@@ -51,7 +51,7 @@ pub struct LoadOptions {
     /// Body limit for flows that set none.
     pub default_max_body_bytes: usize,
     /// Record keeping for flows that set none (`[runs]` of the config).
-    pub default_records: crate::record::RecordPolicy,
+    pub default_records: crate::flow::RecordPolicy,
     /// Values for signature `secret_env` names, consulted before the process
     /// environment (embedders and tests pass secrets here).
     pub secrets: HashMap<String, String>,
@@ -329,7 +329,7 @@ impl FlowBuilder<'_> {
     fn build(
         &mut self,
         default_max_body: usize,
-        default_records: crate::record::RecordPolicy,
+        default_records: crate::flow::RecordPolicy,
     ) -> Option<Flow> {
         let id = flow_id_of(self.path).unwrap_or_default();
         if !is_valid_flow_id(&id) {
@@ -414,12 +414,12 @@ impl FlowBuilder<'_> {
     fn records(
         &mut self,
         runs: Option<&super::spec::RunsFile>,
-        default: crate::record::RecordPolicy,
-    ) -> crate::record::RecordPolicy {
+        default: crate::flow::RecordPolicy,
+    ) -> crate::flow::RecordPolicy {
         let mut policy = default;
         let Some(runs) = runs else { return policy };
         if let Some(keep) = &runs.keep {
-            match crate::record::Keep::parse(keep.get_ref()) {
+            match crate::flow::Keep::parse(keep.get_ref()) {
                 Some(rule) => policy.keep = rule,
                 None => self.problem(
                     keep.span().start,

@@ -3,6 +3,8 @@
 use super::*;
 
 impl FlowBuilder<'_> {
+    /// `[response]`: status, headers and body. One check per key, each
+    /// reporting at the key's line, in the order the table documents.
     pub(super) fn response(
         &mut self,
         file: &ResponseFile,

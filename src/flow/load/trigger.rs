@@ -20,6 +20,41 @@ impl FlowBuilder<'_> {
                 ),
             );
         }
+        let methods = self.methods(spanned);
+        let mode = self.mode(file);
+        let (bearer, query_token, signature) = self.auth(spanned);
+        let max_body_bytes = match &file.max_body_bytes {
+            Some(n) if *n.get_ref() > 0 => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(n.span().start, "max_body_bytes must be above 0");
+                default_max_body
+            }
+            None => default_max_body,
+        };
+        let cors_origins = self.cors_origins(file);
+        Trigger {
+            ref_id,
+            methods,
+            mode,
+            bearer,
+            query_token,
+            signature,
+            max_body_bytes,
+            accept_any: file.accept_any.unwrap_or(false),
+            cors_origins,
+            redact_headers: file
+                .redact_headers
+                .iter()
+                .flatten()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            redact_query: file.redact_query.clone().unwrap_or_default(),
+        }
+    }
+
+    /// `methods`: HTTP methods, POST when not given.
+    fn methods(&mut self, spanned: &Spanned<TriggerFile>) -> Vec<Method> {
+        let file = spanned.get_ref();
         let mut methods = Vec::new();
         for m in file.methods.iter().flatten() {
             match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
@@ -41,7 +76,12 @@ impl FlowBuilder<'_> {
             }
             methods.push(Method::POST);
         }
-        let mode = match file
+        methods
+    }
+
+    /// `mode`: sync (the default) or async.
+    fn mode(&mut self, file: &TriggerFile) -> Mode {
+        match file
             .mode
             .as_ref()
             .map(|m| (m.get_ref().as_str(), m.span().start))
@@ -52,7 +92,13 @@ impl FlowBuilder<'_> {
                 self.problem(at, format!("mode `{other}` must be sync or async"));
                 Mode::Sync
             }
-        };
+        }
+    }
+
+    /// `auth` and `[trigger.signature]`: whether a bearer token and a query
+    /// token are accepted, and the signature scheme, when there is one.
+    fn auth(&mut self, spanned: &Spanned<TriggerFile>) -> (bool, bool, Option<SignatureConfig>) {
+        let file = spanned.get_ref();
         let (mut bearer, mut query_token, mut wants_signature) = (false, false, false);
         match &file.auth {
             None => bearer = true,
@@ -93,14 +139,11 @@ impl FlowBuilder<'_> {
             }
             (None, false) => None,
         };
-        let max_body_bytes = match &file.max_body_bytes {
-            Some(n) if *n.get_ref() > 0 => *n.get_ref() as usize,
-            Some(n) => {
-                self.problem(n.span().start, "max_body_bytes must be above 0");
-                default_max_body
-            }
-            None => default_max_body,
-        };
+        (bearer, query_token, signature)
+    }
+
+    /// `cors_origins`: `*` or http(s) origins, without a trailing slash.
+    fn cors_origins(&mut self, file: &TriggerFile) -> Vec<String> {
         let mut cors_origins = Vec::new();
         for origin in file.cors_origins.iter().flatten() {
             let o = origin.get_ref();
@@ -113,26 +156,11 @@ impl FlowBuilder<'_> {
                 );
             }
         }
-        Trigger {
-            ref_id,
-            methods,
-            mode,
-            bearer,
-            query_token,
-            signature,
-            max_body_bytes,
-            accept_any: file.accept_any.unwrap_or(false),
-            cors_origins,
-            redact_headers: file
-                .redact_headers
-                .iter()
-                .flatten()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
-            redact_query: file.redact_query.clone().unwrap_or_default(),
-        }
+        cors_origins
     }
 
+    /// `[trigger.signature]`: the scheme and its keys. One check per key,
+    /// each reporting at the key's line, in the order the table documents.
     pub(super) fn signature(
         &mut self,
         spanned: &Spanned<SignatureFile>,

@@ -1,0 +1,204 @@
+//! The processes `flowgate serve` and `flowgate worker` start: the app
+//! built from the config (flows loaded, backends opened), started through
+//! [`App::start`], and stopped on SIGTERM or SIGINT; plus `flowgate backup`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::runtime;
+use crate::app::{App, Settings, Start};
+use crate::backend::Backends;
+use crate::backend::redis::Settings as RedisSettings;
+use crate::config::{Config, ConfigError};
+use crate::flow::{LoadOptions, LoadReport, SharedCatalog, load_catalog};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::token::TokenKeys;
+
+pub(super) fn load_options(config: &Config) -> LoadOptions {
+    LoadOptions {
+        flows_dir: config.flows_dir(),
+        templates_dir: config.templates_dir(),
+        default_max_body_bytes: config.server.max_body_bytes,
+        default_records: config.runs.records(),
+        secrets: Default::default(),
+        render: config.templates.budget(),
+    }
+}
+
+pub(super) fn load(config: &Config) -> LoadReport {
+    load_catalog(&load_options(config))
+}
+
+/// Loads flows, logging every problem; invalid flows are left out.
+fn load_for_serving(config: &Config) -> SharedCatalog {
+    let report = load(config);
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    for problem in &report.problems {
+        tracing::error!("{problem}");
+    }
+    if !report.skipped.is_empty() {
+        tracing::warn!(skipped = ?report.skipped, "flows with problems are not served; run `flowgate check`");
+    }
+    let mut ids: Vec<&String> = report.catalog.flows.keys().collect();
+    ids.sort();
+    tracing::info!(flows = ?ids, "flows loaded");
+    SharedCatalog::new(report.catalog)
+}
+
+/// The app on the configured backends, with the flows loaded for serving;
+/// `own` as for [`open_backends`]: serve and worker own an embedded
+/// database, CLI operations work beside them.
+pub(super) fn build_app(config: &Config, own: bool) -> anyhow::Result<App> {
+    let mut settings = Settings::from_config(config);
+    settings.webhooks.load_ca(config)?;
+    let keys = TokenKeys::new(&config.signing_key()?);
+    let lifecycle = Arc::new(Lifecycle::new(Arc::new(Metrics::default())));
+    let backends = open_backends(config, own)?;
+    Ok(App::new(
+        settings,
+        keys,
+        load_for_serving(config),
+        backends,
+        lifecycle,
+    )
+    .with_reloader(load_options(config)))
+}
+
+/// The configured storage backends.
+pub(super) fn backends(config: &Config) -> anyhow::Result<Backends> {
+    open_backends(config, false)
+}
+
+/// The configured storage backends; with `own`, this process takes the
+/// embedded database file for itself (serve and worker do; the CLI reads
+/// and writes beside them).
+fn open_backends(config: &Config, own: bool) -> anyhow::Result<Backends> {
+    let retention = crate::backend::Retention {
+        runs: config.runs.retention,
+        deliveries: config.webhooks.delivery_retention,
+    };
+    match config.storage.backend {
+        crate::config::StorageBackend::Redis => {
+            Backends::redis(&RedisSettings::from_config(&config.redis), retention)
+                .map_err(|e| ConfigError(format!("redis.url: {e}")).into())
+        }
+        crate::config::StorageBackend::Embedded => {
+            let path = config.resolve(&config.storage.path);
+            let db = crate::backend::sqlite::Database::open(&path, own)?;
+            Ok(Backends::embedded(&db, retention))
+        }
+    }
+}
+
+/// `flowgate backup PATH`: a consistent copy of the embedded database.
+pub(super) fn backup(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
+    if config.storage.backend != crate::config::StorageBackend::Embedded {
+        anyhow::bail!(
+            "backup copies the embedded database; with storage.backend = \"redis\" use Redis's own persistence (RDB or AOF)"
+        );
+    }
+    if path.exists() {
+        anyhow::bail!("{} exists; give a new file", path.display());
+    }
+    let db = crate::backend::sqlite::Database::open(&config.resolve(&config.storage.path), false)?;
+    runtime()?.block_on(db.backup(path))?;
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One shutdown source for the whole process: SIGINT or SIGTERM.
+fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn spawn_worker(
+    app: &App,
+    grace: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let worker = app.worker();
+    tokio::spawn(async move { worker.run(shutdown_requested(shutdown), grace).await })
+}
+
+pub(super) fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
+    let addr = config.server.listen;
+    let grace = config.server.shutdown_grace;
+    let app = build_app(&config, true)?;
+    let rt = runtime()?;
+    let served = rt.block_on(async move {
+        let shutdown = shutdown_channel();
+        start(&app).await;
+        let worker = with_worker.then(|| spawn_worker(&app, grace, shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, workers = with_worker, "flowgate listening");
+        crate::server::serve(listener, app.state(), shutdown_requested(shutdown), grace).await;
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        Ok(ExitCode::SUCCESS)
+    });
+    leave(rt);
+    served
+}
+
+/// Starts what runs beside the work ([`App::start`]); a store that cannot
+/// be read yet is logged, and the background tasks keep trying.
+async fn start(app: &App) {
+    if let Err(e) = app.start(Start::default()).await {
+        tracing::warn!(error = %e, "cannot read the control state or the webhook subscriptions yet; they load once the store answers");
+    }
+}
+
+/// Drops `rt` without waiting on a template render still under way on its
+/// blocking threads: a render cannot be stopped before its fuel runs out,
+/// and whatever it renders now has no one to answer.
+fn leave(rt: tokio::runtime::Runtime) {
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+pub(super) fn worker_only(
+    config: Config,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let grace = config.server.shutdown_grace;
+    let app = build_app(&config, true)?;
+    let rt = runtime()?;
+    let worked = rt.block_on(async move {
+        let shutdown = shutdown_channel();
+        start(&app).await;
+        if let Some(addr) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "worker metrics listening");
+            tokio::spawn(crate::server::serve_worker_metrics(
+                listener,
+                app.metrics().clone(),
+                app.backends().queue.clone(),
+                shutdown_requested(shutdown.clone()),
+            ));
+        }
+        let _ = spawn_worker(&app, grace, shutdown).await;
+        Ok(ExitCode::SUCCESS)
+    });
+    leave(rt);
+    worked
+}
