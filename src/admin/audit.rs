@@ -36,11 +36,6 @@ pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiE
         .store()
         .audit(&filter, cursor.as_deref(), query.limit()?)
         .await
-        .map_err(|e| match e {
-            crate::backend::StorageError::Corrupt(_) => {
-                ApiError::bad_request("cursor is not one this API handed out")
-            }
-            other => other.into(),
-        })?;
+        .map_err(super::page_refused)?;
     json(&ListPage::new(page.data, page.next_cursor))
 }

@@ -285,7 +285,22 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| ApiError::bad_request("cursor is not one this API handed out"))
+        .ok_or_else(bad_cursor)
+}
+
+/// 400: a cursor this API never handed out.
+pub(super) fn bad_cursor() -> ApiError {
+    ApiError::bad_request("cursor is not one this API handed out")
+}
+
+/// A failed page read: a position the store cannot place (the store
+/// reads it as corrupt) is the caller's bad cursor; anything else is the
+/// store's failure.
+pub(super) fn page_refused(e: crate::backend::StorageError) -> ApiError {
+    match e {
+        crate::backend::StorageError::Corrupt(_) => bad_cursor(),
+        other => other.into(),
+    }
 }
 
 /// A page of a list, as every list answers.

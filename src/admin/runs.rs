@@ -149,12 +149,7 @@ pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiE
         .runs
         .page(&filter, cursor.as_deref(), query.limit()?)
         .await
-        .map_err(|e| match e {
-            crate::backend::StorageError::Corrupt(_) => {
-                ApiError::bad_request("cursor is not one this API handed out")
-            }
-            other => other.into(),
-        })?;
+        .map_err(super::page_refused)?;
     let listed: Vec<serde_json::Value> = page.data.iter().map(listed).collect();
     json(&ListPage::new(listed, page.next_cursor))
 }

@@ -28,7 +28,7 @@ pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiE
         None => 0,
         Some(position) => position
             .parse::<usize>()
-            .map_err(|_| ApiError::bad_request("cursor is not one this API handed out"))?,
+            .map_err(|_| super::bad_cursor())?,
     };
     let open = state.control.sessions();
     let next = (open.len() > skip + limit).then(|| (skip + limit).to_string());
