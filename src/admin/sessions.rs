@@ -26,9 +26,7 @@ pub(super) async fn list(state: &AppState, query: &Query) -> Result<Answer, ApiE
     let limit = query.limit()?;
     let skip = match query.cursor()? {
         None => 0,
-        Some(position) => position
-            .parse::<usize>()
-            .map_err(|_| super::bad_cursor())?,
+        Some(position) => position.parse::<usize>().map_err(|_| super::bad_cursor())?,
     };
     let open = state.control.sessions();
     let next = (open.len() > skip + limit).then(|| (skip + limit).to_string());

@@ -103,6 +103,13 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
         .unwrap();
     let second = app.post_json("a", r#"{"n": 2}"#).await;
     assert_eq!(second.status(), 202);
+    // A subscriber hears of the run given up like of any other that ended.
+    let events = Receiver::start(&[], Duration::ZERO).await;
+    crate::webhooks::subscribe(
+        &app,
+        serde_json::json!({"name": "ended", "url": events.url("/"), "events": ["run.ended"]}),
+    )
+    .await;
 
     app.start_worker(Duration::from_secs(15));
     assert_eventually(Duration::from_secs(10), "both good runs ran", || {
@@ -132,6 +139,19 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     let metrics = format!("http://{}/metrics", app.addr);
     let aborted = "flowgate_runs_total{flow=\"a\",status=\"aborted\"} 1";
     app.text_when(&metrics, aborted).await;
+    assert_eventually(
+        Duration::from_secs(10),
+        "run.ended of the poisoned run",
+        || {
+            events.requests().iter().any(|r| {
+                let message = r.json();
+                message["type"] == "run.ended"
+                    && message["data"]["run_id"] == "poisoned-run"
+                    && message["data"]["status"] == "aborted"
+            })
+        },
+    )
+    .await;
 }
 
 /// A gateway on `app`'s Redis, started, ready and stopped; what it logged.
