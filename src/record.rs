@@ -372,59 +372,72 @@ impl RunRecord {
             if total <= cap || size <= CUT_MARKER_BYTES {
                 break;
             }
-            let (at, marker) = (slot.pointer(), cut_marker(size));
-            match slot {
-                Slot::Body => {
-                    // The sender's text goes too: it is the same data.
-                    self.body = Arc::new(Value::String(marker));
-                    if self.request.omit_raw {
-                        self.request.omit_raw = false;
-                        let mut value = self.request.value.as_ref().clone();
-                        if let Some(raw) = value.get_mut("raw") {
-                            *raw = Value::Null;
-                        }
-                        self.request.value = Arc::new(value);
-                    }
-                }
-                Slot::Response => {
-                    if let Some(response) = &mut self.response {
-                        response.body = marker;
-                    }
-                }
-                Slot::Log(i) => self.logs[i] = marker,
-                Slot::StepInput(i) => self.steps[i].input = Value::String(marker),
-                Slot::StepOutput(i) => self.steps[i].output = Value::String(marker),
-            }
+            self.replace_with_marker(&slot, cut_marker(size));
             total = total - size + CUT_MARKER_BYTES;
-            self.cut.push(CutValue { at, bytes: size });
+            self.cut.push(CutValue {
+                at: slot.pointer(),
+                bytes: size,
+            });
         }
         // Still over: many steps. The last traces go, the first are kept.
         if total > cap {
-            let mut kept = 0;
-            let mut used = total
-                - self
-                    .steps
-                    .iter()
-                    .map(|s| STEP_OVERHEAD + json_len(&s.input) + json_len(&s.output))
-                    .sum::<usize>();
-            for step in &self.steps {
-                let size = STEP_OVERHEAD + json_len(&step.input) + json_len(&step.output);
-                if used + size > cap {
-                    break;
+            self.drop_last_steps(total, cap);
+        }
+    }
+
+    /// Puts `marker` where `slot` was.
+    fn replace_with_marker(&mut self, slot: &Slot, marker: String) {
+        match *slot {
+            Slot::Body => {
+                // The sender's text goes too: it is the same data.
+                self.body = Arc::new(Value::String(marker));
+                if self.request.omit_raw {
+                    self.request.omit_raw = false;
+                    let mut value = self.request.value.as_ref().clone();
+                    if let Some(raw) = value.get_mut("raw") {
+                        *raw = Value::Null;
+                    }
+                    self.request.value = Arc::new(value);
                 }
-                used += size;
-                kept += 1;
             }
-            let dropped: usize = self.steps[kept..]
+            Slot::Response => {
+                if let Some(response) = &mut self.response {
+                    response.body = marker;
+                }
+            }
+            Slot::Log(i) => self.logs[i] = marker,
+            Slot::StepInput(i) => self.steps[i].input = Value::String(marker),
+            Slot::StepOutput(i) => self.steps[i].output = Value::String(marker),
+        }
+    }
+
+    /// Leaves out the last step traces until the record, `total` bytes
+    /// now, fits in `cap`; the first are kept.
+    fn drop_last_steps(&mut self, total: usize, cap: usize) {
+        let mut kept = 0;
+        let mut used = total
+            - self
+                .steps
                 .iter()
                 .map(|s| STEP_OVERHEAD + json_len(&s.input) + json_len(&s.output))
-                .sum();
-            self.steps.truncate(kept);
-            self.cut.push(CutValue {
-                at: format!("/steps/{kept}-"),
-                bytes: dropped,
-            });
+                .sum::<usize>();
+        for step in &self.steps {
+            let size = STEP_OVERHEAD + json_len(&step.input) + json_len(&step.output);
+            if used + size > cap {
+                break;
+            }
+            used += size;
+            kept += 1;
         }
+        let dropped: usize = self.steps[kept..]
+            .iter()
+            .map(|s| STEP_OVERHEAD + json_len(&s.input) + json_len(&s.output))
+            .sum();
+        self.steps.truncate(kept);
+        self.cut.push(CutValue {
+            at: format!("/steps/{kept}-"),
+            bytes: dropped,
+        });
     }
 
     /// Records the answer sent.

@@ -146,7 +146,8 @@ impl SubscriptionArgs {
     }
 }
 
-/// `flowgate webhooks ...`
+/// `flowgate webhooks ...`: one arm per subcommand, each a call to the
+/// [`Webhooks`] service the admin API uses too, and its printout.
 pub fn webhooks(config: &Config, command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::default());
     let backends = backends(config)?;

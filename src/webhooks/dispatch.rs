@@ -377,9 +377,16 @@ impl Dispatcher {
         } else {
             DeliveryOutcome::Failed
         });
+        self.record(&delivery, &attempt, succeeded, &sub.id).await;
+    }
+
+    /// Records the attempt in the delivery log; a subscription whose
+    /// failures in a row reach [`super::DISABLE_AFTER`] is disabled.
+    async fn record(&self, delivery: &Delivery, attempt: &Attempt, succeeded: bool, sub: &str) {
+        let webhooks = &self.webhooks;
         match webhooks
             .store
-            .record_attempt(&delivery, &attempt, succeeded)
+            .record_attempt(delivery, attempt, succeeded)
             .await
         {
             Ok(failures) if failures >= super::DISABLE_AFTER => {
@@ -391,7 +398,7 @@ impl Dispatcher {
                     "{failures} consecutive failed attempts; the last at {}: {last}",
                     attempt.at
                 );
-                if let Err(e) = webhooks.auto_disable(&sub.id, reason).await {
+                if let Err(e) = webhooks.auto_disable(sub, reason).await {
                     tracing::warn!(error = %e, "could not disable a failing subscription");
                 }
             }
