@@ -259,8 +259,7 @@ impl App {
     /// `start` says, outbound event webhooks. Fails only when the control
     /// state or the subscriptions cannot be read at all.
     pub async fn start(&self, start: Start) -> Result<(), StorageError> {
-        self.control.refresh().await?;
-        self.webhooks.refresh().await?;
+        self.load().await?;
         tokio::spawn(self.control.clone().keep_current());
         tokio::spawn(self.backends.clone().maintain());
         let backends = self.backends.clone();
@@ -273,6 +272,16 @@ impl App {
             tokio::spawn(reloader.clone().on_hangup());
         }
         Ok(())
+    }
+
+    /// Reads what this process keeps a copy of from the store: the control
+    /// state and the webhook subscriptions (without them a run would be
+    /// refused as paused wrongly, or end without the events subscribers
+    /// want). [`App::start`] does it first; a one-shot command that runs
+    /// flows (a replay from the CLI) does it instead.
+    pub async fn load(&self) -> Result<(), StorageError> {
+        self.control.refresh().await?;
+        self.webhooks.refresh().await
     }
 
     /// Delivers outbound event webhooks from this process, in background

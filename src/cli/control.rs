@@ -418,14 +418,15 @@ pub fn audit(config: &Config, args: AuditArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The gateway's state for an operation run from the shell, with the
-/// control state loaded.
+/// The app's state for an operation run from the shell, with the control
+/// state and the webhook subscriptions loaded ([`crate::app::App::load`]),
+/// so a replay owes its events as it would in a gateway.
 fn gateway(
     config: &Config,
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Arc<crate::app::AppState>> {
     let app = super::process::build_app(config, false)?;
-    rt.block_on(app.control().refresh())?;
+    rt.block_on(app.load())?;
     Ok(app.state())
 }
 

@@ -333,14 +333,20 @@ impl Config {
             .unwrap_or_else(|| "config".into());
         let mut table: toml::Table = toml::from_str(source)
             .map_err(|e| ConfigError::new(format!("{shown}: {}", e.message().trim_end())))?;
-        apply_env_overrides(&mut table, env)?;
+        let overridden = apply_env_overrides(&mut table, env)?;
         check_backend_named(&table, &shown)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let message = e.inner().message().trim_end().replace('\n', "; ");
-                match e.path().to_string().as_str() {
-                    "." => ConfigError::new(format!("{shown}: {message}")),
-                    path => ConfigError::new(format!("{shown}: {path}: {message}")),
+                let path = e.path().to_string();
+                // A bad value from the environment names its variable, not the file.
+                let source = overridden
+                    .iter()
+                    .find(|(key, _)| path == *key || path.starts_with(&format!("{key}.")))
+                    .map_or(shown.as_str(), |(_, variable)| variable.as_str());
+                match path.as_str() {
+                    "." => ConfigError::new(format!("{source}: {message}")),
+                    path => ConfigError::new(format!("{source}: {path}: {message}")),
                 }
             })?;
         config.base_dir = file
@@ -463,10 +469,14 @@ impl Config {
     }
 }
 
+/// Applies the `FLOWGATE_<SECTION>__<KEY>` variables of `env` to `table`;
+/// returns which keys (`section.key`) each variable set, to name it in an
+/// error about its value.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: &[(String, String)],
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut overridden = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -487,9 +497,10 @@ fn apply_env_overrides(
                 "{name}: `{section}` is not a section"
             )));
         };
+        overridden.push((format!("{section}.{key}"), name.clone()));
         section_table.insert(key, parsed);
     }
-    Ok(())
+    Ok(overridden)
 }
 
 #[cfg(test)]
@@ -680,9 +691,9 @@ mod tests {
         let err = Config::from_source(None, "", &vars)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.ends_with(": server.listen: `nowhere` is not a host:port address"),
-            "{err}"
+        assert_eq!(
+            err, "FLOWGATE_SERVER__LISTEN: server.listen: `nowhere` is not a host:port address",
+            "the variable is named, not the file"
         );
         for (key, value, expected) in [
             (

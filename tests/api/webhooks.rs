@@ -951,6 +951,46 @@ async fn a_dispatcher_killed_mid_delivery_leaves_it_to_another() {
     terminate(second).await;
 }
 
+async fn a_replay_from_the_cli_sends_its_run_ended() {
+    let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    let receiver = Receiver::start(&[], Duration::ZERO).await;
+    subscribe(
+        &app,
+        json!({"name": "ended", "url": receiver.url("/"), "events": ["run.ended"]}),
+    )
+    .await;
+    let original = app.post_json("s", r#"{"n": 1}"#).await;
+    let original = original.headers()["x-flowgate-run-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    app.record_when(&original, |r| r.status.as_str() == "succeeded")
+        .await;
+    let (stdout, stderr, code) = cli(&app, &["runs", "replay", &original]);
+    assert_eq!(code, 0, "{stderr}");
+    let replayed = stdout.trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ended: Vec<Value> = receiver
+            .requests()
+            .iter()
+            .map(Received::json)
+            .filter(|m| m["type"] == "run.ended")
+            .collect();
+        if ended
+            .iter()
+            .any(|m| m["data"]["run_id"] == replayed.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run.ended for the replay {replayed}: {ended:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn the_cli_manages_subscriptions_and_reads_the_log() {
     let app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
     let receiver = Receiver::start(&[], Duration::ZERO).await;
@@ -1299,4 +1339,5 @@ crate::on_both_backends!(
     the_delivery_log_is_pruned_past_its_retention,
     deliveries_go_over_https_to_a_receiver_signed_by_a_ca_the_config_trusts,
     the_cli_manages_subscriptions_and_reads_the_log,
+    a_replay_from_the_cli_sends_its_run_ended,
 );
