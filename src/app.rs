@@ -256,10 +256,14 @@ impl App {
     /// then kept current (pauses on every replica within a second), the
     /// storage's upkeep, warnings about risky Redis settings, flows reloaded
     /// on file changes and SIGHUP (when the app has a reloader) and, as
-    /// `start` says, outbound event webhooks. Fails only when the control
-    /// state or the subscriptions cannot be read at all.
+    /// `start` says, outbound event webhooks. The error says the control
+    /// state or the subscriptions could not be read yet; everything is
+    /// started anyway, and until the control state loads the server answers
+    /// `503 not_ready` and workers take no run.
     pub async fn start(&self, start: Start) -> Result<(), StorageError> {
-        self.load().await?;
+        // Started whatever the load says: keeping the copies current loads
+        // them once the store answers; until then requests are refused.
+        let loaded = self.load().await;
         tokio::spawn(self.control.clone().keep_current());
         tokio::spawn(self.backends.clone().maintain());
         let backends = self.backends.clone();
@@ -271,7 +275,7 @@ impl App {
             tokio::spawn(reloader.clone().watch());
             tokio::spawn(reloader.clone().on_hangup());
         }
-        Ok(())
+        loaded
     }
 
     /// Reads what this process keeps a copy of from the store: the control

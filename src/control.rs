@@ -189,17 +189,19 @@ impl Control {
     /// Loads the state from the store now.
     pub async fn refresh(&self) -> Result<(), StorageError> {
         let state = self.store.load().await?;
-        self.install(state);
+        self.install(state, false);
         Ok(())
     }
 
-    fn install(&self, state: ControlState) {
+    /// Installs `state`. Loads can finish out of order, so an older version
+    /// is ignored, unless `over_newer`: the store itself went back (it lost
+    /// its data, or was replaced), and what it holds now is what counts.
+    fn install(&self, state: ControlState, over_newer: bool) {
         let version = state.version;
         let was_loaded = self.is_loaded();
         let previous = {
             let mut current = self.state.write().expect("control lock poisoned");
-            // Loads can finish out of order; never go back.
-            if was_loaded && current.version >= version {
+            if was_loaded && current.version >= version && !over_newer {
                 return;
             }
             std::mem::replace(&mut *current, Arc::new(state))
@@ -252,9 +254,23 @@ impl Control {
 
     /// Makes the copy at least as new as this call: reads the store's
     /// version, and the state only when it changed.
+    ///
+    /// A store whose version is below this copy's went back (a Redis that
+    /// restarted without persistence, a flush, a failover to a replica that
+    /// was behind): its state replaces this copy whole, or every change made
+    /// after it would be ignored until its version caught up.
     pub async fn ensure_current(&self) -> Result<(), StorageError> {
         let version = self.store.version().await?;
-        if !self.is_loaded() || version != self.state().version {
+        let installed = self.state().version;
+        if self.is_loaded() && version < installed {
+            tracing::warn!(
+                from = installed,
+                to = version,
+                "the control state's version went back: the store lost data or was replaced; reloading it whole"
+            );
+            let state = self.store.load().await?;
+            self.install(state, true);
+        } else if !self.is_loaded() || version != installed {
             self.refresh().await?;
         }
         Ok(())

@@ -29,6 +29,8 @@ use crate::trigger::Trigger;
 
 /// Longest accepted `X-Request-Id`; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
+/// Seconds a caller is asked to wait while the control state loads.
+const NOT_LOADED_RETRY_AFTER_SECS: u64 = 1;
 /// At most one "connection limit reached" log line per this period.
 const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -239,6 +241,9 @@ async fn route(state: &AppState, trigger: &Trigger, req: Request<Incoming>) -> R
             "/healthz" => json_ok(r#"{"status":"ok"}"#),
             "/readyz" => readiness(state).await,
             "/metrics" => metrics_response(&state.metrics, state.queue.as_ref()).await,
+            // Pauses, token generations and revocations decide every answer
+            // below: until they are loaded, none is given (fail closed).
+            _ if !state.control.is_loaded() => not_loaded(),
             _ if path.starts_with(crate::admin::PATH_PREFIX) => {
                 crate::admin::handle(state, req).await
             }
@@ -264,8 +269,23 @@ async fn route(state: &AppState, trigger: &Trigger, req: Request<Incoming>) -> R
     response
 }
 
-/// Ready when flows are loaded and the queue answers.
+/// 503 while the control state has not loaded: the store has not answered
+/// since the process started.
+fn not_loaded() -> Response<Body> {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the gateway has not loaded its control state yet (the store does not answer); retry shortly",
+    );
+    err.retry_after_secs = Some(NOT_LOADED_RETRY_AFTER_SECS);
+    err.into_response()
+}
+
+/// Ready when flows and the control state are loaded and the queue answers.
 async fn readiness(state: &AppState) -> Response<Body> {
+    if !state.control.is_loaded() {
+        return not_loaded();
+    }
     let flows = state.catalog().flows.len();
     match state.queue.depth().await {
         Ok(depth) => json_ok(&format!(
@@ -286,15 +306,21 @@ fn json_ok(body: &str) -> Response<Body> {
     response
 }
 
-/// The sender's `X-Request-Id` when it is sane, else a new one.
+/// Letters, digits and `. _ : - + / =`: what UUIDs, ULIDs, hex, base64 and
+/// tracing ids are made of, and nothing that means anything in HTML, JSON,
+/// a log line or a header.
+fn is_request_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b".-_:+/=".contains(&b)
+}
+
+/// The sender's `X-Request-Id` when it is a sane one (at most
+/// [`MAX_REQUEST_ID_LEN`] bytes of [`is_request_id_byte`]), else a new one.
 fn request_id<B>(req: &Request<B>) -> String {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= MAX_REQUEST_ID_LEN
-                && v.bytes().all(|b| b.is_ascii_graphic())
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(is_request_id_byte)
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())

@@ -170,6 +170,13 @@ impl Worker {
         take_over: bool,
         wait: Duration,
     ) -> Result<Vec<Delivery>, StorageError> {
+        // Pauses and aborts decide whether a run may start: none is taken
+        // before they are loaded.
+        if !self.control.is_loaded() {
+            let mut loaded = self.control.subscribe();
+            let _ = tokio::time::timeout(wait, loaded.wait_for(Option::is_some)).await;
+            return Ok(Vec::new());
+        }
         let mut claimed = match take_over {
             true => {
                 let reclaim_after = self.settings.reclaim_after;

@@ -235,7 +235,7 @@ fn request_object(
     }
     let mut query = Map::new();
     for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-        if k == QUERY_TOKEN_PARAM {
+        if k.eq_ignore_ascii_case(QUERY_TOKEN_PARAM) {
             continue;
         }
         let v = match redaction.query(trigger, &k) {

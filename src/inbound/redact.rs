@@ -2,10 +2,16 @@
 //! replaced by [`REDACTED`] before anything else sees the request (templates,
 //! run records, logs).
 //!
-//! `Authorization` and the `access_token` query parameter are removed
-//! outright; the lists here are redacted on top, extended by
+//! `Authorization` and the `access_token` query parameter (any case) are
+//! removed outright; the lists here are redacted on top, extended by
 //! `server.redact_headers` / `server.redact_query` and per flow by
 //! `[trigger] redact_headers` / `redact_query`.
+//!
+//! Body signatures count as credentials: with the body beside it, a
+//! recorded signature lets whoever reads the record send the same request
+//! again (for schemes without a signed timestamp, at any time later). The
+//! providers' signature headers are redacted, and so is the header a flow's
+//! `[trigger.signature]` names.
 
 use crate::flow::Trigger;
 
@@ -26,6 +32,16 @@ pub const DEFAULT_HEADERS: &[&str] = &[
     "x-access-token",
     "x-amz-security-token",
     "x-goog-api-key",
+    // Body signatures.
+    "webhook-signature",
+    "svix-signature",
+    "stripe-signature",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "x-shopify-hmac-sha256",
+    "x-slack-signature",
+    "x-twilio-signature",
+    "x-signature",
 ];
 
 /// Query parameters that carry credentials, always redacted.
@@ -71,7 +87,12 @@ impl Redaction {
 
     /// Whether header `name` (lower case, as `http` gives it) is redacted for `trigger`.
     pub fn header(&self, trigger: &Trigger, name: &str) -> bool {
-        self.headers.iter().any(|h| h == name) || trigger.redact_headers.iter().any(|h| h == name)
+        self.headers.iter().any(|h| h == name)
+            || trigger.redact_headers.iter().any(|h| h == name)
+            || trigger
+                .signature
+                .as_ref()
+                .is_some_and(|s| s.header.as_str() == name)
     }
 
     /// Whether query parameter `name` is redacted for `trigger` (any case).

@@ -206,6 +206,52 @@ body_inline = "{{ gh.action }}"
     envelope(bearer, 401, "unauthorized").await;
 }
 
+async fn a_body_signature_is_redacted_so_a_reader_of_the_run_cannot_send_it_again() {
+    let secret = "acme-secret-for-tests";
+    let flow = r#"
+status = "live"
+[trigger]
+ref = "acme"
+auth = ["signature"]
+[trigger.signature]
+scheme = "hmac-sha256"
+secret_env = "ACME_SECRET"
+header = "X-Acme-Sig"
+[response]
+body_inline = "{{ request.headers['x-acme-sig'] }}|{{ request.headers['x-hub-signature-256'] }}|{{ request.query | length }}|{{ request.query.page }}"
+"#;
+    let options = AppOptions {
+        secrets: vec![("ACME_SECRET", secret.to_owned())],
+        ..Default::default()
+    };
+    let app = spawn_app_with(&[("acme", flow.to_owned())], options).await;
+    let body = r#"{"event":"paid"}"#;
+    let sig = hex::encode(hmac_sha256(secret.as_bytes(), &[body.as_bytes()]));
+    let response = app
+        .client
+        .post(format!(
+            "{}?ACCESS_TOKEN=query-token-1&page=2",
+            app.url("acme")
+        ))
+        .header("content-type", "application/json")
+        .header("x-acme-sig", &sig)
+        .header("x-hub-signature-256", "sha256=forwarded-sig-2")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let run_id = run_id(&response);
+    // The access token is left out in any case; the signatures read [redacted].
+    assert_eq!(response.text().await.unwrap(), "[redacted]|[redacted]|1|2");
+    let record = app.record_when(&run_id, |r| r.status == "succeeded").await;
+    let stored = serde_json::to_string(&record).unwrap();
+    for secret in [sig.as_str(), "forwarded-sig-2", "query-token-1"] {
+        assert!(!stored.contains(secret), "{secret} in {stored}");
+    }
+    assert_eq!(record.request["headers"]["x-acme-sig"], "[redacted]");
+}
+
 async fn standard_webhooks_signature_over_http_with_timestamp_tolerance() {
     let raw_secret = b"standard-webhooks-test-secret-32b";
     let flow = r#"
@@ -281,6 +327,7 @@ crate::on_both_backends!(
     bad_tokens_get_401_with_www_authenticate,
     unknown_flow_is_401_without_a_token_and_404_with_one,
     github_signature_authenticates_and_a_tampered_body_does_not,
+    a_body_signature_is_redacted_so_a_reader_of_the_run_cannot_send_it_again,
     standard_webhooks_signature_over_http_with_timestamp_tolerance,
     query_token_only_where_the_flow_allows_it,
 );

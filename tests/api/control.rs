@@ -1019,3 +1019,114 @@ crate::on_cluster!(
     queued_runs_of_a_paused_flow_wait_and_run_after_unpause,
     an_abort_stops_a_run_inside_a_long_delay_and_drops_a_queued_one,
 );
+
+#[tokio::test]
+async fn a_gateway_that_cannot_load_its_control_state_refuses_until_it_can() {
+    // Append-only on: the pause outlives the store's restart.
+    let options = AppOptions {
+        redis_aof: true,
+        ..AppOptions::default()
+    };
+    let mut app = spawn_app_with(&[("s", SYNC_FLOW.to_owned())], options).await;
+    let (_, _, code) = cli(&app, &["flows", "pause", "s"]);
+    assert_eq!(code, 0);
+    app.redis.stop();
+    // A gateway started now cannot know that `s` is paused, nor which
+    // tokens were rotated or revoked: it must not act as if none were.
+    let port = free_port();
+    let child = app.spawn_process(
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &["serve", "--no-worker"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let health = format!("{base}/healthz");
+    app.text_when(&health, "ok").await;
+    let triggered = app
+        .client
+        .post(format!("{base}/v1/flow-webhook/s"))
+        .bearer_auth(app.token("s"))
+        .json(&serde_json::json!({"n": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(triggered.status(), 503);
+    assert_eq!(triggered.headers()["retry-after"], "1");
+    let body: Value = triggered.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready", "{body}");
+    let admin = app
+        .keys
+        .issue_admin("tester", flowgate::token::Role::Viewer, None)
+        .unwrap();
+    let listed = app
+        .client
+        .get(format!("{base}/v1/admin/flows"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 503);
+    let ready = app
+        .client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // Once the store answers, the pause holds.
+    app.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = app
+            .client
+            .post(format!("{base}/v1/flow-webhook/s"))
+            .bearer_auth(app.token("s"))
+            .json(&serde_json::json!({"n": 1}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let text = answer.text().await.unwrap();
+        if status != 503 {
+            assert_eq!((status.as_u16(), text.as_str()), (200, PAUSED_BODY));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never loaded: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    terminate(child).await;
+}
+
+#[tokio::test]
+async fn a_store_that_lost_its_data_is_followed_from_its_first_change() {
+    let mut app = spawn_app(&[("s", SYNC_FLOW.to_owned())]).await;
+    // Versions climb on the store, and the gateway follows each change.
+    for _ in 0..3 {
+        assert_eq!(cli(&app, &["flows", "pause", "s"]).2, 0);
+        answers_paused(&app, true).await;
+        assert_eq!(cli(&app, &["flows", "unpause", "s"]).2, 0);
+        answers_paused(&app, false).await;
+    }
+    // The store restarts empty (no persistence), and the flow is paused
+    // anew: the first change on it is followed like any other.
+    app.redis.stop();
+    app.redis.restart();
+    assert_eq!(cli(&app, &["flows", "pause", "s"]).2, 0);
+    answers_paused(&app, true).await;
+}
+
+/// Waits up to 5 s for `flow` "s" to answer as paused (or as not paused).
+async fn answers_paused(app: &TestApp, paused: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = app.post_json("s", r#"{"n": 1}"#).await;
+        if (answer.text().await.unwrap() == PAUSED_BODY) == paused {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never saw the flow {}",
+            if paused { "paused" } else { "unpaused" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -493,10 +493,7 @@ body_inline = "{{ request.headers.cookie }}|{{ request.headers['x-api-key'] }}|{
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let run_id = response.headers()["x-flowgate-run-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let run_id = run_id(&response);
     assert_eq!(
         response.text().await.unwrap(),
         "[redacted]|[redacted]|[redacted]|[redacted]|2"
@@ -517,6 +514,39 @@ body_inline = "{{ request.headers.cookie }}|{{ request.headers['x-api-key'] }}|{
         record.request["headers"]["proxy-authorization"],
         "[redacted]"
     );
+}
+
+#[tokio::test]
+async fn a_request_id_with_markup_in_it_is_replaced_by_a_new_one() {
+    let flow = "status = \"live\"\n[trigger]\nref = \"w\"\n[response]\nbody_inline = \"{{ request.id }}\"\n";
+    let app = spawn_app(&[("i", flow.to_owned())]).await;
+    let send = |id: &'static str| {
+        app.client
+            .post(app.url("i"))
+            .bearer_auth(app.token("i"))
+            .header("x-request-id", id)
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let sane = send("Root=1-5759e988:bd862e3f/fe1b+c=").await.unwrap();
+    assert_eq!(
+        sane.headers()["x-request-id"],
+        "Root=1-5759e988:bd862e3f/fe1b+c="
+    );
+    assert_eq!(
+        sane.text().await.unwrap(),
+        "Root=1-5759e988:bd862e3f/fe1b+c="
+    );
+    for hostile in ["\"><img src=x onerror=alert(1)>", "a;b", "{{7*7}}", "it's"] {
+        let answer = send(hostile).await.unwrap();
+        let id = answer.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(id.len(), 32, "{hostile}: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{hostile}: {id}");
+        assert_eq!(answer.text().await.unwrap(), id);
+    }
 }
 
 #[tokio::test]

@@ -25,6 +25,16 @@ const AUDIT_SCAN_MAX: usize = 10_000;
 /// Entries read per round trip while filling a page.
 const AUDIT_SCAN_BATCH: usize = 500;
 
+/// Bumps the version, never below the time of the change in ms: a Redis
+/// that lost its data (restarted without persistence, flushed, a replica
+/// that was behind promoted) starts again above every version the replicas
+/// saw, so its first change reaches them; they also reload a store whose
+/// version went back ([`crate::control::Control::ensure_current`]).
+const BUMP_VERSION: &str = "local v = redis.call('INCR', KEYS[1]) \
+local floor = tonumber(ARGV[1]) \
+if v < floor then redis.call('SET', KEYS[1], ARGV[1]) v = floor end \
+return v";
+
 /// Control state on Redis.
 #[derive(Clone)]
 pub struct RedisControl {
@@ -256,7 +266,11 @@ impl ControlStore for RedisControl {
                 .arg("entry")
                 .arg(to_json(&entry)?)
                 .ignore();
-            pipe.incr(CONTROL_VERSION_KEY, 1);
+            pipe.cmd("EVAL")
+                .arg(BUMP_VERSION)
+                .arg(1)
+                .arg(CONTROL_VERSION_KEY)
+                .arg(now);
             let (generation, version) = if rotated {
                 let (current, version): (u64, u64) = query_pipeline(&self.pool, &pipe).await?;
                 let flow_grace = match change {
