@@ -159,6 +159,7 @@ read -r rej_rps rej_p99 _ rej_cpu _ _ < <(run_wrk "http://$GATE_ADDR/v1/flow-web
 read -r async_rps async_p99 async_non2xx async_cpu async_redis async_cmds < <(run_wrk "http://$GATE_ADDR/v1/flow-webhook/bench-async" "$(lua "Bearer $async_token")" "$gateway" async)
 # Peak resident memory of the gateway through the request scenarios.
 gateway_rss=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$gateway/status")
+gateway_text=$(awk '/^RssFile/ { printf "%.1f", $2 / 1024 }' "/proc/$gateway/status")
 for scenario in floor sync lean async; do
   eval "bad=\${${scenario}_non2xx:-0}"
   if [ "$bad" != "0" ]; then echo "warning: $bad non-2xx answers in the $scenario scenario" >&2; fi
@@ -184,7 +185,9 @@ print_requests() {
   row "embedded sync transform" "${emb_sync_rps:-}" "${emb_sync_p99:-}" "${emb_sync_cpu:-}"
   row "embedded async accept" "${emb_async_rps:-}" "${emb_async_p99:-}" "${emb_async_cpu:-}"
   row "embedded sync + webhook" "${emb_hook_rps:-}" "${emb_hook_p99:-}" "${emb_hook_cpu:-}"
-  printf '\ngateway peak RSS through the request scenarios: %s MiB\n' "$gateway_rss"
+  printf '\ngateway peak RSS through the request scenarios: %s MiB (file-backed, mostly the binary'"'"'s code, at the end: %s MiB)\n' "$gateway_rss" "$gateway_text"
+  printf 'release binary: %s MiB (%s MiB of code)\n' "$(stat -c %s "$FLOWGATE_BIN" | awk '{ printf "%.1f", $1 / 1048576 }')" \
+    "$(size -A "$FLOWGATE_BIN" | awk '$1 == ".text" { printf "%.1f", $2 / 1048576 }')"
   printf 'Redis commands per request, by command:\n'
   for scenario in floor sync lean async; do
     printf '  %-6s %s\n' "$scenario" "$(tr '\n' ' ' < "$work/cmds-$scenario.txt")"

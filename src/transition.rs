@@ -33,7 +33,7 @@ use crate::webhooks::outbox::{Outbox, RunJournal};
 /// Run records of sync runs being written in the background at most; beyond
 /// it, sync answers wait for a slot, so a slow store slows senders instead of
 /// piling up memory.
-pub const MAX_PENDING_RECORDS: usize = 1024;
+pub const MAX_PENDING_RECORDS: usize = 128;
 
 /// Moves runs from one state to the next: record, queue, announcement.
 pub struct Transitions {

@@ -23,9 +23,17 @@ use self::webhooks::WebhooksCommand;
 /// Exit code for a bad configuration.
 const EXIT_BAD_CONFIG: u8 = 64;
 
+/// `flowgate --version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FLOWGATE_COMMIT"),
+    ")"
+);
+
 /// flowgate: a webhook gateway that runs flows.
 #[derive(Debug, Parser)]
-#[command(name = "flowgate", version, about, long_about = None)]
+#[command(name = "flowgate", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Config file; defaults to ./config.toml when present. Keys can be
     /// overridden by FLOWGATE_SECTION__KEY (e.g. FLOWGATE_SERVER__LISTEN) environment variables.
@@ -118,6 +126,22 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+    /// Exit 0 when the gateway answers /healthz, 1 otherwise (for container health checks).
+    Healthcheck {
+        /// The address to probe; defaults to http://<server.listen>/healthz.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, value_name = "DURATION", default_value = "2s")]
+        timeout: humantime::Duration,
+    },
+    /// Print a shell completion script: flowgate completions bash > /etc/bash_completion.d/flowgate.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): flowgate man > flowgate.1.
+    Man,
 }
 
 /// `flowgate runs ...`
@@ -194,6 +218,12 @@ pub enum TokenCommand {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // Printed from the command line's definition, with no config to read.
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(*shell),
+        Command::Man => return print_man_page(),
+        _ => {}
+    }
     crate::telemetry::init();
     if cli.config.is_none() && !std::path::Path::new("config.toml").exists() {
         // Otherwise a command run from another folder quietly reads (and
@@ -233,6 +263,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sessions { command } => control::sessions(&config, command),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
         Command::Backup { path } => process::backup(&config, &path),
+        Command::Healthcheck { url, timeout } => {
+            process::healthcheck(&config, url.as_deref(), timeout.into())
+        }
+        Command::Completions { .. } | Command::Man => unreachable!("handled before the config"),
         Command::ConsoleLink {
             role,
             sub,
@@ -249,6 +283,36 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "flowgate", &mut script);
+    print_bytes(&script)
+}
+
+fn print_man_page() -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .expect("writing to memory cannot fail");
+    print_bytes(&page)
+}
+
+/// Writes `bytes` to stdout; a reader that stopped early (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

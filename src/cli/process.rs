@@ -202,3 +202,47 @@ pub(super) fn worker_only(
     leave(rt);
     worked
 }
+
+/// `flowgate healthcheck`: GET `url` (by default `/healthz` on
+/// `server.listen`, an unspecified address probed on loopback) and exit 0 on
+/// a `200`, 1 on anything else, within `timeout`. Needs no shell tools, so a
+/// container image's `HEALTHCHECK` can run it.
+pub(super) fn healthcheck(
+    config: &Config,
+    url: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => {
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}/healthz")
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .context("cannot build an HTTP client")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = rt.block_on(async { client.get(&url).send().await.map(|r| r.status()) });
+    Ok(match status {
+        Ok(status) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("unhealthy: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}

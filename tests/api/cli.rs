@@ -233,3 +233,124 @@ fn bad_config_exits_64_with_one_line() {
     assert_eq!(no_key.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("no signing key"));
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowgate(&dir, &["--version"]);
+    assert!(out.status.success());
+    let version = String::from_utf8(out.stdout).unwrap();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        version.trim(),
+        format!("flowgate {} ({commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn completions_load_into_bash_and_name_the_subcommands() {
+    // In a folder without config.toml: nothing is read, nothing noted.
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowgate(&dir, &["completions", "bash"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = dir.path().join("flowgate.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    // bash itself loads the script and completes `flowgate ru` to `runs`.
+    let probe = format!(
+        "source {}; COMP_WORDS=(flowgate ru); COMP_CWORD=1; COMP_LINE='flowgate ru'; COMP_POINT=11; _flowgate flowgate ru flowgate; echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let completed = Command::new("bash")
+        .args(["--norc", "-c", &probe])
+        .output()
+        .unwrap();
+    assert!(completed.status.success(), "{completed:?}");
+    assert_eq!(String::from_utf8_lossy(&completed.stdout).trim(), "runs");
+    for shell in ["zsh", "fish"] {
+        let out = flowgate(&dir, &["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("healthcheck"),
+            "{shell}"
+        );
+    }
+    let unknown = flowgate(&dir, &["completions", "tcsh"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_is_roff_naming_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowgate(&dir, &["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH flowgate 1"), "{page}");
+    for command in [
+        "serve",
+        "worker",
+        "check",
+        "render",
+        "runs",
+        "token",
+        "healthcheck",
+    ] {
+        assert!(
+            page.contains(command),
+            "{command} missing from the man page"
+        );
+    }
+    // `man` reads it without a warning, when man is installed.
+    if Command::new("man").arg("--version").output().is_ok() {
+        let path = dir.path().join("flowgate.1");
+        std::fs::write(&path, &page).unwrap();
+        let shown = Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        assert!(shown.status.success(), "{shown:?}");
+        assert!(String::from_utf8_lossy(&shown.stdout).contains("healthcheck"));
+    }
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_on_a_live_gateway_and_1_otherwise() {
+    let app = spawn_app(&[]).await;
+    // Awaited, not blocking: the gateway answers from this test's runtime.
+    let healthcheck = |extra: String, args: Vec<String>| {
+        let mut command = app.process(&extra, &[]);
+        command.arg("healthcheck").args(args);
+        tokio::process::Command::from(command).output()
+    };
+    let url = |path: &str| format!("http://{}{path}", app.addr);
+    let live = healthcheck(String::new(), vec!["--url".into(), url("/healthz")])
+        .await
+        .unwrap();
+    assert_eq!(live.status.code(), Some(0), "{live:?}");
+    // From the config's listen address, an unspecified one probed on loopback.
+    let listen = format!("[server]\nlisten = \"0.0.0.0:{}\"\n", app.addr.port());
+    let from_config = healthcheck(listen, vec![]).await.unwrap();
+    assert_eq!(from_config.status.code(), Some(0), "{from_config:?}");
+    let nobody = format!("http://127.0.0.1:{}/healthz", free_port());
+    let args = vec!["--url".into(), nobody, "--timeout".into(), "500ms".into()];
+    let down = healthcheck(String::new(), args).await.unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    // Something that answers, but not 200.
+    let wrong = healthcheck(String::new(), vec!["--url".into(), url("/nowhere")])
+        .await
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+}
