@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v systemd-analyze >/dev/null 2>&1 ||
   (apt-get install -y systemd || (apt-get update && apt-get install -y systemd)) >/dev/null
-bin=${FLOWGATE_BIN:-$PWD/target/debug/flowgate}
+bin=${FLOWGATE_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/flowgate}
 [ -x "$bin" ] || cargo build --quiet --bin flowgate
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
