@@ -1,9 +1,13 @@
 # flowgate's container image: the binary built from source, then run from a
-# minimal Debian as a non-root user with the example flows.
+# slim Debian as a non-root user with the example flows.
 #
-#   docker build -t flowgate .            # or: podman build -t flowgate .
-#   docker run -p 8080:8080 -e FLOWGATE_SIGNING_KEY=$(openssl rand -hex 32) \
-#     -v flowgate-data:/var/lib/flowgate --stop-timeout 45 flowgate
+#   docker build -t flowgate .            # or: podman build --format docker -t flowgate .
+#   docker run -d --name flowgate -p 8080:8080 --stop-timeout 45 \
+#     -v "$PWD/signing-key:/run/secrets/flowgate_signing_key:ro" \
+#     -v flowgate-data:/var/lib/flowgate flowgate
+#   docker exec flowgate flowgate token issue signup
+#
+# (docs/deploy.md: making the key once, readable by uid 10001.)
 #
 # Configuration: /etc/flowgate/config.toml (deploy/container/config.toml),
 # overridden by FLOWGATE_* variables; flows and templates under
