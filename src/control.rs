@@ -262,17 +262,19 @@ impl Control {
     pub async fn ensure_current(&self) -> Result<(), StorageError> {
         let version = self.store.version().await?;
         let installed = self.state().version;
-        if self.is_loaded() && version < installed {
+        if self.is_loaded() && version == installed {
+            return Ok(());
+        }
+        let went_back = self.is_loaded() && version < installed;
+        if went_back {
             tracing::warn!(
                 from = installed,
                 to = version,
                 "the control state's version went back: the store lost data or was replaced; reloading it whole"
             );
-            let state = self.store.load().await?;
-            self.install(state, true);
-        } else if !self.is_loaded() || version != installed {
-            self.refresh().await?;
         }
+        let state = self.store.load().await?;
+        self.install(state, went_back);
         Ok(())
     }
 

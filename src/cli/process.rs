@@ -229,11 +229,7 @@ pub(super) fn healthcheck(
         .timeout(timeout)
         .build()
         .context("cannot build an HTTP client")?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let status = rt.block_on(async { client.get(&url).send().await.map(|r| r.status()) });
+    let status = runtime()?.block_on(async { client.get(&url).send().await.map(|r| r.status()) });
     Ok(match status {
         Ok(status) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
         Ok(status) => {

@@ -1041,14 +1041,16 @@ async fn a_gateway_that_cannot_load_its_control_state_refuses_until_it_can() {
     let base = format!("http://127.0.0.1:{port}");
     let health = format!("{base}/healthz");
     app.text_when(&health, "ok").await;
-    let triggered = app
-        .client
-        .post(format!("{base}/v1/flow-webhook/s"))
-        .bearer_auth(app.token("s"))
-        .json(&serde_json::json!({"n": 1}))
-        .send()
-        .await
-        .unwrap();
+    // Owns what it uses, so the store can be restarted (`&mut app`) between calls.
+    let (client, token) = (app.client.clone(), app.token("s"));
+    let trigger = || {
+        client
+            .post(format!("{base}/v1/flow-webhook/s"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"n": 1}))
+            .send()
+    };
+    let triggered = trigger().await.unwrap();
     assert_eq!(triggered.status(), 503);
     assert_eq!(triggered.headers()["retry-after"], "1");
     let body: Value = triggered.json().await.unwrap();
@@ -1076,14 +1078,7 @@ async fn a_gateway_that_cannot_load_its_control_state_refuses_until_it_can() {
     app.redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let answer = app
-            .client
-            .post(format!("{base}/v1/flow-webhook/s"))
-            .bearer_auth(app.token("s"))
-            .json(&serde_json::json!({"n": 1}))
-            .send()
-            .await
-            .unwrap();
+        let answer = trigger().await.unwrap();
         let status = answer.status();
         let text = answer.text().await.unwrap();
         if status != 503 {
