@@ -340,7 +340,8 @@ async fn metrics_response(
     response
 }
 
-/// Serves `/healthz` and `/metrics` for a worker-only process until `shutdown`.
+/// Serves `/healthz`, `/readyz` (the queue reachable) and `/metrics` for a
+/// worker-only process until `shutdown`.
 pub async fn serve_worker_metrics(
     listener: TcpListener,
     metrics: Arc<crate::metrics::Metrics>,
@@ -352,6 +353,13 @@ pub async fn serve_worker_metrics(
         Box::pin(async move {
             match req.uri().path() {
                 "/healthz" => json_ok(r#"{"status":"ok"}"#),
+                "/readyz" => match queue.depth().await {
+                    Ok(depth) => json_ok(&format!(r#"{{"status":"ready","queue_depth":{depth}}}"#)),
+                    Err(e) => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+                            .into_response()
+                    }
+                },
                 "/metrics" => metrics_response(&metrics, queue.as_ref()).await,
                 path => ApiError::not_found(format!("no route for {path}")).into_response(),
             }

@@ -126,11 +126,14 @@ pub enum Command {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
-    /// Exit 0 when the gateway answers /healthz, 1 otherwise (for container health checks).
+    /// Exit 0 when the gateway answers /healthz (or /readyz) with 200, 1 otherwise (for container health checks).
     Healthcheck {
         /// The address to probe; defaults to http://<server.listen>/healthz.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// Probe /readyz instead: flows and control state loaded, queue reachable.
+        #[arg(long, conflicts_with = "url")]
+        ready: bool,
         /// How long to wait for the answer.
         #[arg(long, value_name = "DURATION", default_value = "2s")]
         timeout: humantime::Duration,
@@ -263,8 +266,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sessions { command } => control::sessions(&config, command),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
         Command::Backup { path } => process::backup(&config, &path),
-        Command::Healthcheck { url, timeout } => {
-            process::healthcheck(&config, url.as_deref(), timeout.into())
+        Command::Healthcheck {
+            url,
+            ready,
+            timeout,
+        } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            process::healthcheck(&config, url.as_deref(), path, timeout.into())
         }
         Command::Completions { .. } | Command::Man => unreachable!("handled before the config"),
         Command::ConsoleLink {

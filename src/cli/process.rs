@@ -203,13 +203,14 @@ pub(super) fn worker_only(
     worked
 }
 
-/// `flowgate healthcheck`: GET `url` (by default `/healthz` on
+/// `flowgate healthcheck`: GET `url` (by default `path` on
 /// `server.listen`, an unspecified address probed on loopback) and exit 0 on
 /// a `200`, 1 on anything else, within `timeout`. Needs no shell tools, so a
 /// container image's `HEALTHCHECK` can run it.
 pub(super) fn healthcheck(
     config: &Config,
     url: Option<&str>,
+    path: &str,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let url = match url {
@@ -222,7 +223,7 @@ pub(super) fn healthcheck(
                     std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
                 });
             }
-            format!("http://{addr}/healthz")
+            format!("http://{addr}{path}")
         }
     };
     let client = reqwest::Client::builder()

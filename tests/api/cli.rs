@@ -342,8 +342,10 @@ async fn healthcheck_exits_0_on_a_live_gateway_and_1_otherwise() {
     assert_eq!(live.status.code(), Some(0), "{live:?}");
     // From the config's listen address, an unspecified one probed on loopback.
     let listen = format!("[server]\nlisten = \"0.0.0.0:{}\"\n", app.addr.port());
-    let from_config = healthcheck(listen, vec![]).await.unwrap();
+    let from_config = healthcheck(listen.clone(), vec![]).await.unwrap();
     assert_eq!(from_config.status.code(), Some(0), "{from_config:?}");
+    let ready = healthcheck(listen, vec!["--ready".into()]).await.unwrap();
+    assert_eq!(ready.status.code(), Some(0), "{ready:?}");
     let nobody = format!("http://127.0.0.1:{}/healthz", free_port());
     let args = vec!["--url".into(), nobody, "--timeout".into(), "500ms".into()];
     let down = healthcheck(String::new(), args).await.unwrap();

@@ -547,6 +547,27 @@ async fn backup_copies_the_database_while_the_server_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It holds webhook secrets: the database, its WAL and the copy are the
+    // owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let private: Vec<(String, u32)> = [dir.path().to_owned(), dir.path().join("data")]
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(folder).unwrap())
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().contains(".db"))
+        .map(|entry| {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            (entry.file_name().to_string_lossy().into_owned(), mode)
+        })
+        .collect();
+    assert!(
+        private.len() >= 3,
+        "the database, its WAL and the copy: {private:?}"
+    );
+    assert!(
+        private.iter().all(|(_, mode)| *mode == 0o600),
+        "{private:?}"
+    );
     terminate(server).await;
     // The copy is a database holding what the server had: the pause.
     let copy = dir.path().join("copy.db");

@@ -436,6 +436,12 @@ async fn a_worker_process_exports_its_metrics() {
         || receiver.requests().len() == 1,
     )
     .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
     let url = format!("http://127.0.0.1:{port}/metrics");
     let text = app
         .text_when(

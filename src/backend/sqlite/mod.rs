@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use super::StorageError;
 
 mod control;
+mod private;
 mod queue;
 mod store;
 mod webhooks;
@@ -317,20 +318,17 @@ impl Database {
             problem,
         };
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)
+            private::create_folder(folder)
                 .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
         }
+        // Created here, not by SQLite, so that it is the owner's alone.
+        let file =
+            private::open_file(path).map_err(|e| unusable(format!("cannot open it: {e}")))?;
+        private::tighten(path).map_err(|e| unusable(format!("cannot make it private: {e}")))?;
         let owner = if own {
             // The lock is on the database file itself (an `flock`, which
             // SQLite's own `fcntl` locks do not touch), so it holds
             // whatever path, link or symlink, names the file.
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| unusable(format!("cannot open it: {e}")))?;
             match file.try_lock() {
                 Ok(()) => Some(Arc::new(file)),
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -481,6 +479,11 @@ impl Database {
     /// Writes a consistent copy of the database to `target` (SQLite's
     /// `VACUUM INTO`), beside running readers and writers.
     pub async fn backup(&self, target: &Path) -> Result<(), StorageError> {
+        // `VACUUM INTO` fills an empty file: make it, the owner's alone,
+        // failing if anything is there already.
+        private::create_new_file(target).map_err(|e| {
+            StorageError::Unavailable(format!("cannot create {}: {e}", target.display()))
+        })?;
         let target = target.to_string_lossy().into_owned();
         self.read(move |conn| {
             conn.execute("VACUUM INTO ?1", [target])?;
