@@ -143,8 +143,12 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): flowgate man > flowgate.1.
-    Man,
+    /// Print the man page (roff): flowgate man > flowgate.1; or write one page per command.
+    Man {
+        /// Write flowgate.1 and a page for each subcommand (flowgate-serve.1, ...) into this folder.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `flowgate runs ...`
@@ -224,7 +228,7 @@ pub fn run(cli: Cli) -> ExitCode {
     // Printed from the command line's definition, with no config to read.
     match &cli.command {
         Command::Completions { shell } => return print_completions(*shell),
-        Command::Man => return print_man_page(),
+        Command::Man { dir } => return man_pages(dir.as_deref()),
         _ => {}
     }
     crate::telemetry::init();
@@ -274,7 +278,9 @@ pub fn run(cli: Cli) -> ExitCode {
             let path = if ready { "/readyz" } else { "/healthz" };
             process::healthcheck(&config, url.as_deref(), path, timeout.into())
         }
-        Command::Completions { .. } | Command::Man => unreachable!("handled before the config"),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the config")
+        }
         Command::ConsoleLink {
             role,
             sub,
@@ -301,13 +307,81 @@ fn print_completions(shell: clap_complete::Shell) -> ExitCode {
     print_bytes(&script)
 }
 
-fn print_man_page() -> ExitCode {
+/// What the main page says beyond the options: roff for ENVIRONMENT, FILES
+/// and EXIT STATUS.
+const MAN_EXTRA: &str = r#".SH ENVIRONMENT
+.TP
+\fBFLOWGATE_\fISECTION\fB__\fIKEY\fR
+Overrides the config key \fIsection.key\fR, read as a TOML value, e.g.
+\fBFLOWGATE_STORAGE__BACKEND=redis\fR, \fBFLOWGATE_REDIS__URL=redis://redis:6379/0\fR.
+.TP
+\fBFLOWGATE_SIGNING_KEY\fR
+The token signing key (at least 32 bytes); wins over \fBauth.signing_key_file\fR.
+.TP
+\fBRUST_LOG\fR
+Log filter, e.g. \fBinfo\fR or \fBflowgate=debug\fR.
+.SH FILES
+.TP
+\fIconfig.toml\fR
+The configuration, from the working folder unless \fB\-\-config\fR names one.
+.TP
+\fIflows/\fR, \fItemplates/\fR
+Flow files and their templates (\fBpaths.flows\fR, \fBpaths.templates\fR); changes are picked up while serving.
+.TP
+\fI.flowgate/flowgate.db\fR
+The embedded database (\fBstorage.path\fR), private to its owner.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+Success.
+.TP
+\fB1\fR
+Failure: invalid flows (\fBcheck\fR), a failed render, an unknown flow or run, an unhealthy gateway (\fBhealthcheck\fR), a store that cannot be reached.
+.TP
+\fB2\fR
+A usage error: an unknown command or option.
+.TP
+\fB64\fR
+A bad configuration (the message names the key or variable).
+"#;
+
+/// `flowgate man`: the main page on stdout, or with `dir` every page written there.
+fn man_pages(dir: Option<&std::path::Path>) -> ExitCode {
     use clap::CommandFactory as _;
-    let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut page)
-        .expect("writing to memory cannot fail");
-    print_bytes(&page)
+    let mut main = Vec::new();
+    render_main_page(&mut main).expect("writing to memory cannot fail");
+    let Some(dir) = dir else {
+        return print_bytes(&main);
+    };
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+        .and_then(|()| std::fs::write(dir.join("flowgate.1"), &main));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the man pages to {}: {e}",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// clap_mangen's sections for the top command, then [`MAN_EXTRA`].
+fn render_main_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    let man = clap_mangen::Man::new(command);
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    man.render_subcommands_section(w)?;
+    w.write_all(MAN_EXTRA.as_bytes())?;
+    man.render_version_section(w)
 }
 
 /// Writes `bytes` to stdout; a reader that stopped early (`| head`) is not an error.

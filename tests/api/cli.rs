@@ -324,6 +324,41 @@ fn the_man_page_is_roff_naming_every_subcommand() {
         assert!(shown.status.success(), "{shown:?}");
         assert!(String::from_utf8_lossy(&shown.stdout).contains("healthcheck"));
     }
+    for section in [".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"] {
+        assert!(page.contains(section), "{section} missing");
+    }
+    // --dir writes the page each reference points at, down to the leaves.
+    let pages = dir.path().join("man1");
+    let out = flowgate(&dir, &["man", "--dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let main = std::fs::read_to_string(pages.join("flowgate.1")).unwrap();
+    assert_eq!(main, page, "the main page is the one `man` prints");
+    let mut referenced: Vec<String> = Vec::new();
+    let mut pending = vec!["flowgate.1".to_owned()];
+    while let Some(name) = pending.pop() {
+        let text = std::fs::read_to_string(pages.join(&name))
+            .unwrap_or_else(|e| panic!("{name}, referenced, is missing: {e}"));
+        for (at, _) in text.match_indices("(1)") {
+            let start = text[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '\\'))
+                .map_or(0, |i| i + 1);
+            let page = format!("{}.1", text[start..at].replace("\\-", "-"));
+            if page.starts_with("flowgate-") && !referenced.contains(&page) {
+                referenced.push(page.clone());
+                pending.push(page);
+            }
+        }
+    }
+    for leaf in [
+        "flowgate-runs-list.1",
+        "flowgate-healthcheck.1",
+        "flowgate-webhooks-create.1",
+    ] {
+        assert!(
+            referenced.iter().any(|p| p == leaf),
+            "{leaf} not reached: {referenced:?}"
+        );
+    }
 }
 
 #[tokio::test]
