@@ -118,9 +118,18 @@ fn shutdown_channel() -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::server::shutdown_signal().await;
+        tell_service_manager(&[sd_notify::NotifyState::Stopping]);
         let _ = tx.send(true);
     });
     rx
+}
+
+/// Tells systemd (a `Type=notify` unit, through `$NOTIFY_SOCKET`) that the
+/// process is ready or stopping; nothing when not started by systemd.
+fn tell_service_manager(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
@@ -149,6 +158,7 @@ pub(super) fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCod
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, workers = with_worker, "flowgate listening");
+        tell_service_manager(&[sd_notify::NotifyState::Ready]);
         crate::server::serve(listener, app.state(), shutdown_requested(shutdown), grace).await;
         if let Some(worker) = worker {
             let _ = worker.await;
@@ -196,6 +206,7 @@ pub(super) fn worker_only(
                 shutdown_requested(shutdown.clone()),
             ));
         }
+        tell_service_manager(&[sd_notify::NotifyState::Ready]);
         let _ = spawn_worker(&app, grace, shutdown).await;
         Ok(ExitCode::SUCCESS)
     });

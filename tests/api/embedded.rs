@@ -629,3 +629,33 @@ async fn fifty_concurrent_duplicates_make_one_run() {
     assert_eq!(&runs[0].0, accepted[0]);
     terminate(server).await;
 }
+
+#[tokio::test]
+async fn serve_tells_systemd_when_it_listens_and_when_it_stops() {
+    let port = free_port();
+    let dir = project(port);
+    // systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let server = command(&dir, &["serve"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut message = [0u8; 256];
+    let n = socket.recv(&mut message).expect("READY=1 within 30 s");
+    assert_eq!(&message[..n], b"READY=1\n");
+    // Ready means listening: the first request is answered.
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let status = terminate(server).await;
+    assert!(status.success(), "{status:?}");
+    let n = socket.recv(&mut message).expect("STOPPING=1");
+    assert_eq!(&message[..n], b"STOPPING=1\n");
+}
