@@ -76,7 +76,8 @@ chmod 0755 "$work"   # the image's root, which its user must be able to enter
 podman create --no-healthcheck --name flowgate-check "$image" >/dev/null
 podman export flowgate-check | tar -x -C "$work"
 podman rm flowgate-check >/dev/null
-[ "$(stat -c %u "$work/var/lib/flowgate")" = 10001 ] || fail "/var/lib/flowgate is not the image user's"
+[ "$(stat -c %u:%a "$work/var/lib/flowgate")" = 10001:700 ] ||
+  fail "/var/lib/flowgate is $(stat -c %u:%a "$work/var/lib/flowgate"), not the image user's alone (10001:700)"
 in_image() { chroot --userspec=10001:10001 "$work" /usr/local/bin/flowgate --config /etc/flowgate/config.toml "$@"; }
 version=$(in_image --version)
 [ "$version" = "flowgate $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) ($commit)" ] || fail "--version says $version"
@@ -108,5 +109,6 @@ for _ in $(seq 1 100); do
 done
 in_image runs show "$run" --json | grep -q '"status": *"succeeded"' || fail "run $run did not succeed"
 [ -s "$work/var/lib/flowgate/flowgate.db" ] || fail "no database on the volume"
+[ "$(stat -c %a "$work/var/lib/flowgate/flowgate.db")" = 600 ] || fail "the database is readable by others"
 kill -TERM "$server"; wait "$server" || fail "serve exited $? on SIGTERM"; server=
 echo "image $image: $(podman image inspect --format '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }'), settings, quick start and SIGTERM ok"
