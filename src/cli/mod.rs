@@ -56,7 +56,7 @@ pub enum Command {
     },
     /// Execute queued async runs only; start as many as you need on one Redis.
     Worker {
-        /// Serve /healthz and /metrics (queue lag, run outcomes) on this address.
+        /// Serve /healthz, /readyz and /metrics (queue lag, run outcomes) on this address.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_listen: Option<std::net::SocketAddr>,
     },

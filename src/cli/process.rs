@@ -145,7 +145,29 @@ fn spawn_worker(
     tokio::spawn(async move { worker.run(shutdown_requested(shutdown), grace).await })
 }
 
+/// Open files a process needs beside its connections: the store's, the
+/// outbound calls', the flow files'.
+const FILES_BESIDE_CONNECTIONS: u64 = 256;
+
+/// Raises the soft open-files limit (often 1024 in containers) toward
+/// `server.max_connections` plus [`FILES_BESIDE_CONNECTIONS`], as far as
+/// the hard limit allows; warns when that stops it short, since accepting
+/// then fails with "Too many open files" before the connection limit.
+fn raise_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + FILES_BESIDE_CONNECTIONS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below server.max_connections plus {FILES_BESIDE_CONNECTIONS}: raise it (LimitNOFILE=, --ulimit nofile=) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 pub(super) fn serve(config: Config, with_worker: bool) -> anyhow::Result<ExitCode> {
+    raise_file_limit(config.server.max_connections);
     let addr = config.server.listen;
     let grace = config.server.shutdown_grace;
     let app = build_app(&config, true)?;
@@ -188,6 +210,7 @@ pub(super) fn worker_only(
     config: Config,
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
+    raise_file_limit(config.server.max_connections);
     let grace = config.server.shutdown_grace;
     let app = build_app(&config, true)?;
     let rt = runtime()?;
@@ -239,6 +262,8 @@ pub(super) fn healthcheck(
     };
     let client = reqwest::Client::builder()
         .timeout(timeout)
+        // The probe is of this host: a proxy answering would hide a dead gateway.
+        .no_proxy()
         .build()
         .context("cannot build an HTTP client")?;
     let status = runtime()?.block_on(async { client.get(&url).send().await.map(|r| r.status()) });

@@ -659,3 +659,34 @@ async fn serve_tells_systemd_when_it_listens_and_when_it_stops() {
     let n = socket.recv(&mut message).expect("STOPPING=1");
     assert_eq!(&message[..n], b"STOPPING=1\n");
 }
+
+#[tokio::test]
+async fn serve_raises_a_low_open_files_limit_to_fit_its_connections() {
+    let port = free_port();
+    let dir = project(port);
+    // Soft 64, hard 20000: the soft limit rises to max_connections + 256.
+    let mut server = Command::new("prlimit");
+    server
+        .arg("--nofile=64:20000")
+        .arg("--")
+        .arg(binary())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("FLOWGATE_SIGNING_KEY", SIGNING_KEY)
+        .env("FLOWGATE_SERVER__MAX_CONNECTIONS", "1000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = server.spawn().expect("prlimit, from util-linux");
+    ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["1256", "20000"], "{limits}");
+    terminate(server).await;
+}

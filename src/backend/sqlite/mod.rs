@@ -317,14 +317,7 @@ impl Database {
             path: path.to_owned(),
             problem,
         };
-        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            private::create_folder(folder)
-                .map_err(|e| unusable(format!("cannot create its folder: {e}")))?;
-        }
-        // Created here, not by SQLite, so that it is the owner's alone.
-        let file =
-            private::open_file(path).map_err(|e| unusable(format!("cannot open it: {e}")))?;
-        private::tighten(path).map_err(|e| unusable(format!("cannot make it private: {e}")))?;
+        let file = private::prepare(path).map_err(unusable)?;
         let owner = if own {
             // The lock is on the database file itself (an `flock`, which
             // SQLite's own `fcntl` locks do not touch), so it holds
@@ -478,18 +471,33 @@ impl Database {
 
     /// Writes a consistent copy of the database to `target` (SQLite's
     /// `VACUUM INTO`), beside running readers and writers.
+    ///
+    /// The copy is made in the database's own folder (which nobody else can
+    /// write), then copied into `target` through the descriptor that
+    /// created it, so nobody who can write `target`'s folder can swap a file
+    /// of theirs in between; it needs the database's size free there.
     pub async fn backup(&self, target: &Path) -> Result<(), StorageError> {
-        // `VACUUM INTO` fills an empty file: make it, the owner's alone,
-        // failing if anything is there already.
-        private::create_new_file(target).map_err(|e| {
-            StorageError::Unavailable(format!("cannot create {}: {e}", target.display()))
-        })?;
-        let target = target.to_string_lossy().into_owned();
-        self.read(move |conn| {
-            conn.execute("VACUUM INTO ?1", [target])?;
-            Ok(())
-        })
-        .await
+        let failed = |what: String| StorageError::Unavailable(what);
+        let mut out = private::create_new_file(target)
+            .map_err(|e| failed(format!("cannot create {}: {e}", target.display())))?;
+        let staging = private::Staging::beside(&self.path)
+            .map_err(|e| failed(format!("cannot make a staging copy: {e}")))?;
+        let copy = staging.path().to_string_lossy().into_owned();
+        let written = self
+            .read(move |conn| {
+                conn.execute("VACUUM INTO ?1", [copy])?;
+                Ok(())
+            })
+            .await
+            .and_then(|()| {
+                staging
+                    .copy_into(&mut out)
+                    .map_err(|e| failed(format!("cannot write {}: {e}", target.display())))
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(target);
+        }
+        written
     }
 
     /// Runs `f` on a reader connection.
