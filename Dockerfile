@@ -3,7 +3,7 @@
 #
 #   docker build -t flowgate .            # or: podman build --format docker -t flowgate .
 #   docker run -d --name flowgate -p 8080:8080 --stop-timeout 45 \
-#     -v "$PWD/signing-key:/run/secrets/flowgate_signing_key:ro" \
+#     -v "$PWD/deploy/signing-key:/run/secrets/flowgate_signing_key:ro" \
 #     -v flowgate-data:/var/lib/flowgate flowgate
 #   docker exec flowgate flowgate token issue signup
 #

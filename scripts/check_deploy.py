@@ -5,14 +5,16 @@
 Run by scripts/check-deploy.sh, with kubernetes-validate and PyYAML
 installed. The compose files have already passed `docker-compose config`
 (the compose specification's schema); this checks what that schema cannot
-know: Redis keeps what it acknowledged, every flowgate process has the
-shared signing key, a health check of its own and more stop time than
-server.shutdown_grace. Every Kubernetes object is validated against the
-Kubernetes schemas of the oldest and newest supported versions, strictly
-(unknown fields fail), and the same facts are checked there, plus probes,
-disruption budgets and resources. Finally every flowgate process's
-environment is handed to the binary's own `check`, so a misspelt
-FLOWGATE_* variable or a bad value fails here, not at deploy time.
+know: Redis keeps what it acknowledged and refuses writes when full,
+every flowgate process has the shared signing key, a health check of its
+own and more stop time than server.shutdown_grace. Every Kubernetes object
+is validated against the Kubernetes schemas of the oldest and newest
+supported versions, strictly (unknown fields fail), and the same facts are
+checked there, plus probes, disruption budgets and resources. Finally every
+flowgate process's environment (compose, Kubernetes, the systemd unit's
+Environment= lines) is handed to the binary's own `check` with the config
+file it runs with, so a misspelt FLOWGATE_* variable or a bad value fails
+here, not at deploy time.
 """
 
 import os
@@ -48,7 +50,10 @@ def seconds(text):
     return sum(float(n) * units[u] for n, u in parts)
 
 
-CONTAINER_CONFIG = tomllib.loads((DEPLOY / "container/config.toml").read_text())
+CONTAINER_CONFIG_FILE = DEPLOY / "container/config.toml"
+CONTAINER_CONFIG = tomllib.loads(CONTAINER_CONFIG_FILE.read_text())
+# FLOWGATE_* variables that are not FLOWGATE_<SECTION>__<KEY> config keys.
+OTHER_VARIABLES = {"FLOWGATE_SIGNING_KEY", "FLOWGATE_LOG_FORMAT"}
 SHUTDOWN_GRACE = seconds(CONTAINER_CONFIG["server"]["shutdown_grace"])
 
 
@@ -66,7 +71,7 @@ def check_compose(path, environments):
     for name, service in flowgate.items():
         at = f"{where}: services.{name}"
         env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
-        environments.append((at, env))
+        environments.append((at, env, CONTAINER_CONFIG_FILE))
         test = (service.get("healthcheck") or {}).get("test") or []
         if "healthcheck" not in test:
             problem(at, f"its health check does not run `flowgate healthcheck`: {test}")
@@ -87,7 +92,7 @@ def check_compose(path, environments):
         problem(where, "no flowgate_signing_key secret")
     redis = services.get("redis")
     uses_redis = any(
-        env.get("FLOWGATE_STORAGE__BACKEND") == "redis" for at, env in environments if at.startswith(str(where))
+        env.get("FLOWGATE_STORAGE__BACKEND") == "redis" for at, env, _ in environments if at.startswith(str(where))
     )
     if uses_redis:
         if redis is None:
@@ -109,6 +114,18 @@ def check_redis_args(at, args):
         problem(at, "Redis without append-only persistence loses acknowledged runs on a restart")
     if "--maxmemory-policy noeviction" not in joined:
         problem(at, "Redis must refuse writes when full (maxmemory-policy noeviction), not evict runs")
+    if not re.search(r"--maxmemory [0-9]", joined):
+        problem(at, "without --maxmemory, noeviction never applies: Redis grows until it is killed")
+
+
+def check_systemd(environments):
+    """The unit's Environment= lines, with its own config file."""
+    unit = (DEPLOY / "systemd/flowgate.service").read_text()
+    env = {}
+    for value in re.findall(r"^Environment=(.*)$", unit, re.M):
+        name, _, setting = value.partition("=")
+        env[name] = setting
+    environments.append(("deploy/systemd/flowgate.service", env, DEPLOY / "systemd/config.toml"))
 
 
 def check_kubernetes(folder, environments):
@@ -155,7 +172,7 @@ def check_kubernetes(folder, environments):
                     problem(at, f"envFrom names {name}, which nothing generates")
                 env.update(generated.get(name, {}))
             env.update({e["name"]: e["value"] for e in container.get("env", [])})
-            environments.append((at, env))
+            environments.append((at, env, CONTAINER_CONFIG_FILE))
             ready = container.get("readinessProbe", {}).get("httpGet", {}).get("path")
             alive = container.get("livenessProbe", {}).get("httpGet", {}).get("path")
             if (ready, alive) != ("/readyz", "/healthz"):
@@ -178,15 +195,19 @@ def check_kubernetes(folder, environments):
 
 
 def check_environments(binary, environments):
-    """Each environment against the container's config, flows and templates."""
+    """Each environment with its config file, the flows and templates."""
     with tempfile.TemporaryDirectory() as work:
         etc = pathlib.Path(work)
-        shutil.copy(DEPLOY / "container/config.toml", etc / "config.toml")
         (etc / "flows").symlink_to(ROOT / "flows")
         (etc / "templates").symlink_to(ROOT / "templates")
-        for at, env in environments:
+        (etc / "credentials").mkdir()  # systemd's %d
+        for at, env, config in environments:
+            for name in env:
+                if name.startswith("FLOWGATE_") and "__" not in name and name not in OTHER_VARIABLES:
+                    problem(at, f"{name} is neither a FLOWGATE_<SECTION>__<KEY> setting nor one of {sorted(OTHER_VARIABLES)}")
+            shutil.copy(config, etc / "config.toml")
             clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWGATE_")}
-            clean.update(env)
+            clean.update({k: v.replace("%d", str(etc / "credentials")) for k, v in env.items()})
             out = subprocess.run(
                 [binary, "--config", str(etc / "config.toml"), "check"],
                 env=clean,
@@ -205,6 +226,7 @@ def main():
     for path in compose_files:
         check_compose(path, environments)
     check_kubernetes(DEPLOY / "kubernetes", environments)
+    check_systemd(environments)
     check_environments(binary, environments)
     for line in problems:
         print(line, file=sys.stderr)
@@ -212,7 +234,7 @@ def main():
         sys.exit(1)
     print(
         f"compose: {len(compose_files)} file(s) checked; kubernetes: valid for "
-        f"{' and '.join(KUBERNETES_VERSIONS)}; {len(environments)} flowgate environment(s) accepted by `flowgate check`"
+        f"{' and '.join(KUBERNETES_VERSIONS)}; {len(environments)} flowgate environment(s) (compose, Kubernetes, systemd) accepted by `flowgate check`"
     )
 
 
