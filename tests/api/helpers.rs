@@ -898,8 +898,10 @@ impl Mount {
     /// is set outside CI, when this says so and gives `None`.
     pub fn tmpfs(options: &str) -> Option<Mount> {
         let dir = tempfile::tempdir().unwrap();
+        // Private, like a data volume (a tmpfs root is 1777 by default).
+        let options = format!("mode=0700,{options}");
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
             .arg(dir.path())
             .stderr(std::process::Stdio::null())
             .status();

@@ -4,8 +4,10 @@
 //! `-shm` files the database file's mode), a backup copy `0600`. Files
 //! left readable by others by an earlier version are tightened at open.
 //!
-//! A folder others can write is refused: whoever can create files there
-//! could plant a readable `-wal` for SQLite to reuse, or swap the files.
+//! A folder every account can write (`o+w`, such as `/tmp`) is refused:
+//! whoever can create files there could plant a readable `-wal` for SQLite
+//! to reuse, or swap the files. A group-writable one trusts its group (a
+//! Kubernetes volume with an `fsGroup` is `2775`).
 //! The checks apply to the file a symlink at the path leads to, since
 //! SQLite puts its `-wal` and `-shm` beside that one.
 
@@ -42,7 +44,7 @@ pub(super) fn prepare(path: &Path) -> Result<File, String> {
     Ok(file)
 }
 
-/// Fails when anyone but the owner may create or rename files in `folder`.
+/// Fails when every account may create or rename files in `folder`.
 fn only_owner_writes(folder: &Path) -> Result<(), String> {
     #[cfg(unix)]
     {
@@ -50,9 +52,9 @@ fn only_owner_writes(folder: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot read its folder {}: {e}", folder.display()))?
             .permissions()
             .mode();
-        if mode & 0o022 != 0 {
+        if mode & 0o002 != 0 {
             return Err(format!(
-                "its folder {} is writable by others (mode {:o}), who could then read the database: use a folder only its owner writes (chmod go-w)",
+                "its folder {} is writable by every account (mode {:o}), which could then read the database: use a folder only its owner writes (chmod o-w)",
                 folder.display(),
                 mode & 0o7777
             ));
@@ -195,7 +197,7 @@ mod tests {
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
         let problem = prepare(&shared.join("flowgate.db")).unwrap_err();
-        assert!(problem.contains("writable by others"), "{problem}");
+        assert!(problem.contains("writable by every account"), "{problem}");
         assert!(
             !shared.join("flowgate.db").exists(),
             "nothing is created there"
@@ -206,7 +208,7 @@ mod tests {
         std::fs::write(shared.join("x.db"), b"").unwrap();
         std::os::unix::fs::symlink(shared.join("x.db"), private.join("flowgate.db")).unwrap();
         let problem = prepare(&private.join("flowgate.db")).unwrap_err();
-        assert!(problem.contains("writable by others"), "{problem}");
+        assert!(problem.contains("writable by every account"), "{problem}");
         // The owner's own folder is fine.
         let file = prepare(&private.join("other.db"));
         assert!(file.is_ok(), "{:?}", file.err());
