@@ -29,13 +29,13 @@ COPY src src
 COPY benches benches
 RUN FLOWGATE_COMMIT="${FLOWGATE_COMMIT}" cargo build --release --locked --bin flowgate \
  && install -D -m 0755 target/release/flowgate /out/usr/local/bin/flowgate \
- && install -d -m 0700 /out/var/lib/flowgate \
  && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ca-certificates.crt
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/usr/local/bin/flowgate /usr/local/bin/flowgate
 COPY --from=build /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=build --chown=10001:10001 /out/var/lib/flowgate /var/lib/flowgate
+# The database's folder, the image user's alone (COPY would make it 0755).
+RUN install -d -o 10001 -g 10001 -m 0700 /var/lib/flowgate
 COPY deploy/container/config.toml /etc/flowgate/config.toml
 COPY flows /etc/flowgate/flows
 COPY templates /etc/flowgate/templates
