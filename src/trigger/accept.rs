@@ -1,5 +1,6 @@
 //! Accepting an async run: its answer rendered, then the run queued with
-//! its first record; the sender hears nothing before the queue holds it.
+//! it (one write, which is the queued run's record); the sender hears
+//! nothing before the queue holds it.
 
 use http::Response;
 use serde_json::json;
