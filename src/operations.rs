@@ -82,11 +82,6 @@ pub async fn abort(state: &AppState, run_id: &str, actor: &Actor) -> Result<RunS
     state.control.apply(change, audit).await?;
     // A running run is recorded by the worker that stops it.
     if matches!(before, RunState::Queued | RunState::Waiting) {
-        // A queued run's record is rebuilt from the queue: its flow's keep
-        // rules apply to it from here.
-        if let Some(flow) = state.catalog().get(&record.flow) {
-            record.policy = flow.records;
-        }
         record.abort(&format!("aborted by {}", actor.name));
         state.runs.save(&record).await?;
     }

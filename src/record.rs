@@ -208,22 +208,6 @@ use crate::clock::now_rfc3339;
 impl RunRecord {
     /// A record for a run that has not started.
     pub fn accepted(flow: &Flow, input: &RunInput, status: RunState) -> Self {
-        let mut record = Self::of_input(input, &flow.version, status);
-        record.policy = flow.records;
-        record
-    }
-
-    /// The record of a run still waiting in the queue, rebuilt from its
-    /// queued input, the version of its flow that accepted it and the
-    /// answer its sender got: a queued run has no record of its own until
-    /// a worker starts it (accepting is one write).
-    pub fn queued(input: &RunInput, flow_version: &str, answer: Option<RecordedResponse>) -> Self {
-        let mut record = Self::of_input(input, flow_version, RunState::Queued);
-        record.response = answer;
-        record
-    }
-
-    fn of_input(input: &RunInput, flow_version: &str, status: RunState) -> Self {
         let created_at = input
             .request
             .get("received_at")
@@ -242,8 +226,8 @@ impl RunRecord {
         };
         Self {
             id: input.run_id.clone(),
-            flow: input.flow_id.clone(),
-            flow_version: flow_version.to_owned(),
+            flow: flow.id.clone(),
+            flow_version: flow.version.clone(),
             mode: input.mode.clone(),
             live: input.live,
             status,
@@ -262,7 +246,7 @@ impl RunRecord {
             error: None,
             replay_of: input.replay_of.clone(),
             cut: Vec::new(),
-            policy: RecordPolicy::default(),
+            policy: flow.records,
         }
     }
 

@@ -7,7 +7,7 @@
 //! a run along, so every run leaves the same trail whichever path it took.
 //!
 //! Records are not a subscriber of the bus: a sender is told `202` only
-//! after its run (which is its queued record) is durable, and a worker completes a
+//! after its run and its first record are durable, and a worker completes a
 //! delivery in the same step that writes the final record. What a
 //! transition promises is written first where it must be (queued), and the
 //! rest is announced before the write, so the metrics of a run never lag
@@ -116,8 +116,8 @@ impl Transitions {
         }
     }
 
-    /// An async run was accepted: it is stored (the entry is its queued
-    /// record, see [`RunQueue::enqueue`]), and announced as queued. On `Err` nothing was stored and the sender must
+    /// An async run was accepted: it is stored with its first record, and
+    /// announced as queued. On `Err` nothing was stored and the sender must
     /// not be told the run was accepted.
     pub async fn queued(&self, input: &RunInput, record: &RunRecord) -> Result<(), StorageError> {
         let journal = self.journal(&input.run_id, &input.flow_id, 0);
@@ -253,21 +253,14 @@ impl Transitions {
         }
     }
 
-    /// A run of a paused flow goes back to wait for `recheck` with its
-    /// `record` (still `queued`): paused flows keep their runs, and run
+    /// A run of a paused flow goes back to wait for `recheck`, its record
+    /// untouched (still `queued`): paused flows keep their runs, and run
     /// them after unpause.
-    pub async fn held_while_paused(
-        &self,
-        delivery: &Delivery,
-        record: &RunRecord,
-        recheck: Duration,
-    ) {
+    pub async fn held_while_paused(&self, delivery: &Delivery, recheck: Duration) {
         let due = crate::backend::now_ms() + recheck.as_millis() as u64;
-        // Off the queue's stream the run is found by its record: it is
-        // written, still queued, with the hold.
         let held = self
             .queue
-            .retry_later(&delivery.id, &delivery.input, due, Some(record))
+            .retry_later(&delivery.id, &delivery.input, due, None)
             .await;
         match held {
             Ok(()) => {

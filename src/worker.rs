@@ -296,6 +296,12 @@ impl Worker {
             let reason = "aborted on request".into();
             return Err(Outcome::Abandoned { run_id, reason });
         }
+        if self.control.status(flow) == FlowStatus::Paused {
+            self.transitions
+                .held_while_paused(delivery, PAUSED_RECHECK)
+                .await;
+            return Err(Outcome::Held { run_id });
+        }
         // A first delivery that came with its answer has nothing in its
         // queued record the worker does not know already.
         let first = !delivery.taken_over && delivery.input.resume.is_none();
@@ -307,12 +313,6 @@ impl Worker {
             }
             _ => self.stored_record(flow, delivery).await,
         };
-        if self.control.status(flow) == FlowStatus::Paused {
-            self.transitions
-                .held_while_paused(delivery, &record, PAUSED_RECHECK)
-                .await;
-            return Err(Outcome::Held { run_id });
-        }
         if record.interrupted >= MAX_ATTEMPTS {
             let reason = format!(
                 "dead-lettered: started {} times in a row without ending (its worker stopped each time)",

@@ -81,11 +81,9 @@ pub trait RunQueue: Send + Sync {
     /// to call again. Workers call it when they start.
     fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 
-    /// Stores a run durably in one write; only after `Ok` may the sender be
-    /// told it was accepted. The stored entry is the queued run's record:
-    /// `record` (its answer and flow version) is kept with it, and
-    /// [`super::RunStore::get`] rebuilds the record from it
-    /// ([`RunRecord::queued`]) until a transition writes one.
+    /// Stores a run durably, with its first record when given (in the same
+    /// round trip where the backend can); only after `Ok` may the sender be
+    /// told it was accepted.
     fn enqueue<'a>(
         &'a self,
         input: &'a RunInput,

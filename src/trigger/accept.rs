@@ -1,6 +1,5 @@
 //! Accepting an async run: its answer rendered, then the run queued with
-//! it (one write, which is the queued run's record); the sender hears
-//! nothing before the queue holds it.
+//! its first record; the sender hears nothing before the queue holds it.
 
 use http::Response;
 use serde_json::json;

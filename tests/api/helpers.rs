@@ -652,17 +652,10 @@ impl RedisCluster {
     }
 
     /// How many keys each live master holds.
-    /// Entries in the run queue's streams on each master.
-    pub fn queued_entries(&self) -> Vec<u64> {
+    pub fn key_count(&self) -> Vec<u64> {
         self.masters()
             .iter()
-            .map(|port| {
-                redis_cli(*port, &["--scan", "--pattern", "*:runs"])
-                    .lines()
-                    .filter(|key| key.ends_with(":runs"))
-                    .map(|key| redis_cli(*port, &["XLEN", key]).trim().parse().unwrap_or(0))
-                    .sum()
-            })
+            .map(|port| redis_cli(*port, &["DBSIZE"]).trim().parse().unwrap_or(0))
             .collect()
     }
 }

@@ -124,46 +124,6 @@ async fn async_runs_go_from_queued_to_their_end() {
     assert!(record.ended_at.is_some());
 }
 
-async fn a_queued_run_is_read_from_its_queue_entry_and_listed_once_started() {
-    let flow = FLOW
-        .replace("ref = \"web1\"", "ref = \"web1\"\nmode = \"async\"")
-        .replace("{{ calc.total }}}'", "{{ web1.a }}}'");
-    let options = AppOptions {
-        worker: false,
-        ..Default::default()
-    };
-    let app = spawn_app_with(&[("a", flow)], options).await;
-    let response = app.post_json("a", r#"{"a": 1, "b": 2}"#).await;
-    assert_eq!(response.status(), 202);
-    let id = run_id(&response);
-    // Accepting wrote the queue entry alone: the run is found by id, as
-    // queued, with the answer its sender got and its flow's version.
-    let queued = app.store().get(&id).await.unwrap().expect("found by id");
-    assert_eq!(queued.status, flowgate::engine::RunState::Queued);
-    assert_eq!(queued.flow, "a");
-    assert_eq!(queued.attempt, 0);
-    assert_eq!(queued.response.as_ref().unwrap().status, 202);
-    assert!(!queued.flow_version.is_empty(), "{queued:?}");
-    assert_eq!(queued.body["b"], 2);
-    let listed = app.store().list("a", 10).await.unwrap();
-    assert!(
-        listed.is_empty(),
-        "listed once a worker starts it: {listed:?}"
-    );
-    // Unknown ids, of flowgate's kind and not, are not found.
-    let unknown = uuid::Uuid::now_v7().to_string();
-    assert!(app.store().get(&unknown).await.unwrap().is_none());
-    assert!(app.store().get("no-such-run").await.unwrap().is_none());
-
-    app.start_worker(std::time::Duration::from_secs(15));
-    let record = app.record_when(&id, |r| r.status == "succeeded").await;
-    assert_eq!(record.response.unwrap().status, 202);
-    assert_eq!(record.flow_version, queued.flow_version);
-    let listed = app.store().list("a", 10).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, id);
-}
-
 async fn paused_flows_and_refused_requests_record_nothing() {
     let paused = FLOW.replace("status = \"live\"", "status = \"paused\"");
     let app = spawn_app(&[("p", paused), ("f", FLOW.to_owned())]).await;
@@ -552,7 +512,6 @@ crate::on_both_backends!(
     succeeded_run_records_steps_request_and_answer,
     failed_and_timed_out_runs_record_why,
     async_runs_go_from_queued_to_their_end,
-    a_queued_run_is_read_from_its_queue_entry_and_listed_once_started,
     paused_flows_and_refused_requests_record_nothing,
     large_bodies_are_truncated_in_the_record,
     runs_cli_lists_and_shows_records,
@@ -561,6 +520,5 @@ crate::on_both_backends!(
 crate::on_cluster!(
     a_flow_keeps_at_most_its_cap_of_records_the_newest,
     async_runs_go_from_queued_to_their_end,
-    a_queued_run_is_read_from_its_queue_entry_and_listed_once_started,
     runs_cli_lists_and_shows_records,
 );

@@ -22,11 +22,11 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `flowgate:{flowgate}:runs` | stream (per partition) | one entry per accepted run: fields `input` (the [`crate::engine::RunInput`] as JSON, its request's `raw` body text left `null`; a JSON body travels once, as that text), `raw` (the raw body text as received), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch), `answer` (the answer the sender got, as recorded, JSON) and `version` (the accepting flow's version). Accepting writes only this entry: it is the queued run's record, found when `GET` misses the run key by `XRANGE` around the time the run id (a UUIDv7) carries, until a worker writes the record |
+//! | `flowgate:{flowgate}:runs` | stream (per partition) | one entry per accepted run: fields `input` (the [`crate::engine::RunInput`] as JSON, its request's `raw` body text left `null`; a JSON body travels once, as that text), `raw` (the raw body text as received), `run` (the run id, readable even when `input` is not), `accepted_at` (ms since the epoch) and `answer` (the answer the sender got, as recorded, JSON) |
 //! | `flowgate:{flowgate}:delayed` | sorted set (per partition) | runs waiting to retry a step: run inputs with their resume point (JSON), scored by due time (ms); workers move due ones into the stream with one Lua script |
 //! | `flowgate:{flowgate}:dead` | list (per partition) | runs given up on, newest first, capped at 10 000: `{"entry", "run_id", "reason", "input"}` (JSON; `input` is the queued input's JSON text). A run lands here after repeated worker deaths, or at once when its entry cannot be decoded |
-//! | `flowgate:{flowgate}:run:<run id>` | string (per partition) | the run record as JSON (see [`crate::record::RunRecord`]), from when a worker first takes the run (or a sync run ends); expires after the runs retention |
-//! | `flowgate:{flowgate}:runs:<flow>` | sorted set (per partition) | run ids of a flow scored by when their record was first written (ms); entries past retention are dropped on write |
+//! | `flowgate:{flowgate}:run:<run id>` | string (per partition) | the run record as JSON (see [`crate::record::RunRecord`]); expires after the runs retention |
+//! | `flowgate:{flowgate}:runs:<flow>` | sorted set (per partition) | run ids of a flow scored by acceptance time (ms); entries past retention are dropped on write |
 //! | `flowgate:{flowgate}:index:flows` | set (per partition) | ids of flows with runs, for listing runs across flows (by merging their indexes); a process adds a flow the first time it records one of its runs, and again now and then |
 //! | `flowgate:{flowgate}:control:version` | string | the control state's version, bumped (`INCR`) by every change; replicas compare it with theirs every 250 ms |
 //! | `flowgate:{flowgate}:control:status` | hash | flow id → its status override as JSON `{"status", "by", "at"}` (pause and unpause) |
@@ -56,7 +56,7 @@
 //! (`XREADGROUP ... COUNT n`), so it never hoards runs it cannot start. An
 //! entry stays in the group's pending list until the run ends (`XACK`, then
 //! `XDEL` to keep the stream short). Concurrent enqueues are batched: one
-//! task per partition sends every waiting `XADD` in a single
+//! task per partition sends every waiting `XADD` (with the run's first record) in a single
 //! pipeline, so a busy gateway makes one round trip for many runs. A running worker heartbeats its entries
 //! (`XCLAIM` with min-idle 0 resets their idle time); entries idle longer than
 //! the reclaim threshold belong to a worker that died and are taken over

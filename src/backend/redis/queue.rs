@@ -309,18 +309,6 @@ fn decode(id: String, entry: &StreamId, taken_over: bool) -> Result<Delivery, St
     })
 }
 
-/// The record of the run a stream entry holds, as it stands while queued;
-/// `None` when the entry does not decode.
-pub(super) fn queued_record(entry: &StreamId) -> Option<RunRecord> {
-    let delivery = decode(String::new(), entry, false).ok()?;
-    let version: String = entry.get("version").unwrap_or_default();
-    Some(RunRecord::queued(
-        &delivery.input,
-        &version,
-        delivery.answer,
-    ))
-}
-
 impl RunQueue for RedisQueue {
     fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(self.ensure_group())
@@ -348,13 +336,11 @@ impl RunQueue for RedisQueue {
                 .arg(&input.run_id)
                 .arg("accepted_at")
                 .arg(now_ms());
-            // The entry is the queued run's record (see `queued_record`):
-            // accepting is this one write.
             if let Some(record) = record {
                 if let Some(answer) = &record.response {
                     pipe.arg("answer").arg(to_json(answer)?);
                 }
-                pipe.arg("version").arg(&record.flow_version);
+                self.records.write_record(&mut pipe, record, true)?;
             }
             add_events(&mut pipe, self.part(p), events);
             self.batcher.run(p, &pipe).await

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::RwLock;
 
 use deadpool_redis::redis;
-use deadpool_redis::redis::streams::StreamRangeReply;
 
 use super::{Batcher, Pool, query, query_all, to_json, unencodable};
 use crate::backend::control::Page;
@@ -274,70 +273,6 @@ impl RedisStore {
     }
 }
 
-/// How far (ms) a queue entry's id may be from the time its run id
-/// carries: the gateway's clock against Redis's, and the wait between.
-const QUEUED_SKEW_MS: u64 = 60_000;
-
-/// Most stream entries read looking for one queued run.
-const QUEUED_SCAN_MAX: usize = 20_000;
-
-/// Stream entries read per `XRANGE` while looking.
-const QUEUED_SCAN_BATCH: usize = 500;
-
-impl RedisStore {
-    /// The record of a run still in the queue, rebuilt from its stream
-    /// entry: accepting writes only the entry, and the run gets a record of
-    /// its own when a worker starts it. The entry is looked for among those
-    /// added within [`QUEUED_SKEW_MS`] of the time its run id (a UUIDv7)
-    /// carries, at most [`QUEUED_SCAN_MAX`] of them (a queue that deep
-    /// around that time hides it until it starts). The stream holds only
-    /// runs not yet ended: entries leave it when their run does.
-    async fn queued(&self, run_id: &str) -> Result<Option<RunRecord>, StorageError> {
-        let at = uuid::Uuid::parse_str(run_id)
-            .ok()
-            .and_then(|id| id.get_timestamp())
-            .map(|t| t.to_unix())
-            .map(|(secs, nanos)| secs * 1000 + u64::from(nanos) / 1_000_000);
-        // An id that carries no time (not one flowgate made) is looked for
-        // from the stream's start.
-        let (mut start, end) = match at {
-            Some(at) => (
-                at.saturating_sub(QUEUED_SKEW_MS).to_string(),
-                (at + QUEUED_SKEW_MS).to_string(),
-            ),
-            None => ("-".to_owned(), "+".to_owned()),
-        };
-        let layout = self.pool.layout();
-        let stream = &layout.partition(layout.partition_of(run_id)).stream;
-        let mut scanned = 0;
-        while scanned < QUEUED_SCAN_MAX {
-            let reply: StreamRangeReply = query(
-                &self.pool,
-                redis::cmd("XRANGE")
-                    .arg(stream)
-                    .arg(&start)
-                    .arg(&end)
-                    .arg("COUNT")
-                    .arg(QUEUED_SCAN_BATCH),
-            )
-            .await?;
-            for entry in &reply.ids {
-                if entry.get::<String>("run").as_deref() == Some(run_id) {
-                    return Ok(super::queue::queued_record(entry));
-                }
-            }
-            match reply.ids.last() {
-                Some(last) if reply.ids.len() == QUEUED_SCAN_BATCH => {
-                    start = format!("({}", last.id);
-                    scanned += reply.ids.len();
-                }
-                _ => break,
-            }
-        }
-        Ok(None)
-    }
-}
-
 /// Most index entries read to fill one filtered page: a state filter that
 /// matches few runs answers a short (even empty) page with a cursor after
 /// this many, in tens of milliseconds, rather than reading every record.
@@ -557,10 +492,7 @@ impl RunStore for RedisStore {
         Box::pin(async move {
             let key = self.pool.layout().run_key(run_id);
             let json: Option<String> = query(&self.pool, redis::cmd("GET").arg(key)).await?;
-            match json {
-                Some(json) => decode(&json).map(Some),
-                None => self.queued(run_id).await,
-            }
+            json.as_deref().map(decode).transpose()
         })
     }
 

@@ -162,13 +162,6 @@ CREATE TABLE sessions (id TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL, entry T
 CREATE TABLE events (id TEXT PRIMARY KEY, message TEXT NOT NULL, due_at INTEGER NOT NULL);
 CREATE INDEX events_due ON events (due_at);
 ",
-    // Accepting a run is one row: the queue row is the queued run's record
-    // (with the version of the flow that accepted it), found by run id
-    // until a worker starts the run and writes its record.
-    r"
-ALTER TABLE queue ADD COLUMN flow_version TEXT;
-CREATE INDEX queue_run ON queue (run_id);
-",
 ];
 
 impl From<rusqlite::Error> for StorageError {

@@ -134,38 +134,6 @@ impl SqliteQueue {
     }
 }
 
-/// The record of a run still in the queue, rebuilt from its row; `None`
-/// when it is not there (or its row does not decode).
-pub(super) fn queued_record(
-    conn: &rusqlite::Connection,
-    run_id: &str,
-) -> rusqlite::Result<Option<RunRecord>> {
-    use rusqlite::OptionalExtension as _;
-    let row = conn
-        .prepare_cached(
-            "SELECT input, raw, accepted_at, answer, flow_version FROM queue WHERE run_id = ?1
-             ORDER BY seq LIMIT 1",
-        )?
-        .query_row(params![run_id], |row| {
-            Ok((
-                row.get::<_, rusqlite::types::Value>(0)?,
-                row.get::<_, rusqlite::types::Value>(1)?,
-                row.get::<_, rusqlite::types::Value>(2)?,
-                row.get::<_, rusqlite::types::Value>(3)?,
-                row.get::<_, Option<String>>(4)?,
-            ))
-        })
-        .optional()?;
-    Ok(row.and_then(|(input, raw, accepted_at, answer, version)| {
-        let (input, _, answer) = decode_row(&input, raw, &accepted_at, answer).ok()?;
-        Some(RunRecord::queued(
-            &input,
-            version.as_deref().unwrap_or(""),
-            answer,
-        ))
-    }))
-}
-
 /// A queue row's run input, acceptance time and answer.
 fn decode_row(
     input: &rusqlite::types::Value,
@@ -272,19 +240,19 @@ impl RunQueue for SqliteQueue {
                 .and_then(|r| r.response.as_ref())
                 .map(encode)
                 .transpose()?;
-            // The row is the queued run's record (see `queued_record`):
-            // accepting is this one insert.
-            let version = record.map(|r| r.flow_version.clone());
+            let record = encoded(record)?;
             let run_id = input.run_id.clone();
+            let this = self.clone();
             self.db
                 .write(move |conn| {
                     let now = now_ms() as i64;
                     conn.prepare_cached(
-                        "INSERT INTO queue (run_id, input, raw, accepted_at, answer, due_at, flow_version)
-                         VALUES (?1, ?2, ?5, ?3, ?4, ?3, ?6)",
+                        "INSERT INTO queue (run_id, input, raw, accepted_at, answer, due_at)
+                         VALUES (?1, ?2, ?5, ?3, ?4, ?3)",
                     )?
-                    .execute(params![run_id, json, now, answer, raw, version])?;
-                    insert_events(conn, &events)
+                    .execute(params![run_id, json, now, answer, raw])?;
+                    insert_events(conn, &events)?;
+                    this.write_record(conn, &record)
                 })
                 .await?;
             self.arrived.notify_waiters();

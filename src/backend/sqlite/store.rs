@@ -173,12 +173,7 @@ impl RunStore for SqliteStore {
                 .prepare_cached("SELECT record FROM runs WHERE id = ?1 AND expires_at > ?2")?
                 .query_row(params![run_id, now_ms() as i64], |row| row.get(0))
                 .optional()?;
-            match json {
-                Some(json) => decode_record(&json).map(Some),
-                // Accepting writes only the queue row; the run gets a
-                // record of its own when a worker starts it.
-                None => Ok(super::queue::queued_record(conn, &run_id)?),
-            }
+            json.as_deref().map(decode_record).transpose()
         }))
     }
 
