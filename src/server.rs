@@ -287,9 +287,15 @@ async fn readiness(state: &AppState) -> Response<Body> {
         return not_loaded();
     }
     let flows = state.catalog().flows.len();
-    match state.queue.depth().await {
+    queue_readiness(state.queue.as_ref(), &format!(r#""flows":{flows},"#)).await
+}
+
+/// `200` with the queue's depth (after the `fields` given, each ending in a
+/// comma) when the queue answers, `503` `not_ready` saying why otherwise.
+async fn queue_readiness(queue: &dyn crate::backend::RunQueue, fields: &str) -> Response<Body> {
+    match queue.depth().await {
         Ok(depth) => json_ok(&format!(
-            r#"{{"status":"ready","flows":{flows},"queue_depth":{depth}}}"#
+            r#"{{"status":"ready",{fields}"queue_depth":{depth}}}"#
         )),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
             .into_response(),
@@ -353,13 +359,7 @@ pub async fn serve_worker_metrics(
         Box::pin(async move {
             match req.uri().path() {
                 "/healthz" => json_ok(r#"{"status":"ok"}"#),
-                "/readyz" => match queue.depth().await {
-                    Ok(depth) => json_ok(&format!(r#"{{"status":"ready","queue_depth":{depth}}}"#)),
-                    Err(e) => {
-                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
-                            .into_response()
-                    }
-                },
+                "/readyz" => queue_readiness(queue.as_ref(), "").await,
                 "/metrics" => metrics_response(&metrics, queue.as_ref()).await,
                 path => ApiError::not_found(format!("no route for {path}")).into_response(),
             }

@@ -28,14 +28,9 @@ pub(super) fn prepare(path: &Path) -> Result<File, String> {
     };
     create_folder(folder).map_err(|e| format!("cannot create its folder: {e}"))?;
     only_owner_writes(folder)?;
-    if let Ok(real) = std::fs::canonicalize(path)
-        && let Some(real_folder) = real.parent()
-    {
-        // A symlink already there: SQLite works beside its target.
-        only_owner_writes(real_folder)?;
-    }
     // Created here, not by SQLite, so that it is the owner's alone.
     let file = open_file(path).map_err(|e| format!("cannot open it: {e}"))?;
+    // A symlink at the path: SQLite works beside its target.
     let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve it: {e}"))?;
     if let Some(real_folder) = real.parent() {
         only_owner_writes(real_folder)?;
@@ -66,7 +61,7 @@ fn only_owner_writes(folder: &Path) -> Result<(), String> {
 }
 
 /// Makes `folder` and its missing parents; those made here are `0700`.
-pub(super) fn create_folder(folder: &Path) -> io::Result<()> {
+fn create_folder(folder: &Path) -> io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -75,7 +70,7 @@ pub(super) fn create_folder(folder: &Path) -> io::Result<()> {
 }
 
 /// Opens the database file for reading and writing, creating it `0600`.
-pub(super) fn open_file(path: &Path) -> io::Result<File> {
+fn open_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.create(true).truncate(false).read(true).write(true);
     #[cfg(unix)]
@@ -95,7 +90,7 @@ pub(super) fn create_new_file(path: &Path) -> io::Result<File> {
 
 /// Takes group and other permissions off the database file and its `-wal`
 /// and `-shm` files where they have any.
-pub(super) fn tighten(path: &Path) -> io::Result<()> {
+fn tighten(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     for suffix in ["", "-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
