@@ -9,7 +9,9 @@
 # async traffic at half the measured async maximum for LAG_DURATION and
 # reports the queue lag (acceptance to start) from the gateway's metrics.
 # Then the same sync and async scenarios, and the queue lag, on the embedded
-# backend (one SQLite file, no Redis).
+# backend (one SQLite file, no Redis), and the sync and async scenarios on
+# PostgreSQL (a server of its own, default durability: fsync and
+# synchronous_commit on), with the disk its run records take.
 # Then, with one outbound webhook subscription to the sync flow's run.ended
 # (delivered to the bare server), measures the sync flow again on each
 # backend, counts the runs answered 2xx against the run.ended deliveries
@@ -23,6 +25,7 @@
 #   scripts/bench.sh            # 10 s per scenario, 64 connections, 2 threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench.sh
 #   ONLY=requests scripts/bench.sh   # the request scenarios on Redis only (about a minute)
+#   ONLY=postgres scripts/bench.sh   # those, then the same on PostgreSQL (about two minutes)
 #   FLOWGATE_BIN=/path/to/flowgate ONLY=requests scripts/bench.sh   # another build, to compare two
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +39,36 @@ BARE_ADDR=127.0.0.1:18090
 FLOOR_ADDR=127.0.0.1:18091
 GATE_ADDR=127.0.0.1:18080
 REDIS_PORT=${REDIS_PORT:-18379}
+PG_PORT=${PG_PORT:-18432}
 
 source scripts/bench-common.sh
 cargo build --release --quiet --bin flowgate --example bare-hyper --example floor
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_postgres
+  sleep 0.3; rm -rf "$work"
+}
+# PostgreSQL of its own, as the postgres user when run as root (it refuses root).
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+start_postgres() {
+  [ -n "$pg_bin" ] || { echo "PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
+  mkdir -p "$work/pg"; chmod 711 "$work"
+  [ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
+  as_postgres "$pg_bin/initdb" -D "$work/pg/data" -A trust -U postgres -E UTF8 >/dev/null
+  as_postgres "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pg -c max_connections=200" start >/dev/null
+}
+stop_postgres() { [ -f "$work/pg/data/postmaster.pid" ] && as_postgres "$pg_bin/pg_ctl" -D "$work/pg/data" -m fast stop >/dev/null 2>&1 || true; }
+# CPU ticks of the PostgreSQL server and its backends.
+pg_ticks() {
+  local main; main=$(head -1 "$work/pg/data/postmaster.pid")
+  echo $(( $(cpu_ticks "$main") $(for c in $(pgrep -P "$main"); do printf ' + %s' "$(cpu_ticks "$c" 2>/dev/null || echo 0)"; done) ))
+}
+psql_value() { "$pg_bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc "$1"; }
 trap cleanup EXIT
 
 export FLOWGATE_REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0"
@@ -195,6 +221,42 @@ print_requests() {
 }
 if [ "$ONLY" = requests ]; then print_requests; exit 0; fi
 
+# PostgreSQL: the sync and async request scenarios, gateways without workers.
+start_postgres
+postgres() { FLOWGATE_STORAGE__BACKEND=postgres FLOWGATE_POSTGRES__URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" "$@"; }
+pg_wrk() { # $1 flow, $2 token: "rps p99 non2xx gateway_cpu postgres_cpu"
+  local p0 p1 line total
+  p0=$(pg_ticks)
+  line=$(run_wrk "http://$GATE_ADDR/v1/flow-webhook/$1" "$(lua "Bearer $2")" "$gateway")
+  p1=$(pg_ticks)
+  total=$(awk '/requests in/ {print $1}' "$work/out.txt")
+  echo "$line" | awk -v p=$(( (p1 - p0) * TICK_US )) -v n="$total" '{ printf "%s %s %s %s %.1f\n", $1, $2, $3, $4, p / n }'
+}
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+postgres start_gateway --no-worker
+read -r pg_sync_rps pg_sync_p99 pg_sync_non2xx pg_sync_cpu pg_sync_db < <(pg_wrk bench-sync "$token")
+sleep 3
+read -r pg_async_rps pg_async_p99 pg_async_non2xx pg_async_cpu pg_async_db < <(pg_wrk bench-async "$async_token")
+for scenario in pg_sync pg_async; do
+  eval "bad=\${${scenario}_non2xx:-0}"
+  if [ "$bad" != "0" ]; then echo "warning: $bad non-2xx answers in the $scenario scenario" >&2; fi
+done
+psql_value 'VACUUM ANALYZE flowgate.runs' >/dev/null
+pg_runs=$(psql_value 'SELECT count(*) FROM flowgate.runs')
+pg_bytes=$(psql_value "SELECT pg_total_relation_size('flowgate.runs')")
+kill "$gateway"; wait "$gateway" 2>/dev/null || true
+stop_postgres
+start_gateway --no-worker
+print_postgres() {
+  printf '\nPostgreSQL (its own server, fsync and synchronous_commit on), gateways without workers:\n'
+  printf '  %-22s %9s %7s %7s %7s %9s %9s\n' scenario "req/s" "p99 ms" "/floor" "/Redis" "cpu us/r" "pg us/r"
+  printf '  %-22s %9.0f %7.2f %7s %7s %9s %9s\n' "sync transform" "$pg_sync_rps" "$pg_sync_p99" "$(ratio "$pg_sync_rps" "$floor_rps")" "$(ratio "$pg_sync_rps" "$sync_rps")" "$pg_sync_cpu" "$pg_sync_db"
+  printf '  %-22s %9.0f %7.2f %7s %7s %9s %9s\n' "async accept" "$pg_async_rps" "$pg_async_p99" "$(ratio "$pg_async_rps" "$floor_rps")" "$(ratio "$pg_async_rps" "$async_rps")" "$pg_async_cpu" "$pg_async_db"
+  printf '  disk: %.0f MB for %s run records (table and indexes): %.0f MB per 100,000 runs\n' \
+    "$(awk -v b="$pg_bytes" 'BEGIN { print b / 1048576 }')" "$pg_runs" "$(awk -v b="$pg_bytes" -v n="$pg_runs" 'BEGIN { print b / 1048576 / n * 100000 }')"
+}
+if [ "$ONLY" = postgres ]; then print_requests; print_postgres; exit 0; fi
+
 queue_depth() { curl -s "http://$GATE_ADDR/readyz" | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }
 wait_drained() {
   for _ in $(seq 1 600); do [ "$(queue_depth)" = "0" ] && return 0; sleep 0.5; done
@@ -331,6 +393,7 @@ cookie=$(console_session)
 } > "$work/console.txt"
 
 print_requests
+print_postgres
 printf '\nqueue lag at %.0f req/s (half the async maximum) for %ss, %s runs:\n' "$steady_rps" "$LAG_SECONDS" "$lag_count"
 printf '  p50 %s ms, p99 %s ms, max %s ms\n' "$(lag_pct 0.5)" "$(lag_pct 0.99)" "$lag_max"
 printf '\nsync with one run.ended subscription: %s of the sync req/s without on Redis, %s on embedded\n' "$(ratio "$hook_rps" "$sync_rps")" "$(ratio "$emb_hook_rps" "$emb_sync_rps")"

@@ -2,8 +2,8 @@
 //! queue ([`RunQueue`]), run records ([`RunStore`]), idempotency keys
 //! ([`IdempotencyStore`]), control state ([`ControlStore`]) and webhooks
 //! ([`WebhookStore`]) — with the one storage error type and the boxed
-//! futures they return. [`redis`] implements them on Redis, [`sqlite`] in
-//! one embedded SQLite file.
+//! futures they return. [`redis`] implements them on Redis, [`postgres`]
+//! on PostgreSQL, [`sqlite`] in one embedded SQLite file.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod control;
+pub mod postgres;
 mod queue;
 pub mod redis;
 pub mod sqlite;
@@ -92,12 +93,29 @@ pub struct Backends {
     pub control: Arc<dyn ControlStore>,
     /// Webhook subscriptions, their outbox and delivery log.
     pub webhooks: Arc<dyn WebhookStore>,
-    /// The embedded backend's records, which [`Backends::maintain`] prunes
-    /// (Redis expires its keys itself).
-    pub embedded: Option<sqlite::SqliteStore>,
+    /// The records [`Backends::maintain`] prunes (Redis expires its keys
+    /// itself).
+    pruned: Option<Pruned>,
     /// How Redis was reached, when the backend is Redis: [`Backends::warn_of_risks`]
     /// asks it about its settings.
     redis: Option<redis::Settings>,
+}
+
+/// A store whose expired records and idempotency keys are deleted by
+/// [`Backends::maintain`].
+#[derive(Clone)]
+enum Pruned {
+    Embedded(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
+}
+
+impl Pruned {
+    async fn prune(&self) -> Result<usize, StorageError> {
+        match self {
+            Pruned::Embedded(store) => store.prune().await,
+            Pruned::Postgres(store) => store.prune().await,
+        }
+    }
 }
 
 /// How long stored history is kept.
@@ -125,7 +143,7 @@ impl Backends {
             idempotency: store,
             control: Arc::new(control),
             webhooks: Arc::new(webhooks),
-            embedded: None,
+            pruned: None,
             redis: Some(settings.clone()),
         })
     }
@@ -143,9 +161,32 @@ impl Backends {
                 db.clone(),
                 retention.deliveries,
             )),
-            embedded: Some(store),
+            pruned: Some(Pruned::Embedded(store)),
             redis: None,
         }
+    }
+
+    /// PostgreSQL as `settings` say, one connection pool shared by the
+    /// queue and the stores, after applying pending migrations (so a
+    /// database that cannot be reached or has a newer schema stops start-up
+    /// here); history is kept as `retention` says.
+    pub async fn postgres(
+        settings: &postgres::Settings,
+        retention: Retention,
+    ) -> Result<Self, postgres::OpenError> {
+        let db = postgres::Database::new(settings)?;
+        db.migrate().await?;
+        let store = postgres::PostgresStore::new(db.clone(), retention.runs);
+        let queue = postgres::PostgresQueue::new(db.clone(), store.clone());
+        Ok(Self {
+            queue: Arc::new(queue),
+            runs: Arc::new(store.clone()),
+            idempotency: Arc::new(store.clone()),
+            control: Arc::new(postgres::PostgresControl::new(db.clone())),
+            webhooks: Arc::new(postgres::PostgresWebhooks::new(db, retention.deliveries)),
+            pruned: Some(Pruned::Postgres(store)),
+            redis: None,
+        })
     }
 
     /// Logs a warning for each Redis setting that puts accepted runs at
@@ -161,11 +202,11 @@ impl Backends {
         }
     }
 
-    /// Background upkeep until dropped: the embedded backend deletes
-    /// records and idempotency keys past their time, a bounded batch at a
-    /// time so requests never wait behind it.
+    /// Background upkeep until dropped: the embedded and PostgreSQL
+    /// backends delete records and idempotency keys past their time, a
+    /// bounded batch at a time so requests never wait behind it.
     pub async fn maintain(self) {
-        let Some(store) = self.embedded else {
+        let Some(store) = self.pruned else {
             return;
         };
         loop {

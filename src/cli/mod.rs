@@ -99,6 +99,8 @@ pub enum Command {
         /// Where to write the copy; it must not exist.
         path: PathBuf,
     },
+    /// Apply the store's pending schema migrations and exit (serve and worker apply them at start too).
+    Migrate,
     /// Print a one-time sign-in link to the web console (/console).
     ConsoleLink {
         /// ops, author or viewer: what the session may do.
@@ -270,6 +272,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sessions { command } => control::sessions(&config, command),
         Command::Webhooks { command } => webhooks::webhooks(&config, command),
         Command::Backup { path } => process::backup(&config, &path),
+        Command::Migrate => process::migrate(&config),
         Command::Healthcheck {
             url,
             ready,

@@ -94,14 +94,63 @@ fn open_backends(config: &Config, own: bool) -> anyhow::Result<Backends> {
             let db = crate::backend::sqlite::Database::open(&path, own)?;
             Ok(Backends::embedded(&db, retention))
         }
+        crate::config::StorageBackend::Postgres => {
+            // Its own runtime, for the migrations only: the pool's
+            // connections are made afresh on the one that serves.
+            let settings = postgres_settings(config);
+            runtime()?
+                .block_on(Backends::postgres(&settings, retention))
+                .map_err(postgres_error)
+        }
     }
+}
+
+fn postgres_settings(config: &Config) -> crate::backend::postgres::Settings {
+    crate::backend::postgres::Settings {
+        url: config.postgres.url.clone(),
+        pool_size: config.postgres.pool_size,
+    }
+}
+
+/// A bad `postgres.url` is a configuration error (exit 64); a database
+/// that cannot be reached or is too new, a failure (exit 1).
+fn postgres_error(e: crate::backend::postgres::OpenError) -> anyhow::Error {
+    match e {
+        crate::backend::postgres::OpenError::Config(_) => ConfigError(e.to_string()).into(),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// `flowgate migrate`: brings the configured store's schema up to date
+/// without serving (serve and worker do it too, at start).
+pub(super) fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    match config.storage.backend {
+        crate::config::StorageBackend::Postgres => {
+            let db = crate::backend::postgres::Database::new(&postgres_settings(config))
+                .map_err(postgres_error)?;
+            let applied = runtime()?.block_on(db.migrate()).map_err(postgres_error)?;
+            println!(
+                "PostgreSQL at {}: {applied} migration(s) applied; the schema is current",
+                db.describe()
+            );
+        }
+        crate::config::StorageBackend::Embedded => {
+            let path = config.resolve(&config.storage.path);
+            crate::backend::sqlite::Database::open(&path, false)?;
+            println!("{}: the schema is current", path.display());
+        }
+        crate::config::StorageBackend::Redis => {
+            println!("Redis has no schema to migrate");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `flowgate backup PATH`: a consistent copy of the embedded database.
 pub(super) fn backup(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
     if config.storage.backend != crate::config::StorageBackend::Embedded {
         anyhow::bail!(
-            "backup copies the embedded database; with storage.backend = \"redis\" use Redis's own persistence (RDB or AOF)"
+            "backup copies the embedded database; with storage.backend = \"redis\" use Redis's own persistence (RDB or AOF), with \"postgres\" pg_dump or your database's backups"
         );
     }
     if path.exists() {

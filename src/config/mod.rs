@@ -16,11 +16,13 @@ use crate::flow::{Keep, RecordPolicy};
 
 mod key_file;
 mod parse;
+mod postgres;
 mod redis;
 mod server;
 mod templates;
 
 pub use self::parse::readable_duration;
+pub use self::postgres::PostgresConfig;
 pub use self::redis::{MAX_PARTITIONS, RedisConfig};
 pub use self::server::ServerConfig;
 pub use self::templates::{MAX_TEMPLATE_FUEL, TemplatesConfig};
@@ -60,6 +62,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The Redis used by the queue and stores.
     pub redis: RedisConfig,
+    /// The PostgreSQL used by the queue and stores.
+    pub postgres: PostgresConfig,
     /// Outbound HTTP made by `http` steps.
     pub http: HttpConfig,
     /// What rendering one template may cost.
@@ -83,6 +87,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             redis: RedisConfig::default(),
+            postgres: PostgresConfig::default(),
             http: HttpConfig::default(),
             templates: TemplatesConfig::default(),
             worker: WorkerConfig::default(),
@@ -130,6 +135,8 @@ pub enum StorageBackend {
     Embedded,
     /// Redis (`redis.url`), shared by several replicas.
     Redis,
+    /// PostgreSQL (`postgres.url`), shared by several replicas.
+    Postgres,
 }
 
 /// Refuses a config that names a Redis but no backend. Before the embedded
@@ -143,6 +150,11 @@ fn check_backend_named(table: &toml::Table, shown: &str) -> Result<(), ConfigErr
             .and_then(toml::Value::as_table)
             .is_some_and(|t| t.contains_key(key))
     };
+    if has("postgres", "url") && !has("storage", "backend") {
+        return Err(ConfigError::new(format!(
+            "{shown}: postgres.url is set but storage.backend is not; set storage.backend = \"postgres\" to keep runs and state in that database, or \"embedded\" for one SQLite file (the default when neither is set)"
+        )));
+    }
     if has("redis", "url") && !has("storage", "backend") {
         return Err(ConfigError::new(format!(
             "{shown}: redis.url is set but storage.backend is not; set storage.backend = \"redis\" to keep runs and state in that Redis, or \"embedded\" for one SQLite file (the default when neither is set)"
@@ -155,7 +167,7 @@ fn check_backend_named(table: &toml::Table, shown: &str) -> Result<(), ConfigErr
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `embedded` or `redis`.
+    /// `embedded`, `redis` or `postgres`.
     pub backend: StorageBackend,
     /// The embedded backend's database file.
     pub path: PathBuf,
@@ -410,7 +422,11 @@ impl Config {
                 "server.unauthenticated_body_budget must be at least server.max_body_bytes",
             ));
         }
-        self.redis.validate().map_err(ConfigError::new)
+        self.redis.validate().map_err(ConfigError::new)?;
+        if self.storage.backend == StorageBackend::Postgres {
+            self.postgres.validate().map_err(ConfigError::new)?;
+        }
+        Ok(())
     }
 
     /// Resolves a configured path against the config file's folder.

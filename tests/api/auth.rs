@@ -322,7 +322,7 @@ body_inline = "{{ request.query | tojson }}"
     .await;
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     valid_token_runs_the_flow,
     bad_tokens_get_401_with_www_authenticate,
     unknown_flow_is_401_without_a_token_and_404_with_one,

@@ -540,7 +540,7 @@ async fn browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboa
     assert_eq!(paused.text().await.unwrap(), PAUSED_BODY);
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     browser_every_page_fits_a_phone_labels_its_controls_and_works_by_keyboard,
     browser_signs_in_with_a_link_and_pauses_a_flow,
     browser_shows_a_failed_runs_step_error_and_sender_html_as_text,

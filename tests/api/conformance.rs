@@ -25,6 +25,7 @@ pub struct Subject {
     raw: Raw,
     _redis: Option<RedisServer>,
     _cluster: Option<RedisCluster>,
+    _postgres: Option<crate::pg_server::PgServer>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -42,6 +43,8 @@ enum Raw {
     Redis(u16, flowgate::backend::redis::Layout),
     /// The embedded database file.
     Embedded(std::path::PathBuf),
+    /// A PostgreSQL database's URL.
+    Postgres(String),
 }
 
 /// Redis: a server of the test's own.
@@ -59,6 +62,7 @@ pub async fn redis() -> Subject {
         raw: Raw::Redis(redis.port(), flowgate::backend::redis::Layout::single()),
         _redis: Some(redis),
         _cluster: None,
+        _postgres: None,
         _dir: None,
     }
 }
@@ -82,6 +86,7 @@ pub async fn redis_cluster() -> Subject {
         ),
         _redis: None,
         _cluster: Some(cluster),
+        _postgres: None,
         _dir: None,
     }
 }
@@ -100,7 +105,31 @@ pub async fn embedded() -> Subject {
         raw: Raw::Embedded(path),
         _redis: None,
         _cluster: None,
+        _postgres: None,
         _dir: Some(dir),
+    }
+}
+
+/// PostgreSQL: a server of the test's own.
+pub async fn postgres() -> Subject {
+    let server = crate::pg_server::PgServer::start();
+    let retention = flowgate::backend::Retention {
+        runs: RETENTION,
+        deliveries: RETENTION,
+    };
+    let settings = flowgate::backend::postgres::Settings {
+        url: server.url(),
+        pool_size: 8,
+    };
+    let backends = Backends::postgres(&settings, retention).await.unwrap();
+    backends.queue.prepare().await.unwrap();
+    Subject {
+        backends,
+        raw: Raw::Postgres(server.url()),
+        _redis: None,
+        _cluster: None,
+        _postgres: Some(server),
+        _dir: None,
     }
 }
 
@@ -370,6 +399,34 @@ fn queue_raw(subject: &Subject, run_id: &str, input: &[u8]) {
                 "INSERT INTO queue (run_id, input, accepted_at, due_at) VALUES (?1, ?2, ?3, ?3)",
                 rusqlite::params![run_id, value, now_ms() as i64],
             )
+            .unwrap();
+        }
+        Raw::Postgres(url) => {
+            // Its column is text: bytes that are not UTF-8 arrive replaced,
+            // still not a run.
+            let text = String::from_utf8_lossy(input).into_owned();
+            let (url, run_id) = (url.clone(), run_id.to_owned());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(connection);
+                    client
+                        .execute(
+                            "INSERT INTO flowgate.queue (run_id, input, accepted_at, due_at)
+                             VALUES ($1, $2, $3, $3)",
+                            &[&run_id, &text, &(now_ms() as i64)],
+                        )
+                        .await
+                        .unwrap();
+                });
+            })
+            .join()
             .unwrap();
         }
     }
@@ -996,7 +1053,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(redis, redis_cluster, embedded => [
+conformance!(redis, redis_cluster, embedded, postgres => [
     a_run_is_delivered_until_it_is_acknowledged,
     an_extended_lease_keeps_a_run_from_being_taken_over,
     claim_hands_out_no_more_than_asked,

@@ -819,7 +819,7 @@ async fn console_one_token_holds_at_most_twenty_sessions_the_oldest_give_way() {
     );
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     console_one_token_holds_at_most_twenty_sessions_the_oldest_give_way,
     console_revoking_an_admin_token_ends_its_sessions_and_ops_see_and_end_sessions,
     console_pages_refresh_themselves_while_a_run_is_going,

@@ -1006,7 +1006,7 @@ async fn every_cli_command_works_on_this_backend() {
     }
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     every_cli_command_works_on_this_backend,
     every_role_gets_what_it_may_and_nothing_else,
     queued_runs_of_a_paused_flow_wait_and_run_after_unpause,

@@ -38,6 +38,8 @@ pub struct TestApp {
     pub backend: Backend,
     /// The embedded backend's file (unused on Redis).
     pub database: PathBuf,
+    /// The PostgreSQL it stores on, with [`Backend::Postgres`].
+    pub postgres: Option<crate::pg_server::PgServer>,
     /// The assembled app the gateway serves; workers come from it too.
     pub app: App,
     /// Holds the flows folder as long as the gateway lives.
@@ -112,6 +114,10 @@ impl TestApp {
             Backend::Embedded => format!(
                 "[storage]\nbackend = \"embedded\"\npath = \"{}\"\n",
                 self.database.display()
+            ),
+            Backend::Postgres => format!(
+                "[storage]\nbackend = \"postgres\"\n[postgres]\nurl = \"{}\"\npool_size = 4\n",
+                self.postgres.as_ref().expect("a PostgreSQL").url()
             ),
         };
         let toml = format!(
@@ -233,13 +239,15 @@ pub enum Backend {
     Embedded,
     /// A Redis Cluster of three masters of the test's own.
     Cluster,
+    /// A PostgreSQL server of the test's own.
+    Postgres,
 }
 
 /// Partitions of the queue on a test cluster.
 pub const CLUSTER_PARTITIONS: u16 = 16;
 
 tokio::task_local! {
-    /// The backend [`spawn_app_with`] builds on, set by [`on_both_backends!`].
+    /// The backend [`spawn_app_with`] builds on, set by [`on_all_backends!`].
     pub static BACKEND: Backend;
 }
 
@@ -261,13 +269,15 @@ macro_rules! backend_tests {
     };
 }
 
-/// Runs each named `async fn` (no arguments) as two tests: `on_redis::name`
-/// and `on_embedded::name`, with the app's backend set accordingly.
+/// Runs each named `async fn` (no arguments) as three tests:
+/// `on_redis::name`, `on_embedded::name` and `on_postgres::name`, with the
+/// app's backend set accordingly.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_all_backends {
     ($($test:ident),* $(,)?) => {
         $crate::backend_tests!(on_redis, Redis: $($test),*);
         $crate::backend_tests!(on_embedded, Embedded: $($test),*);
+        $crate::backend_tests!(on_postgres, Postgres: $($test),*);
     };
 }
 
@@ -392,6 +402,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         (options.database.clone()).unwrap_or_else(|| dir.path().join("data/flowgate.db"));
     let cluster =
         (backend == Backend::Cluster).then(|| RedisCluster::start(3, options.cluster_replicas));
+    let postgres = (backend == Backend::Postgres).then(crate::pg_server::PgServer::start);
     let backends = match backend {
         Backend::Redis => Backends::redis(&RedisSettings::single(&redis.url()), retention).unwrap(),
         Backend::Cluster => {
@@ -403,6 +414,13 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         Backend::Embedded => {
             let db = flowgate::backend::sqlite::Database::open(&database, true).unwrap();
             Backends::embedded(&db, retention)
+        }
+        Backend::Postgres => {
+            let settings = flowgate::backend::postgres::Settings {
+                url: postgres.as_ref().unwrap().url(),
+                pool_size: 16,
+            };
+            Backends::postgres(&settings, retention).await.unwrap()
         }
     };
     backends.queue.prepare().await.unwrap();
@@ -457,6 +475,7 @@ pub async fn spawn_app_with(flows: &[(&str, String)], options: AppOptions) -> Te
         cluster,
         backend,
         database,
+        postgres,
         app,
         dir,
         shutdown: tx,

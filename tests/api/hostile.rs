@@ -920,7 +920,7 @@ async fn an_http2_client_that_never_answers_pings_is_dropped() {
     assert!(held < Duration::from_millis(3500), "held {held:?}");
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     xml_at_the_depth_bound_is_queued_and_runs,
     credentials_are_redacted_from_templates_and_records,
 );

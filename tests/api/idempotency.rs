@@ -142,7 +142,7 @@ async fn keys_are_per_flow_and_a_failed_run_frees_its_key() {
     assert_eq!(receiver.requests().len(), 3);
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     a_repeat_gets_the_first_answer_and_starts_nothing,
     concurrent_duplicates_make_exactly_one_run,
     async_repeats_and_provider_delivery_ids,

@@ -101,4 +101,4 @@ async fn every_run_transition_is_published() {
     ));
 }
 
-crate::on_both_backends!(every_run_transition_is_published,);
+crate::on_all_backends!(every_run_transition_is_published,);

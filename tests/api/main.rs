@@ -15,6 +15,8 @@ mod idempotency;
 mod lifecycle;
 mod modules;
 mod outbox;
+mod pg_server;
+mod postgres_backend;
 mod queue;
 mod redis_backend;
 mod reload;

@@ -205,7 +205,7 @@ async fn a_long_runs_step_events_are_all_delivered() {
     }
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     every_run_answered_under_load_has_its_run_ended_delivered,
     a_subscription_gets_what_happens_after_it_and_nothing_before,
     a_long_runs_step_events_are_all_delivered,

@@ -564,7 +564,7 @@ body = {{ run = "{{{{ run.id }}}}", seen = "{{{{ web1 | tojson }}}}", raw = "{{{
     }
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     queued_bodies_of_every_kind_run_as_accepted,
     async_flow_answers_at_once_then_runs,
     async_response_template_sees_trigger_and_run,

@@ -153,6 +153,6 @@ async fn file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good
     envelope(refused, 403, "forbidden").await;
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     file_changes_apply_without_a_restart_and_broken_ones_keep_the_last_good_version,
 );

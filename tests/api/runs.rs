@@ -503,7 +503,7 @@ steps = [
     assert!(record.encode().unwrap().len() <= 1024 * 1024);
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     a_record_is_held_to_its_cap_and_lists_send_large_values_cut,
     a_run_holding_too_much_data_fails_and_says_why,
     a_flow_that_keeps_failed_runs_records_no_successes,

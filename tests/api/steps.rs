@@ -300,7 +300,7 @@ message = "stopped by request"
     assert!(record.started_at != record.ended_at || record.duration_ms == Some(0));
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     http_step_sends_rendered_request_and_exposes_the_response,
     http_step_retries_on_503_then_succeeds,
     http_step_failure_answers_500_with_run_id_or_on_error,

@@ -363,7 +363,7 @@ async fn unknown_routes_and_health() {
     assert_eq!(ready["flows"], 1);
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     method_not_in_methods_is_405_with_allow,
     bodies_over_the_limit_are_413,
     malformed_and_unsupported_bodies_are_400_and_415,

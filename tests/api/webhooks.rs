@@ -1324,7 +1324,7 @@ async fn a_slow_receiver_delays_only_itself() {
     );
 }
 
-crate::on_both_backends!(
+crate::on_all_backends!(
     a_slow_receiver_delays_only_itself,
     creating_a_subscription_pings_it_with_a_verifiable_signature,
     run_events_of_sync_and_async_runs_arrive_and_order_by_sequence,

@@ -1,0 +1,453 @@
+//! The PostgreSQL backend: every store in tables of one PostgreSQL
+//! database (the schema `flowgate`), shared by any number of `serve` and
+//! `worker` processes.
+//!
+//! [`Database`] is a pool of connections (`tokio-postgres` through
+//! `deadpool-postgres`, TLS by rustls as the URL's `sslmode` says). Every
+//! write that promises something (an accepted run, a stored answer, an
+//! operator's change) commits before its caller hears of it; concurrent
+//! commits share the server's WAL flushes, so throughput does not fall to
+//! one disk flush per request. Workers claim runs with `FOR UPDATE SKIP
+//! LOCKED`, so any number of them share the queue without a coordinator.
+//!
+//! The schema is created and changed by numbered migrations, applied at
+//! start (and by `flowgate migrate`) under an advisory lock, so replicas
+//! starting together apply each once; a database whose schema is newer
+//! than this build knows is refused.
+//!
+//! Every statement is bounded by [`STATEMENT_TIMEOUT`]: a database that
+//! stops answering fails the request with the reason, it never hangs it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::mpsc;
+use tokio_postgres::config::SslMode;
+
+use super::StorageError;
+
+mod control;
+mod queue;
+mod store;
+mod webhooks;
+
+pub use self::control::PostgresControl;
+pub use self::queue::PostgresQueue;
+pub use self::store::PostgresStore;
+pub use self::webhooks::PostgresWebhooks;
+
+/// Longest any one store operation may take, waiting for a connection included.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock migrations hold ("flowgate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x666c_6f77_6761_7465;
+
+/// The schema, one migration per entry; entry `n` is version `n + 1`.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE flowgate.queue (
+    seq         BIGSERIAL PRIMARY KEY,
+    run_id      TEXT    NOT NULL,
+    input       TEXT    NOT NULL,
+    raw         TEXT,
+    accepted_at BIGINT  NOT NULL,
+    answer      TEXT,
+    waiting     BOOLEAN NOT NULL DEFAULT false,
+    due_at      BIGINT  NOT NULL,
+    consumer    TEXT,
+    lease_at    BIGINT
+);
+CREATE INDEX queue_ready ON flowgate.queue (seq) WHERE consumer IS NULL AND NOT waiting;
+CREATE INDEX queue_leased ON flowgate.queue (lease_at) WHERE consumer IS NOT NULL;
+CREATE INDEX queue_due ON flowgate.queue (due_at) WHERE waiting;
+CREATE TABLE flowgate.dead_letters (
+    seq    BIGSERIAL PRIMARY KEY,
+    run_id TEXT   NOT NULL,
+    reason TEXT   NOT NULL,
+    input  TEXT   NOT NULL,
+    at     BIGINT NOT NULL
+);
+CREATE TABLE flowgate.runs (
+    id          TEXT   PRIMARY KEY,
+    flow        TEXT   NOT NULL,
+    accepted_at BIGINT NOT NULL,
+    status      TEXT   NOT NULL,
+    record      TEXT   NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX runs_by_time ON flowgate.runs (accepted_at DESC, id DESC);
+CREATE INDEX runs_by_flow ON flowgate.runs (flow, accepted_at DESC, id DESC);
+CREATE INDEX runs_not_succeeded ON flowgate.runs (status, accepted_at DESC, id DESC)
+    WHERE status <> 'succeeded';
+CREATE INDEX runs_expiry ON flowgate.runs (expires_at);
+CREATE TABLE flowgate.idempotency (
+    flow       TEXT   NOT NULL,
+    key_hash   TEXT   NOT NULL,
+    run_id     TEXT   NOT NULL,
+    answer     TEXT,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (flow, key_hash)
+);
+CREATE INDEX idempotency_expiry ON flowgate.idempotency (expires_at);
+CREATE TABLE flowgate.versions (name TEXT PRIMARY KEY, version BIGINT NOT NULL);
+INSERT INTO flowgate.versions (name, version) VALUES ('control', 0), ('webhooks', 0);
+CREATE TABLE flowgate.flow_status (flow TEXT PRIMARY KEY, override TEXT NOT NULL);
+CREATE TABLE flowgate.generations (
+    flow        TEXT   PRIMARY KEY,
+    current     BIGINT NOT NULL,
+    grace_until BIGINT
+);
+CREATE TABLE flowgate.revoked (jti TEXT PRIMARY KEY, until_ms BIGINT NOT NULL);
+CREATE TABLE flowgate.aborted (run_id TEXT PRIMARY KEY, at BIGINT NOT NULL);
+CREATE TABLE flowgate.audit (
+    seq   BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    entry TEXT   NOT NULL
+);
+CREATE INDEX audit_by_time ON flowgate.audit (at_ms);
+CREATE TABLE flowgate.sessions (id TEXT PRIMARY KEY, expires_ms BIGINT NOT NULL, entry TEXT NOT NULL);
+CREATE TABLE flowgate.subscriptions (
+    id       TEXT   PRIMARY KEY,
+    body     TEXT   NOT NULL,
+    failures BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE flowgate.deliveries (
+    id           TEXT   PRIMARY KEY,
+    subscription TEXT   NOT NULL,
+    body         TEXT   NOT NULL,
+    state        TEXT   NOT NULL,
+    due_at       BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL
+);
+CREATE INDEX deliveries_due ON flowgate.deliveries (due_at) WHERE state = 'pending';
+CREATE INDEX deliveries_skipped ON flowgate.deliveries (subscription, created_at)
+    WHERE state = 'skipped';
+CREATE INDEX deliveries_expiry ON flowgate.deliveries (expires_at);
+CREATE TABLE flowgate.delivery_log (
+    seq          BIGSERIAL PRIMARY KEY,
+    subscription TEXT   NOT NULL,
+    at_ms        BIGINT NOT NULL,
+    entry        TEXT   NOT NULL
+);
+CREATE INDEX delivery_log_by_subscription ON flowgate.delivery_log (subscription, seq);
+CREATE INDEX delivery_log_by_time ON flowgate.delivery_log (at_ms);
+CREATE TABLE flowgate.events (id TEXT PRIMARY KEY, message TEXT NOT NULL, due_at BIGINT NOT NULL);
+CREATE INDEX events_due ON flowgate.events (due_at);
+"];
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `postgres://user[:password]@host[:port]/database[?sslmode=...]`.
+    pub url: String,
+    /// Connections per process at most.
+    pub pool_size: usize,
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Unavailable(format!("PostgreSQL: {}", explain(&e)))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            deadpool_postgres::PoolError::Timeout(_) => StorageError::Unavailable(
+                "PostgreSQL: no connection could be made or freed in time".into(),
+            ),
+            other => StorageError::Unavailable(format!("PostgreSQL: {other}")),
+        }
+    }
+}
+
+/// `e` with the server's own message when it sent one (tokio-postgres's
+/// display of a server error is only "db error").
+fn explain(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A stored value that cannot be read back.
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {e}"))
+}
+
+/// A value as the JSON text the database stores.
+fn encode(value: &impl serde::Serialize) -> Result<String, StorageError> {
+    crate::codec::encode(value).map_err(|e| corrupt("encoding", e))
+}
+
+/// Whether PostgreSQL can store `text`: its `TEXT` holds no NUL character.
+/// A lookup by a name holding one finds nothing, without asking.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+/// `fut`, failed with the reason when it takes longer than [`STATEMENT_TIMEOUT`].
+async fn timed<T>(
+    fut: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(StorageError::Unavailable(format!(
+            "PostgreSQL did not answer within {} s",
+            STATEMENT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `postgres.url` is not a PostgreSQL URL, or names no usable TLS setup.
+    #[error("postgres.url: {0}")]
+    Config(String),
+    /// The server could not be reached or refused the migrations.
+    #[error("PostgreSQL at {at}: {problem}")]
+    Unreachable {
+        /// Host and database, without credentials.
+        at: String,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The schema is newer than this build knows.
+    #[error(
+        "PostgreSQL at {at}: its flowgate schema is version {found}, newer than this flowgate knows ({known}); run a flowgate at least as new as the one that migrated it"
+    )]
+    Newer {
+        /// Host and database.
+        at: String,
+        /// The version found.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+}
+
+/// The pool of connections to one PostgreSQL database.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    /// How to open a connection of its own (for `LISTEN`).
+    direct: std::sync::Arc<(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    )>,
+    /// Host and database, for messages (never the password).
+    at: String,
+}
+
+impl Database {
+    /// A pool of connections to `settings.url`; nothing is connected yet
+    /// (see [`Database::migrate`]).
+    pub fn new(settings: &Settings) -> Result<Self, OpenError> {
+        let config = tokio_postgres::Config::from_str(&settings.url)
+            .map_err(|e| OpenError::Config(format!("not a PostgreSQL URL: {e}")))?;
+        let at = describe(&config);
+        let mut config = config;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        if config.get_application_name().is_none() {
+            config.application_name("flowgate");
+        }
+        let tls = tls(&config)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(STATEMENT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| OpenError::Config(e.to_string()))?;
+        Ok(Self {
+            pool,
+            direct: std::sync::Arc::new((config, tls)),
+            at,
+        })
+    }
+
+    /// Applies the migrations the database has not seen, under an advisory
+    /// lock (replicas starting together apply each once); refuses a schema
+    /// newer than this build's. Returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize, OpenError> {
+        let unreachable = |problem: String| OpenError::Unreachable {
+            at: self.at.clone(),
+            problem,
+        };
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| unreachable(StorageError::from(e).to_string()))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| unreachable(explain(&e)))?;
+        let found: i64 = async {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute(
+                "CREATE SCHEMA IF NOT EXISTS flowgate;
+                 CREATE TABLE IF NOT EXISTS flowgate.migrations (
+                     version    INTEGER PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                 );",
+            )
+            .await?;
+            tx.query_one(
+                "SELECT COALESCE(max(version), 0)::BIGINT FROM flowgate.migrations",
+                &[],
+            )
+            .await?
+            .try_get(0)
+        }
+        .await
+        .map_err(|e| unreachable(explain(&e)))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(OpenError::Newer {
+                at: self.at.clone(),
+                found,
+                known,
+            });
+        }
+        let mut applied = 0;
+        for (n, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = n as i32 + 1;
+            tx.batch_execute(migration)
+                .await
+                .map_err(|e| unreachable(format!("migration {version}: {}", explain(&e))))?;
+            tx.execute(
+                "INSERT INTO flowgate.migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(|e| unreachable(explain(&e)))?;
+            applied += 1;
+        }
+        tx.commit().await.map_err(|e| unreachable(explain(&e)))?;
+        Ok(applied)
+    }
+
+    /// A connection from the pool.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// A connection of its own (outside the pool) listening on `channel`:
+    /// the receiver gets `()` for each notification, and ends when the
+    /// connection does or when it is dropped.
+    async fn listen(&self, channel: &str) -> Result<mpsc::Receiver<()>, StorageError> {
+        use futures_util::StreamExt as _;
+        let (client, mut connection) = timed(async {
+            let (config, tls) = &*self.direct;
+            Ok(config.connect(tls.clone()).await?)
+        })
+        .await?;
+        let client = std::sync::Arc::new(client);
+        let (tx, rx) = mpsc::channel(1);
+        let held = client.clone();
+        tokio::spawn(async move {
+            // The client lives as long as this task reads its connection.
+            let _held = held;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    message = messages.next() => match message {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                            // A full channel already holds a wake-up.
+                            let _ = tx.try_send(());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return,
+                    },
+                }
+            }
+        });
+        timed(async { Ok(client.batch_execute(&format!("LISTEN {channel}")).await?) }).await?;
+        Ok(rx)
+    }
+
+    /// Host and database, for messages.
+    pub fn describe(&self) -> &str {
+        &self.at
+    }
+}
+
+/// `host:port/database` of `config`, without credentials.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default database)");
+    format!("{host}:{port}/{db}")
+}
+
+/// The TLS connector for `config`'s `sslmode`: the system's trusted roots
+/// (`prefer`, the default, uses TLS when the server offers it; `require`
+/// insists; `disable` never asks).
+fn tls(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, OpenError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if config.get_ssl_mode() != SslMode::Disable {
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
+        if roots.is_empty() && config.get_ssl_mode() == SslMode::Require {
+            return Err(OpenError::Config(
+                "sslmode=require, but no trusted root certificates were found on this system"
+                    .into(),
+            ));
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OpenError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describing_a_url_leaves_out_the_password() {
+        let config =
+            tokio_postgres::Config::from_str("postgres://app:s3cret@db.internal:6543/flows")
+                .unwrap();
+        assert_eq!(describe(&config), "db.internal:6543/flows");
+    }
+
+    #[test]
+    fn a_url_that_is_not_postgres_is_refused_with_the_key() {
+        let settings = Settings {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 4,
+        };
+        let error = Database::new(&settings).err().unwrap().to_string();
+        assert!(error.starts_with("postgres.url: "), "{error}");
+    }
+}

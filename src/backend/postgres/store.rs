@@ -1,0 +1,503 @@
+//! [`RunStore`] and [`IdempotencyStore`] on PostgreSQL: the `runs` table (a
+//! record's acceptance time is its run's `created_at`; pages walk the
+//! `(accepted_at, id)` indexes) and the `idempotency` table, whose
+//! reservations are one `INSERT … ON CONFLICT`.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::ToSql;
+
+use super::{Database, corrupt, encode, storable, timed};
+use crate::backend::control::Page;
+use crate::backend::webhooks::OutboxEvent;
+use crate::backend::{
+    BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
+    StoredAnswer, now_ms,
+};
+use crate::record::RunRecord;
+
+/// Record writes between two trims of a flow to its cap (each trim is of
+/// the flow written at that moment, so busy flows are trimmed most).
+const TRIM_EVERY: u64 = 256;
+/// Most records one trim deletes; above [`TRIM_EVERY`], so trims keep up.
+const TRIM_BATCH: i64 = 512;
+/// Most rows one pruning statement deletes: short transactions, no long locks.
+pub(super) const PRUNE_BATCH: i64 = 1000;
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs `sql` (prepared once per connection) with `params`; rows changed.
+pub(super) async fn exec(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StorageError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.execute(&statement, params).await?)
+}
+
+/// Runs `sql` (prepared once per connection) with `params`; its rows.
+pub(super) async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StorageError> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query(&statement, params).await?)
+}
+
+/// Milliseconds as PostgreSQL's `BIGINT`.
+pub(super) fn ms(value: u64) -> i64 {
+    value.min(i64::MAX as u64) as i64
+}
+
+/// Run records and idempotency keys in the database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    db: Database,
+    retention: Duration,
+}
+
+/// A record's row, taken from the record before the write.
+pub(super) struct RecordRow {
+    id: String,
+    flow: String,
+    /// When the run was accepted (its `created_at`), ms since the epoch:
+    /// records written from several connections land in any order, and
+    /// pages list them by acceptance, not by write.
+    accepted_ms: i64,
+    status: &'static str,
+    /// The record; `None` when it is not kept (it is deleted instead).
+    json: Option<String>,
+    /// The flow's cap on records.
+    max: Option<u64>,
+}
+
+impl RecordRow {
+    /// `record`'s row, encoded now.
+    pub(super) fn of(record: &RunRecord) -> Result<Self, StorageError> {
+        let accepted_ms = humantime::parse_rfc3339_weak(&record.created_at)
+            .ok()
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now_ms, |since| since.as_millis() as u64);
+        Ok(Self {
+            id: record.id.clone(),
+            flow: record.flow.clone(),
+            accepted_ms: ms(accepted_ms),
+            status: record.status.as_str(),
+            json: record
+                .kept()
+                .then(|| record.encode().map_err(|e| corrupt("run record", e)))
+                .transpose()?,
+            max: record.policy.max,
+        })
+    }
+
+    /// The row of `record`, when there is one.
+    pub(super) fn of_some(record: Option<&RunRecord>) -> Result<Option<Self>, StorageError> {
+        record.map(Self::of).transpose()
+    }
+}
+
+impl PostgresStore {
+    /// Records kept for `retention` in `db`.
+    pub fn new(db: Database, retention: Duration) -> Self {
+        Self { db, retention }
+    }
+
+    /// The retention records are kept for.
+    pub(super) fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Writes `row` on `c`, keeping its first acceptance time; or deletes
+    /// the run's record when its flow keeps none of a run that ended so.
+    /// Now and then, deletes the flow's oldest records past its cap.
+    pub(super) async fn write_record(
+        c: &impl GenericClient,
+        row: &RecordRow,
+        retention: Duration,
+    ) -> Result<(), StorageError> {
+        let Some(json) = &row.json else {
+            exec(c, "DELETE FROM flowgate.runs WHERE id = $1", &[&row.id]).await?;
+            return Ok(());
+        };
+        if let Some(max) = row.max {
+            let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if writes.is_multiple_of(TRIM_EVERY) {
+                Self::trim_to_cap(c, &row.flow, max).await?;
+            }
+        }
+        let expires = (now_ms() as i64).saturating_add(retention.as_millis() as i64);
+        exec(
+            c,
+            "INSERT INTO flowgate.runs (id, flow, accepted_at, status, record, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET
+                status = excluded.status, record = excluded.record, expires_at = excluded.expires_at",
+            &[&row.id, &row.flow, &row.accepted_ms, &row.status, json, &expires],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes up to [`TRIM_BATCH`] of `flow`'s records older than its
+    /// newest `max`, leaving those of runs still in progress.
+    async fn trim_to_cap(c: &impl GenericClient, flow: &str, max: u64) -> Result<(), StorageError> {
+        exec(
+            c,
+            "DELETE FROM flowgate.runs WHERE status NOT IN ('queued', 'running') AND id IN
+                (SELECT id FROM flowgate.runs WHERE flow = $1
+                 ORDER BY accepted_at DESC, id DESC LIMIT $2 OFFSET $3)",
+            &[&flow, &TRIM_BATCH, &ms(max)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes expired records and idempotency keys, at most
+    /// [`PRUNE_BATCH`] of each, skipping rows another replica is pruning;
+    /// how many went.
+    pub async fn prune(&self) -> Result<usize, StorageError> {
+        timed(async {
+            let client = self.db.client().await?;
+            let now = now_ms() as i64;
+            let runs = exec(
+                &client,
+                "DELETE FROM flowgate.runs WHERE id IN
+                    (SELECT id FROM flowgate.runs WHERE expires_at <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&now, &PRUNE_BATCH],
+            )
+            .await?;
+            let keys = exec(
+                &client,
+                "DELETE FROM flowgate.idempotency WHERE (flow, key_hash) IN
+                    (SELECT flow, key_hash FROM flowgate.idempotency WHERE expires_at <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&now, &PRUNE_BATCH],
+            )
+            .await?;
+            Ok((runs + keys) as usize)
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    /// PostgreSQL's plan (`EXPLAIN`) for the first page of runs passing
+    /// `filter`: the index it walks, for checking that no page sorts the
+    /// table.
+    pub async fn explain_page(&self, filter: &RunFilter) -> Result<String, StorageError> {
+        let (sql, values) = page_query(filter, (i64::MAX, String::new()), 50);
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_sql()).collect();
+        let client = self.db.client().await?;
+        let plan = client.query(&format!("EXPLAIN {sql}"), &params).await?;
+        Ok(plan
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
+
+fn decode_record(json: &str) -> Result<RunRecord, StorageError> {
+    crate::codec::decode(json).map_err(|e| corrupt("run record", e))
+}
+
+impl RunStore for PostgresStore {
+    fn save_with(
+        &self,
+        record: &RunRecord,
+        events: Vec<OutboxEvent>,
+    ) -> BoxFuture<'static, Result<(), StorageError>> {
+        let row = RecordRow::of(record);
+        let db = self.db.clone();
+        let retention = self.retention;
+        Box::pin(timed(async move {
+            let row = row?;
+            let mut client = db.client().await?;
+            if events.is_empty() {
+                return Self::write_record(&client, &row, retention).await;
+            }
+            let tx = client.transaction().await?;
+            super::webhooks::insert_events(&tx, &events).await?;
+            Self::write_record(&tx, &row, retention).await?;
+            Ok(tx.commit().await?)
+        }))
+    }
+
+    fn get<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StorageError>> {
+        Box::pin(timed(async move {
+            if !storable(run_id) {
+                return Ok(None);
+            }
+            let client = self.db.client().await?;
+            let found = rows(
+                &client,
+                "SELECT record FROM flowgate.runs WHERE id = $1 AND expires_at > $2",
+                &[&run_id, &(now_ms() as i64)],
+            )
+            .await?;
+            found
+                .first()
+                .map(|row| decode_record(row.get(0)))
+                .transpose()
+        }))
+    }
+
+    fn page<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
+        Box::pin(timed(async move {
+            let start = match cursor {
+                None => (i64::MAX, String::new()),
+                Some(c) => c
+                    .split_once(':')
+                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+                    .filter(|(_, id)| storable(id))
+                    .ok_or_else(|| {
+                        StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
+                    })?,
+            };
+            if filter.flow.as_deref().is_some_and(|f| !storable(f)) {
+                return Ok(Page {
+                    data: Vec::new(),
+                    next_cursor: None,
+                });
+            }
+            let (sql, values) = page_query(filter, start, limit);
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_sql()).collect();
+            let client = self.db.client().await?;
+            let found = rows(&client, &sql, &params).await?;
+            let mut data = Vec::new();
+            let mut more = false;
+            let mut last = None;
+            for row in &found {
+                if data.len() == limit {
+                    more = true;
+                    break;
+                }
+                let (at, id): (i64, &str) = (row.get(0), row.get(1));
+                data.push(decode_record(row.get(2))?);
+                last = Some(format!("{at}:{id}"));
+            }
+            Ok(Page {
+                data,
+                next_cursor: if more { last } else { None },
+            })
+        }))
+    }
+
+    fn list<'a>(
+        &'a self,
+        flow_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>, StorageError>> {
+        Box::pin(timed(async move {
+            if !storable(flow_id) {
+                return Ok(Vec::new());
+            }
+            let client = self.db.client().await?;
+            let found = rows(
+                &client,
+                "SELECT record FROM flowgate.runs WHERE flow = $1 AND expires_at > $2
+                 ORDER BY accepted_at DESC, id DESC LIMIT $3",
+                &[&flow_id, &(now_ms() as i64), &(limit as i64)],
+            )
+            .await?;
+            found.iter().map(|row| decode_record(row.get(0))).collect()
+        }))
+    }
+}
+
+/// A parameter of a page query.
+enum Value {
+    Int(i64),
+    Text(String),
+}
+
+impl Value {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Value::Int(n) => n,
+            Value::Text(text) => text,
+        }
+    }
+}
+
+/// The query for a page of runs after `position` (`accepted_at`, id) that
+/// pass `filter`, newest first, one more than `limit` (to tell whether
+/// there is a next page), and its parameters. It names only the filters
+/// given, so the planner walks the index that fits (by flow, by state, or
+/// by time) and stops at the limit.
+fn page_query(filter: &RunFilter, position: (i64, String), limit: usize) -> (String, Vec<Value>) {
+    let mut sql = String::from(
+        "SELECT accepted_at, id, record FROM flowgate.runs
+         WHERE expires_at > $1 AND (accepted_at, id) < ($2, $3)",
+    );
+    let mut values = vec![
+        Value::Int(now_ms() as i64),
+        Value::Int(position.0),
+        Value::Text(position.1),
+    ];
+    let mut and = |clause: &str, value: Value| {
+        values.push(value);
+        sql.push_str(&format!(" AND {clause} ${}", values.len()));
+    };
+    if let Some(flow) = &filter.flow {
+        and("flow =", Value::Text(flow.clone()));
+    }
+    if let Some(status) = filter.status {
+        // Other states name the partial index's own condition, so the
+        // planner may use it.
+        let clause = if status == crate::engine::RunState::Succeeded {
+            "status ="
+        } else {
+            "status <> 'succeeded' AND status ="
+        };
+        and(clause, Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(after) = filter.after_ms {
+        and("accepted_at >=", Value::Int(ms(after)));
+    }
+    if let Some(before) = filter.before_ms {
+        and("accepted_at <", Value::Int(ms(before)));
+    }
+    values.push(Value::Int(limit as i64 + 1));
+    sql.push_str(&format!(
+        " ORDER BY accepted_at DESC, id DESC LIMIT ${}",
+        values.len()
+    ));
+    (sql, values)
+}
+
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// What the key's row says, on `c`: `None` when absent or expired.
+async fn find_key(
+    c: &impl GenericClient,
+    flow: &str,
+    hash: &str,
+) -> Result<Option<Reservation>, StorageError> {
+    let found = rows(
+        c,
+        "SELECT run_id, answer FROM flowgate.idempotency
+         WHERE flow = $1 AND key_hash = $2 AND expires_at > $3",
+        &[&flow, &hash, &(now_ms() as i64)],
+    )
+    .await?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    let (run_id, answer): (String, Option<&str>) = (row.get(0), row.get(1));
+    match answer {
+        None => Ok(Some(Reservation::InProgress { run_id })),
+        Some(json) => crate::codec::decode::<StoredAnswer>(json)
+            .map(|answer| Some(Reservation::Answered(answer)))
+            .map_err(|e| corrupt("stored answer", e)),
+    }
+}
+
+/// Times a reservation looks again when the key it lost to was released
+/// between its write and its read.
+const RESERVE_TRIES: usize = 5;
+
+impl IdempotencyStore for PostgresStore {
+    fn reserve<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Reservation, StorageError>> {
+        let hash = key_hash(key);
+        Box::pin(timed(async move {
+            let client = self.db.client().await?;
+            for _ in 0..RESERVE_TRIES {
+                let now = now_ms() as i64;
+                let expires = now + IDEMPOTENCY_TTL.as_millis() as i64;
+                // One statement: a live key (even one being written by a
+                // concurrent reservation, whose row lock this waits for)
+                // is left alone, an expired one is taken over.
+                let won = exec(
+                    &client,
+                    "INSERT INTO flowgate.idempotency (flow, key_hash, run_id, answer, expires_at)
+                     VALUES ($1, $2, $3, NULL, $4)
+                     ON CONFLICT (flow, key_hash) DO UPDATE SET
+                        run_id = excluded.run_id, answer = NULL, expires_at = excluded.expires_at
+                     WHERE flowgate.idempotency.expires_at <= $5",
+                    &[&flow_id, &hash, &run_id, &expires, &now],
+                )
+                .await?;
+                if won == 1 {
+                    return Ok(Reservation::Reserved);
+                }
+                if let Some(found) = find_key(&client, flow_id, &hash).await? {
+                    return Ok(found);
+                }
+            }
+            Err(StorageError::Unavailable(
+                "an idempotency key kept changing; try again".into(),
+            ))
+        }))
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Reservation>, StorageError>> {
+        let hash = key_hash(key);
+        Box::pin(timed(async move {
+            let client = self.db.client().await?;
+            find_key(&client, flow_id, &hash).await
+        }))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+        answer: &'a StoredAnswer,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let hash = key_hash(key);
+        Box::pin(timed(async move {
+            let json = encode(answer)?;
+            let client = self.db.client().await?;
+            exec(
+                &client,
+                "UPDATE flowgate.idempotency SET answer = $3 WHERE flow = $1 AND key_hash = $2",
+                &[&flow_id, &hash, &json],
+            )
+            .await?;
+            Ok(())
+        }))
+    }
+
+    fn release<'a>(
+        &'a self,
+        flow_id: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let hash = key_hash(key);
+        Box::pin(timed(async move {
+            let client = self.db.client().await?;
+            exec(
+                &client,
+                "DELETE FROM flowgate.idempotency WHERE flow = $1 AND key_hash = $2",
+                &[&flow_id, &hash],
+            )
+            .await?;
+            Ok(())
+        }))
+    }
+}
