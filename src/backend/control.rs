@@ -218,6 +218,24 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+impl AuditDraft {
+    /// The entry as stored, written at `at` (RFC 3339); the store gives
+    /// it its id when read back.
+    pub fn entry(&self, at: String) -> AuditEntry {
+        AuditEntry {
+            id: String::new(),
+            at,
+            actor: self.actor.name.clone(),
+            role: self.actor.role.clone(),
+            action: self.action.to_owned(),
+            flow: self.flow.clone(),
+            run: self.run.clone(),
+            before: self.before.clone(),
+            after: self.after.clone(),
+        }
+    }
+}
+
 /// An audit entry before the store gives it an id and a time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditDraft {

@@ -20,9 +20,11 @@ pub mod webhooks;
 
 pub use self::control::ControlStore;
 pub use self::queue::{Buried, Claimed, Delivery, RunQueue};
+pub(crate) use self::queue::{claim_within, dead_input};
 pub use self::store::{
     IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StoredAnswer,
 };
+pub(crate) use self::store::{key_hash, run_position};
 pub use self::webhooks::WebhookStore;
 
 /// A boxed future, so the storage traits can be used as trait objects.

@@ -75,6 +75,50 @@ pub struct Buried {
     pub reason: String,
 }
 
+/// Most of an undecodable queued input kept in its dead letter.
+const DEAD_INPUT_MAX: usize = 64 * 1024;
+
+/// What a dead letter keeps of an undecodable queued `input`: at most
+/// 64 KiB, cut at a character boundary.
+pub(crate) fn dead_input(input: &str) -> &str {
+    let mut kept = input.len().min(DEAD_INPUT_MAX);
+    while !input.is_char_boundary(kept) {
+        kept -= 1;
+    }
+    &input[..kept]
+}
+
+/// A claim that waits up to `wait` for work: `lease` looks once; between
+/// looks it waits for `arrived` (notified when this process stores a run)
+/// or `poll` (for runs stored by other processes), whichever comes first.
+pub(crate) async fn claim_within<F, Fut>(
+    arrived: &tokio::sync::Notify,
+    wait: Duration,
+    poll: Duration,
+    mut lease: F,
+) -> Result<Claimed, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Claimed, StorageError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so a run stored meanwhile wakes us.
+        let notified = arrived.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let leased = lease().await?;
+        if !leased.runs.is_empty()
+            || !leased.buried.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(leased);
+        }
+        let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + poll), notified)
+            .await;
+    }
+}
+
 /// Where async runs wait.
 pub trait RunQueue: Send + Sync {
     /// Creates what the backend needs before runs can be handed out; safe

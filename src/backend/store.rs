@@ -75,6 +75,22 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StorageError>>;
 }
 
+/// The digest an idempotency key is stored under (SHA-256, hex): keys are
+/// senders' text, of any length.
+pub(crate) fn key_hash(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// A run page's cursor, `<accepted_at ms>:<run id>`, as the SQL backends
+/// hand it out.
+pub(crate) fn run_position(cursor: &str) -> Result<(i64, String), StorageError> {
+    cursor
+        .split_once(':')
+        .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
+        .ok_or_else(|| StorageError::Corrupt(format!("cursor `{cursor}` is not a run position")))
+}
+
 /// Which run records to list.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {

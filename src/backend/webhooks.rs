@@ -126,6 +126,37 @@ pub enum DeliveryState {
     Skipped,
 }
 
+impl DeliveryState {
+    /// The state as a table column holds it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Skipped => "skipped",
+        }
+    }
+
+    /// The state a column holds; anything unknown is pending (tried again).
+    pub fn from_column(text: &str) -> Self {
+        match text {
+            "succeeded" => DeliveryState::Succeeded,
+            "failed" => DeliveryState::Failed,
+            "skipped" => DeliveryState::Skipped,
+            _ => DeliveryState::Pending,
+        }
+    }
+}
+
+/// Orders subscriptions as every listing shows them: oldest first, then by id.
+pub fn sort_subscriptions(subscriptions: &mut [(Subscription, u32)]) {
+    subscriptions.sort_by(|a, b| {
+        a.0.created_at
+            .cmp(&b.0.created_at)
+            .then(a.0.id.cmp(&b.0.id))
+    });
+}
+
 /// One message for one subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {

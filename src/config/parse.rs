@@ -84,3 +84,15 @@ pub fn readable_duration(duration: std::time::Duration) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// `url` without its password, which must never reach a log.
+pub(super) fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("[redacted]"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "[unparsable url]".to_owned(),
+    }
+}

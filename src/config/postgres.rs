@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::parse::shown_url;
+
 /// Most connections one process may hold.
 pub const MAX_POOL_SIZE: usize = 1024;
 
@@ -25,18 +27,6 @@ impl Default for PostgresConfig {
             url: "postgres://flowgate@127.0.0.1:5432/flowgate".into(),
             pool_size: 16,
         }
-    }
-}
-
-/// `url` without its password, which must never reach a log.
-pub fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "[unparsable url]".to_owned(),
     }
 }
 

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::parse::shown_url;
+
 /// Most partitions the queue and run records may be split into.
 pub const MAX_PARTITIONS: u16 = 1024;
 
@@ -27,18 +29,6 @@ pub struct RedisConfig {
     /// at most 250 ms) before the sender gets its 202; with 1 or more an
     /// accepted run survives a master's failover. 0 trusts the master alone.
     pub replica_acks: u8,
-}
-
-/// `url` without its password, which must never reach a log.
-fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "[unparsable url]".to_owned(),
-    }
 }
 
 impl fmt::Debug for RedisConfig {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use crate::pg_server::PgServer;
-use crate::queue::{async_flow, runs_received};
+use crate::queue::{async_app_without_worker, runs_received};
 
 /// `test` with the app on a PostgreSQL of its own.
 async fn on_postgres<F: std::future::Future<Output = ()>>(test: F) {
@@ -53,16 +53,27 @@ async fn load(client: &reqwest::Client, url: &str, token: &str, n: usize) -> Vec
     accepted
 }
 
+/// Starts a worker on `app` and waits until each of `accepted` reached
+/// `receiver`, once.
+async fn executes_each_once(app: &TestApp, receiver: &Receiver, accepted: &[String]) {
+    app.start_worker(Duration::from_secs(15));
+    assert_eventually(
+        Duration::from_secs(60),
+        "every accepted run executed",
+        || receiver.requests().len() >= accepted.len(),
+    )
+    .await;
+    let counts = runs_received(receiver);
+    for run_id in accepted {
+        assert_eq!(counts.get(run_id), Some(&1), "run {run_id}");
+    }
+}
+
 #[tokio::test]
 async fn a_stopped_database_refuses_with_503_and_every_accepted_run_executes_after_it_returns() {
     on_postgres(async {
         let receiver = Receiver::start(&[], Duration::ZERO).await;
-        let options = AppOptions {
-            worker: false,
-            ..Default::default()
-        };
-        let mut app =
-            spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+        let mut app = async_app_without_worker(&receiver).await;
         let (client, url, token) = (app.client.clone(), app.url("a"), app.token("a"));
         // Senders keep going while the database stops and comes back.
         let sending = tokio::spawn(async move { load(&client, &url, &token, 800).await });
@@ -79,21 +90,11 @@ async fn a_stopped_database_refuses_with_503_and_every_accepted_run_executes_aft
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         pg(&mut app).restart();
-        let accepted = sending.await.unwrap();
+        let mut accepted = sending.await.unwrap();
         assert!(!accepted.is_empty());
         // The same process recovers: accepted again, and every 202 executes once.
-        assert_eq!(app.post_json("a", r#"{"n": -2}"#).await.status(), 202);
-        app.start_worker(Duration::from_secs(15));
-        assert_eventually(
-            Duration::from_secs(60),
-            "every accepted run executed",
-            || receiver.requests().len() > accepted.len(),
-        )
-        .await;
-        let counts = runs_received(&receiver);
-        for run_id in &accepted {
-            assert_eq!(counts.get(run_id), Some(&1), "run {run_id}");
-        }
+        accepted.push(run_id(&app.post_json("a", r#"{"n": -2}"#).await));
+        executes_each_once(&app, &receiver, &accepted).await;
     })
     .await;
 }
@@ -102,11 +103,7 @@ async fn a_stopped_database_refuses_with_503_and_every_accepted_run_executes_aft
 async fn every_run_a_killed_gateway_accepted_executes() {
     on_postgres(async {
         let receiver = Receiver::start(&[], Duration::ZERO).await;
-        let options = AppOptions {
-            worker: false,
-            ..Default::default()
-        };
-        let app = spawn_app_with(&[("a", async_flow(&receiver.url("/hook"), ""))], options).await;
+        let app = async_app_without_worker(&receiver).await;
         let (mut gateway, base) = replica(&app).await;
         let (client, token) = (app.client.clone(), app.token("a"));
         let url = format!("{base}/v1/flow-webhook/a");
@@ -119,17 +116,7 @@ async fn every_run_a_killed_gateway_accepted_executes() {
             !accepted.is_empty(),
             "the gateway accepted runs before it died"
         );
-        app.start_worker(Duration::from_secs(15));
-        assert_eventually(
-            Duration::from_secs(60),
-            "every run the killed gateway accepted executed",
-            || receiver.requests().len() >= accepted.len(),
-        )
-        .await;
-        let counts = runs_received(&receiver);
-        for run_id in &accepted {
-            assert_eq!(counts.get(run_id), Some(&1), "run {run_id}");
-        }
+        executes_each_once(&app, &receiver, &accepted).await;
     })
     .await;
 }

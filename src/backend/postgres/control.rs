@@ -238,17 +238,7 @@ impl ControlStore for PostgresControl {
                 }
                 Change::Nothing => {}
             }
-            let entry = AuditEntry {
-                id: String::new(),
-                at,
-                actor: audit.actor.name.clone(),
-                role: audit.actor.role.clone(),
-                action: audit.action.to_owned(),
-                flow: audit.flow.clone(),
-                run: audit.run.clone(),
-                before: audit.before.clone(),
-                after: audit.after.clone(),
-            };
+            let entry = audit.entry(at);
             let json = crate::codec::encode(&entry).map_err(|e| corrupt("audit entry", e))?;
             exec(
                 &tx,

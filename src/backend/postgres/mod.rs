@@ -27,6 +27,7 @@ use tokio_postgres::config::SslMode;
 
 use super::StorageError;
 
+mod batch;
 mod control;
 mod queue;
 mod store;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use tokio::sync::Notify;
 
+use super::batch::{QueueRow, Write};
 use super::store::{PostgresStore, RecordRow, exec, ms, rows};
 use super::webhooks::insert_events;
 use super::{Database, corrupt, encode, storable, timed};
@@ -23,9 +24,6 @@ use crate::record::{RecordedResponse, RunRecord};
 /// How often a claim waiting for work looks again for runs stored by
 /// another process (this process's own wake it at once).
 const POLL: Duration = Duration::from_millis(50);
-
-/// Most of an undecodable input kept in its dead letter.
-const DEAD_INPUT_MAX: usize = 64 * 1024;
 
 /// The run queue in the database.
 #[derive(Clone)]
@@ -78,15 +76,16 @@ async fn bury(
     retention: Duration,
 ) -> Result<Buried, StorageError> {
     let reason = format!("dead-lettered: the queued run cannot be decoded ({problem})");
-    let mut kept = input.len().min(DEAD_INPUT_MAX);
-    while !input.is_char_boundary(kept) {
-        kept -= 1;
-    }
     exec(c, "DELETE FROM flowgate.queue WHERE seq = $1", &[&seq]).await?;
     exec(
         c,
         "INSERT INTO flowgate.dead_letters (run_id, reason, input, at) VALUES ($1, $2, $3, $4)",
-        &[&run_id, &reason, &&input[..kept], &(now_ms() as i64)],
+        &[
+            &run_id,
+            &reason,
+            &crate::backend::dead_input(input),
+            &(now_ms() as i64),
+        ],
     )
     .await?;
     let stored = rows(
@@ -193,33 +192,29 @@ impl RunQueue for PostgresQueue {
         record: Option<&'a RunRecord>,
         events: &'a [OutboxEvent],
     ) -> BoxFuture<'a, Result<(), StorageError>> {
-        Box::pin(timed(async move {
+        Box::pin(async move {
             let (json, raw) = queued(input)?;
             let answer = record
                 .and_then(|r| r.response.as_ref())
                 .map(encode)
                 .transpose()?;
-            let record = RecordRow::of_some(record)?;
-            let mut client = self.db.client().await?;
-            let tx = client.transaction().await?;
-            let now = now_ms() as i64;
-            exec(
-                &tx,
-                "INSERT INTO flowgate.queue (run_id, input, raw, accepted_at, answer, due_at)
-                 VALUES ($1, $2, $3, $4, $5, $4)",
-                &[&input.run_id, &json, &raw, &now, &answer],
-            )
-            .await?;
-            insert_events(&tx, events).await?;
-            if let Some(row) = &record {
-                PostgresStore::write_record(&tx, row, self.store.retention()).await?;
-            }
+            let write = Write {
+                queue: Some(QueueRow {
+                    run_id: input.run_id.clone(),
+                    input: json,
+                    raw,
+                    accepted_at: now_ms() as i64,
+                    answer,
+                }),
+                record: RecordRow::of_some(record)?,
+                events: events.to_vec(),
+            };
             // Committed (and flushed, as the server's synchronous_commit
             // says) before the sender hears of it.
-            tx.commit().await?;
+            self.store.write(write).await?;
             self.arrived.notify_waiters();
             Ok(())
-        }))
+        })
     }
 
     fn claim<'a>(
@@ -228,27 +223,12 @@ impl RunQueue for PostgresQueue {
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                // Registered before looking, so a run stored meanwhile wakes us.
-                let arrived = self.arrived.notified();
-                tokio::pin!(arrived);
-                arrived.as_mut().enable();
-                let leased = timed(self.lease(consumer, max, None)).await?;
-                if !leased.runs.is_empty()
-                    || !leased.buried.is_empty()
-                    || tokio::time::Instant::now() >= deadline
-                {
-                    return Ok(leased);
-                }
-                let _ = tokio::time::timeout_at(
-                    deadline.min(tokio::time::Instant::now() + POLL),
-                    arrived,
-                )
-                .await;
-            }
-        })
+        Box::pin(crate::backend::claim_within(
+            &self.arrived,
+            wait,
+            POLL,
+            move || timed(self.lease(consumer, max, None)),
+        ))
     }
 
     fn take_over<'a>(

@@ -6,15 +6,15 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 
+use super::batch::{Batcher, Write};
 use super::{Database, corrupt, encode, storable, timed};
 use crate::backend::control::Page;
 use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
-    StoredAnswer, now_ms,
+    StoredAnswer, key_hash, now_ms,
 };
 use crate::record::RunRecord;
 
@@ -57,19 +57,20 @@ pub(super) fn ms(value: u64) -> i64 {
 pub struct PostgresStore {
     db: Database,
     retention: Duration,
+    batcher: Batcher,
 }
 
 /// A record's row, taken from the record before the write.
 pub(super) struct RecordRow {
-    id: String,
-    flow: String,
+    pub id: String,
+    pub flow: String,
     /// When the run was accepted (its `created_at`), ms since the epoch:
     /// records written from several connections land in any order, and
     /// pages list them by acceptance, not by write.
-    accepted_ms: i64,
-    status: &'static str,
+    pub accepted_ms: i64,
+    pub status: &'static str,
     /// The record; `None` when it is not kept (it is deleted instead).
-    json: Option<String>,
+    pub json: Option<String>,
     /// The flow's cap on records.
     max: Option<u64>,
 }
@@ -103,7 +104,17 @@ impl RecordRow {
 impl PostgresStore {
     /// Records kept for `retention` in `db`.
     pub fn new(db: Database, retention: Duration) -> Self {
-        Self { db, retention }
+        let batcher = Batcher::new(db.clone(), retention);
+        Self {
+            db,
+            retention,
+            batcher,
+        }
+    }
+
+    /// Stores `write` with whatever else is being written now (see [`super::batch`]).
+    pub(super) async fn write(&self, write: Write) -> Result<(), StorageError> {
+        self.batcher.write(write).await
     }
 
     /// The retention records are kept for.
@@ -123,12 +134,7 @@ impl PostgresStore {
             exec(c, "DELETE FROM flowgate.runs WHERE id = $1", &[&row.id]).await?;
             return Ok(());
         };
-        if let Some(max) = row.max {
-            let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if writes.is_multiple_of(TRIM_EVERY) {
-                Self::trim_to_cap(c, &row.flow, max).await?;
-            }
-        }
+        Self::trim_if_due(c, row).await?;
         let expires = (now_ms() as i64).saturating_add(retention.as_millis() as i64);
         exec(
             c,
@@ -139,6 +145,21 @@ impl PostgresStore {
             &[&row.id, &row.flow, &row.accepted_ms, &row.status, json, &expires],
         )
         .await?;
+        Ok(())
+    }
+
+    /// Now and then (every [`TRIM_EVERY`] record writes), trims the flow
+    /// of `row` to its cap.
+    pub(super) async fn trim_if_due(
+        c: &impl GenericClient,
+        row: &RecordRow,
+    ) -> Result<(), StorageError> {
+        if let Some(max) = row.max {
+            let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if writes.is_multiple_of(TRIM_EVERY) {
+                Self::trim_to_cap(c, &row.flow, max).await?;
+            }
+        }
         Ok(())
     }
 
@@ -213,19 +234,15 @@ impl RunStore for PostgresStore {
         events: Vec<OutboxEvent>,
     ) -> BoxFuture<'static, Result<(), StorageError>> {
         let row = RecordRow::of(record);
-        let db = self.db.clone();
-        let retention = self.retention;
-        Box::pin(timed(async move {
-            let row = row?;
-            let mut client = db.client().await?;
-            if events.is_empty() {
-                return Self::write_record(&client, &row, retention).await;
-            }
-            let tx = client.transaction().await?;
-            super::webhooks::insert_events(&tx, &events).await?;
-            Self::write_record(&tx, &row, retention).await?;
-            Ok(tx.commit().await?)
-        }))
+        let this = self.clone();
+        Box::pin(async move {
+            let write = Write {
+                queue: None,
+                record: Some(row?),
+                events,
+            };
+            this.write(write).await
+        })
     }
 
     fn get<'a>(
@@ -259,13 +276,15 @@ impl RunStore for PostgresStore {
         Box::pin(timed(async move {
             let start = match cursor {
                 None => (i64::MAX, String::new()),
-                Some(c) => c
-                    .split_once(':')
-                    .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
-                    .filter(|(_, id)| storable(id))
-                    .ok_or_else(|| {
-                        StorageError::Corrupt(format!("cursor `{c}` is not a run position"))
-                    })?,
+                Some(c) => match crate::backend::run_position(c)? {
+                    (_, id) if !storable(&id) => {
+                        return Err(StorageError::Corrupt(format!(
+                            "cursor `{}` is not a run position",
+                            c.escape_debug()
+                        )));
+                    }
+                    position => position,
+                },
             };
             if filter.flow.as_deref().is_some_and(|f| !storable(f)) {
                 return Ok(Page {
@@ -377,10 +396,6 @@ fn page_query(filter: &RunFilter, position: (i64, String), limit: usize) -> (Str
         values.len()
     ));
     (sql, values)
-}
-
-fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 /// What the key's row says, on `c`: `None` when absent or expired.

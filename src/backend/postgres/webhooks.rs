@@ -58,15 +58,6 @@ impl PostgresWebhooks {
     }
 }
 
-fn state_name(state: DeliveryState) -> &'static str {
-    match state {
-        DeliveryState::Pending => "pending",
-        DeliveryState::Succeeded => "succeeded",
-        DeliveryState::Failed => "failed",
-        DeliveryState::Skipped => "skipped",
-    }
-}
-
 async fn webhooks_version(c: &impl GenericClient, lock: bool) -> Result<u64, StorageError> {
     let sql = if lock {
         "SELECT version FROM flowgate.versions WHERE name = 'webhooks' FOR UPDATE"
@@ -80,12 +71,7 @@ async fn webhooks_version(c: &impl GenericClient, lock: bool) -> Result<u64, Sto
 /// A stored delivery, with the columns that move after it was written.
 fn decode_delivery(json: &str, state: &str, due_at: i64) -> Result<Delivery, StorageError> {
     let mut delivery: Delivery = crate::codec::decode(json).map_err(|e| corrupt("delivery", e))?;
-    delivery.state = match state {
-        "succeeded" => DeliveryState::Succeeded,
-        "failed" => DeliveryState::Failed,
-        "skipped" => DeliveryState::Skipped,
-        _ => DeliveryState::Pending,
-    };
+    delivery.state = DeliveryState::from_column(state);
     delivery.due_ms = due_at as u64;
     Ok(delivery)
 }
@@ -109,7 +95,7 @@ async fn finish_on(
             &delivery.id,
             &delivery.subscription,
             &json,
-            &state_name(delivery.state),
+            &delivery.state.as_str(),
             &ms(delivery.due_ms),
             &ms(delivery.created_ms),
             &expires,
@@ -150,11 +136,7 @@ impl WebhookStore for PostgresWebhooks {
                     .map_err(|e| corrupt("subscription", e))?;
                 out.push((sub, row.get::<_, i64>(1) as u32));
             }
-            out.sort_by(|a, b| {
-                a.0.created_at
-                    .cmp(&b.0.created_at)
-                    .then(a.0.id.cmp(&b.0.id))
-            });
+            crate::backend::webhooks::sort_subscriptions(&mut out);
             Ok(out)
         }))
     }
@@ -257,7 +239,7 @@ impl WebhookStore for PostgresWebhooks {
                         &delivery.id,
                         &delivery.subscription,
                         &json,
-                        &state_name(delivery.state),
+                        &delivery.state.as_str(),
                         &ms(due),
                         &ms(delivery.created_ms),
                         &expires,

@@ -191,17 +191,7 @@ impl ControlStore for RedisControl {
     ) -> BoxFuture<'a, Result<Applied, StorageError>> {
         Box::pin(async move {
             let now = now_ms();
-            let entry = AuditEntry {
-                id: String::new(),
-                at: now_rfc3339(),
-                actor: audit.actor.name.clone(),
-                role: audit.actor.role.clone(),
-                action: audit.action.to_owned(),
-                flow: audit.flow.clone(),
-                run: audit.run.clone(),
-                before: audit.before.clone(),
-                after: audit.after.clone(),
-            };
+            let entry = audit.entry(now_rfc3339());
             let mut pipe = redis::pipe();
             pipe.atomic();
             let mut rotated = false;

@@ -207,11 +207,7 @@ impl WebhookStore for RedisWebhooks {
                 let count = failures.get(&sub.id).copied().unwrap_or(0);
                 out.push((sub, count));
             }
-            out.sort_by(|a, b| {
-                a.0.created_at
-                    .cmp(&b.0.created_at)
-                    .then(a.0.id.cmp(&b.0.id))
-            });
+            crate::backend::webhooks::sort_subscriptions(&mut out);
             Ok(out)
         })
     }

@@ -174,9 +174,6 @@ fn text_of(value: &rusqlite::types::Value) -> String {
     }
 }
 
-/// Most of an undecodable input kept in its dead letter.
-const DEAD_INPUT_MAX: usize = 64 * 1024;
-
 /// Moves queue row `seq` to the dead letters for `problem` and records its
 /// run (when it has a record) as aborted with the reason.
 fn bury(
@@ -188,16 +185,17 @@ fn bury(
     retention: Duration,
 ) -> Result<Buried, StorageError> {
     let reason = format!("dead-lettered: the queued run cannot be decoded ({problem})");
-    let mut kept = input.len().min(DEAD_INPUT_MAX);
-    while !input.is_char_boundary(kept) {
-        kept -= 1;
-    }
     conn.prepare_cached("DELETE FROM queue WHERE seq = ?1")?
         .execute([seq])?;
     conn.prepare_cached(
         "INSERT INTO dead_letters (run_id, reason, input, at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![run_id, reason, &input[..kept], now_ms() as i64])?;
+    .execute(params![
+        run_id,
+        reason,
+        crate::backend::dead_input(input),
+        now_ms() as i64
+    ])?;
     let stored: Option<String> = conn
         .prepare_cached("SELECT record FROM runs WHERE id = ?1")?
         .query_row([&run_id], |row| row.get(0))
@@ -266,32 +264,17 @@ impl RunQueue for SqliteQueue {
         max: usize,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Claimed, StorageError>> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                // Registered before looking, so a run stored meanwhile wakes us.
-                let arrived = self.arrived.notified();
-                tokio::pin!(arrived);
-                arrived.as_mut().enable();
+        let retention = self.store.retention();
+        Box::pin(crate::backend::claim_within(
+            &self.arrived,
+            wait,
+            POLL,
+            move || {
                 let owner = consumer.to_owned();
-                let retention = self.store.retention();
-                let leased = self
-                    .db
+                self.db
                     .write_relaxed(move |conn| Self::lease(conn, &owner, max, None, retention))
-                    .await?;
-                if !leased.runs.is_empty()
-                    || !leased.buried.is_empty()
-                    || tokio::time::Instant::now() >= deadline
-                {
-                    return Ok(leased);
-                }
-                let _ = tokio::time::timeout_at(
-                    deadline.min(tokio::time::Instant::now() + POLL),
-                    arrived,
-                )
-                .await;
-            }
-        })
+            },
+        ))
     }
 
     fn take_over<'a>(

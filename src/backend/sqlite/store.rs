@@ -5,14 +5,13 @@
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 
 use super::{Database, corrupt, encode};
 use crate::backend::control::Page;
 use crate::backend::webhooks::OutboxEvent;
 use crate::backend::{
     BoxFuture, IDEMPOTENCY_TTL, IdempotencyStore, Reservation, RunFilter, RunStore, StorageError,
-    StoredAnswer, now_ms,
+    StoredAnswer, key_hash, now_ms,
 };
 use crate::record::RunRecord;
 
@@ -184,11 +183,7 @@ impl RunStore for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Page<RunRecord>, StorageError>> {
         let filter = filter.clone();
-        let position = cursor.map(|c| {
-            c.split_once(':')
-                .and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id.to_owned())))
-                .ok_or_else(|| StorageError::Corrupt(format!("cursor `{c}` is not a run position")))
-        });
+        let position = cursor.map(crate::backend::run_position);
         Box::pin(async move {
             let position = position.transpose()?;
             self.db
@@ -246,10 +241,6 @@ impl RunStore for SqliteStore {
             Ok(records)
         }))
     }
-}
-
-fn key_hash(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 /// What the key's row says, on `conn`: `None` when absent or expired.

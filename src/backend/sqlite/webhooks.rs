@@ -44,15 +44,6 @@ impl SqliteWebhooks {
     }
 }
 
-fn state_name(state: DeliveryState) -> &'static str {
-    match state {
-        DeliveryState::Pending => "pending",
-        DeliveryState::Succeeded => "succeeded",
-        DeliveryState::Failed => "failed",
-        DeliveryState::Skipped => "skipped",
-    }
-}
-
 fn webhooks_version(conn: &Connection) -> Result<u64, StorageError> {
     let version: i64 = conn.query_row(
         "SELECT version FROM versions WHERE name = 'webhooks'",
@@ -65,12 +56,7 @@ fn webhooks_version(conn: &Connection) -> Result<u64, StorageError> {
 /// A stored delivery, with the columns that move after it was written.
 fn decode_delivery(json: &str, state: &str, due_at: i64) -> Result<Delivery, StorageError> {
     let mut delivery: Delivery = crate::codec::decode(json).map_err(|e| corrupt("delivery", e))?;
-    delivery.state = match state {
-        "succeeded" => DeliveryState::Succeeded,
-        "failed" => DeliveryState::Failed,
-        "skipped" => DeliveryState::Skipped,
-        _ => DeliveryState::Pending,
-    };
+    delivery.state = DeliveryState::from_column(state);
     delivery.due_ms = due_at as u64;
     Ok(delivery)
 }
@@ -98,7 +84,7 @@ impl SqliteWebhooks {
             delivery.id,
             delivery.subscription,
             json,
-            state_name(delivery.state),
+            delivery.state.as_str(),
             delivery.due_ms as i64,
             delivery.created_ms as i64,
             expires,
@@ -131,11 +117,7 @@ impl WebhookStore for SqliteWebhooks {
                     crate::codec::decode(&json).map_err(|e| corrupt("subscription", e))?;
                 out.push((sub, failures as u32));
             }
-            out.sort_by(|a, b| {
-                a.0.created_at
-                    .cmp(&b.0.created_at)
-                    .then(a.0.id.cmp(&b.0.id))
-            });
+            crate::backend::webhooks::sort_subscriptions(&mut out);
             Ok(out)
         }))
     }
@@ -252,7 +234,7 @@ impl WebhookStore for SqliteWebhooks {
                             delivery.id,
                             delivery.subscription,
                             json,
-                            state_name(delivery.state),
+                            delivery.state.as_str(),
                             due as i64,
                             delivery.created_ms as i64,
                             expires,
