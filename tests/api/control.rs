@@ -117,6 +117,14 @@ async fn running_within(app: &TestApp, base: &str, flow: &str) {
 
 #[tokio::test]
 async fn a_pause_from_the_cli_reaches_every_replica_and_outlives_restarts() {
+    a_pause_reaches_every_replica().await;
+}
+
+// The same on PostgreSQL, where the pause travels by NOTIFY (the embedded
+// backend has one process).
+crate::backend_tests!(replicas_on_postgres, Postgres: a_pause_reaches_every_replica);
+
+async fn a_pause_reaches_every_replica() {
     let app = spawn_app(&[("f", SYNC_FLOW.to_owned())]).await;
     let (b, b_url) = replica(&app).await;
     let a_url = format!("http://{}", app.addr);

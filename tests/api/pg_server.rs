@@ -14,6 +14,8 @@ pub struct PgServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More `-c name=value` settings.
+    settings: Vec<String>,
 }
 
 /// The folder of Debian's PostgreSQL binaries (the newest installed).
@@ -111,6 +113,7 @@ impl PgServer {
             port,
             dir,
             child: None,
+            settings: Vec::new(),
         };
         server.restart();
         server
@@ -140,6 +143,7 @@ impl PgServer {
                 ))
                 .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=200", "-c", "shared_buffers=32MB"])
+                .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .current_dir("/"),
@@ -159,6 +163,25 @@ impl PgServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("postgres did not start on port {}", self.port);
+    }
+
+    /// Restarts the server serving TLS with `cert` and `key` (PEM).
+    pub fn enable_tls(&mut self, cert: &[u8], key: &[u8]) {
+        for (name, pem) in [("server.pem", cert), ("server.key", key)] {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            chown(&path);
+        }
+        let dir = self.dir.path().display();
+        self.settings = vec![
+            "ssl=on".into(),
+            format!("ssl_cert_file={dir}/server.pem"),
+            format!("ssl_key_file={dir}/server.key"),
+        ];
+        self.stop();
+        self.restart();
     }
 
     /// Stops the server the way an operator would (SIGTERM: a smart

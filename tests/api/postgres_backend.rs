@@ -3,6 +3,7 @@
 //! migrations, and the run pages' query plans. Everything else it does is
 //! tested on every backend (`on_all_backends!`, the conformance suite).
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::helpers::*;
@@ -206,4 +207,45 @@ async fn run_pages_walk_an_index_and_never_sort_the_table() {
         assert!(plan.contains(index), "{filter:?}: {plan}");
         assert!(!plan.contains("Sort"), "{filter:?} sorts: {plan}");
     }
+}
+
+#[tokio::test]
+async fn sslmode_require_verifies_the_server_certificate() {
+    let mut server = PgServer::start();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    server.enable_tls(&cert, &key);
+    std::fs::write(certs.path().join("ca.pem"), &ca).unwrap();
+    let url = server.url().replace("127.0.0.1", "localhost");
+    let migrate = |sslmode: &str, trust: Option<&Path>| {
+        let url = url.replace("sslmode=disable", &format!("sslmode={sslmode}"));
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(["--config", "/dev/null", "migrate"])
+            .env("FLOWGATE_STORAGE__BACKEND", "postgres")
+            .env("FLOWGATE_POSTGRES__URL", url)
+            .env_remove("SSL_CERT_FILE");
+        if let Some(ca) = trust {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Signed by a CA the system does not trust: refused, saying why.
+    let (code, err) = migrate("require", None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    // Trusted through SSL_CERT_FILE: connected over TLS and migrated.
+    let ca = certs.path().join("ca.pem");
+    let (code, err) = migrate("require", Some(&ca));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        server
+            .psql("SELECT count(*) FROM flowgate.migrations")
+            .trim(),
+        "1"
+    );
 }

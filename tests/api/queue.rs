@@ -203,6 +203,8 @@ async fn a_run_of_a_killed_worker_is_taken_over() {
     killed_worker_is_taken_over().await;
 }
 
+crate::backend_tests!(takeover_on_postgres, Postgres: killed_worker_is_taken_over);
+
 async fn killed_worker_is_taken_over() {
     // Every call takes 2 s, so the worker is killed while the run is in progress.
     let receiver = Receiver::start(&[], Duration::from_secs(2)).await;

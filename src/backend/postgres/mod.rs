@@ -168,9 +168,27 @@ impl From<deadpool_postgres::PoolError> for StorageError {
 /// `e` with the server's own message when it sent one (tokio-postgres's
 /// display of a server error is only "db error").
 fn explain(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    // The cause (a refused connection, a certificate not trusted) is in
+    // the sources.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// A pool error as a line for the operator, without the storage prefix.
+fn explain_pool(e: deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => explain(&e),
+        other => match StorageError::from(other) {
+            StorageError::Unavailable(text) | StorageError::Corrupt(text) => text,
+        },
     }
 }
 
@@ -294,7 +312,7 @@ impl Database {
             .pool
             .get()
             .await
-            .map_err(|e| unreachable(StorageError::from(e).to_string()))?;
+            .map_err(|e| unreachable(explain_pool(e)))?;
         let tx = client
             .transaction()
             .await
