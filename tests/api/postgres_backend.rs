@@ -210,15 +210,18 @@ async fn run_pages_walk_an_index_and_never_sort_the_table() {
 }
 
 #[tokio::test]
-async fn sslmode_require_verifies_the_server_certificate() {
+async fn sslmode_means_what_it_means_to_libpq() {
     let mut server = PgServer::start();
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_certificates(certs.path());
-    server.enable_tls(&cert, &key);
     std::fs::write(certs.path().join("ca.pem"), &ca).unwrap();
-    let url = server.url().replace("127.0.0.1", "localhost");
-    let migrate = |sslmode: &str, trust: Option<&Path>| {
-        let url = url.replace("sslmode=disable", &format!("sslmode={sslmode}"));
+    let ca = certs.path().join("ca.pem");
+    let base = server.url().replace("127.0.0.1", "localhost");
+    let migrate = |sslmode: Option<&str>, trust: Option<&Path>| {
+        let url = match sslmode {
+            Some(mode) => base.replace("sslmode=disable", &format!("sslmode={mode}")),
+            None => base.replace("?sslmode=disable", ""),
+        };
         let mut command = std::process::Command::new(binary());
         command
             .args(["--config", "/dev/null", "migrate"])
@@ -234,13 +237,16 @@ async fn sslmode_require_verifies_the_server_certificate() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // Signed by a CA the system does not trust: refused, saying why.
-    let (code, err) = migrate("require", None);
+    // `require` insists on TLS: a server without it is refused.
+    let (code, err) = migrate(Some("require"), None);
+    assert_eq!(code, Some(1), "{err}");
+    server.enable_tls(&cert, &key);
+    // `verify-full`: a certificate from a CA nobody trusts is refused, saying why...
+    let (code, err) = migrate(Some("verify-full"), None);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("certificate"), "{err}");
-    // Trusted through SSL_CERT_FILE: connected over TLS and migrated.
-    let ca = certs.path().join("ca.pem");
-    let (code, err) = migrate("require", Some(&ca));
+    // ...and one from a CA named by SSL_CERT_FILE is accepted.
+    let (code, err) = migrate(Some("verify-full"), Some(&ca));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         server
@@ -248,4 +254,14 @@ async fn sslmode_require_verifies_the_server_certificate() {
             .trim(),
         "1"
     );
+    // `require` and the default (`prefer`) encrypt without verifying, as
+    // libpq does: a self-signed server (Debian's default) just works.
+    for mode in [Some("require"), None] {
+        let (code, err) = migrate(mode, None);
+        assert_eq!(code, Some(0), "{mode:?}: {err}");
+    }
+    // A word libpq does not know is a configuration error.
+    let (code, err) = migrate(Some("always"), None);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("sslmode `always`"), "{err}");
 }

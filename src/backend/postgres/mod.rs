@@ -3,7 +3,8 @@
 //! `worker` processes.
 //!
 //! [`Database`] is a pool of connections (`tokio-postgres` through
-//! `deadpool-postgres`, TLS by rustls as the URL's `sslmode` says). Every
+//! `deadpool-postgres`, TLS by rustls as the URL's `sslmode` says, with
+//! libpq's meanings: see [`tls`]). Every
 //! write that promises something (an accepted run, a stored answer, an
 //! operator's change) commits before its caller hears of it; concurrent
 //! commits share the server's WAL flushes, so throughput does not fall to
@@ -23,7 +24,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::mpsc;
-use tokio_postgres::config::SslMode;
 
 use super::StorageError;
 
@@ -31,6 +31,7 @@ mod batch;
 mod control;
 mod queue;
 mod store;
+mod tls;
 mod webhooks;
 
 pub use self::control::PostgresControl;
@@ -266,10 +267,11 @@ impl Database {
     /// A pool of connections to `settings.url`; nothing is connected yet
     /// (see [`Database::migrate`]).
     pub fn new(settings: &Settings) -> Result<Self, OpenError> {
-        let config = tokio_postgres::Config::from_str(&settings.url)
+        let (url, mode) = tls::split_sslmode(&settings.url).map_err(OpenError::Config)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| OpenError::Config(format!("not a PostgreSQL URL: {e}")))?;
         let at = describe(&config);
-        let mut config = config;
+        config.ssl_mode(mode.ssl_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -277,7 +279,7 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("flowgate");
         }
-        let tls = tls(&config)?;
+        let tls = tls::connector(mode).map_err(OpenError::Config)?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -420,32 +422,6 @@ fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("(default database)");
     format!("{host}:{port}/{db}")
-}
-
-/// The TLS connector for `config`'s `sslmode`: the system's trusted roots
-/// (`prefer`, the default, uses TLS when the server offers it; `require`
-/// insists; `disable` never asks).
-fn tls(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, OpenError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if config.get_ssl_mode() != SslMode::Disable {
-        let found = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(found.certs);
-        if roots.is_empty() && config.get_ssl_mode() == SslMode::Require {
-            return Err(OpenError::Config(
-                "sslmode=require, but no trusted root certificates were found on this system"
-                    .into(),
-            ));
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| OpenError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client))
 }
 
 #[cfg(test)]
