@@ -101,6 +101,8 @@ pub struct Backends {
     /// How Redis was reached, when the backend is Redis: [`Backends::warn_of_risks`]
     /// asks it about its settings.
     redis: Option<redis::Settings>,
+    /// The PostgreSQL database, when the backend is PostgreSQL, for the same.
+    postgres: Option<postgres::Database>,
 }
 
 /// A store whose expired records and idempotency keys are deleted by
@@ -147,6 +149,7 @@ impl Backends {
             webhooks: Arc::new(webhooks),
             pruned: None,
             redis: Some(settings.clone()),
+            postgres: None,
         })
     }
 
@@ -165,6 +168,7 @@ impl Backends {
             )),
             pruned: Some(Pruned::Embedded(store)),
             redis: None,
+            postgres: None,
         }
     }
 
@@ -185,16 +189,26 @@ impl Backends {
             runs: Arc::new(store.clone()),
             idempotency: Arc::new(store.clone()),
             control: Arc::new(postgres::PostgresControl::new(db.clone())),
-            webhooks: Arc::new(postgres::PostgresWebhooks::new(db, retention.deliveries)),
+            webhooks: Arc::new(postgres::PostgresWebhooks::new(
+                db.clone(),
+                retention.deliveries,
+            )),
             pruned: Some(Pruned::Postgres(store)),
             redis: None,
+            postgres: Some(db),
         })
     }
 
     /// Logs a warning for each Redis setting that puts accepted runs at
     /// risk (an eviction policy that may drop keys, a cluster whose slots
-    /// disagree with `[redis] partitions`); nothing for the embedded backend.
+    /// disagree with `[redis] partitions`), and each PostgreSQL one
+    /// (`synchronous_commit` or `fsync` off); nothing for the embedded backend.
     pub async fn warn_of_risks(&self) {
+        if let Some(db) = &self.postgres
+            && let Some(risk) = db.durability_risk().await
+        {
+            tracing::warn!("{risk}");
+        }
         let Some(settings) = &self.redis else { return };
         if let Some(risk) = redis::eviction_risk(settings).await {
             tracing::warn!("{risk}");

@@ -54,7 +54,7 @@ pub enum Command {
         #[arg(long)]
         no_worker: bool,
     },
-    /// Execute queued async runs only; start as many as you need on one Redis.
+    /// Execute queued async runs only; start as many as you need on one Redis or PostgreSQL.
     Worker {
         /// Serve /healthz, /readyz and /metrics (queue lag, run outcomes) on this address.
         #[arg(long, value_name = "HOST:PORT")]
@@ -316,7 +316,8 @@ const MAN_EXTRA: &str = r#".SH ENVIRONMENT
 .TP
 \fBFLOWGATE_\fISECTION\fB__\fIKEY\fR
 Overrides the config key \fIsection.key\fR, read as a TOML value, e.g.
-\fBFLOWGATE_STORAGE__BACKEND=redis\fR, \fBFLOWGATE_REDIS__URL=redis://redis:6379/0\fR.
+\fBFLOWGATE_STORAGE__BACKEND=redis\fR, \fBFLOWGATE_REDIS__URL=redis://redis:6379/0\fR,
+or \fBFLOWGATE_STORAGE__BACKEND=postgres\fR, \fBFLOWGATE_POSTGRES__URL=postgres://flowgate:PASSWORD@db:5432/flowgate\fR.
 .TP
 \fBFLOWGATE_SIGNING_KEY\fR
 The token signing key (at least 32 bytes); wins over \fBauth.signing_key_file\fR.

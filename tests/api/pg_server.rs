@@ -165,6 +165,14 @@ impl PgServer {
         panic!("postgres did not start on port {}", self.port);
     }
 
+    /// Restarts the server with more `-c name=value` settings (later ones
+    /// win over the defaults above).
+    pub fn restart_with(&mut self, settings: &[&str]) {
+        self.settings.extend(settings.iter().map(|s| s.to_string()));
+        self.stop();
+        self.restart();
+    }
+
     /// Restarts the server serving TLS with `cert` and `key` (PEM).
     pub fn enable_tls(&mut self, cert: &[u8], key: &[u8]) {
         for (name, pem) in [("server.pem", cert), ("server.key", key)] {

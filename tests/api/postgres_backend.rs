@@ -265,3 +265,24 @@ async fn sslmode_means_what_it_means_to_libpq() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("sslmode `always`"), "{err}");
 }
+
+#[tokio::test]
+async fn a_database_that_may_lose_commits_is_named_at_start() {
+    on_postgres(async {
+        let mut app = spawn_app(&[]).await;
+        // The tests' own servers run without fsync.
+        let log = crate::redis_backend::startup_log(&app).await;
+        assert!(log.contains("fsync = off"), "{log}");
+        assert!(!log.contains("could not be recycled"), "{log}");
+        pg(&mut app).restart_with(&["fsync=on"]);
+        let log = crate::redis_backend::startup_log(&app).await;
+        assert!(!log.contains("= off"), "{log}");
+        pg(&mut app).restart_with(&["synchronous_commit=off"]);
+        let log = crate::redis_backend::startup_log(&app).await;
+        assert!(
+            log.contains("synchronous_commit = off") && log.contains("can be lost"),
+            "{log}"
+        );
+    })
+    .await;
+}

@@ -154,8 +154,8 @@ async fn an_entry_no_worker_can_decode_is_dead_lettered_without_holding_up_other
     .await;
 }
 
-/// A gateway on `app`'s Redis, started, ready and stopped; what it logged.
-async fn startup_log(app: &TestApp) -> String {
+/// A gateway on `app`'s store, started, ready and stopped; what it logged.
+pub async fn startup_log(app: &TestApp) -> String {
     let port = free_port();
     let mut child = app
         .process(

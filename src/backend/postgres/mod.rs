@@ -322,6 +322,9 @@ impl Database {
         let found: i64 = async {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
                 .await?;
+            // "already exists, skipping" is the usual case, not news.
+            tx.batch_execute("SET LOCAL client_min_messages = warning")
+                .await?;
             tx.batch_execute(
                 "CREATE SCHEMA IF NOT EXISTS flowgate;
                  CREATE TABLE IF NOT EXISTS flowgate.migrations (
@@ -362,6 +365,9 @@ impl Database {
             applied += 1;
         }
         tx.commit().await.map_err(|e| unreachable(explain(&e)))?;
+        // Start-up migrates on a runtime of its own that ends after: its
+        // connection leaves the pool rather than be found closed later.
+        drop(deadpool_postgres::Object::take(client));
         Ok(applied)
     }
 
@@ -403,6 +409,33 @@ impl Database {
         });
         timed(async { Ok(client.batch_execute(&format!("LISTEN {channel}")).await?) }).await?;
         Ok(rx)
+    }
+
+    /// What in the server's settings puts accepted runs at risk:
+    /// `synchronous_commit = off` (a commit answered before it is on disk)
+    /// or `fsync = off`; `None` when nothing does or it cannot tell.
+    pub async fn durability_risk(&self) -> Option<String> {
+        let client = self.client().await.ok()?;
+        let found = client
+            .query(
+                "SELECT name, setting FROM pg_settings
+                 WHERE (name = 'synchronous_commit' AND setting = 'off')
+                    OR (name = 'fsync' AND setting = 'off')",
+                &[],
+            )
+            .await
+            .ok()?;
+        let names: Vec<String> = found
+            .iter()
+            .map(|row| format!("{} = off", row.get::<_, &str>(0)))
+            .collect();
+        (!names.is_empty()).then(|| {
+            format!(
+                "PostgreSQL at {} has {}: a run answered 202 can be lost if the database server crashes; turn it on for the durability flowgate promises",
+                self.at,
+                names.join(" and ")
+            )
+        })
     }
 
     /// Host and database, for messages.
