@@ -55,15 +55,36 @@ fn escape_controls(line: &[u8], keep_escape: bool) -> Cow<'_, [u8]> {
         None => (line, false),
     };
     let text = String::from_utf8_lossy(body);
+    match escape_text(&text, keep_escape) {
+        Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => Cow::Borrowed(line),
+        escaped => {
+            let mut out = escaped.into_owned();
+            if newline {
+                out.push('\n');
+            }
+            Cow::Owned(out.into_bytes())
+        }
+    }
+}
+
+/// `text` as a terminal may show it: what sender data could use to move
+/// the cursor, rewrite or forge lines, or reorder them — control
+/// characters (tab aside), line separators, bidirectional controls —
+/// written escaped (`\x1b`, `\n`, `\u{202e}`).
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    escape_text(text, false)
+}
+
+fn escape_text(text: &str, keep_escape: bool) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         (c.is_control() && c != '\t' && !(keep_escape && c == '\x1b'))
             || matches!(c, '\u{2028}' | '\u{2029}')
             || is_bidi_control(c)
     };
     if !text.chars().any(unsafe_char) {
-        return Cow::Borrowed(line);
+        return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(line.len() + 16);
+    let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         match c {
             '\n' => out.push_str("\\n"),
@@ -75,10 +96,7 @@ fn escape_controls(line: &[u8], keep_escape: bool) -> Cow<'_, [u8]> {
             c => out.push(c),
         }
     }
-    if newline {
-        out.push('\n');
-    }
-    Cow::Owned(out.into_bytes())
+    Cow::Owned(out)
 }
 
 /// The Unicode bidirectional formatting characters, which make a terminal

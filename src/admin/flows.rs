@@ -335,13 +335,15 @@ pub(super) async fn revoke(
             (admin.token_id, until)
         }
         (None, Some(jti))
-            if !jti.is_empty() && jti.chars().count() <= super::body::MAX_JTI_CHARS =>
+            if !jti.is_empty()
+                && jti.chars().count() <= super::body::MAX_JTI_CHARS
+                && !jti.chars().any(char::is_control) =>
         {
             (jti, u64::MAX)
         }
         _ => {
             return Err(ApiError::bad_request(
-                "send {\"jti\": \"...\"} (1 to 128 characters) or {\"token\": \"...\"}",
+                "send {\"jti\": \"...\"} (1 to 128 characters, no control characters) or {\"token\": \"...\"}",
             ));
         }
     };

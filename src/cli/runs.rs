@@ -9,6 +9,14 @@ use crate::backend::RunStore;
 use crate::config::Config;
 use crate::record::RunRecord;
 
+/// `println!` for text that holds what senders wrote: escaped so it cannot
+/// drive the terminal (see [`crate::telemetry::terminal_safe`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::telemetry::terminal_safe(&format!($($arg)*)))
+    };
+}
+
 /// `flowgate runs ...`
 pub(super) fn runs(config: &Config, command: RunsCommand) -> anyhow::Result<ExitCode> {
     let store = backends(config)?.runs;
@@ -30,12 +38,17 @@ fn list(store: &dyn RunStore, flow: &str, limit: usize, json: bool) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
-        println!("no runs recorded for `{flow}`");
+        say!("no runs recorded for `{flow}`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<36}  {:<9}  {:<5}  {:>7}  {:<24}  {:>8}  ERROR",
-        "RUN ID", "STATUS", "MODE", "ATTEMPT", "CREATED", "MS"
+        "RUN ID",
+        "STATUS",
+        "MODE",
+        "ATTEMPT",
+        "CREATED",
+        "MS"
     );
     for r in &records {
         let duration = r
@@ -43,7 +56,7 @@ fn list(store: &dyn RunStore, flow: &str, limit: usize, json: bool) -> anyhow::R
             .map(|d| d.to_string())
             .unwrap_or_else(|| "-".into());
         let error = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
-        println!(
+        say!(
             "{:<36}  {:<9}  {:<5}  {:>7}  {:<24}  {:>8}  {}",
             r.id,
             r.status,
@@ -75,29 +88,31 @@ fn show(
         return Ok(ExitCode::SUCCESS);
     }
     let kind = if r.live { "live" } else { "draft" };
-    println!("run       {}", r.id);
-    println!(
+    say!("run       {}", r.id);
+    say!(
         "flow      {} (version {}, {kind}, {})",
-        r.flow, r.flow_version, r.mode
+        r.flow,
+        r.flow_version,
+        r.mode
     );
-    println!("status    {} (attempt {})", r.status, r.attempt);
-    println!("created   {}", r.created_at);
-    println!("started   {}", r.started_at.as_deref().unwrap_or("-"));
-    println!(
+    say!("status    {} (attempt {})", r.status, r.attempt);
+    say!("created   {}", r.created_at);
+    say!("started   {}", r.started_at.as_deref().unwrap_or("-"));
+    say!(
         "ended     {}{}",
         r.ended_at.as_deref().unwrap_or("-"),
         r.duration_ms
             .map(|d| format!(" ({d} ms)"))
             .unwrap_or_default()
     );
-    println!(
+    say!(
         "request   {} {}",
         r.request["method"].as_str().unwrap_or("?"),
         r.request["path"].as_str().unwrap_or("?")
     );
-    println!("body      {}", preview(&r.body));
+    say!("body      {}", preview(&r.body));
     if let Some(error) = &r.error {
-        println!(
+        say!(
             "error     {}{}",
             error
                 .step
@@ -109,12 +124,12 @@ fn show(
     }
     if !r.cut.is_empty() {
         let bytes: usize = r.cut.iter().map(|c| c.bytes).sum();
-        println!(
+        say!(
             "cut       {} value(s), {bytes} bytes, to keep the record within runs.max_record_bytes:",
             r.cut.len()
         );
         for cut in &r.cut {
-            println!("          {} ({} bytes)", cut.at, cut.bytes);
+            say!("          {} ({} bytes)", cut.at, cut.bytes);
         }
     }
     print_steps(&r);
@@ -124,26 +139,30 @@ fn show(
 /// The steps, logs and answer of a run, as `runs show` prints them.
 fn print_steps(r: &RunRecord) {
     println!();
-    println!("steps");
+    say!("steps");
     for step in &r.steps {
-        println!(
+        say!(
             "  {} ({}) {} in {} ms, {} attempt(s)",
-            step.path, step.kind, step.status, step.duration_ms, step.attempts
+            step.path,
+            step.kind,
+            step.status,
+            step.duration_ms,
+            step.attempts
         );
         if !step.input.is_null() {
-            println!("    input   {}", preview(&step.input));
+            say!("    input   {}", preview(&step.input));
         }
-        println!("    output  {}", preview(&step.output));
+        say!("    output  {}", preview(&step.output));
         if let Some(error) = &step.error {
-            println!("    error   {error}");
+            say!("    error   {error}");
         }
     }
     for log in &r.logs {
-        println!("log       {log}");
+        say!("log       {log}");
     }
     if let Some(response) = &r.response {
         println!();
-        println!(
+        say!(
             "response  {} {}",
             response.status,
             preview_text(&response.body)

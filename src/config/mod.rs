@@ -640,7 +640,7 @@ mod tests {
                     ("FLOWGATE_REDIS__CLUSTER", "true"),
                     ("FLOWGATE_REDIS__NODES", r#"["http://:pw@10.0.0.2"]"#),
                 ],
-                "redis.nodes: `http://:%5Bredacted%5D@10.0.0.2/` is not a redis:// or rediss:// URL",
+                "redis.nodes: `http://:[redacted]@10.0.0.2/` is not a redis:// or rediss:// URL",
             ),
         ] {
             let mut vars = env(&pairs);
@@ -665,7 +665,7 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(
-            shown.contains("rediss://user:%5Bredacted%5D@cache.example:6380/0"),
+            shown.contains("rediss://user:[redacted]@cache.example:6380/0"),
             "{shown}"
         );
     }

@@ -85,14 +85,74 @@ pub fn readable_duration(duration: std::time::Duration) -> String {
         .join(" ")
 }
 
-/// `url` without its password, which must never reach a log.
+/// `url` as it may be shown: its password `[redacted]`, the values of
+/// query parameters that may hold one (`password`, `secret`, `token` in
+/// their name) too, and nothing after the scheme of a URL without a host
+/// (a mistyped one could hold a password anywhere).
 pub(super) fn shown_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) if parsed.has_host() => parsed,
+        Ok(parsed) => return format!("{}:[not shown]", parsed.scheme()),
+        Err(_) => return "[unparsable url]".to_owned(),
+    };
+    let mut shown = format!("{}://", parsed.scheme());
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        shown.push_str(parsed.username());
+        if parsed.password().is_some() {
+            shown.push_str(":[redacted]");
         }
-        Ok(_) => url.to_owned(),
-        Err(_) => "[unparsable url]".to_owned(),
+        shown.push('@');
+    }
+    shown.push_str(parsed.host_str().unwrap_or_default());
+    if let Some(port) = parsed.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(parsed.path());
+    if let Some(query) = parsed.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if secret_name(key) => format!("{key}=[redacted]"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
+    }
+    shown
+}
+
+/// Whether a query parameter's name says it holds a credential.
+fn secret_name(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+#[cfg(test)]
+mod shown_url_tests {
+    use super::shown_url;
+
+    #[test]
+    fn no_password_is_shown_however_the_url_is_written() {
+        for (url, shown) in [
+            (
+                "rediss://user:s3cret@cache.example:6380/0",
+                "rediss://user:[redacted]@cache.example:6380/0",
+            ),
+            (
+                "postgres://app:s3cret@db/flows?sslmode=require&password=s3cret",
+                "postgres://app:[redacted]@db/flows?sslmode=require&password=[redacted]",
+            ),
+            ("postgres:/x:s3cret@h/fg", "postgres:[not shown]"),
+            (
+                "mysql://h/fg?Password=s3cret",
+                "mysql://h/fg?Password=[redacted]",
+            ),
+            ("not a url s3cret", "[unparsable url]"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
     }
 }

@@ -536,6 +536,16 @@ async fn every_role_gets_what_it_may_and_nothing_else() {
         assert_eq!(response.headers()["allow"], allow, "{method} {path}");
         envelope(response, 405, "method_not_allowed").await;
     }
+    // A jti no token can carry is refused, not stored as something else.
+    let refused = app
+        .client
+        .post(format!("{base}/v1/admin/tokens/revoke"))
+        .bearer_auth(&ops)
+        .body(serde_json::json!({ "jti": "x\u{0}' OR 1=1" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    envelope(refused, 400, "bad_request").await;
 }
 
 #[tokio::test]

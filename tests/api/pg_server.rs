@@ -204,22 +204,27 @@ impl PgServer {
         }
     }
 
+    /// `psql` as the superuser, running `sql`.
+    fn psql_command(&self, sql: &str) -> Command {
+        let mut command = Command::new(bin_dir().join("psql"));
+        command
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-At"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql]);
+        command
+    }
+
+    /// Starts `psql` running `sql`, without waiting for it.
+    pub fn psql_in_background(&self, sql: &str) -> Child {
+        self.psql_command(sql)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `sql` through `psql` as the superuser; its output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = Command::new(bin_dir().join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args([
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
-            .args(["-c", sql])
-            .output()
-            .unwrap();
+        let out = self.psql_command(sql).output().unwrap();
         assert!(out.status.success(), "psql {sql}: {out:?}");
         String::from_utf8(out.stdout).unwrap()
     }

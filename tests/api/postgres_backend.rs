@@ -286,3 +286,72 @@ async fn a_database_that_may_lose_commits_is_named_at_start() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_run_refused_while_the_database_is_stuck_is_never_stored() {
+    on_postgres(async {
+        let receiver = Receiver::start(&[], Duration::ZERO).await;
+        let app = async_app_without_worker(&receiver).await;
+        // Another session holds the queue for 12 s (longer than flowgate waits
+        // for any operation): every accept waits on it.
+        let mut locker = app.postgres.as_ref().unwrap().psql_in_background(
+            "BEGIN; LOCK TABLE flowgate.queue IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(12); COMMIT;",
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut senders = tokio::task::JoinSet::new();
+        for n in 0..30 {
+            let (client, url, token) = (app.client.clone(), app.url("a"), app.token("a"));
+            senders.spawn(async move {
+                let sent = std::time::Instant::now();
+                let answer = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({"n": n}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = answer.status().as_u16();
+                let waited = sent.elapsed();
+                let body: serde_json::Value = answer.json().await.unwrap();
+                (n, status, body, waited)
+            });
+        }
+        let mut refused = Vec::new();
+        let mut accepted = Vec::new();
+        while let Some(result) = senders.join_next().await {
+            let (n, status, body, waited) = result.unwrap();
+            assert!(waited < Duration::from_secs(11), "answered after {waited:?}");
+            match status {
+                202 => accepted.push(body["run_id"].as_str().unwrap().to_owned()),
+                503 => {
+                    assert_eq!(body["error"], "queue_unavailable", "{body}");
+                    refused.push(n.to_string());
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        assert!(!refused.is_empty(), "the lock made accepts fail");
+        locker.wait().unwrap();
+        // What was refused is not stored, not even once the lock is gone...
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let stored = app
+            .postgres
+            .as_ref()
+            .unwrap()
+            .psql("SELECT count(*) FROM flowgate.queue");
+        assert_eq!(stored.trim(), accepted.len().to_string(), "{refused:?} refused");
+        // ...and only the accepted runs execute.
+        executes_each_once(&app, &receiver, &accepted).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ran: Vec<String> = receiver
+            .requests()
+            .iter()
+            .map(|r| r.json()["n"].as_str().unwrap().to_owned())
+            .collect();
+        for n in &refused {
+            assert!(!ran.contains(n), "run {n} was refused with 503 but executed");
+        }
+        assert_eq!(ran.len(), accepted.len());
+    })
+    .await;
+}

@@ -239,6 +239,27 @@ async fn runs_cli_lists_and_shows_records() {
     let json: serde_json::Value =
         serde_json::from_str(&cli(&["runs", "show", &ok, "--json"])).unwrap();
     assert_eq!(json["steps"][0]["output"]["total"], 5);
+    // What a sender wrote cannot drive the operator's terminal.
+    let hostile = app
+        .client
+        .post(app.url("f"))
+        .bearer_auth(app.token("f"))
+        .header("content-type", "text/plain")
+        .body("hi\x1b]0;pwned\x07\r\x1b[2Kfake line\u{202e}")
+        .send()
+        .await
+        .unwrap();
+    let hostile = run_id(&hostile);
+    app.record_when(&hostile, |r| r.status != "running").await;
+    let show = cli(&["runs", "show", &hostile]);
+    assert!(
+        !show.contains(['\x1b', '\x07', '\r', '\u{202e}']),
+        "{show:?}"
+    );
+    assert!(
+        show.contains("hi\\x1b]0;pwned\\x07\\r\\x1b[2Kfake line\\u{202e}"),
+        "{show}"
+    );
 }
 
 /// `FLOW` with `[runs]` set to `runs`.

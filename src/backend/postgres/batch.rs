@@ -11,7 +11,10 @@
 //! heavy load many writes share the round trip, the parse and the flush.
 //!
 //! The channel holds at most [`QUEUED_WRITES`]; a caller beyond that waits
-//! for room (backpressure), never dropped.
+//! for room (backpressure), never dropped. A write that waited longer than
+//! [`super::WAIT_TIMEOUT`] for room or for a writer is answered `Err`
+//! without being sent: when PostgreSQL is slow, senders hear so within
+//! seconds and nothing they were refused is stored later.
 
 use std::sync::{Arc, OnceLock};
 
@@ -48,6 +51,8 @@ pub(super) struct Write {
 struct Job {
     write: Write,
     done: oneshot::Sender<Result<(), StorageError>>,
+    /// When the caller handed it in.
+    since: tokio::time::Instant,
 }
 
 /// The writers and the channel to them, started by the first write (in the
@@ -72,9 +77,13 @@ impl Batcher {
     pub async fn write(&self, write: Write) -> Result<(), StorageError> {
         let jobs = self.jobs.get_or_init(|| self.start());
         let (done, result) = oneshot::channel();
-        jobs.send(Job { write, done })
-            .await
-            .map_err(|_| stopped())?;
+        let since = tokio::time::Instant::now();
+        match tokio::time::timeout(super::WAIT_TIMEOUT, jobs.send(Job { write, done, since })).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(stopped()),
+            Err(_) => return Err(busy()),
+        }
         result.await.map_err(|_| stopped())?
     }
 
@@ -97,6 +106,16 @@ impl Batcher {
                             }
                         }
                     }
+                    // Waited past its bound: refused unsent, so never stored.
+                    let (batch, late): (Vec<Job>, Vec<Job>) = batch
+                        .into_iter()
+                        .partition(|job| job.since.elapsed() < super::WAIT_TIMEOUT);
+                    for job in late {
+                        let _ = job.done.send(Err(busy()));
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
                     let (writes, answers): (Vec<Write>, Vec<_>) =
                         batch.into_iter().map(|job| (job.write, job.done)).unzip();
                     let outcome = super::timed(commit(&db, &writes, retention)).await;
@@ -108,6 +127,13 @@ impl Batcher {
         }
         tx
     }
+}
+
+fn busy() -> StorageError {
+    StorageError::Unavailable(format!(
+        "PostgreSQL is not keeping up: the write waited {} s for its turn and was not stored",
+        super::WAIT_TIMEOUT.as_secs()
+    ))
 }
 
 fn stopped() -> StorageError {

@@ -205,7 +205,7 @@ impl ControlStore for PostgresControl {
                         &tx,
                         "INSERT INTO flowgate.revoked (jti, until_ms) VALUES ($1, $2)
                          ON CONFLICT (jti) DO UPDATE SET until_ms = excluded.until_ms",
-                        &[&jti.replace('\0', ""), &ms(*until_ms)],
+                        &[jti, &ms(*until_ms)],
                     )
                     .await?;
                 }
@@ -232,7 +232,7 @@ impl ControlStore for PostgresControl {
                         &tx,
                         "INSERT INTO flowgate.aborted (run_id, at) VALUES ($1, $2)
                          ON CONFLICT (run_id) DO UPDATE SET at = excluded.at",
-                        &[&run_id.replace('\0', ""), &(now as i64)],
+                        &[run_id, &(now as i64)],
                     )
                     .await?;
                 }

@@ -16,8 +16,15 @@
 //! starting together apply each once; a database whose schema is newer
 //! than this build knows is refused.
 //!
-//! Every statement is bounded by [`STATEMENT_TIMEOUT`]: a database that
-//! stops answering fails the request with the reason, it never hangs it.
+//! Every statement is bounded on the server ([`SERVER_TIMEOUT`], as
+//! `statement_timeout` and `lock_timeout` on every connection), so a write
+//! that takes too long is cancelled and rolled back by PostgreSQL itself:
+//! when flowgate answers `503`, nothing was stored. Waiting for a pooled
+//! connection, or for a turn at the group commit, is bounded by
+//! [`WAIT_TIMEOUT`], before anything is sent. [`OPERATION_TIMEOUT`], longer
+//! than both together, only catches a server that stopped answering at all
+//! (then, as with any store, a write whose answer was lost may have been
+//! stored: at least once).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,8 +46,14 @@ pub use self::queue::PostgresQueue;
 pub use self::store::PostgresStore;
 pub use self::webhooks::PostgresWebhooks;
 
-/// Longest any one store operation may take, waiting for a connection included.
-pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one statement may run (or wait for a lock) on the server before
+/// PostgreSQL cancels it.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a write waits for a pooled connection or its group commit's turn.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest any one store operation may take, all waits included: past it,
+/// the server is taken for gone.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The advisory lock migrations hold ("flowgate" in ASCII).
@@ -209,15 +222,15 @@ fn storable(text: &str) -> bool {
     !text.contains('\0')
 }
 
-/// `fut`, failed with the reason when it takes longer than [`STATEMENT_TIMEOUT`].
+/// `fut`, failed with the reason when it takes longer than [`OPERATION_TIMEOUT`].
 async fn timed<T>(
     fut: impl std::future::Future<Output = Result<T, StorageError>>,
 ) -> Result<T, StorageError> {
-    match tokio::time::timeout(STATEMENT_TIMEOUT, fut).await {
+    match tokio::time::timeout(OPERATION_TIMEOUT, fut).await {
         Ok(result) => result,
         Err(_) => Err(StorageError::Unavailable(format!(
             "PostgreSQL did not answer within {} s",
-            STATEMENT_TIMEOUT.as_secs()
+            OPERATION_TIMEOUT.as_secs()
         ))),
     }
 }
@@ -276,6 +289,14 @@ impl Database {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives_idle(Duration::from_secs(30));
+        // Cancelled and rolled back by the server itself, never committed
+        // after flowgate stopped waiting; the URL's own `options` kept.
+        let bound = SERVER_TIMEOUT.as_millis();
+        let options = format!(
+            "{} -c statement_timeout={bound} -c lock_timeout={bound}",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_start());
         if config.get_application_name().is_none() {
             config.application_name("flowgate");
         }
@@ -290,7 +311,7 @@ impl Database {
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(STATEMENT_TIMEOUT))
+            .wait_timeout(Some(WAIT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
@@ -320,10 +341,15 @@ impl Database {
             .await
             .map_err(|e| unreachable(explain(&e)))?;
         let found: i64 = async {
+            // "already exists, skipping" is the usual case, not news; and a
+            // migration (or waiting for another replica's) may take longer
+            // than a request's statement.
+            tx.batch_execute(
+                "SET LOCAL client_min_messages = warning;
+                 SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0",
+            )
+            .await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .await?;
-            // "already exists, skipping" is the usual case, not news.
-            tx.batch_execute("SET LOCAL client_min_messages = warning")
                 .await?;
             tx.batch_execute(
                 "CREATE SCHEMA IF NOT EXISTS flowgate;

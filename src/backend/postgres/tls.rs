@@ -26,34 +26,40 @@ pub(super) enum Mode {
 /// `url` without its `sslmode` parameter (which `tokio-postgres` may not
 /// know), and what that parameter asked for.
 pub(super) fn split_sslmode(url: &str) -> Result<(String, Mode), String> {
-    let Ok(mut parsed) = url::Url::parse(url) else {
+    // The query is cut apart as written, never decoded and encoded again,
+    // so every other parameter (`options=-c%20…`) reaches tokio-postgres
+    // byte for byte.
+    let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_owned(), Mode::Prefer));
     };
     let mut mode = Mode::Prefer;
     let mut kept = Vec::new();
-    for (key, value) in parsed.query_pairs() {
-        if key == "sslmode" {
-            mode = match value.as_ref() {
-                "disable" => Mode::Disable,
-                "allow" | "prefer" => Mode::Prefer,
-                "require" => Mode::Require,
-                "verify-ca" | "verify-full" => Mode::Verify,
-                other => {
-                    return Err(format!(
-                        "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                    ));
-                }
-            };
-        } else {
-            kept.push((key.into_owned(), value.into_owned()));
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "sslmode" {
+            kept.push(pair);
+            continue;
         }
+        mode = match value {
+            "disable" => Mode::Disable,
+            "allow" | "prefer" => Mode::Prefer,
+            "require" => Mode::Require,
+            "verify-ca" | "verify-full" => Mode::Verify,
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(format!(
+                    "sslmode `{}` is not one of disable, allow, prefer, require, verify-ca, verify-full",
+                    shown.escape_debug()
+                ));
+            }
+        };
     }
-    if kept.is_empty() {
-        parsed.set_query(None);
+    let url = if kept.is_empty() {
+        base.to_owned()
     } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    Ok((parsed.to_string(), mode))
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode))
 }
 
 impl Mode {
@@ -166,5 +172,10 @@ mod tests {
         assert_eq!(split("postgres://u@h/db?sslmode=disable").1, Mode::Disable);
         let refused = split_sslmode("postgres://u@h/db?sslmode=maybe").unwrap_err();
         assert!(refused.contains("`maybe`"), "{refused}");
+        // Other parameters pass as written, percent-escapes and all.
+        assert_eq!(
+            split("postgres://u@h/db?sslmode=disable&options=-c%20statement_timeout%3D5000").0,
+            "postgres://u@h/db?options=-c%20statement_timeout%3D5000"
+        );
     }
 }
