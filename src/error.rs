@@ -69,11 +69,13 @@ impl From<Refusal> for ApiError {
             }
             Refusal::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "request failed: storage unavailable");
-                ApiError::new(
+                let mut err = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "the store is unavailable; try again",
-                )
+                );
+                err.retry_after_secs = Some(5);
+                err
             }
         }
     }

@@ -224,6 +224,10 @@ pub(super) struct Revoke {
 /// Longest `jti` a revocation names.
 pub(super) const MAX_JTI_CHARS: usize = 128;
 
+/// What a `jti` may hold: no control characters (Unicode `Cc`, what
+/// [`char::is_control`] says), as the API document says.
+const JTI_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
 impl utoipa::PartialSchema for Revoke {
     fn schema() -> RefOr<Schema> {
         let fields = ObjectBuilder::new()
@@ -239,7 +243,10 @@ impl utoipa::PartialSchema for Revoke {
                     .schema_type(Type::String)
                     .min_length(Some(1))
                     .max_length(Some(MAX_JTI_CHARS))
-                    .description(Some("the token's id, as the audit log names it")),
+                    .pattern(Some(JTI_PATTERN))
+                    .description(Some(
+                        "the token's id, as the audit log names it (no control characters)",
+                    )),
             )
             .additional_properties(Some(
                 utoipa::openapi::schema::AdditionalProperties::FreeForm(false),

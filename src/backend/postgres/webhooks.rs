@@ -519,29 +519,44 @@ impl WebhookStore for PostgresWebhooks {
     }
 
     fn prune(&self, before_ms: u64) -> BoxFuture<'_, Result<(), StorageError>> {
-        Box::pin(timed(async move {
+        // A batch per statement, each its own short transaction, until a
+        // batch comes back short: everything past retention goes, without
+        // a lock any delivery waits on for long.
+        Box::pin(async move {
             let before = ms(before_ms);
             let batch = super::store::PRUNE_BATCH;
-            let client = self.db.client().await?;
-            exec(
-                &client,
+            for sql in [
                 "DELETE FROM flowgate.delivery_log WHERE seq IN
                     (SELECT seq FROM flowgate.delivery_log WHERE at_ms < $1 LIMIT $2
                      FOR UPDATE SKIP LOCKED)",
-                &[&before, &batch],
-            )
-            .await?;
-            exec(
-                &client,
                 "DELETE FROM flowgate.deliveries WHERE id IN
                     (SELECT id FROM flowgate.deliveries
                      WHERE (state = 'skipped' AND created_at < $1)
-                        OR (expires_at <= $2 AND state <> 'pending')
-                     LIMIT $3 FOR UPDATE SKIP LOCKED)",
-                &[&before, &(now_ms() as i64), &batch],
-            )
-            .await?;
+                        OR (expires_at <= $3 AND state <> 'pending')
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            ] {
+                loop {
+                    let now = now_ms() as i64;
+                    let deleted = timed(async {
+                        let client = self.db.client().await?;
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                            [&before, &batch, &now];
+                        // The first statement takes two parameters.
+                        let params = if sql.contains("$3") {
+                            &params[..]
+                        } else {
+                            &params[..2]
+                        };
+                        exec(&client, sql, params).await
+                    })
+                    .await?;
+                    if (deleted as i64) < batch {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
             Ok(())
-        }))
+        })
     }
 }
