@@ -278,7 +278,11 @@ impl RunQueue for PostgresQueue {
             if let Some(row) = &record {
                 PostgresStore::write_record(&tx, row, self.store.retention()).await?;
             }
-            Ok(tx.commit().await?)
+            tx.commit().await?;
+            if let Some(row) = &record {
+                PostgresStore::trim_quietly(&client, row).await;
+            }
+            Ok(())
         }))
     }
 
@@ -319,7 +323,11 @@ impl RunQueue for PostgresQueue {
             if let Some(row) = &record {
                 PostgresStore::write_record(&tx, row, self.store.retention()).await?;
             }
-            Ok(tx.commit().await?)
+            tx.commit().await?;
+            if let Some(row) = &record {
+                PostgresStore::trim_quietly(&client, row).await;
+            }
+            Ok(())
         }))
     }
 
@@ -369,7 +377,9 @@ impl RunQueue for PostgresQueue {
             .await?;
             insert_events(&tx, events).await?;
             PostgresStore::write_record(&tx, &row, self.store.retention()).await?;
-            Ok(tx.commit().await?)
+            tx.commit().await?;
+            PostgresStore::trim_quietly(&client, &row).await;
+            Ok(())
         }))
     }
 

@@ -124,7 +124,8 @@ impl PostgresStore {
 
     /// Writes `row` on `c`, keeping its first acceptance time; or deletes
     /// the run's record when its flow keeps none of a run that ended so.
-    /// Now and then, deletes the flow's oldest records past its cap.
+    /// Trimming the flow to its cap is the caller's, after its commit
+    /// ([`PostgresStore::trim_quietly`]).
     pub(super) async fn write_record(
         c: &impl GenericClient,
         row: &RecordRow,
@@ -134,7 +135,6 @@ impl PostgresStore {
             exec(c, "DELETE FROM flowgate.runs WHERE id = $1", &[&row.id]).await?;
             return Ok(());
         };
-        Self::trim_if_due(c, row).await?;
         let expires = (now_ms() as i64).saturating_add(retention.as_millis() as i64);
         exec(
             c,
@@ -149,18 +149,19 @@ impl PostgresStore {
     }
 
     /// Now and then (every [`TRIM_EVERY`] record writes), trims the flow
-    /// of `row` to its cap.
-    pub(super) async fn trim_if_due(
-        c: &impl GenericClient,
-        row: &RecordRow,
-    ) -> Result<(), StorageError> {
-        if let Some(max) = row.max {
-            let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if writes.is_multiple_of(TRIM_EVERY) {
-                Self::trim_to_cap(c, &row.flow, max).await?;
-            }
+    /// of `row` to its cap: upkeep after a write committed, so a failure is
+    /// logged and the next trim tries again; it never fails the write.
+    pub(super) async fn trim_quietly(c: &impl GenericClient, row: &RecordRow) {
+        let (Some(max), Some(_)) = (row.max, &row.json) else {
+            return;
+        };
+        let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !writes.is_multiple_of(TRIM_EVERY) {
+            return;
         }
-        Ok(())
+        if let Err(e) = Self::trim_to_cap(c, &row.flow, max).await {
+            tracing::warn!(flow = %row.flow, error = %e, "could not trim the flow's records to its cap; the next trim tries again");
+        }
     }
 
     /// Deletes up to [`TRIM_BATCH`] of `flow`'s records older than its
