@@ -335,8 +335,9 @@ async fn an_async_run_of_a_flow_that_keeps_none_has_a_record_only_until_it_ends(
 async fn a_flow_keeps_at_most_its_cap_of_records_the_newest() {
     const RUNS: usize = 600;
     const MAX: usize = 5;
-    // Trims run every so many writes (64 on Redis, 256 embedded), never
-    // on every one: a flow may be that many over its cap between two.
+    // Trims run every so many writes (64 on Redis and PostgreSQL, 256
+    // embedded), never on every one: a flow may be that many over its cap
+    // between two (on PostgreSQL, plus batches committing beside a trim).
     const SLACK: usize = 256;
     let app = spawn_app(&[("f", flow_keeping(&format!("max = {MAX}")))]).await;
     let client = reqwest::Client::new();

@@ -19,8 +19,10 @@ use crate::backend::{
 use crate::record::RunRecord;
 
 /// Record writes between two trims of a flow to its cap (each trim is of
-/// the flow written at that moment, so busy flows are trimmed most).
-const TRIM_EVERY: u64 = 256;
+/// the flow written at that moment, so busy flows are trimmed most). Four
+/// group-commit writers commit side by side, so a trim may miss the
+/// batches committing beside it: trimming often keeps the overshoot small.
+const TRIM_EVERY: u64 = 64;
 /// Most records one trim deletes; above [`TRIM_EVERY`], so trims keep up.
 const TRIM_BATCH: i64 = 512;
 /// Most rows one pruning statement deletes: short transactions, no long locks.
