@@ -181,6 +181,28 @@ impl PostgresQueue {
     }
 }
 
+impl PostgresQueue {
+    /// How every transition ends: the events it owes and the run's record
+    /// written in its transaction `tx`, the commit, then (upkeep, outside
+    /// it) the flow trimmed to its cap when due.
+    async fn finish(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        events: &[OutboxEvent],
+        record: Option<&RecordRow>,
+    ) -> Result<(), StorageError> {
+        insert_events(&tx, events).await?;
+        if let Some(row) = record {
+            PostgresStore::write_record(&tx, row, self.store.retention()).await?;
+        }
+        tx.commit().await?;
+        if let Some(row) = record {
+            self.store.trim_after(row).await;
+        }
+        Ok(())
+    }
+}
+
 impl RunQueue for PostgresQueue {
     fn prepare(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async { Ok(()) })
@@ -274,15 +296,7 @@ impl RunQueue for PostgresQueue {
             let mut client = self.db.client().await?;
             let tx = client.transaction().await?;
             exec(&tx, "DELETE FROM flowgate.queue WHERE seq = $1", &[&seq]).await?;
-            insert_events(&tx, events).await?;
-            if let Some(row) = &record {
-                PostgresStore::write_record(&tx, row, self.store.retention()).await?;
-            }
-            tx.commit().await?;
-            if let Some(row) = &record {
-                PostgresStore::trim_quietly(&client, row).await;
-            }
-            Ok(())
+            self.finish(tx, events, record.as_ref()).await
         }))
     }
 
@@ -319,15 +333,7 @@ impl RunQueue for PostgresQueue {
                 )
                 .await?;
             }
-            insert_events(&tx, events).await?;
-            if let Some(row) = &record {
-                PostgresStore::write_record(&tx, row, self.store.retention()).await?;
-            }
-            tx.commit().await?;
-            if let Some(row) = &record {
-                PostgresStore::trim_quietly(&client, row).await;
-            }
-            Ok(())
+            self.finish(tx, events, record.as_ref()).await
         }))
     }
 
@@ -375,11 +381,7 @@ impl RunQueue for PostgresQueue {
                 ],
             )
             .await?;
-            insert_events(&tx, events).await?;
-            PostgresStore::write_record(&tx, &row, self.store.retention()).await?;
-            tx.commit().await?;
-            PostgresStore::trim_quietly(&client, &row).await;
-            Ok(())
+            self.finish(tx, events, Some(&row)).await
         }))
     }
 

@@ -154,15 +154,26 @@ impl PostgresStore {
     /// of `row` to its cap: upkeep after a write committed, so a failure is
     /// logged and the next trim tries again; it never fails the write.
     pub(super) async fn trim_quietly(c: &impl GenericClient, row: &RecordRow) {
-        let (Some(max), Some(_)) = (row.max, &row.json) else {
-            return;
-        };
-        let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !writes.is_multiple_of(TRIM_EVERY) {
-            return;
+        if let Some(max) = trim_due(row) {
+            Self::trim_logged(c, &row.flow, max).await;
         }
-        if let Err(e) = Self::trim_to_cap(c, &row.flow, max).await {
-            tracing::warn!(flow = %row.flow, error = %e, "could not trim the flow's records to its cap; the next trim tries again");
+    }
+
+    /// [`PostgresStore::trim_quietly`] on a pooled connection of its own,
+    /// taken only when a trim is due.
+    pub(super) async fn trim_after(&self, row: &RecordRow) {
+        let Some(max) = trim_due(row) else { return };
+        match self.db.client().await {
+            Ok(client) => Self::trim_logged(&client, &row.flow, max).await,
+            Err(e) => {
+                tracing::warn!(flow = %row.flow, error = %e, "could not trim the flow's records to its cap; the next trim tries again")
+            }
+        }
+    }
+
+    async fn trim_logged(c: &impl GenericClient, flow: &str, max: u64) {
+        if let Err(e) = Self::trim_to_cap(c, flow, max).await {
+            tracing::warn!(flow = %flow, error = %e, "could not trim the flow's records to its cap; the next trim tries again");
         }
     }
 
@@ -224,6 +235,16 @@ impl PostgresStore {
             .collect::<Vec<_>>()
             .join("\n"))
     }
+}
+
+/// The cap to trim `row`'s flow to, when this write is the one in
+/// [`TRIM_EVERY`] that trims (and the flow has a cap and keeps the record).
+fn trim_due(row: &RecordRow) -> Option<u64> {
+    let (Some(max), Some(_)) = (row.max, &row.json) else {
+        return None;
+    };
+    let writes = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    writes.is_multiple_of(TRIM_EVERY).then_some(max)
 }
 
 fn decode_record(json: &str) -> Result<RunRecord, StorageError> {
